@@ -1,0 +1,39 @@
+"""Shared entry-point behaviour for train.py, eval.py and predict.py."""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Any, Callable
+
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig
+from omegaconf.errors import MissingMandatoryValue, OmegaConfBaseException
+
+from encdec.errors import EncdecError, exit_with
+
+
+def quiet_third_party() -> None:
+    # Tokenizer threads fight DataLoader workers for 2 cores; transformers' advice banners are not for our users.
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
+    for name in ("transformers", "datasets", "huggingface_hub"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+
+
+def guarded(task: Callable[[DictConfig], Any], cfg: DictConfig) -> Any:
+    """Run `task`; a user error becomes one line, exit 2, and no half-made run folder."""
+    quiet_third_party()
+    run_dir = None
+    if HydraConfig.initialized() and HydraConfig.get().output_subdir is not None:
+        run_dir = Path(HydraConfig.get().runtime.output_dir)
+    try:
+        return task(cfg)
+    except EncdecError as error:
+        exit_with(error, run_dir)
+    except MissingMandatoryValue as error:
+        key = getattr(error, "full_key", None) or "a required value"
+        exit_with(EncdecError(f"{key} is required: pass {key}=VALUE on the command line"), run_dir)
+    except OmegaConfBaseException as error:
+        exit_with(EncdecError(f"config: {str(error).splitlines()[0]}"), run_dir)

@@ -1,0 +1,422 @@
+"""Gated cross-attention for decoders that have none (Llama, Qwen2, Mistral, Gemma, GPT-NeoX, OPT, Phi, ...).
+
+`CrossAttentionDecoderForCausalLM` keeps a real `AutoModelForCausalLM` as its `lm` submodule (so the pretrained
+weights keep their names under `lm.`) and adds one `GatedCrossAttentionBlock` after every `every_n_layers`-th
+decoder layer, through a forward hook on that layer. The blocks live in `cross_attention_blocks`, keyed by the index
+of the layer they follow. Their tanh gates start at zero, so at initialisation the wrapper's logits equal the LM's.
+
+The wrapper accepts `encoder_hidden_states`, which is all `transformers.EncoderDecoderModel` asks of a decoder, and is
+registered with `AutoConfig` / `AutoModelForCausalLM` when this module is imported, so a saved `EncoderDecoderModel`
+reloads with `EncoderDecoderModel.from_pretrained(folder)` after `import encdec.cross_attention`.
+
+Encoder width: when `encoder_hidden_size` is given, the blocks project keys/values straight from the encoder's width
+and the config sets `cross_attention_hidden_size`, which tells `EncoderDecoderModel` not to add its own (ungated,
+randomly initialised) `enc_to_dec_proj`. Leave it `None` only when the encoder is as wide as the decoder, or to fall
+back on `enc_to_dec_proj`.
+
+KV cache: `generate` hands the decoder an `EncoderDecoderCache`; its self-attention half goes to the LM and the
+cross-attention keys/values are computed once per call and kept in its cross-attention half, so beam search reorders
+them together with the self-attention cache.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import functools
+import inspect
+from typing import Any
+
+import torch
+from torch import nn
+from transformers import AutoConfig, AutoModelForCausalLM, GenerationMixin, PreTrainedConfig, PreTrainedModel
+from transformers import initialization as hf_init
+from transformers.cache_utils import Cache, DynamicCache, DynamicLayer, EncoderDecoderCache
+from transformers.configuration_utils import SubConfigSpec
+from transformers.modeling_outputs import CausalLMOutputWithCrossAttentions
+from transformers.models.auto.configuration_auto import CONFIG_MAPPING
+from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING
+
+from encdec.cross_attention_layers import (
+    CrossAttentionContext,
+    GatedCrossAttentionBlock,
+    encoder_padding_to_additive_mask,
+    find_decoder_layers,
+)
+
+MODEL_TYPE = "encdec_cross_attention_decoder"
+
+# Keys of the wrapped LM's config that describe the LM as a standalone model, not the wrapper.
+_NOT_MIRRORED = {
+    "model_type",
+    "architectures",
+    "transformers_version",
+    "auto_map",
+    "dtype",
+    "is_decoder",
+    "add_cross_attention",
+    "is_encoder_decoder",
+    "cross_attention_hidden_size",
+    "id2label",
+    "label2id",
+    "problem_type",
+    "return_dict",
+    "output_hidden_states",
+    "chunk_size_feed_forward",
+}
+# Read through the LM config's `attribute_map` (GPT-2's `n_embd`, ...) so the wrapper always has the standard names.
+_STANDARD_FIELDS = (
+    "vocab_size",
+    "hidden_size",
+    "num_hidden_layers",
+    "num_attention_heads",
+    "num_key_value_heads",
+    "head_dim",
+    "max_position_embeddings",
+    "bos_token_id",
+    "eos_token_id",
+    "pad_token_id",
+    "tie_word_embeddings",
+    "initializer_range",
+)
+
+
+def has_native_cross_attention(config: PreTrainedConfig) -> bool:
+    """Whether the causal-LM class `AutoModelForCausalLM` builds for `config` takes `encoder_hidden_states`."""
+    try:
+        causal_lm_class = MODEL_FOR_CAUSAL_LM_MAPPING[type(config)]
+    except KeyError as missing:
+        raise ValueError(f"transformers has no causal-LM class for model_type {config.model_type!r}") from missing
+    return "encoder_hidden_states" in inspect.signature(causal_lm_class.forward).parameters
+
+
+class CrossAttentionDecoderConfig(PreTrainedConfig):
+    """Config of a causal LM wrapped with gated cross-attention.
+
+    `base_config` is the wrapped LM's config (the source of truth, serialised nested). Its fields are also mirrored at
+    top level, because `generate` builds KV caches and generation defaults from the decoder's own config. The
+    cross-attention settings carry a `cross_attention_` prefix so they cannot collide with mirrored fields (OPT has
+    its own `dropout`, Falcon its own `num_heads`):
+
+    - `cross_attention_every_n_layers`: a block after every n-th decoder layer (1 = all layers).
+    - `cross_attention_num_heads`: defaults to the LM's `num_attention_heads`.
+    - `cross_attention_dropout`: attention dropout inside the blocks.
+    - `cross_attention_hidden_size`: the encoder's width, read by keys/values; `None` means the decoder's width
+      (then `EncoderDecoderModel` projects wider/narrower encoders with its own `enc_to_dec_proj`).
+    - `cross_attention_ffn_mult`: > 0 adds Flamingo's gated feed-forward (that multiple of the width) to each block.
+    """
+
+    model_type = MODEL_TYPE
+    sub_configs_defaults = {"base_config": SubConfigSpec(config_class=AutoConfig, model_type="llama")}
+
+    base_config: PreTrainedConfig | dict | None = None
+    cross_attention_every_n_layers: int = 1
+    cross_attention_num_heads: int | None = None
+    cross_attention_dropout: float = 0.0
+    cross_attention_hidden_size: int | None = None
+    cross_attention_ffn_mult: int = 0
+    is_decoder: bool = True
+    add_cross_attention: bool = True
+
+    def __post_init__(self, **kwargs):
+        super().__post_init__(**kwargs)
+        if self.cross_attention_every_n_layers < 1:
+            raise ValueError(f"cross_attention_every_n_layers must be >= 1, got {self.cross_attention_every_n_layers}")
+        own_fields = {f.name for f in dataclasses.fields(self)}
+        for key, value in self.base_config.to_dict().items():
+            if key not in own_fields and key not in _NOT_MIRRORED and not key.startswith("_"):
+                setattr(self, key, value)
+        for key in _STANDARD_FIELDS:
+            if hasattr(self.base_config, key):
+                setattr(self, key, getattr(self.base_config, key))
+        if getattr(self, "head_dim", None) is None:
+            self.head_dim = self.hidden_size // self.num_attention_heads
+        if getattr(self, "num_key_value_heads", None) is None:
+            self.num_key_value_heads = self.num_attention_heads
+        if self.cross_attention_num_heads is None:
+            self.cross_attention_num_heads = self.num_attention_heads
+
+
+class CrossAttentionDecoderForCausalLM(PreTrainedModel, GenerationMixin):
+    """A pretrained causal LM (`self.lm`) plus zero-gated cross-attention blocks (`self.cross_attention_blocks`)."""
+
+    config_class = CrossAttentionDecoderConfig
+    config: CrossAttentionDecoderConfig
+    base_model_prefix = "lm"
+    main_input_name = "input_ids"
+    supports_gradient_checkpointing = True
+    _supports_sdpa = True
+    _supports_flash_attn = True
+    _supports_flex_attn = True
+    _supports_attention_backend = True
+
+    def __init__(self, config: CrossAttentionDecoderConfig, lm: PreTrainedModel | None = None):
+        requested_attention = config.base_config._attn_implementation
+        super().__init__(config)
+        if lm is None:
+            lm = AutoModelForCausalLM.from_config(
+                copy.deepcopy(config.base_config), attn_implementation=requested_attention
+            )
+        if lm.config._attn_implementation is None:
+            # With no implementation the LM silently drops its causal mask (see DESIGN.md, known pitfalls).
+            lm.set_attn_implementation("sdpa" if lm._supports_sdpa else "eager")
+        self.lm = lm
+        self.config._attn_implementation_internal = lm.config._attn_implementation
+
+        every_n = config.cross_attention_every_n_layers
+        decoder_layers = find_decoder_layers(lm)
+        self.cross_attention_blocks = nn.ModuleDict(
+            {
+                str(layer_index): GatedCrossAttentionBlock(
+                    hidden_size=config.hidden_size,
+                    encoder_hidden_size=config.cross_attention_hidden_size or config.hidden_size,
+                    num_heads=config.cross_attention_num_heads,
+                    dropout=config.cross_attention_dropout,
+                    ffn_mult=config.cross_attention_ffn_mult,
+                )
+                for layer_index in range(len(decoder_layers))
+                if (layer_index + 1) % every_n == 0
+            }
+        )
+        for name in self.cross_attention_blocks:
+            decoder_layers[int(name)].register_forward_hook(functools.partial(self._after_decoder_layer, int(name)))
+        self._cross_attention_context: CrossAttentionContext | None = None
+        lm_forward_parameters = inspect.signature(lm.forward).parameters
+        self._lm_cache_argument = "cache" if "cache" in lm_forward_parameters else "past_key_values"
+        self._lm_takes_logits_to_keep = "logits_to_keep" in lm_forward_parameters
+        self.post_init()
+
+    def _init_weights(self, module):
+        super()._init_weights(module)
+        if isinstance(module, GatedCrossAttentionBlock):
+            hf_init.zeros_(module.attn_gate)
+            if module.ffn_gate is not None:
+                hf_init.zeros_(module.ffn_gate)
+
+    def _after_decoder_layer(self, layer_index: int, _module: nn.Module, _inputs: Any, output: Any):
+        context = self._cross_attention_context
+        if context is None or layer_index not in context.keys_values:
+            return output
+        block = self.cross_attention_blocks[str(layer_index)]
+        key, value = context.keys_values[layer_index]
+        if isinstance(output, tuple):
+            return (block(output[0], key, value, context.additive_mask), *output[1:])
+        return block(output, key, value, context.additive_mask)
+
+    def get_input_embeddings(self) -> nn.Module:
+        return self.lm.get_input_embeddings()
+
+    def set_input_embeddings(self, value: nn.Module) -> None:
+        self.lm.set_input_embeddings(value)
+
+    def get_output_embeddings(self) -> nn.Module | None:
+        return self.lm.get_output_embeddings()
+
+    def set_output_embeddings(self, new_embeddings: nn.Module) -> None:
+        self.lm.set_output_embeddings(new_embeddings)
+
+    def resize_token_embeddings(self, *args, **kwargs) -> nn.Embedding:
+        # The LM resizes itself (ties included); the mirrored and nested vocab sizes must follow, or a saved
+        # model would rebuild the old vocabulary on reload.
+        embeddings = self.lm.resize_token_embeddings(*args, **kwargs)
+        self.config.vocab_size = self.config.base_config.vocab_size = self.lm.config.vocab_size
+        return embeddings
+
+    def _cross_keys_values(
+        self,
+        encoder_hidden_states: torch.Tensor | None,
+        cache: EncoderDecoderCache | None,
+    ) -> dict[int, tuple[torch.Tensor, torch.Tensor]]:
+        """Per block: K/V from the cross-attention cache when filled, else projected now (and cached if possible)."""
+        keys_values = {}
+        for name, block in self.cross_attention_blocks.items():
+            layer_index = int(name)
+            if cache is not None and cache.is_updated.get(layer_index):
+                cached = cache.cross_attention_cache.layers[layer_index]
+                keys_values[layer_index] = (cached.keys, cached.values)
+                continue
+            if encoder_hidden_states is None:
+                continue
+            key, value = block.project_encoder(encoder_hidden_states)
+            if cache is not None:
+                cross_layers = cache.cross_attention_cache.layers
+                while len(cross_layers) <= layer_index:
+                    cross_layers.append(DynamicLayer())
+                # The cross cache is built from the decoder config, so it may hold sliding-window layers that would
+                # crop a long source; the encoder's keys/values always need a plain full-length layer.
+                cross_layers[layer_index] = DynamicLayer()
+                key, value = cross_layers[layer_index].update(key, value)
+                cache.is_updated[layer_index] = True
+            keys_values[layer_index] = (key, value)
+        return keys_values
+
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        encoder_hidden_states: torch.Tensor | None = None,
+        encoder_attention_mask: torch.Tensor | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        labels: torch.LongTensor | None = None,
+        use_cache: bool | None = None,
+        cache: Cache | None = None,
+        position_ids: torch.LongTensor | None = None,
+        logits_to_keep: int | torch.Tensor = 0,
+        **kwargs,
+    ) -> CausalLMOutputWithCrossAttentions:
+        past_key_values = kwargs.pop("past_key_values", None)
+        cache = cache if cache is not None else past_key_values
+        kwargs.pop("cache_position", None)  # removed from transformers 5; the LM derives positions from the cache
+        kwargs.pop("return_dict", None)
+        use_cache = use_cache if use_cache is not None else self.config.use_cache
+        has_cross_attention = len(self.cross_attention_blocks) > 0
+
+        if cache is None and use_cache and has_cross_attention:
+            cache = EncoderDecoderCache(DynamicCache(config=self.lm.config), DynamicCache())
+        if isinstance(cache, EncoderDecoderCache):
+            cross_cache, self_attention_cache = cache, cache.self_attention_cache
+        else:
+            cross_cache, self_attention_cache = None, cache
+
+        keys_values = self._cross_keys_values(encoder_hidden_states, cross_cache) if has_cross_attention else {}
+        first_block = next(iter(self.cross_attention_blocks.values()), None)
+        mask_dtype = first_block.q_proj.weight.dtype if first_block is not None else torch.float32
+        self._cross_attention_context = CrossAttentionContext(
+            keys_values=keys_values,
+            additive_mask=encoder_padding_to_additive_mask(encoder_attention_mask, mask_dtype),
+        )
+        lm_kwargs = {self._lm_cache_argument: self_attention_cache}
+        if self._lm_takes_logits_to_keep:
+            lm_kwargs["logits_to_keep"] = logits_to_keep
+        try:
+            outputs = self.lm(
+                input_ids=input_ids,
+                attention_mask=attention_mask,
+                position_ids=position_ids,
+                inputs_embeds=inputs_embeds,
+                labels=labels,
+                use_cache=use_cache,
+                return_dict=True,
+                **lm_kwargs,
+                **kwargs,
+            )
+        finally:
+            # Hooks only act inside this forward: calling `self.lm` directly still gives the bare LM.
+            self._cross_attention_context = None
+
+        logits = outputs.logits
+        if not self._lm_takes_logits_to_keep and isinstance(logits_to_keep, int) and logits_to_keep > 0:
+            logits = logits[:, -logits_to_keep:]
+        returned_cache = None
+        if use_cache:
+            returned_cache = cross_cache if cross_cache is not None else getattr(outputs, "cache", None)
+        return CausalLMOutputWithCrossAttentions(
+            loss=outputs.loss,
+            logits=logits,
+            cache=returned_cache,
+            hidden_states=outputs.hidden_states,
+            attentions=outputs.attentions,
+        )
+
+
+def add_cross_attention(
+    lm: PreTrainedModel,
+    every_n_layers: int = 1,
+    num_heads: int | None = None,
+    dropout: float = 0.0,
+    encoder_hidden_size: int | None = None,
+    ffn_mult: int = 0,
+) -> CrossAttentionDecoderForCausalLM:
+    """Wrap an already loaded causal LM (weights kept, not copied) with zero-gated cross-attention blocks.
+
+    `encoder_hidden_size`: pass the encoder's width so keys/values read it directly (no `enc_to_dec_proj`).
+    The blocks are created on the LM's device and in its dtype.
+    """
+    config = CrossAttentionDecoderConfig(
+        base_config=copy.deepcopy(lm.config),
+        cross_attention_every_n_layers=every_n_layers,
+        cross_attention_num_heads=num_heads,
+        cross_attention_dropout=dropout,
+        cross_attention_hidden_size=encoder_hidden_size,
+        cross_attention_ffn_mult=ffn_mult,
+    )
+    wrapped = CrossAttentionDecoderForCausalLM(config, lm=lm)
+    wrapped.cross_attention_blocks.to(device=lm.device, dtype=lm.dtype)
+    return wrapped
+
+
+def _cross_attention_decoders(model: nn.Module) -> list[CrossAttentionDecoderForCausalLM]:
+    decoders = [module for module in model.modules() if isinstance(module, CrossAttentionDecoderForCausalLM)]
+    if not decoders:
+        raise ValueError(f"{type(model).__name__} holds no CrossAttentionDecoderForCausalLM")
+    return decoders
+
+
+def cross_attention_parameters(model: nn.Module) -> list[nn.Parameter]:
+    """The parameters of every added cross-attention block (gates included) inside `model`."""
+    return [p for decoder in _cross_attention_decoders(model) for p in decoder.cross_attention_blocks.parameters()]
+
+
+def freeze_base(model: nn.Module) -> int:
+    """Freeze the wrapped pretrained LM(s) inside `model`, leaving the cross-attention blocks (and anything else,
+    e.g. the encoder) trainable. Returns the number of parameters frozen."""
+    frozen = 0
+    for decoder in _cross_attention_decoders(model):
+        for parameter in decoder.lm.parameters():
+            parameter.requires_grad_(False)
+            frozen += parameter.numel()
+    return frozen
+
+
+_TINY_SIZES = {
+    "vocab_size": 128,
+    "hidden_size": 32,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 4,
+    "num_key_value_heads": 2,
+    "head_dim": 8,
+    "intermediate_size": 64,
+    "max_position_embeddings": 128,
+    "pad_token_id": 0,
+    "bos_token_id": 1,
+    "eos_token_id": 2,
+    # GPT-2, OPT, BART, Falcon... name the same sizes differently; each config keeps only the names it declares.
+    "n_positions": 128,
+    "n_inner": 64,
+    "ffn_dim": 64,
+    "word_embed_proj_dim": 32,
+    "d_model": 32,
+    "decoder_layers": 2,
+    "decoder_attention_heads": 4,
+    "decoder_ffn_dim": 64,
+    "encoder_layers": 2,
+    "encoder_attention_heads": 4,
+    "encoder_ffn_dim": 64,
+    "decoder_start_token_id": 1,
+    "sliding_window": 4,
+    "rotary_dim": 4,  # GPT-J, CodeGen: must not exceed head_dim
+    "attention_types": [[["global", "local"], 1]],  # GPT-Neo: one global+local pair = 2 layers
+}
+
+
+def tiny_causal_lm_config(model_type: str, **overrides) -> PreTrainedConfig:
+    """A tiny random config of `model_type` (hidden 32, 2 layers, vocab 128) for tests and the family table.
+
+    Only the keys the family's config class declares (fields or `attribute_map`) are passed, so derived fields
+    (`head_dim`, `layer_types`, ...) are computed by the family itself. `sliding_window` is 4 where it exists, so
+    sliding-window code paths are exercised by short sequences.
+    """
+    config_class = CONFIG_MAPPING[model_type]
+    declared = {f.name for f in dataclasses.fields(config_class)} | set(config_class.attribute_map)
+    settable = {
+        name
+        for name in declared
+        if not isinstance(inspect.getattr_static(config_class, name, None), property)
+        or inspect.getattr_static(config_class, name).fset is not None
+    }
+    sizes = {key: value for key, value in {**_TINY_SIZES, **overrides}.items() if key in settable}
+    return config_class(**sizes)
+
+
+AutoConfig.register(MODEL_TYPE, CrossAttentionDecoderConfig, exist_ok=True)
+AutoModelForCausalLM.register(CrossAttentionDecoderConfig, CrossAttentionDecoderForCausalLM, exist_ok=True)

@@ -1,0 +1,143 @@
+"""Raw summarization splits as `datasets.Dataset`s with two columns, `document` and `summary`.
+
+Three sources: the packaged ACLSum papers (offline), local files (json/jsonl/csv/parquet), and hub data sets.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import datasets
+from omegaconf import DictConfig
+
+from encdec import sources
+from encdec.errors import EncdecError
+
+log = logging.getLogger(__name__)
+
+SPLITS = ("train", "validation", "test")
+FILE_BUILDERS = {".json": "json", ".jsonl": "json", ".csv": "csv", ".parquet": "parquet"}
+ACLSUM_SECTIONS = ("abstract", "introduction", "conclusion")
+ACLSUM_ASPECTS = ("challenge", "approach", "outcome")
+
+
+def load_splits(data: DictConfig) -> dict[str, datasets.Dataset]:
+    """train/validation/test splits with `document` and `summary` columns, bad rows handled per `data.empty_rows`."""
+    if data.source == "aclsum":
+        raw = _load_aclsum()
+    elif data.source == "files":
+        raw = _load_files(data)
+    elif data.source == "hub":
+        raw = _load_hub(data)
+    else:
+        raise EncdecError(f"data.source={data.source} is unknown: use aclsum, files or hub")
+    if "test" not in raw:
+        log.warning("data: no test split; testing on the validation split")
+        raw["test"] = raw["validation"]
+    splits = {}
+    for split in SPLITS:
+        dataset = _to_document_summary(raw[split], data, split)
+        limit = data.get(f"max_{'eval' if split == 'validation' else split}_samples")
+        if limit is not None:
+            dataset = dataset.select(range(min(int(limit), len(dataset))))
+        splits[split] = dataset
+    return splits
+
+
+def _load_aclsum() -> dict[str, datasets.Dataset]:
+    folder = sources.package_dir("aclsum") / "dataset"
+    files = {"train": "train.jsonl", "validation": "val.jsonl", "test": "test.jsonl"}
+    raw = datasets.load_dataset("json", data_files={s: str(folder / f) for s, f in files.items()})
+
+    def flatten(paper):
+        # A paper's sections become the document; its three aspect summaries, in order, become the summary.
+        return {
+            "document": " ".join(s for section in ACLSUM_SECTIONS for s in paper["sentences"][section]),
+            "summary": " ".join(paper["summary"][aspect] for aspect in ACLSUM_ASPECTS),
+        }
+
+    return {split: raw[split].map(flatten, remove_columns=raw[split].column_names) for split in raw}
+
+
+def _load_files(data: DictConfig) -> dict[str, datasets.Dataset]:
+    paths = {}
+    for split in SPLITS:
+        key = f"{split}_file"
+        value = data.get(key)
+        if value is None:
+            if split == "test":
+                continue
+            raise EncdecError(f"data.{key} is not set: pass data.{key}=PATH (json, jsonl, csv or parquet)")
+        path = Path(str(value)).expanduser()
+        if not path.is_file():
+            raise EncdecError(f"data.{key}={value}: no such file")
+        if path.suffix.lower() not in FILE_BUILDERS:
+            raise EncdecError(
+                f"data.{key}={value}: unsupported extension '{path.suffix}'; use .json, .jsonl, .csv or .parquet"
+            )
+        if path.stat().st_size == 0:
+            raise EncdecError(f"data.{key}={value} is empty: it needs rows with a text and a summary column")
+        paths[split] = path
+    loaded = {}
+    for split, path in paths.items():
+        builder = FILE_BUILDERS[path.suffix.lower()]
+        try:
+            loaded[split] = datasets.load_dataset(builder, data_files=str(path), split="train")
+        except UnicodeDecodeError as error:
+            raise EncdecError(f"data.{split}_file={path} is not UTF-8 text ({error.reason}): re-save it as UTF-8") from error
+        except Exception as error:  # datasets wraps parser errors in several types; the cause is what helps
+            cause = error.__cause__ or error.__context__ or error
+            if isinstance(cause, UnicodeDecodeError):
+                raise EncdecError(f"data.{split}_file={path} is not UTF-8 text: re-save it as UTF-8") from error
+            detail = " ".join(str(cause).split())[:200]
+            raise EncdecError(f"data.{split}_file={path} could not be read as {builder}: {detail}") from error
+    return loaded
+
+
+def _load_hub(data: DictConfig) -> dict[str, datasets.Dataset]:
+    if not sources.hub_reachable():
+        try:
+            return dict(datasets.load_dataset(data.path, data.get("config_name"), download_mode="reuse_cache_if_exists"))
+        except Exception:
+            raise EncdecError(
+                f"data={data.name}: data set '{data.path}' is not cached and the Hugging Face Hub cannot be reached "
+                "(offline): connect once to download it, or use data=files with local files"
+            ) from None
+    try:
+        return dict(datasets.load_dataset(data.path, data.get("config_name")))
+    except Exception as error:
+        raise EncdecError(f"data={data.name}: could not load '{data.path}' from the Hub: {str(error)[:200]}") from error
+
+
+def _to_document_summary(dataset: datasets.Dataset, data: DictConfig, split: str) -> datasets.Dataset:
+    text_column, summary_column = data.text_column, data.summary_column
+    for role, column in (("text_column", text_column), ("summary_column", summary_column)):
+        if column not in dataset.column_names:
+            raise EncdecError(
+                f"data.{role}={column} is not a column of the {split} split; its columns are "
+                f"{', '.join(dataset.column_names)}"
+            )
+    if len(dataset) == 0:
+        raise EncdecError(f"the {split} split has no rows: give it at least one (document, summary) pair")
+    if (text_column, summary_column) != ("document", "summary"):
+        keep = {text_column: "document", summary_column: "summary"}
+        dataset = dataset.select_columns(list(keep)).rename_columns(keep)
+    else:
+        dataset = dataset.select_columns(["document", "summary"])
+
+    def usable(row):
+        return all(isinstance(row[c], str) and row[c].strip() for c in ("document", "summary"))
+
+    kept = dataset.filter(usable, desc=f"checking {split} rows")
+    dropped = len(dataset) - len(kept)
+    if dropped:
+        if data.get("empty_rows", "skip") == "error":
+            raise EncdecError(
+                f"the {split} split has {dropped} rows with an empty or missing text or summary: fix them, "
+                "or set data.empty_rows=skip"
+            )
+        log.warning("data: skipped %d of %d %s rows with an empty or missing text or summary", dropped, len(dataset), split)
+    if len(kept) == 0:
+        raise EncdecError(f"the {split} split has no rows with both a text and a summary: check the column names")
+    return kept

@@ -1,0 +1,63 @@
+"""eval.py and predict.py: ROUGE of a trained model on a data split, and summaries of raw text."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig
+
+from encdec import run_folder
+from encdec.data import load_splits
+from encdec.errors import EncdecError
+from encdec.inference import apply_generation_overrides, load_trained, pick_device, summarize
+from encdec.metrics import rouge
+
+
+def evaluate(cfg: DictConfig) -> dict[str, float]:
+    if cfg.split not in ("train", "validation", "test"):
+        raise EncdecError(f"split={cfg.split} is unknown: use train, validation or test")
+    model, encoder_tokenizer, decoder_tokenizer = load_trained(cfg.model_path)
+    apply_generation_overrides(model, decoder_tokenizer, cfg.get("generation"))
+    dataset = load_splits(cfg.data)[cfg.split]
+    predictions = summarize(
+        model, encoder_tokenizer, decoder_tokenizer, list(dataset["document"]),
+        batch_size=cfg.data.eval_batch_size, max_source_length=cfg.data.max_source_length, device=pick_device(cfg.device),
+    )
+    metrics = {f"{cfg.split}/{name}": value for name, value in rouge(predictions, list(dataset["summary"])).items()}
+    out_dir = Path(HydraConfig.get().runtime.output_dir)
+    rows = ({"document": d, "reference": r, "prediction": p} for d, r, p in zip(dataset["document"], dataset["summary"], predictions))
+    run_folder.write_jsonl(out_dir / run_folder.PREDICTIONS, rows)
+    run_folder.write_json(out_dir / run_folder.METRICS, {**metrics, "model_path": str(cfg.model_path)})
+    print(json.dumps(metrics, indent=2))
+    print(f"wrote {out_dir / run_folder.METRICS}", file=sys.stderr)
+    return metrics
+
+
+def predict(cfg: DictConfig) -> None:
+    if cfg.input == "-":
+        lines = sys.stdin.read().splitlines()
+    else:
+        path = Path(str(cfg.input)).expanduser()
+        if not path.is_file():
+            raise EncdecError(f"input={cfg.input}: no such file (give a text file with one document per line, or -)")
+        try:
+            lines = path.read_text(encoding="utf-8").splitlines()
+        except UnicodeDecodeError:
+            raise EncdecError(f"input={cfg.input} is not UTF-8 text: re-save it as UTF-8") from None
+    if not any(line.strip() for line in lines):
+        raise EncdecError(f"input={cfg.input} is empty: give one document per line")
+    model, encoder_tokenizer, decoder_tokenizer = load_trained(cfg.model_path)
+    apply_generation_overrides(model, decoder_tokenizer, cfg.get("generation"))
+    texts = [line for line in lines if line.strip()]
+    summaries = iter(
+        summarize(
+            model, encoder_tokenizer, decoder_tokenizer, texts,
+            batch_size=cfg.batch_size, max_source_length=cfg.max_source_length, device=pick_device(cfg.device),
+        )
+    )
+    # One output line per input line; a blank input line gets a blank summary, so lines stay aligned.
+    for line in lines:
+        print(next(summaries) if line.strip() else "", flush=True)

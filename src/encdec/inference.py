@@ -1,0 +1,98 @@
+"""Load a trained model (run folder, hf_model/ export or Lightning .ckpt) and summarize documents with it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+from tqdm.auto import tqdm
+from transformers import AutoTokenizer, EncoderDecoderConfig, EncoderDecoderModel, PreTrainedTokenizerBase
+
+import encdec.cross_attention  # noqa: F401  (registers encdec's decoders with transformers' Auto classes)
+from encdec import run_folder
+from encdec.errors import EncdecError
+from encdec.models import configure_generation, load_tokenizer
+
+
+def load_trained(path: str | Path) -> tuple[EncoderDecoderModel, PreTrainedTokenizerBase, PreTrainedTokenizerBase]:
+    path = Path(str(path)).expanduser()
+    if not path.exists():
+        raise EncdecError(f"model_path={path}: no such file or folder")
+    if path.is_file():
+        if path.suffix != ".ckpt":
+            raise EncdecError(f"model_path={path} is a file but not a .ckpt checkpoint: give a run folder, hf_model/ or .ckpt")
+        return _load_checkpoint(path)
+    if (path / run_folder.HF_MODEL / "config.json").is_file():
+        path = path / run_folder.HF_MODEL
+    if (path / "config.json").is_file() and (path / run_folder.ENCODER_TOKENIZER).is_dir():
+        model = EncoderDecoderModel.from_pretrained(path)
+        encoder_tokenizer = AutoTokenizer.from_pretrained(path / run_folder.ENCODER_TOKENIZER)
+        decoder_tokenizer = AutoTokenizer.from_pretrained(path / run_folder.DECODER_TOKENIZER)
+        return model.eval(), encoder_tokenizer, decoder_tokenizer
+    last = path / run_folder.CHECKPOINTS / "last.ckpt"
+    if last.is_file():
+        return _load_checkpoint(last)
+    raise EncdecError(
+        f"model_path={path} is not a run folder (no hf_model/ or checkpoints/last.ckpt) nor an hf_model export: "
+        "point it at outputs/<date>/<time>, its hf_model/ or a .ckpt"
+    )
+
+
+def _load_checkpoint(path: Path):
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:
+        raise EncdecError(f"model_path={path} is not a readable checkpoint ({type(error).__name__}): it may be truncated") from error
+    if not isinstance(checkpoint, dict) or "encdec" not in checkpoint or "state_dict" not in checkpoint:
+        raise EncdecError(f"model_path={path} is not a checkpoint written by encdec's train.py")
+    saved = checkpoint["encdec"]
+    model = EncoderDecoderModel(config=EncoderDecoderConfig.from_dict(saved["model_config"]))
+    state = {k.removeprefix("model."): v for k, v in checkpoint["state_dict"].items() if k.startswith("model.")}
+    model.load_state_dict(state, strict=False)
+    run_cfg = OmegaConf.create(saved["config"])
+    encoder_tokenizer = load_tokenizer(run_cfg.encoder, "encoder")
+    decoder_tokenizer = load_tokenizer(run_cfg.decoder, "decoder")
+    configure_generation(model, decoder_tokenizer, run_cfg.get("generation"))
+    return model.eval(), encoder_tokenizer, decoder_tokenizer
+
+
+def apply_generation_overrides(model: EncoderDecoderModel, decoder_tokenizer, generation: DictConfig | None) -> None:
+    """A `generation=` choice on the command line replaces the decoding settings saved with the model."""
+    if generation:
+        configure_generation(model, decoder_tokenizer, generation)
+
+
+def pick_device(requested: str = "auto") -> torch.device:
+    if requested == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(requested)
+
+
+@torch.no_grad()
+def summarize(
+    model: EncoderDecoderModel,
+    encoder_tokenizer: PreTrainedTokenizerBase,
+    decoder_tokenizer: PreTrainedTokenizerBase,
+    documents: list[str],
+    batch_size: int = 8,
+    max_source_length: int = 512,
+    device: torch.device | None = None,
+    progress: bool = True,
+) -> list[str]:
+    """Summaries in input order; batches are formed from length-sorted documents so padding stays small."""
+    device = device or pick_device()
+    model.to(device).eval()
+    encoded = encoder_tokenizer(documents, max_length=max_source_length, truncation=True)["input_ids"]
+    order = sorted(range(len(documents)), key=lambda i: len(encoded[i]), reverse=True)
+    summaries: list[str] = [""] * len(documents)
+    batches = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+    for batch in tqdm(batches, desc="summarizing", disable=not progress or len(batches) < 2):
+        padded = encoder_tokenizer.pad({"input_ids": [encoded[i] for i in batch]}, return_tensors="pt")
+        generated = model.generate(
+            input_ids=padded["input_ids"].to(device), attention_mask=padded["attention_mask"].to(device)
+        )
+        texts = decoder_tokenizer.batch_decode(generated, skip_special_tokens=True, clean_up_tokenization_spaces=True)
+        for index, text in zip(batch, texts):
+            summaries[index] = text.strip()
+    return summaries

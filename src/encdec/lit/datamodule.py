@@ -1,0 +1,159 @@
+"""Tokenize once (cached by datasets), then batch with dynamic padding.
+
+Sources go through the ENCODER tokenizer, summaries through the DECODER tokenizer (DESIGN decision 3): labels are the
+summary tokens followed by eos, padded with -100; decoder inputs are the labels shifted right behind the start token.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Any
+
+import datasets
+import lightning as L
+import torch
+from omegaconf import DictConfig
+from torch.utils.data import DataLoader
+from transformers import PreTrainedTokenizerBase
+
+from encdec.data import load_splits
+from encdec.errors import EncdecError
+
+IGNORE_INDEX = -100
+
+
+def tokenizer_fingerprint(tokenizer: PreTrainedTokenizerBase) -> str:
+    vocab = tokenizer.get_vocab()
+    digest = hashlib.sha256(repr(sorted(vocab.items())).encode()).hexdigest()[:16]
+    return f"{type(tokenizer).__name__}-{len(vocab)}-{digest}"
+
+
+class SummarizationDataModule(L.LightningDataModule):
+    def __init__(
+        self,
+        data: DictConfig,
+        encoder_tokenizer: PreTrainedTokenizerBase,
+        decoder_tokenizer: PreTrainedTokenizerBase,
+        decoder_start_token_id: int,
+        max_source_positions: int | None = None,
+        max_target_positions: int | None = None,
+    ):
+        super().__init__()
+        self.data = data
+        self.encoder_tokenizer = encoder_tokenizer
+        self.decoder_tokenizer = decoder_tokenizer
+        self.decoder_start_token_id = decoder_start_token_id
+        self._check_lengths(max_source_positions, max_target_positions)
+        self.raw: dict[str, datasets.Dataset] = {}
+        self.tokenized: dict[str, datasets.Dataset] = {}
+
+    def _check_lengths(self, max_source_positions, max_target_positions) -> None:
+        data = self.data
+        for key, limit in (("max_source_length", max_source_positions), ("max_target_length", max_target_positions)):
+            value = data[key]
+            if not isinstance(value, int) or value <= 0:
+                raise EncdecError(f"data.{key}={value} must be a positive integer")
+            if limit is not None and value > limit:
+                raise EncdecError(f"data.{key}={value} exceeds the model's {limit} positions: set data.{key}<={limit}")
+        for key in ("batch_size", "eval_batch_size"):
+            if not isinstance(data[key], int) or data[key] <= 0:
+                raise EncdecError(f"data.{key}={data[key]} must be a positive integer")
+
+    def prepare(self) -> None:
+        """Load and tokenize every split now, so bad data fails before any training starts."""
+        if self.tokenized:
+            return
+        self.raw = load_splits(self.data)
+        for split, dataset in self.raw.items():
+            self.tokenized[split] = self._tokenize(dataset, split)
+
+    def setup(self, stage: str | None = None) -> None:
+        self.prepare()
+
+    def _tokenize(self, dataset: datasets.Dataset, split: str) -> datasets.Dataset:
+        max_source, max_target = self.data.max_source_length, self.data.max_target_length
+        encoder_tokenizer, decoder_tokenizer = self.encoder_tokenizer, self.decoder_tokenizer
+        eos = decoder_tokenizer.eos_token_id if decoder_tokenizer.eos_token_id is not None else decoder_tokenizer.sep_token_id
+
+        def tokenize(batch):
+            sources = encoder_tokenizer(batch["document"], max_length=max_source, truncation=True)
+            targets = decoder_tokenizer(
+                batch["summary"], max_length=max_target - 1, truncation=True, add_special_tokens=False
+            )
+            return {
+                "input_ids": sources["input_ids"],
+                "labels": [ids + [eos] for ids in targets["input_ids"]],
+            }
+
+        fingerprint = hashlib.sha256(
+            "|".join(
+                [
+                    dataset._fingerprint,
+                    tokenizer_fingerprint(encoder_tokenizer),
+                    tokenizer_fingerprint(decoder_tokenizer),
+                    str(max_source),
+                    str(max_target),
+                    str(eos),
+                    "v1",
+                ]
+            ).encode()
+        ).hexdigest()[:32]
+        return dataset.map(
+            tokenize,
+            batched=True,
+            remove_columns=[],
+            new_fingerprint=fingerprint,
+            desc=f"tokenizing {split}",
+        )
+
+    def collate(self, rows: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
+        source_pad = self.encoder_tokenizer.pad_token_id
+        target_pad = self.decoder_tokenizer.pad_token_id
+        source_width = max(len(r["input_ids"]) for r in rows)
+        target_width = max(len(r["labels"]) for r in rows)
+        batch = len(rows)
+        input_ids = torch.full((batch, source_width), source_pad, dtype=torch.long)
+        attention_mask = torch.zeros((batch, source_width), dtype=torch.long)
+        labels = torch.full((batch, target_width), IGNORE_INDEX, dtype=torch.long)
+        decoder_input_ids = torch.full((batch, target_width), target_pad, dtype=torch.long)
+        decoder_attention_mask = torch.zeros((batch, target_width), dtype=torch.long)
+        for i, row in enumerate(rows):
+            source, target = row["input_ids"], row["labels"]
+            input_ids[i, : len(source)] = torch.tensor(source)
+            attention_mask[i, : len(source)] = 1
+            labels[i, : len(target)] = torch.tensor(target)
+            shifted = [self.decoder_start_token_id] + target[:-1]
+            decoder_input_ids[i, : len(shifted)] = torch.tensor(shifted)
+            # An explicit mask: with GPT-2 the start token equals pad, and a mask built from pad would hide it.
+            decoder_attention_mask[i, : len(shifted)] = 1
+        return {
+            "input_ids": input_ids,
+            "attention_mask": attention_mask,
+            "decoder_input_ids": decoder_input_ids,
+            "decoder_attention_mask": decoder_attention_mask,
+            "labels": labels,
+            "index": torch.tensor([r["index"] for r in rows], dtype=torch.long),
+        }
+
+    def _loader(self, split: str, shuffle: bool) -> DataLoader:
+        dataset = self.tokenized[split].select_columns(["input_ids", "labels"])
+        dataset = dataset.add_column("index", list(range(len(dataset))))
+        workers = int(self.data.get("num_workers", 0))
+        return DataLoader(
+            dataset,
+            batch_size=self.data.batch_size if split == "train" else self.data.eval_batch_size,
+            shuffle=shuffle,
+            collate_fn=self.collate,
+            num_workers=workers,
+            persistent_workers=workers > 0,
+            pin_memory=bool(self.data.get("pin_memory", False)),
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader("train", shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader("validation", shuffle=False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader("test", shuffle=False)

