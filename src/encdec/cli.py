@@ -22,6 +22,17 @@ def quiet_third_party() -> None:
         logging.getLogger(name).setLevel(logging.ERROR)
 
 
+def resume_arguments(argv: list[str]) -> list[str]:
+    """`resume=RUN_FOLDER` continues that run in its own folder: Hydra must log there and write no new .hydra/."""
+    resume = [arg.split("=", 1)[1] for arg in argv[1:] if arg.startswith("resume=")]
+    if not resume or resume[0] in ("", "null"):
+        return argv
+    run_dir = Path(resume[0]).expanduser().resolve()
+    if not (run_dir / ".hydra" / "config.yaml").is_file():
+        exit_with(EncdecError(f"resume={resume[0]} is not a run folder (no .hydra/config.yaml): give outputs/<date>/<time>"))
+    return [*argv, f"hydra.run.dir={run_dir}", "hydra.output_subdir=null"]
+
+
 def guarded(task: Callable[[DictConfig], Any], cfg: DictConfig) -> Any:
     """Run `task`; a user error becomes one line, exit 2, and no half-made run folder."""
     quiet_third_party()

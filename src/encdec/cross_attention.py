@@ -40,7 +40,7 @@ from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING
 from encdec.cross_attention_layers import (
     CrossAttentionContext,
     GatedCrossAttentionBlock,
-    encoder_padding_to_additive_mask,
+    encoder_keep_mask,
     find_decoder_layers,
 )
 
@@ -200,8 +200,8 @@ class CrossAttentionDecoderForCausalLM(PreTrainedModel, GenerationMixin):
         block = self.cross_attention_blocks[str(layer_index)]
         key, value = context.keys_values[layer_index]
         if isinstance(output, tuple):
-            return (block(output[0], key, value, context.additive_mask), *output[1:])
-        return block(output, key, value, context.additive_mask)
+            return (block(output[0], key, value, context.encoder_keep_mask), *output[1:])
+        return block(output, key, value, context.encoder_keep_mask)
 
     def get_input_embeddings(self) -> nn.Module:
         return self.lm.get_input_embeddings()
@@ -279,11 +279,8 @@ class CrossAttentionDecoderForCausalLM(PreTrainedModel, GenerationMixin):
             cross_cache, self_attention_cache = None, cache
 
         keys_values = self._cross_keys_values(encoder_hidden_states, cross_cache) if has_cross_attention else {}
-        first_block = next(iter(self.cross_attention_blocks.values()), None)
-        mask_dtype = first_block.q_proj.weight.dtype if first_block is not None else torch.float32
         self._cross_attention_context = CrossAttentionContext(
-            keys_values=keys_values,
-            additive_mask=encoder_padding_to_additive_mask(encoder_attention_mask, mask_dtype),
+            keys_values=keys_values, encoder_keep_mask=encoder_keep_mask(encoder_attention_mask)
         )
         lm_kwargs = {self._lm_cache_argument: self_attention_cache}
         if self._lm_takes_logits_to_keep:

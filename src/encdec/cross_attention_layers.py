@@ -71,14 +71,16 @@ class GatedCrossAttentionBlock(nn.Module):
         hidden_states: torch.Tensor,
         key: torch.Tensor,
         value: torch.Tensor,
-        additive_mask: torch.Tensor | None = None,
+        encoder_keep_mask: torch.Tensor | None = None,
     ) -> torch.Tensor:
         batch, length, width = hidden_states.shape
         query = self._split_heads(self.q_proj(self.norm(hidden_states.to(self.q_proj.weight.dtype))))
-        if additive_mask is not None:
-            additive_mask = additive_mask.to(query.dtype)
         attended = F.scaled_dot_product_attention(
-            query, key, value, attn_mask=additive_mask, dropout_p=self.dropout if self.training else 0.0
+            query,
+            key.to(query.dtype),
+            value.to(query.dtype),
+            attn_mask=keep_mask_to_additive(encoder_keep_mask, query.dtype),
+            dropout_p=self.dropout if self.training else 0.0,
         )
         attended = self.o_proj(attended.transpose(1, 2).reshape(batch, length, width))
         hidden_states = hidden_states + (torch.tanh(self.attn_gate) * attended).to(hidden_states.dtype)
@@ -88,19 +90,25 @@ class GatedCrossAttentionBlock(nn.Module):
         return hidden_states
 
 
-def encoder_padding_to_additive_mask(encoder_attention_mask: torch.Tensor | None, dtype: torch.dtype):
-    """`[batch, source]` 1/0 padding mask -> `[batch, 1, 1, source]` additive mask for SDPA.
-
-    The dtype's minimum instead of -inf keeps a fully padded source row finite (uniform attention), so a zero gate
-    still multiplies a finite number and the output stays exact.
-    """
+def encoder_keep_mask(encoder_attention_mask: torch.Tensor | None) -> torch.Tensor | None:
+    """`[batch, source]` 1/0 padding mask -> `[batch, 1, 1, source]` booleans, True where a query may attend."""
     if encoder_attention_mask is None:
         return None
     if encoder_attention_mask.dim() != 2:
         raise ValueError(
             f"encoder_attention_mask must be [batch, source_length], got shape {tuple(encoder_attention_mask.shape)}"
         )
-    keep = encoder_attention_mask[:, None, None, :].to(torch.bool)
+    return encoder_attention_mask[:, None, None, :].to(torch.bool)
+
+
+def keep_mask_to_additive(keep: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor | None:
+    """Additive SDPA mask in the query's dtype (so fp16 autocast gets fp16's minimum, not -inf).
+
+    The dtype's minimum instead of -inf keeps a fully padded source row finite (uniform attention), so a zero gate
+    still multiplies a finite number and the output stays exact.
+    """
+    if keep is None:
+        return None
     return torch.zeros(keep.shape, dtype=dtype, device=keep.device).masked_fill(~keep, torch.finfo(dtype).min)
 
 
@@ -109,7 +117,7 @@ class CrossAttentionContext:
     """What the decoder-layer hooks read during one forward of the wrapped LM: K/V per layer index and the mask."""
 
     keys_values: dict[int, tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict)
-    additive_mask: torch.Tensor | None = None
+    encoder_keep_mask: torch.Tensor | None = None
 
 
 def find_decoder_layers(lm: nn.Module) -> nn.ModuleList:

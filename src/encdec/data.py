@@ -5,6 +5,7 @@ Three sources: the packaged ACLSum papers (offline), local files (json/jsonl/csv
 
 from __future__ import annotations
 
+import codecs
 import logging
 from pathlib import Path
 
@@ -78,6 +79,8 @@ def _load_files(data: DictConfig) -> dict[str, datasets.Dataset]:
             )
         if path.stat().st_size == 0:
             raise EncdecError(f"data.{key}={value} is empty: it needs rows with a text and a summary column")
+        if FILE_BUILDERS[path.suffix.lower()] in ("json", "csv"):
+            _check_utf8(path, key)
         paths[split] = path
     loaded = {}
     for split, path in paths.items():
@@ -93,6 +96,21 @@ def _load_files(data: DictConfig) -> dict[str, datasets.Dataset]:
             detail = " ".join(str(cause).split())[:200]
             raise EncdecError(f"data.{split}_file={path} could not be read as {builder}: {detail}") from error
     return loaded
+
+
+def _check_utf8(path: Path, key: str) -> None:
+    # pyarrow reads invalid UTF-8 without complaint and fails much later, far from the file's name.
+    decoder = codecs.getincrementaldecoder("utf-8")()
+    offset = 0
+    with path.open("rb") as handle:
+        while chunk := handle.read(1 << 20):
+            try:
+                decoder.decode(chunk)
+            except UnicodeDecodeError as error:
+                raise EncdecError(
+                    f"data.{key}={path} is not UTF-8 text (byte {offset + error.start}): re-save it as UTF-8"
+                ) from None
+            offset += len(chunk)
 
 
 def _load_hub(data: DictConfig) -> dict[str, datasets.Dataset]:

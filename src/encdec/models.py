@@ -213,6 +213,17 @@ def configure_generation(model: EncoderDecoderModel, decoder_tokenizer, generati
         raise EncdecError(
             f"generation.{sorted(unknown)[0]} is not a decoding setting; known: {', '.join(sorted(GENERATION_KEYS))}"
         )
+    limits = {"num_beams": 1, "max_new_tokens": 1, "min_new_tokens": 0, "no_repeat_ngram_size": 0, "top_k": 0}
+    for key, lowest in limits.items():
+        value = settings.get(key)
+        if value is not None and (not isinstance(value, int) or value < lowest):
+            raise EncdecError(f"generation.{key}={value} must be an integer >= {lowest}")
+    for key in ("temperature", "top_p", "length_penalty", "repetition_penalty"):
+        value = settings.get(key)
+        if value is not None and not isinstance(value, (int, float)):
+            raise EncdecError(f"generation.{key}={value} must be a number")
+    if settings.get("do_sample") and not (0 < settings.get("top_p", 1.0) <= 1 and settings.get("temperature", 1.0) > 0):
+        raise EncdecError("generation: sampling needs 0 < top_p <= 1 and temperature > 0")
     model.generation_config.update(**{k: v for k, v in settings.items() if v is not None})
     if not settings.get("do_sample"):
         for key in ("top_k", "top_p", "temperature"):

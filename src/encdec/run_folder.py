@@ -30,6 +30,20 @@ def check_fresh(run_dir: Path) -> None:
         )
 
 
+def resume_point(run_dir: Path):
+    """The saved config of a killed run and the newest checkpoint to continue from."""
+    from omegaconf import OmegaConf
+
+    if (run_dir / METRICS).exists():
+        raise EncdecError(f"resume={run_dir}: this run already finished (metrics.json exists); start a new run instead")
+    checkpoints = sorted((run_dir / CHECKPOINTS).glob("*.ckpt"), key=lambda p: p.stat().st_mtime)
+    if not checkpoints:
+        raise EncdecError(f"resume={run_dir}: no checkpoint in {run_dir / CHECKPOINTS}; start a new run instead")
+    cfg = OmegaConf.load(run_dir / ".hydra" / "config.yaml")
+    cfg.resume = str(run_dir)
+    return cfg, checkpoints[-1]
+
+
 def write_text_atomic(path: Path, text: str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)

@@ -28,7 +28,12 @@ log = logging.getLogger(__name__)
 
 def run(cfg: DictConfig) -> float | None:
     run_dir = Path(HydraConfig.get().runtime.output_dir)
-    run_folder.check_fresh(run_dir)
+    resume_from = None
+    if cfg.get("resume"):
+        cfg, resume_from = run_folder.resume_point(run_dir)
+        say(f"resuming {run_dir} from {resume_from.name}")
+    else:
+        run_folder.check_fresh(run_dir)
     L.seed_everything(cfg.seed, workers=True)
 
     model, encoder_tokenizer, decoder_tokenizer = build_model(cfg)
@@ -80,9 +85,11 @@ def run(cfg: DictConfig) -> float | None:
     )
 
     started = time.time()
-    before = _rouge(trainer.validate(module, datamodule=datamodule, verbose=False), "val")
-    say(f"validation ROUGE before training: {_format(before)}")
-    trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("resume_checkpoint"))
+    before = {}
+    if resume_from is None:
+        before = _rouge(trainer.validate(module, datamodule=datamodule, verbose=False), "val")
+        say(f"validation ROUGE before training: {_format(before)}")
+    trainer.fit(module, datamodule=datamodule, ckpt_path=resume_from)
     best = checkpoint.best_model_path or None
     after = _rouge(trainer.validate(module, datamodule=datamodule, ckpt_path=best, verbose=False), "val")
     say(f"validation ROUGE after training:  {_format(after)}" + (f" (best checkpoint {Path(best).name})" if best else ""))

@@ -1,0 +1,480 @@
+"""How the encdec Optuna sweeper works.
+
+1. The search space is `hydra.sweeper.params` (YAML: `{type: float|int|categorical, ...}` or Hydra's sweep syntax,
+   `tag(log, interval(1e-5, 1e-3))`, `choice(4, 8)`, `range(0, 100, 10)`) plus any sweep override on the command line
+   (`optimizer.lr=interval(1e-5,1e-3)`); other command-line overrides are passed unchanged to every trial.
+2. The study is stored in SQLite, `<sweep dir>/optuna.db` unless `storage` says otherwise, and loaded if it exists.
+   A trial left RUNNING by a killed sweep is settled first: COMPLETE if its run folder's metrics.json holds the
+   metric (the run finished, the kill came before the study heard of it), else FAIL marked `interrupted` and its
+   parameters queued again. COMPLETE, PRUNED and (not interrupted) FAIL trials count against `n_trials`; only the
+   rest are run.
+3. Each trial is one ordinary Hydra job, launched by the configured launcher (in process, or submitit/SLURM) into
+   `<sweep dir>/<trial number>/`. The task's return value is the objective; an exception, a SystemExit, None or NaN
+   makes the trial FAIL and the sweep goes on. Ctrl-C marks the running trials interrupted and stops.
+4. At the end the best trial is printed and `<sweep dir>/optimization_results.yaml` written.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import numbers
+import re
+import socket
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+from omegaconf import DictConfig, ListConfig, OmegaConf
+
+log = logging.getLogger("encdec.optuna")
+
+RESULTS_FILE = "optimization_results.yaml"
+DB_FILE = "optuna.db"
+SAMPLERS = {
+    "tpe": "TPESampler",
+    "random": "RandomSampler",
+    "cmaes": "CmaEsSampler",
+    "gp": "GPSampler",
+    "qmc": "QMCSampler",
+}
+
+
+class TrialFailed(Exception):
+    """A trial ended by SystemExit (encdec's one-line user errors exit 2), recorded as a failed trial."""
+
+
+class TrialTask:
+    """Wraps Hydra's task function: SystemExit inside a trial becomes an exception (a FAILED job), not the sweep's end.
+
+    Picklable (a module-level class holding the task function), so submitit can ship it to SLURM nodes.
+    """
+
+    def __init__(self, task_function: Callable[[DictConfig], Any]) -> None:
+        self.task_function = task_function
+
+    def __call__(self, cfg: DictConfig) -> Any:
+        try:
+            return self.task_function(cfg)
+        except SystemExit as exit_:
+            raise TrialFailed(f"the run exited with code {exit_.code}") from None
+
+
+# --------------------------------------------------------------------------------------------------- settings
+
+
+@dataclass
+class SweeperSettings:
+    study_name: str = "encdec"
+    storage: str | None = None
+    direction: str = "maximize"
+    n_trials: int = 10
+    n_jobs: int = 1
+    metric: str | None = None
+    metrics_file: str = "metrics.json"
+    sampler: dict[str, Any] = field(default_factory=lambda: {"name": "tpe", "seed": None})
+    params: dict[str, Any] = field(default_factory=dict)
+    enqueue_trials: list[dict[str, Any]] = field(default_factory=list)
+
+    @classmethod
+    def from_config(cls, settings: dict[str, Any]) -> "SweeperSettings":
+        plain = {k: _plain(v) for k, v in settings.items()}
+        unknown = sorted(set(plain) - set(cls.__dataclass_fields__))
+        if unknown:
+            raise ValueError(
+                f"hydra.sweeper: unknown setting(s) {', '.join(unknown)}; known: {', '.join(cls.__dataclass_fields__)}"
+            )
+        result = cls(**{k: v for k, v in plain.items() if v is not None or k in ("storage", "metric")})
+        if result.direction not in ("maximize", "minimize"):
+            raise ValueError(f"hydra.sweeper.direction={result.direction}: use maximize or minimize")
+        if int(result.n_trials) < 0 or int(result.n_jobs) < 1:
+            raise ValueError("hydra.sweeper.n_trials must be >= 0 and hydra.sweeper.n_jobs >= 1")
+        result.n_trials, result.n_jobs = int(result.n_trials), int(result.n_jobs)
+        result.sampler = dict(result.sampler or {})
+        result.params = dict(result.params or {})
+        result.enqueue_trials = [dict(t) for t in (result.enqueue_trials or [])]
+        return result
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, (DictConfig, ListConfig)):
+        return OmegaConf.to_container(value, resolve=True)
+    return value
+
+
+# ----------------------------------------------------------------------------------------------- search space
+
+
+def distribution_from_spec(key: str, spec: Any, parser=None):
+    """An Optuna distribution from a YAML spec (dict) or a Hydra sweep string (`tag(log, interval(1e-5, 1e-3))`)."""
+    from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
+
+    if isinstance(spec, str):
+        if parser is None:
+            from hydra.core.override_parser.overrides_parser import OverridesParser
+
+            parser = OverridesParser.create()
+        (override,) = parser.parse_overrides([f"{key}={spec}"])
+        if not override.is_sweep_override():
+            raise ValueError(f"hydra.sweeper.params.{key}={spec!r} is not a search space (use interval/choice/range)")
+        return distribution_from_override(override)
+    if not isinstance(spec, dict):
+        raise ValueError(f"hydra.sweeper.params.{key}: expected a mapping like {{type: float, low: 0, high: 1}}")
+    kind = str(spec.get("type", "")).lower()
+    extra = set(spec) - {"type", "low", "high", "log", "step", "choices"}
+    if extra:
+        raise ValueError(f"hydra.sweeper.params.{key}: unknown field(s) {', '.join(sorted(extra))}")
+    try:
+        if kind == "float":
+            step = spec.get("step")
+            return FloatDistribution(
+                float(spec["low"]), float(spec["high"]), log=bool(spec.get("log", False)),
+                step=None if step is None else float(step),
+            )
+        if kind == "int":
+            return IntDistribution(
+                int(spec["low"]), int(spec["high"]), log=bool(spec.get("log", False)), step=int(spec.get("step") or 1)
+            )
+        if kind == "categorical":
+            choices = spec.get("choices")
+            if not isinstance(choices, (list, tuple)) or not choices:
+                raise ValueError("categorical needs a non-empty list `choices`")
+            return CategoricalDistribution(_check_choices(key, choices))
+    except KeyError as missing:
+        raise ValueError(f"hydra.sweeper.params.{key}: type {kind} needs {missing.args[0]}") from None
+    except (TypeError, ValueError) as error:
+        raise ValueError(f"hydra.sweeper.params.{key}: {error}") from None
+    raise ValueError(f"hydra.sweeper.params.{key}: type must be float, int or categorical, not {kind or 'missing'}")
+
+
+def distribution_from_override(override):
+    """Hydra sweep syntax -> Optuna: choice/a,b -> categorical, range -> int/float with step, interval -> float/int."""
+    from hydra.core.override_parser.types import ChoiceSweep, IntervalSweep, RangeSweep
+    from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
+
+    key = override.get_key_element()
+    value = override.value()
+    log_scale = "log" in getattr(value, "tags", set())
+    if isinstance(value, ChoiceSweep):
+        return CategoricalDistribution(_check_choices(key, list(value.list)))
+    if isinstance(value, RangeSweep):
+        values = list(value.range())
+        if not values:
+            raise ValueError(f"{key}: empty range")
+        if all(isinstance(v, int) for v in (value.start, value.stop, value.step)):
+            return IntDistribution(values[0], values[-1], step=value.step, log=log_scale and value.step == 1)
+        return FloatDistribution(float(values[0]), float(values[-1]), step=float(value.step))
+    if isinstance(value, IntervalSweep):
+        if isinstance(value.start, int) and isinstance(value.end, int) and not log_scale:
+            return IntDistribution(value.start, value.end)
+        return FloatDistribution(float(value.start), float(value.end), log=log_scale)
+    raise ValueError(f"{override.input_line}: this sweep form is not supported (use choice, range or interval)")
+
+
+def _check_choices(key: str, choices: Sequence[Any]) -> tuple:
+    for choice in choices:
+        if choice is not None and not isinstance(choice, (bool, int, float, str)):
+            raise ValueError(f"hydra.sweeper.params.{key}: choices must be scalars, not {choice!r}")
+    return tuple(choices)
+
+
+_BARE = re.compile(r"^[A-Za-z_/.][\w./:\-+@]*$")
+
+
+def override_value(value: Any) -> str:
+    """A sampled value as Hydra override text that parses back to the same value and type."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, numbers.Integral):
+        return str(int(value))
+    if isinstance(value, numbers.Real):
+        return repr(float(value))
+    text = str(value)
+    if _BARE.match(text) and text.lower() not in ("null", "true", "false", "nan", "inf"):
+        return text
+    return "'" + text.replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+
+# ------------------------------------------------------------------------------------------------------ sweep
+
+
+class OptunaSweep:
+    def __init__(self, sweeper, settings: SweeperSettings) -> None:
+        self.sweeper = sweeper
+        self.settings = settings
+        self.config: DictConfig = sweeper.config
+        self.launcher = sweeper.launcher
+        self.sweep_dir = Path(str(self.config.hydra.sweep.dir)).absolute()
+        self.metric = settings.metric or self.config.get("optimized_metric") or "objective"
+
+    # -- setup ---------------------------------------------------------------------------------------------
+
+    def _search_space(self, arguments: list[str]):
+        from hydra.core.override_parser.overrides_parser import OverridesParser
+
+        parser = OverridesParser.create(config_loader=self.sweeper.hydra_context.config_loader)
+        space = {key: distribution_from_spec(key, spec, parser) for key, spec in self.settings.params.items()}
+        fixed: list[str] = []
+        for override in parser.parse_overrides(arguments):
+            if override.is_sweep_override():
+                key = override.get_key_element()
+                if key in space:
+                    log.info("%s: the command line's search space replaces hydra.sweeper.params", key)
+                space[key] = distribution_from_override(override)
+            else:
+                fixed.append(override.input_line)
+        swept = set(space)
+        fixed = [line for line in fixed if line.split("=", 1)[0].lstrip("+~") not in swept]
+        return space, fixed
+
+    def _sampler(self, offset: int):
+        import optuna
+
+        spec = dict(self.settings.sampler)
+        name = str(spec.pop("name", "tpe")).lower()
+        if name not in SAMPLERS:
+            raise ValueError(f"hydra.sweeper.sampler.name={name}: use one of {', '.join(SAMPLERS)}")
+        if spec.get("seed") is not None and offset:
+            # A resumed study must not replay the first session's random start-up draws.
+            spec["seed"] = int(spec["seed"]) + offset
+        return getattr(optuna.samplers, SAMPLERS[name])(**spec)
+
+    def _storage(self) -> str:
+        return self.settings.storage or f"sqlite:///{self.sweep_dir / DB_FILE}"
+
+    def _open_study(self):
+        import optuna
+
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
+        study = optuna.create_study(
+            study_name=self.settings.study_name,
+            storage=self._storage(),
+            sampler=self._sampler(0),
+            direction=self.settings.direction,
+            load_if_exists=True,
+        )
+        if study.trials:
+            study.sampler = self._sampler(len(study.trials))
+        return study
+
+    # -- bookkeeping ---------------------------------------------------------------------------------------
+
+    def _run_dir(self, number: int) -> Path:
+        return self.sweep_dir / str(number)
+
+    def _recorded_value(self, run_dir: Path) -> float | None:
+        try:
+            value = json.loads((run_dir / self.settings.metrics_file).read_text()).get(self.metric)
+        except (OSError, ValueError, AttributeError):
+            return None
+        return _objective(value)[0]
+
+    def _settle_stale_trials(self, study) -> None:
+        """Trials a killed sweep left RUNNING: recover finished runs, fail and requeue the others."""
+        import optuna
+        from optuna.trial import TrialState
+
+        for frozen in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+            run_dir = Path(frozen.user_attrs.get("run_dir") or self._run_dir(frozen.number))
+            trial = optuna.trial.Trial(study, frozen._trial_id)
+            value = self._recorded_value(run_dir)
+            if value is not None:
+                trial.set_user_attr("recovered", True)
+                study.tell(frozen.number, value)
+                log.info("trial %d: recovered %s=%s from %s", frozen.number, self.metric, _fmt(value), run_dir)
+                continue
+            trial.set_user_attr("interrupted", True)
+            study.tell(frozen.number, state=TrialState.FAIL)
+            if frozen.params:
+                study.enqueue_trial(frozen.params, user_attrs={"retry_of": frozen.number})
+            log.info("trial %d was interrupted: its parameters will run again", frozen.number)
+
+    @staticmethod
+    def _counted(study) -> int:
+        from optuna.trial import TrialState
+
+        done = 0
+        for trial in study.get_trials(deepcopy=False):
+            if trial.state in (TrialState.COMPLETE, TrialState.PRUNED):
+                done += 1
+            elif trial.state == TrialState.FAIL and not trial.user_attrs.get("interrupted"):
+                done += 1
+        return done
+
+    # -- the loop ------------------------------------------------------------------------------------------
+
+    def run(self, arguments: list[str]):
+        self.sweep_dir.mkdir(parents=True, exist_ok=True)
+        OmegaConf.save(self.config, self.sweep_dir / "multirun.yaml")
+        space, fixed = self._search_space(arguments)
+        # A typo in a fixed override fails here, once, instead of failing every trial.
+        self.sweeper.validate_batch_is_legal([fixed])
+
+        study = self._open_study()
+        fresh = not study.trials
+        self._settle_stale_trials(study)
+        if fresh:
+            study.set_user_attr("fixed_overrides", fixed)
+            for params in self.settings.enqueue_trials:
+                study.enqueue_trial({k: _plain(v) for k, v in params.items()})
+        elif study.user_attrs.get("fixed_overrides") not in (None, fixed):
+            log.warning(
+                "study %s was started with overrides %s; this run passes %s",
+                study.study_name, study.user_attrs.get("fixed_overrides"), fixed,
+            )
+
+        done = self._counted(study)
+        remaining = max(0, self.settings.n_trials - done)
+        log.info(
+            "study %s in %s: %d of %d trials done, %d to run",
+            study.study_name, self._storage(), done, self.settings.n_trials, remaining,
+        )
+        returns = []
+        while remaining > 0:
+            batch = [study.ask(space) for _ in range(min(self.settings.n_jobs, remaining))]
+            returns.append(self._run_batch(study, batch, fixed))
+            remaining = max(0, self.settings.n_trials - self._counted(study))
+        self._finish(study)
+        return returns
+
+    def _run_batch(self, study, trials, fixed: list[str]):
+        from optuna.trial import TrialState
+
+        overrides = []
+        for trial in trials:
+            lines = [*fixed, *(f"{key}={override_value(value)}" for key, value in trial.params.items())]
+            trial.set_user_attr("overrides", lines)
+            overrides.append(lines)
+        launchable, results = [], {}
+        for trial, lines in zip(trials, overrides):
+            try:
+                self.sweeper.validate_batch_is_legal([lines])
+                launchable.append((trial, lines))
+            except Exception as error:  # a sampled value the config refuses (e.g. an unknown group option)
+                results[trial.number] = error
+        try:
+            for group in _consecutive(launchable):
+                first = group[0][0].number
+                for (trial, _), ret in zip(group, self.launcher.launch([lines for _, lines in group], first)):
+                    results[trial.number] = ret
+        except BaseException:
+            for trial in trials:
+                if trial.number not in results:
+                    trial.set_user_attr("interrupted", True)
+                    study.tell(trial, state=TrialState.FAIL)
+                    study.enqueue_trial(trial.params, user_attrs={"retry_of": trial.number})
+            raise
+        returns = []
+        for trial in trials:
+            returns.append(self._record(study, trial, results[trial.number]))
+        return returns
+
+    def _record(self, study, trial, result):
+        from hydra.core.utils import JobReturn, JobStatus
+        from optuna.trial import TrialState
+
+        if isinstance(result, JobReturn):
+            output_dir = OmegaConf.select(result.hydra_cfg, "hydra.runtime.output_dir") if result.hydra_cfg else None
+            trial.set_user_attr("run_dir", str(output_dir or self._run_dir(trial.number)))
+            if result.status == JobStatus.COMPLETED:
+                value, problem = _objective(result._return_value)
+            else:
+                error = result._return_value
+                value, problem = None, f"{type(error).__name__}: {error}"
+        else:
+            value, problem = None, f"{type(result).__name__}: {result}"
+        if value is None:
+            trial.set_user_attr("error", " ".join(str(problem).split())[:500])
+            study.tell(trial, state=TrialState.FAIL)
+            log.warning("trial %d failed (%s); the sweep goes on", trial.number, " ".join(str(problem).split())[:300])
+        else:
+            study.tell(trial, value)
+            log.info("trial %d: %s=%s  %s", trial.number, self.metric, _fmt(value), _params_text(trial.params))
+        return result
+
+    # -- the end -------------------------------------------------------------------------------------------
+
+    def _finish(self, study) -> None:
+        from optuna.trial import TrialState
+
+        trials = study.get_trials(deepcopy=False)
+        complete = [t for t in trials if t.state == TrialState.COMPLETE]
+        failed = [t for t in trials if t.state == TrialState.FAIL and not t.user_attrs.get("interrupted")]
+        results: dict[str, Any] = {
+            "name": "optuna",
+            "study_name": study.study_name,
+            "storage": self._storage(),
+            "direction": self.settings.direction,
+            "metric": self.metric,
+            "n_trials": self.settings.n_trials,
+            "complete": len(complete),
+            "failed": len(failed),
+            "interrupted": sum(1 for t in trials if t.user_attrs.get("interrupted")),
+            "best_trial": None,
+            "best_value": None,
+            "best_params": {},
+            "best_run_dir": None,
+            "best_overrides": [],
+            "host": socket.gethostname(),
+        }
+        if complete:
+            best = study.best_trial
+            results.update(
+                best_trial=best.number,
+                best_value=float(best.value),
+                best_params=dict(best.params),
+                best_run_dir=best.user_attrs.get("run_dir", str(self._run_dir(best.number))),
+                best_overrides=list(best.user_attrs.get("overrides", [])),
+            )
+        OmegaConf.save(OmegaConf.create(results), self.sweep_dir / RESULTS_FILE)
+        summary = (
+            f"study {study.study_name}: {len(complete)} complete, {len(failed)} failed of n_trials="
+            f"{self.settings.n_trials}"
+        )
+        if complete:
+            summary += (
+                f"\nbest trial {results['best_trial']}: {self.metric}={_fmt(results['best_value'])}  "
+                f"{_params_text(results['best_params'])}\nbest run folder: {results['best_run_dir']}"
+            )
+        else:
+            summary += "\nno trial completed: see the failed trials' messages above"
+        summary += f"\nresults: {self.sweep_dir / RESULTS_FILE}"
+        print(summary, flush=True)
+
+
+def _objective(value: Any) -> tuple[float | None, str | None]:
+    """(finite float, None) or (None, why it is no objective)."""
+    if value is None:
+        return None, "the run returned None (is optimized_metric one of its metrics?)"
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        try:
+            value = float(value)  # e.g. a 0-d tensor
+        except (TypeError, ValueError):
+            return None, f"the run returned {type(value).__name__}, not a number"
+    value = float(value)
+    if not math.isfinite(value):
+        return None, f"the run returned {value}"
+    return value, None
+
+
+def _consecutive(items):
+    """Split [(trial, overrides)] into runs of consecutive trial numbers (a launch numbers its jobs from one index)."""
+    group: list = []
+    for item in items:
+        if group and item[0].number != group[-1][0].number + 1:
+            yield group
+            group = []
+        group.append(item)
+    if group:
+        yield group
+
+
+def _fmt(value: Any) -> str:
+    return f"{value:.6g}" if isinstance(value, float) else str(value)
+
+
+def _params_text(params: dict[str, Any]) -> str:
+    return " ".join(f"{key}={_fmt(value)}" for key, value in params.items())

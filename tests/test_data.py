@@ -1,0 +1,93 @@
+"""Data loading and batching: two tokenizers, -100 label padding, shifted decoder inputs, datasets' cache."""
+
+from __future__ import annotations
+
+import torch
+from tokenizers import Tokenizer, models, pre_tokenizers
+from transformers import AutoTokenizer, PreTrainedTokenizerFast
+
+from conftest import compose_config
+from encdec.lit.datamodule import IGNORE_INDEX, SummarizationDataModule
+from encdec.sources import resolve
+
+
+def word_tokenizer(words: list[str]) -> PreTrainedTokenizerFast:
+    vocab = {token: i for i, token in enumerate(["<pad>", "<s>", "</s>", "<unk>", *words])}
+    backend = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    backend.pre_tokenizer = pre_tokenizers.Whitespace()
+    return PreTrainedTokenizerFast(tokenizer_object=backend, pad_token="<pad>", bos_token="<s>", eos_token="</s>", unk_token="<unk>")
+
+
+def datamodule_for(tiny_files, decoder_tokenizer, **data_overrides):
+    overrides = [f"data.{k}={v}" for k, v in data_overrides.items()]
+    cfg = compose_config(
+        "data=files", f"data.train_file={tiny_files['train']}", f"data.validation_file={tiny_files['validation']}",
+        f"data.test_file={tiny_files['test']}", *overrides,
+    )
+    encoder_tokenizer = AutoTokenizer.from_pretrained(resolve(cfg.encoder.pretrained, "encoder.pretrained"))
+    dm = SummarizationDataModule(cfg.data, encoder_tokenizer, decoder_tokenizer, decoder_start_token_id=decoder_tokenizer.bos_token_id)
+    dm.prepare()
+    return dm, encoder_tokenizer
+
+
+def test_source_and_target_use_their_own_tokenizers(tiny_files):
+    words = "alpha beta gamma delta epsilon zeta theta kappa lambda sigma omega".split()
+    decoder_tokenizer = word_tokenizer(words)
+    dm, encoder_tokenizer = datamodule_for(tiny_files, decoder_tokenizer)
+    row = dm.tokenized["train"][0]
+    document, summary = dm.raw["train"][0]["document"], dm.raw["train"][0]["summary"]
+    assert row["input_ids"] == encoder_tokenizer(document, max_length=512, truncation=True)["input_ids"]
+    assert row["labels"] == decoder_tokenizer(summary, add_special_tokens=False)["input_ids"] + [decoder_tokenizer.eos_token_id]
+
+
+def test_collate_pads_labels_with_ignore_index_and_shifts_decoder_inputs(tiny_files):
+    decoder_tokenizer = word_tokenizer("alpha beta gamma delta epsilon zeta theta kappa lambda sigma omega".split())
+    dm, encoder_tokenizer = datamodule_for(tiny_files, decoder_tokenizer)
+    rows = [{"input_ids": [101, 7, 102], "labels": [5, 6, 2], "index": 0}, {"input_ids": [101, 102], "labels": [9, 2], "index": 1}]
+    batch = dm.collate(rows)
+    assert batch["labels"].tolist() == [[5, 6, 2], [9, 2, IGNORE_INDEX]]
+    assert batch["decoder_input_ids"].tolist() == [[1, 5, 6], [1, 9, decoder_tokenizer.pad_token_id]]
+    assert batch["decoder_attention_mask"].tolist() == [[1, 1, 1], [1, 1, 0]]
+    assert batch["input_ids"].tolist() == [[101, 7, 102], [101, 102, encoder_tokenizer.pad_token_id]]
+    assert batch["attention_mask"].tolist() == [[1, 1, 1], [1, 1, 0]]
+
+
+def test_truncation_lengths_come_from_config(tiny_files):
+    decoder_tokenizer = word_tokenizer("alpha beta gamma delta epsilon zeta theta kappa lambda sigma omega".split())
+    dm, _ = datamodule_for(tiny_files, decoder_tokenizer, max_source_length=5, max_target_length=2)
+    assert max(len(ids) for ids in dm.tokenized["train"]["input_ids"]) == 5
+    assert all(len(labels) == 2 and labels[-1] == decoder_tokenizer.eos_token_id for labels in dm.tokenized["train"]["labels"])
+
+
+def test_tokenized_splits_are_cached_by_datasets(tiny_files):
+    decoder_tokenizer = word_tokenizer("alpha beta gamma delta epsilon zeta theta kappa lambda sigma omega".split())
+    first, _ = datamodule_for(tiny_files, decoder_tokenizer)
+    second, _ = datamodule_for(tiny_files, decoder_tokenizer)
+    files = [f["filename"] for f in first.tokenized["train"].cache_files]
+    assert files and files == [f["filename"] for f in second.tokenized["train"].cache_files]
+    assert first.tokenized["train"]._fingerprint == second.tokenized["train"]._fingerprint
+    other, _ = datamodule_for(tiny_files, decoder_tokenizer, max_source_length=7)
+    assert other.tokenized["train"]._fingerprint != first.tokenized["train"]._fingerprint
+
+
+def test_empty_rows_are_skipped_and_counted(tmp_path, tiny_files):
+    from conftest import write_jsonl
+
+    train = write_jsonl(tmp_path / "mixed.jsonl", [
+        {"document": "alpha beta", "summary": "alpha"}, {"document": " ", "summary": "beta"},
+        {"document": "gamma", "summary": None}, {"document": "delta zeta", "summary": "delta"},
+    ])
+    files = {**tiny_files, "train": train}
+    dm, _ = datamodule_for(files, word_tokenizer(["alpha", "beta", "gamma", "delta", "zeta"]))
+    assert dm.raw["train"]["document"] == ["alpha beta", "delta zeta"]
+
+
+def test_aclsum_is_flattened_into_document_and_summary():
+    from encdec.data import load_splits
+
+    splits = load_splits(compose_config().data)
+    assert {k: len(v) for k, v in splits.items()} == {"train": 100, "validation": 50, "test": 100}
+    first = splits["train"][0]
+    assert first["document"].startswith("In this paper , we explore correlation of dependency relation paths")
+    assert first["summary"].startswith("A generally accessible NER system")
+    assert torch.tensor(len(first["document"].split())).item() > 300
