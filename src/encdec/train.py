@@ -80,6 +80,9 @@ def run(cfg: DictConfig) -> float | None:
             )
         )
     loggers = [hydra.utils.instantiate(spec) for spec in (cfg.get("logger") or {}).values() if spec]
+    for name, spec in (cfg.get("callbacks") or {}).items():
+        if spec and (loggers or name != "lr_monitor"):
+            callbacks.append(hydra.utils.instantiate(spec))
     trainer: L.Trainer = hydra.utils.instantiate(
         cfg.trainer, callbacks=callbacks, logger=loggers or False, default_root_dir=str(run_dir)
     )
