@@ -177,3 +177,15 @@ def test_predict_empty_input(trained_run):
     result = run_script("predict.py", f"model_path={run_dir}", "input=-", stdin="\n\n")
     assert result.returncode == 2
     assert "is empty" in error_lines(result.stderr)[0]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("pair", [("minilm", "minilm"), ("minilm", "smollm2"), ("tiny", "minilm")])
+def test_short_run_for_packaged_families(tmp_path, pair):
+    encoder, decoder = pair
+    run_dir = tmp_path / "run"
+    result = run_script("train.py", f"encoder={encoder}", f"decoder={decoder}", *SMOKE, f"hydra.run.dir={run_dir}", "checkpoint.save_top_k=0")
+    assert result.returncode == 0, result.stderr[-3000:]
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert metrics["train/steps"] == 2 and metrics["val/loss"] > 0
+    assert (run_dir / "hf_model" / "model.safetensors").is_file()

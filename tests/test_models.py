@@ -97,6 +97,11 @@ def test_share_weights_refuses_different_sizes():
         build_model(compose_config("encoder=tiny", "decoder=tiny", "model.share_weights=true", "decoder.overrides.hidden_size=32", "decoder.overrides.num_attention_heads=2"))
 
 
+def test_pretrained_sides_are_built_in_train_mode():
+    model, _, _ = build_model(compose_config("encoder=minilm", "decoder=minilm"))
+    assert all(module.training for module in model.modules())
+
+
 def test_random_init_differs_from_pretrained():
     pretrained, _, _ = build_model(compose_config("encoder=minilm", "decoder=tiny"))
     random, _, _ = build_model(compose_config("encoder=minilm", "encoder.init=random", "decoder=tiny"))

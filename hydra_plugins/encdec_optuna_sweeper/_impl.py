@@ -22,6 +22,7 @@ import math
 import numbers
 import re
 import socket
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -439,10 +440,15 @@ class OptunaSweep:
                 f"\nbest trial {results['best_trial']}: {self.metric}={_fmt(results['best_value'])}  "
                 f"{_params_text(results['best_params'])}\nbest run folder: {results['best_run_dir']}"
             )
-        else:
-            summary += "\nno trial completed: see the failed trials' messages above"
         summary += f"\nresults: {self.sweep_dir / RESULTS_FILE}"
         print(summary, flush=True)
+        if not complete and self.settings.n_trials > 0:
+            # A search in which nothing ran to the end is an error for scripts and CI, not a quiet success.
+            print(
+                f"encdec: error: no trial of study {study.study_name} completed: see the failed trials' messages above",
+                file=sys.stderr, flush=True,
+            )
+            raise SystemExit(1)
 
 
 def _objective(value: Any) -> tuple[float | None, str | None]:

@@ -181,6 +181,8 @@ def build_model(cfg: DictConfig) -> tuple[EncoderDecoderModel, PreTrainedTokeniz
         log.info("share_weights: decoder reuses %d encoder tensors", shared)
     configure_generation(model, decoder_tokenizer, cfg.get("generation"))
     apply_freezing(model, cfg.model)
+    # from_pretrained leaves modules in eval mode and Lightning keeps submodule modes: dropout would silently be off.
+    model.train()
     return model, encoder_tokenizer, decoder_tokenizer
 
 

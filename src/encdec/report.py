@@ -294,20 +294,28 @@ def plot(runs: Sequence[Run], target: Path, title: str) -> bool:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    from matplotlib.ticker import MaxNLocator
+
     keys = differing_keys(runs)
     names = labels(runs)
     many = len(curves) > 8
     figure, axes = plt.subplots(figsize=(9.5 if many else 8, 5), dpi=120)
-    for run, points in curves:
+    markers = "os^Dv<>pP*Xh"
+    for index, (run, points) in enumerate(curves):
         steps, values = zip(*points)
         detail = ", ".join(f"{key.split('.')[-1] if len(keys) > 2 else key}={_cell(run.config.get(key))}" for key in keys[:3])
         label = names[run.path] + (f" ({detail})" if detail else "") + ("" if run.complete else " [incomplete]")
-        axes.plot(steps, values, marker="o", markersize=4, linewidth=1.6, label=label[:70])
+        # distinct markers keep runs with identical curves (all 0 early on) apart
+        axes.plot(steps, values, marker=markers[index % len(markers)], markersize=5, linewidth=1.6, alpha=0.9,
+                  label=label[:70])
     axes.set_title(title)
     axes.set_xlabel("training step")
     axes.set_ylabel("validation ROUGE-2 F1 (%)")
+    axes.xaxis.set_major_locator(MaxNLocator(integer=True, steps=[1, 2, 2.5, 5, 10]))
+    # ROUGE is >= 0: start just below 0 so that a run still at 0 shows above the axis, at least 1 point tall
+    top = max(axes.get_ylim()[1], 1.0)
+    axes.set_ylim(-0.03 * top, top)
     axes.grid(True, alpha=0.3)
-    axes.set_ylim(bottom=0)
     if many:
         axes.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0)
     else:
@@ -355,7 +363,8 @@ def report(paths: Sequence[Path], out: Path | None = None, title: str | None = N
     runs = [load_run(path) for path in run_paths]
     png: Path | None = out / PLOT
     try:
-        if not plot(runs, png, title or f"Validation ROUGE-2 ({len(runs)} run{'s' if len(runs) != 1 else ''})"):
+        plotted = sum(1 for run in runs if run.points())
+        if not plot(runs, png, title or f"Validation ROUGE-2 ({plotted} run{'s' if plotted != 1 else ''})"):
             png = None
     except ImportError:
         print("encdec: warning: matplotlib is not installed (pip install matplotlib): no plot", file=sys.stderr)
