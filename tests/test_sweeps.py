@@ -240,6 +240,16 @@ def test_command_line_search_space_and_group_choices(app, tmp_path):
     assert distribution.log and (distribution.low, distribution.high) == (0.01, 1.0)
 
 
+def test_a_value_on_the_command_line_pins_a_searched_key(app, tmp_path):
+    sweep = tmp_path / "sweep"
+    result = app(sweep, "hydra.sweeper.n_trials=2", "x=0.25")
+    assert result.returncode == 0, result.stderr[-3000:]
+    done = trials(sweep, "fake")
+    assert [t.params for t in done] == [{}, {}]
+    for trial in done:
+        assert OmegaConf.load(sweep / str(trial.number) / ".hydra" / "config.yaml").x == 0.25
+
+
 # ------------------------------------------------------------------------------------- the search-space syntax
 
 
@@ -263,7 +273,8 @@ def test_search_space_specs():
 
 
 @pytest.mark.parametrize("value", [3e-4, 1e-05, 0.1, 7, 0, True, False, None, "adamw", "beam", "a b", "it's",
-                                   "1", "null", "x,y", "${oops}", 2.5e10])
+                                   "1", "null", "x,y", "${oops}", 2.5e10, "/data/train.jsonl", "a:b", "-3",
+                                   "google-bert/bert-base-cased", ""])
 def test_sampled_values_round_trip_through_hydra_overrides(value):
     from hydra.core.override_parser.overrides_parser import OverridesParser
 

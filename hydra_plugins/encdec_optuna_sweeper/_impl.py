@@ -219,16 +219,22 @@ class OptunaSweep:
         parser = OverridesParser.create(config_loader=self.sweeper.hydra_context.config_loader)
         space = {key: distribution_from_spec(key, spec, parser) for key, spec in self.settings.params.items()}
         fixed: list[str] = []
+
+        def searched(key: str) -> list[str]:  # `+key` (add) and `key` name the same config key
+            return [k for k in space if k.lstrip("+~") == key.lstrip("+~")]
+
         for override in parser.parse_overrides(arguments):
+            key = override.get_key_element()
             if override.is_sweep_override():
-                key = override.get_key_element()
-                if key in space:
+                for old in searched(key):
                     log.info("%s: the command line's search space replaces hydra.sweeper.params", key)
+                    del space[old]
                 space[key] = distribution_from_override(override)
             else:
+                for old in searched(key):  # a value on the command line pins a searched key
+                    log.info("%s: fixed by the command line, not searched", key)
+                    del space[old]
                 fixed.append(override.input_line)
-        swept = set(space)
-        fixed = [line for line in fixed if line.split("=", 1)[0].lstrip("+~") not in swept]
         return space, fixed
 
     def _sampler(self, offset: int):

@@ -12,6 +12,7 @@ from transformers import AutoTokenizer, EncoderDecoderConfig, EncoderDecoderMode
 import encdec.cross_attention  # noqa: F401  (registers encdec's decoders with transformers' Auto classes)
 from encdec import run_folder
 from encdec.errors import EncdecError
+from encdec.finetune import add_lora, merged_copy
 from encdec.models import configure_generation, load_tokenizer
 
 
@@ -47,14 +48,31 @@ def _load_checkpoint(path: Path):
     if not isinstance(checkpoint, dict) or "encdec" not in checkpoint or "state_dict" not in checkpoint:
         raise EncdecError(f"model_path={path} is not a checkpoint written by encdec's train.py")
     saved = checkpoint["encdec"]
-    model = EncoderDecoderModel(config=EncoderDecoderConfig.from_dict(saved["model_config"]))
-    state = {k.removeprefix("model."): v for k, v in checkpoint["state_dict"].items() if k.startswith("model.")}
-    model.load_state_dict(state, strict=False)
     run_cfg = OmegaConf.create(saved["config"])
+    model = EncoderDecoderModel(config=EncoderDecoderConfig.from_dict(saved["model_config"]))
+    if getattr(model.encoder, "pooler", None) is not None:
+        model.encoder.pooler = None  # built without a pooler in training (see models.build_encoder)
+    lora = run_cfg.get("model", {}).get("lora")
+    if lora and lora.get("r", 0):
+        add_lora(model, lora)
+    state = {k.removeprefix("model."): v for k, v in checkpoint["state_dict"].items() if k.startswith("model.")}
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    if unexpected or [k for k in missing if k not in _tied_names(model)]:
+        raise EncdecError(
+            f"model_path={path} does not match the model its config describes "
+            f"(missing {len(missing)}, unexpected {len(unexpected)} tensors, e.g. {(missing or unexpected)[0]})"
+        )
+    model = merged_copy(model)
     encoder_tokenizer = load_tokenizer(run_cfg.encoder, "encoder")
     decoder_tokenizer = load_tokenizer(run_cfg.decoder, "decoder")
     configure_generation(model, decoder_tokenizer, run_cfg.get("generation"))
     return model.eval(), encoder_tokenizer, decoder_tokenizer
+
+
+def _tied_names(model) -> set[str]:
+    """Tensors that tie to others (lm head = embeddings) may be absent from a state dict."""
+    names = set(model.all_tied_weights_keys) if hasattr(model, "all_tied_weights_keys") else set()
+    return names | {f"decoder.{k}" for k in getattr(model.decoder, "all_tied_weights_keys", {})}
 
 
 def apply_generation_overrides(model: EncoderDecoderModel, decoder_tokenizer, generation: DictConfig | None) -> None:

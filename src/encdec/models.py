@@ -10,7 +10,6 @@ import inspect
 import logging
 from typing import Any
 
-import torch
 from omegaconf import DictConfig, OmegaConf
 from transformers import (
     AutoConfig,
@@ -23,7 +22,7 @@ from transformers import (
     PreTrainedTokenizerBase,
 )
 
-from encdec import sources
+from encdec import finetune, sources
 from encdec.errors import EncdecError
 
 log = logging.getLogger(__name__)
@@ -180,7 +179,7 @@ def build_model(cfg: DictConfig) -> tuple[EncoderDecoderModel, PreTrainedTokeniz
         shared = share_encoder_decoder_weights(model)
         log.info("share_weights: decoder reuses %d encoder tensors", shared)
     configure_generation(model, decoder_tokenizer, cfg.get("generation"))
-    apply_freezing(model, cfg.model)
+    finetune.apply(model, cfg.model)
     # from_pretrained leaves modules in eval mode and Lightning keeps submodule modes: dropout would silently be off.
     model.train()
     return model, encoder_tokenizer, decoder_tokenizer
@@ -234,14 +233,3 @@ def configure_generation(model: EncoderDecoderModel, decoder_tokenizer, generati
         model.generation_config.validate(strict=True)
     except ValueError as error:
         raise EncdecError(f"generation: {' '.join(str(error).split())[:300]}") from error
-
-
-def apply_freezing(model: EncoderDecoderModel, model_cfg: DictConfig) -> None:
-    if model_cfg.get("freeze_encoder", False):
-        for param in model.encoder.parameters():
-            param.requires_grad_(False)
-
-
-def count_parameters(model: torch.nn.Module) -> tuple[int, int]:
-    params = {id(p): p for p in model.parameters()}.values()
-    return sum(p.numel() for p in params), sum(p.numel() for p in params if p.requires_grad)

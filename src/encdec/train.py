@@ -21,7 +21,8 @@ from encdec.errors import EncdecError
 from encdec.lit.datamodule import SummarizationDataModule
 from encdec.lit.module import Seq2SeqModule
 from encdec.metrics import ROUGE_TYPES
-from encdec.models import build_model, count_parameters
+from encdec.finetune import count_parameters, merged_copy
+from encdec.models import build_model
 
 log = logging.getLogger(__name__)
 
@@ -101,7 +102,7 @@ def run(cfg: DictConfig) -> float | None:
 
     if trainer.is_global_zero:
         run_folder.export_hf_model(
-            model, encoder_tokenizer, decoder_tokenizer, run_dir / run_folder.HF_MODEL,
+            merged_copy(model), encoder_tokenizer, decoder_tokenizer, run_dir / run_folder.HF_MODEL,
             untie=bool(cfg.model.get("share_weights")),
         )
         metrics = {**after, **test, **{f"initial/{k}": v for k, v in before.items()}}

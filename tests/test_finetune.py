@@ -1,0 +1,69 @@
+"""Freezing and LoRA: which parameters train, and that a merged LoRA export computes the same function."""
+
+from __future__ import annotations
+
+import torch
+from omegaconf import OmegaConf
+from transformers import BertConfig, BertModel, EncoderDecoderModel, LlamaForCausalLM
+
+from conftest import compose_config
+from encdec import finetune
+from encdec.cross_attention import add_cross_attention, tiny_causal_lm_config
+from encdec.models import build_model
+
+
+def tiny_llama_pair() -> EncoderDecoderModel:
+    torch.manual_seed(0)
+    encoder = BertModel(BertConfig(vocab_size=128, hidden_size=48, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64), add_pooling_layer=False)
+    decoder = add_cross_attention(LlamaForCausalLM(tiny_causal_lm_config("llama")), encoder_hidden_size=48)
+    return EncoderDecoderModel(encoder=encoder, decoder=decoder)
+
+
+def model_cfg(**values):
+    base = OmegaConf.to_container(compose_config().model)
+    base.update(values)
+    return OmegaConf.create(base)
+
+
+def trainable(model):
+    return {n for n, p in model.named_parameters() if p.requires_grad}
+
+
+def test_freeze_decoder_keeps_native_cross_attention_trainable():
+    model, _, _ = build_model(compose_config("encoder=tiny", "decoder=tiny", "model.freeze_decoder=true", "model.freeze_encoder=true"))
+    names = trainable(model)
+    assert names and all("crossattention" in n for n in names)
+    assert len(names) == 2 * 10  # q, k, v, output dense and layer norm (weight + bias each), 2 layers
+
+
+def test_freeze_decoder_on_added_cross_attention():
+    model = tiny_llama_pair()
+    finetune.apply(model, model_cfg(freeze_decoder=True))
+    names = trainable(model)
+    assert any(n.startswith("encoder.") for n in names)
+    decoder_names = {n for n in names if n.startswith("decoder.")}
+    assert decoder_names and all("cross_attention_blocks" in n for n in decoder_names)
+    total, train = finetune.count_parameters(model)
+    assert 0 < train < total
+
+
+def test_lora_trains_adapters_and_merges_to_the_same_function():
+    model = tiny_llama_pair()
+    finetune.apply(model, model_cfg(lora={"r": 4, "lora_alpha": 8, "lora_dropout": 0.0, "target_modules": ["q_proj", "v_proj"], "side": "decoder"}))
+    names = trainable(model)
+    assert any("lora_A" in n for n in names) and any("lora_B" in n for n in names)
+    assert not any("q_proj.base_layer" in n for n in names)
+    assert any("cross_attention_blocks" in n for n in names)
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if "lora_B" in name:
+                param.normal_(0, 0.5)  # lora_B starts at zero; make the adapter matter
+    model.eval()
+    inputs = {"input_ids": torch.randint(3, 128, (2, 7)), "decoder_input_ids": torch.randint(3, 128, (2, 5))}
+    with torch.no_grad():
+        expected = model(**inputs).logits
+        merged = finetune.merged_copy(model)
+        got = merged(**inputs).logits
+    assert not any("lora" in n for n, _ in merged.named_parameters())
+    assert torch.allclose(expected, got, atol=1e-5), (expected - got).abs().max()
+    assert any("lora" in n for n, _ in model.named_parameters())  # the training model keeps its adapters
