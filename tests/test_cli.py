@@ -189,3 +189,31 @@ def test_short_run_for_packaged_families(tmp_path, pair):
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert metrics["train/steps"] == 2 and metrics["val/loss"] > 0
     assert (run_dir / "hf_model" / "model.safetensors").is_file()
+
+
+def test_more_devices_than_exist(tmp_path):
+    result, run_dir = bad(tmp_path, "trainer.accelerator=cpu", "trainer.devices=64", "trainer.strategy=ddp")
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert error_lines(result.stderr)[0].startswith("encdec: error: trainer:")
+    assert not run_dir.exists()
+
+
+def test_non_finite_loss_stops_and_keeps_checkpoints(tmp_path):
+    run_dir = tmp_path / "nan-run"
+    result = run_script(
+        "train.py", "encoder=tiny", "decoder=tiny", *SMOKE, "trainer.max_steps=6", "trainer.max_epochs=3", "checkpoint.every_n_steps=1",
+        "optimizer.lr=1e30", "trainer.gradient_clip_val=null", f"hydra.run.dir={run_dir}",
+    )
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert "training loss became" in error_lines(result.stderr)[0]
+    assert list((run_dir / "checkpoints").glob("step*.ckpt"))
+    assert not (run_dir / "metrics.json").exists() and not (run_dir / "hf_model").exists()
+
+
+def test_truncated_checkpoint_is_refused(trained_run, tmp_path):
+    run_dir, _ = trained_run
+    broken = tmp_path / "broken.ckpt"
+    broken.write_bytes((run_dir / "checkpoints" / "last.ckpt").read_bytes()[:5000])
+    result = run_script("eval.py", f"model_path={broken}", f"hydra.run.dir={tmp_path / 'out'}")
+    assert result.returncode == 2
+    assert "not a readable checkpoint" in error_lines(result.stderr)[0]

@@ -20,10 +20,7 @@ from omegaconf import OmegaConf
 
 from conftest import ROOT, SMOKE, compose_config, error_lines, run_script
 
-if str(ROOT) not in sys.path:  # the sweeper plugin lives in ROOT/hydra_plugins (a namespace package)
-    sys.path.insert(0, str(ROOT))
-
-optuna = pytest.importorskip("optuna")
+import optuna  # noqa: E402  (a dependency of the sweeps extra, which the tests install)
 
 
 def trials(sweep_dir: Path, study_name: str):
@@ -33,6 +30,14 @@ def trials(sweep_dir: Path, study_name: str):
 
 def states(sweep_dir: Path, study_name: str) -> list[str]:
     return [t.state.name for t in trials(sweep_dir, study_name)]
+
+
+def why(sweep_dir: Path, study_name: str, result=None) -> str:
+    """For assertion messages: each trial's state and error, and the end of the sweep's output."""
+    lines = [f"{t.number} {t.state.name} {t.user_attrs.get('error', '')}" for t in trials(sweep_dir, study_name)]
+    if result is not None:
+        lines += [result.stdout[-2000:], result.stderr[-2000:]]
+    return "\n".join(lines)
 
 
 def run_folders(sweep_dir: Path) -> list[str]:
@@ -97,8 +102,7 @@ def app(tmp_path):
     (folder / "conf" / "app.yaml").write_text(APP_CONFIG.format(conf=ROOT / "conf"))
     environment = {
         **os.environ,
-        # Hydra finds plugins in the hydra_plugins namespace package on sys.path: ROOT holds ours.
-        "PYTHONPATH": os.pathsep.join([str(ROOT), *filter(None, [os.environ.get("PYTHONPATH")])]),
+        # Hydra finds plugins in the hydra_plugins namespace package; ours is installed with encdec (src/).
     }
 
     def command(sweep_dir: Path, *overrides: str) -> list[str]:
@@ -356,8 +360,8 @@ def test_train_grid_multirun(tmp_path):
 def test_train_optuna_sweep_two_trials(tmp_path):
     sweep = tmp_path / "optuna"
     result = run_script("train.py", "-m", "hparams_search=tiny_optuna", *SMOKE, f"hydra.sweep.dir={sweep}")
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert states(sweep, "tiny_optuna") == ["COMPLETE", "COMPLETE"]
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
+    assert states(sweep, "tiny_optuna") == ["COMPLETE", "COMPLETE"], why(sweep, "tiny_optuna", result)
     assert run_folders(sweep) == ["0", "1"]
     for trial in trials(sweep, "tiny_optuna"):
         metrics = json.loads((sweep / str(trial.number) / "metrics.json").read_text())
@@ -376,8 +380,8 @@ def test_train_optuna_resume_after_one_trial(tmp_path):
     stamp = (sweep / "0" / "metrics.json").stat().st_mtime_ns
     second = run_script("train.py", "-m", "hparams_search=tiny_optuna", "hydra.sweeper.n_trials=2", *SMOKE,
                         f"hydra.sweep.dir={sweep}")
-    assert second.returncode == 0, second.stderr[-3000:]
-    assert states(sweep, "tiny_optuna") == ["COMPLETE", "COMPLETE"]
+    assert second.returncode == 0, second.stdout[-2000:] + second.stderr[-3000:]
+    assert states(sweep, "tiny_optuna") == ["COMPLETE", "COMPLETE"], why(sweep, "tiny_optuna", second)
     assert (sweep / "0" / "metrics.json").stat().st_mtime_ns == stamp
 
 
@@ -392,18 +396,20 @@ def test_train_optuna_killed_and_resumed(tmp_path):
     try:
         deadline = time.time() + 300
         while not (sweep / "0" / "metrics.json").exists():
-            assert process.poll() is None, "the sweep ended before its first trial finished"
+            assert process.poll() is None, "the sweep ended before its first trial finished:\n" + (
+                why(sweep, "tiny_optuna") if (sweep / "optuna.db").exists() else "")
             assert time.time() < deadline
             time.sleep(0.1)
     finally:
-        os.kill(process.pid, signal.SIGKILL)
+        if process.poll() is None:
+            os.kill(process.pid, signal.SIGKILL)
         process.wait()
     stamp = (sweep / "0" / "metrics.json").stat().st_mtime_ns
 
     result = run_script("train.py", "-m", "hparams_search=tiny_optuna", *SMOKE, f"hydra.sweep.dir={sweep}")
-    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
     done = trials(sweep, "tiny_optuna")
-    assert sum(t.state.name == "COMPLETE" for t in done) == 2
+    assert sum(t.state.name == "COMPLETE" for t in done) == 2, why(sweep, "tiny_optuna", result)
     assert done[0].state.name == "COMPLETE"
     assert (sweep / "0" / "metrics.json").stat().st_mtime_ns == stamp, "the first trial ran again"
 
@@ -415,10 +421,10 @@ def test_train_trial_refused_by_encdec_does_not_end_the_sweep(tmp_path):
     result = run_script("train.py", "-m", "hparams_search=tiny_optuna", *SMOKE, "data.batch_size=choice(0,2)",
                         "hydra.sweeper.enqueue_trials=[{data.batch_size:0},{data.batch_size:2}]",
                         f"hydra.sweep.dir={sweep}")
-    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.returncode == 0, why(sweep, "tiny_optuna", result)
     done = trials(sweep, "tiny_optuna")
     assert [t.params["data.batch_size"] for t in done] == [0, 2]
-    assert [t.state.name for t in done] == ["FAIL", "COMPLETE"]
+    assert [t.state.name for t in done] == ["FAIL", "COMPLETE"], why(sweep, "tiny_optuna", result)
     assert "data.batch_size=0 must be a positive integer" in result.stderr
     assert (sweep / "1" / "metrics.json").is_file()
 

@@ -170,6 +170,15 @@ def share_encoder_decoder_weights(model: EncoderDecoderModel) -> int:
 def build_model(cfg: DictConfig) -> tuple[EncoderDecoderModel, PreTrainedTokenizerBase, PreTrainedTokenizerBase]:
     """The whole model of a config: `EncoderDecoderModel` plus the encoder and decoder tokenizers."""
     encoder_tokenizer = load_tokenizer(cfg.encoder, "encoder")
+    if encoder_tokenizer.pad_token_id is None:
+        # Padding is masked out of the encoder, so any existing token serves; GPT-style tokenizers have none.
+        fallback = encoder_tokenizer.eos_token or encoder_tokenizer.sep_token or encoder_tokenizer.unk_token
+        if fallback is None:
+            raise EncdecError(
+                f"encoder tokenizer {encoder_tokenizer.name_or_path} has no pad, eos, sep or unk token to pad with: "
+                "set encoder.tokenizer to one that has"
+            )
+        encoder_tokenizer.pad_token = fallback
     decoder_tokenizer = load_tokenizer(cfg.decoder, "decoder")
     encoder = build_encoder(cfg.encoder)
     decoder = build_decoder(cfg.decoder, encoder_hidden_size=encoder.config.hidden_size)

@@ -8,6 +8,7 @@ from __future__ import annotations
 import inspect
 import logging
 import time
+import warnings
 from pathlib import Path
 
 import hydra
@@ -18,6 +19,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from encdec import run_folder
 from encdec.errors import EncdecError
+from encdec.lit.checkpoint_io import AtomicCheckpointIO
 from encdec.lit.datamodule import SummarizationDataModule
 from encdec.lit.module import Seq2SeqModule
 from encdec.metrics import ROUGE_TYPES
@@ -33,6 +35,8 @@ def run(cfg: DictConfig) -> float | None:
     if cfg.get("resume"):
         cfg, resume_from = run_folder.resume_point(run_dir)
         say(f"resuming {run_dir} from {resume_from.name}")
+        # Our batch sampler does skip the trained batches (see ResumableBatchSampler); Lightning cannot see that.
+        warnings.filterwarnings("ignore", message="You're resuming from a checkpoint that ended before the epoch")
     else:
         run_folder.check_fresh(run_dir)
     L.seed_everything(cfg.seed, workers=True)
@@ -48,6 +52,7 @@ def run(cfg: DictConfig) -> float | None:
         decoder_start_token_id=model.config.decoder_start_token_id,
         max_source_positions=getattr(model.encoder.config, "max_position_embeddings", None),
         max_target_positions=getattr(model.decoder.config, "max_position_embeddings", None),
+        seed=cfg.seed,
     )
     datamodule.prepare()
     sizes = {split: len(ds) for split, ds in datamodule.tokenized.items()}
@@ -84,16 +89,22 @@ def run(cfg: DictConfig) -> float | None:
     for name, spec in (cfg.get("callbacks") or {}).items():
         if spec and (loggers or name != "lr_monitor"):
             callbacks.append(hydra.utils.instantiate(spec))
-    trainer: L.Trainer = hydra.utils.instantiate(
-        cfg.trainer, callbacks=callbacks, logger=loggers or False, default_root_dir=str(run_dir)
+    trainer: L.Trainer = _instantiate_trainer(
+        cfg,
+        callbacks=callbacks,
+        logger=loggers or False,
+        default_root_dir=str(run_dir),
+        plugins=[AtomicCheckpointIO()],
+        # Our batch sampler shards itself across ranks and knows how to resume mid-epoch.
+        use_distributed_sampler=False,
     )
 
     started = time.time()
-    before = {}
     if resume_from is None:
-        before = _rouge(trainer.validate(module, datamodule=datamodule, verbose=False), "val")
-        say(f"validation ROUGE before training: {_format(before)}")
+        module.initial_metrics = _rouge(trainer.validate(module, datamodule=datamodule, verbose=False), "val")
+        say(f"validation ROUGE before training: {_format(module.initial_metrics)}")
     trainer.fit(module, datamodule=datamodule, ckpt_path=resume_from)
+    before = module.initial_metrics
     best = checkpoint.best_model_path or None
     after = _rouge(trainer.validate(module, datamodule=datamodule, ckpt_path=best, verbose=False), "val")
     say(f"validation ROUGE after training:  {_format(after)}" + (f" (best checkpoint {Path(best).name})" if best else ""))
@@ -111,6 +122,14 @@ def run(cfg: DictConfig) -> float | None:
         run_folder.write_json(run_dir / run_folder.METRICS, metrics)
         say(f"run folder: {run_dir}")
     return (after | test).get(cfg.get("optimized_metric") or "val/rouge2")
+
+
+def _instantiate_trainer(cfg: DictConfig, **kwargs) -> L.Trainer:
+    try:
+        return hydra.utils.instantiate(cfg.trainer, **kwargs)
+    except Exception as error:  # Hydra wraps Lightning's MisconfigurationException; the cause is the message
+        cause = error.__cause__ or error
+        raise EncdecError(f"trainer: {' '.join(str(cause).split())[:300]}") from error
 
 
 def say(message: str) -> None:

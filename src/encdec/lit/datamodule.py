@@ -28,6 +28,49 @@ def tokenizer_fingerprint(tokenizer: PreTrainedTokenizerBase) -> str:
     return f"{type(tokenizer).__name__}-{len(vocab)}-{digest}"
 
 
+class ResumableBatchSampler(torch.utils.data.Sampler[list[int]]):
+    """Fixed-size batches in an order fixed by (seed, epoch), so a resumed run can skip exactly what was trained.
+
+    Under DDP each rank takes every `num_replicas`-th batch of the same order (equal counts: the order is padded by
+    repeating its start). `resume_at(epoch, batches_done)` makes the next iteration of that epoch skip those batches.
+    """
+
+    def __init__(self, size: int, batch_size: int, seed: int, shuffle: bool = True, num_replicas: int = 1, rank: int = 0):
+        self.size, self.batch_size, self.seed, self.shuffle = size, batch_size, seed, shuffle
+        self.num_replicas, self.rank = num_replicas, rank
+        self.epoch = 0
+        self._skip: tuple[int, int] | None = None
+        # Lightning calls set_epoch on `loader.batch_sampler.sampler`, not on the batch sampler itself.
+        self.sampler = self
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def resume_at(self, epoch: int, batches_done: int) -> None:
+        self._skip = (epoch, batches_done)
+
+    def _batches(self) -> list[list[int]]:
+        if self.shuffle:
+            generator = torch.Generator().manual_seed(self.seed + self.epoch)
+            order = torch.randperm(self.size, generator=generator).tolist()
+        else:
+            order = list(range(self.size))
+        batches = [order[i : i + self.batch_size] for i in range(0, self.size, self.batch_size)]
+        per_rank = -(-len(batches) // self.num_replicas)
+        batches += batches[: per_rank * self.num_replicas - len(batches)]
+        return batches[self.rank :: self.num_replicas]
+
+    def __iter__(self):
+        batches = self._batches()
+        if self._skip is not None and self._skip[0] == self.epoch:
+            batches = batches[self._skip[1] :]
+        self._skip = None
+        return iter(batches)
+
+    def __len__(self) -> int:
+        return -(-(-(-self.size // self.batch_size)) // self.num_replicas)
+
+
 class SummarizationDataModule(L.LightningDataModule):
     def __init__(
         self,
@@ -37,8 +80,12 @@ class SummarizationDataModule(L.LightningDataModule):
         decoder_start_token_id: int,
         max_source_positions: int | None = None,
         max_target_positions: int | None = None,
+        seed: int = 0,
     ):
         super().__init__()
+        self.seed = seed
+        # (epoch, batches already trained in it), set when a run resumes from a mid-epoch checkpoint
+        self.resume_position: tuple[int, int] | None = None
         self.data = data
         self.encoder_tokenizer = encoder_tokenizer
         self.decoder_tokenizer = decoder_tokenizer
@@ -139,15 +186,24 @@ class SummarizationDataModule(L.LightningDataModule):
         dataset = self.tokenized[split].select_columns(["input_ids", "labels"])
         dataset = dataset.add_column("index", list(range(len(dataset))))
         workers = int(self.data.get("num_workers", 0))
-        return DataLoader(
-            dataset,
-            batch_size=self.data.batch_size if split == "train" else self.data.eval_batch_size,
-            shuffle=shuffle,
+        common = dict(
             collate_fn=self.collate,
             num_workers=workers,
             persistent_workers=workers > 0,
             pin_memory=bool(self.data.get("pin_memory", False)),
+            # Its own generator: making an iterator must not draw from the global RNG (exact resume needs that stream).
+            generator=torch.Generator().manual_seed(self.seed),
         )
+        if split != "train":
+            return DataLoader(dataset, batch_size=self.data.eval_batch_size, shuffle=False, **common)
+        trainer = self.trainer
+        self.train_sampler = ResumableBatchSampler(
+            len(dataset), self.data.batch_size, seed=self.seed, shuffle=shuffle,
+            num_replicas=trainer.world_size if trainer else 1, rank=trainer.global_rank if trainer else 0,
+        )
+        if self.resume_position is not None:
+            self.train_sampler.resume_at(*self.resume_position)
+        return DataLoader(dataset, batch_sampler=self.train_sampler, **common)
 
     def train_dataloader(self) -> DataLoader:
         return self._loader("train", shuffle=True)

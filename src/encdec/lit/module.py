@@ -4,11 +4,15 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
+import random
+
 import lightning as L
+import numpy as np
 import torch
 import torch.nn.functional as F
 from transformers import EncoderDecoderModel, PreTrainedTokenizerBase
 
+from encdec.errors import EncdecError
 from encdec.lit.datamodule import IGNORE_INDEX
 from encdec.metrics import rouge
 
@@ -30,6 +34,8 @@ class Seq2SeqModule(L.LightningModule):
         self.scheduler_factory = scheduler
         self.generate_in_validation = generate_in_validation
         self.run_config = run_config
+        # Validation metrics before any training, kept in checkpoints so a resumed run still reports them.
+        self.initial_metrics: dict[str, float] = {}
         self._outputs: dict[str, list[tuple[int, str]]] = {"val": [], "test": []}
         # stage -> [{"document", "reference", "prediction"}], in data order, for predictions.jsonl and loggers
         self.last_predictions: dict[str, list[dict[str, str]]] = {}
@@ -47,6 +53,12 @@ class Seq2SeqModule(L.LightningModule):
 
     def training_step(self, batch, batch_idx):
         loss = self.loss(batch)
+        if not torch.isfinite(loss):
+            # Stop before the optimizer spreads NaN into the weights; checkpoints on disk are from good steps.
+            raise EncdecError(
+                f"training loss became {loss.item()} at step {self.global_step}: lower optimizer.lr, keep "
+                "trainer.gradient_clip_val, or use precision 32-true; the last good checkpoint is kept in checkpoints/"
+            )
         self.log("train/loss", loss, prog_bar=True, batch_size=batch["input_ids"].shape[0])
         return loss
 
@@ -100,7 +112,37 @@ class Seq2SeqModule(L.LightningModule):
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         # Enough to rebuild the model from the checkpoint alone (eval.py on a .ckpt), without its pretrained sources.
-        checkpoint["encdec"] = {"config": self.run_config, "model_config": self.model.config.to_dict()}
+        checkpoint["encdec"] = {
+            "config": self.run_config,
+            "model_config": self.model.config.to_dict(),
+            "initial_metrics": self.initial_metrics,
+        }
+        # Lightning restores loops, optimizer and scheduler; these make a resumed run continue bit for bit.
+        checkpoint["encdec"]["rng"] = {
+            "torch": torch.get_rng_state(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+            "numpy": _numpy_state_to_tensors(np.random.get_state()),
+            "python": random.getstate(),
+        }
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        saved = checkpoint.get("encdec", {})
+        rng = saved.get("rng")
+        if rng:
+            torch.set_rng_state(rng["torch"])
+            if rng["cuda"] and torch.cuda.is_available():
+                torch.cuda.set_rng_state_all(rng["cuda"])
+            np.random.set_state(_numpy_state_from_tensors(rng["numpy"]))
+            random.setstate(rng["python"])
+        progress = checkpoint.get("loops", {}).get("fit_loop", {}).get("epoch_loop.batch_progress", {})
+        # `processed`, not `completed`: step checkpoints are written in on_train_batch_end, before `completed` counts it.
+        done = progress.get("current", {}).get("processed", 0)
+        datamodule = self.trainer.datamodule if self._trainer is not None else None
+        if datamodule is not None and done and not progress.get("is_last_batch", False):
+            datamodule.resume_position = (checkpoint["epoch"], done)
+            if getattr(datamodule, "train_sampler", None) is not None:
+                datamodule.train_sampler.resume_at(checkpoint["epoch"], done)
+        self.initial_metrics = saved.get("initial_metrics", self.initial_metrics)
 
     def configure_optimizers(self):
         params = [p for p in self.model.parameters() if p.requires_grad]
@@ -109,3 +151,15 @@ class Seq2SeqModule(L.LightningModule):
             return optimizer
         scheduler = self.scheduler_factory(optimizer, num_training_steps=int(self.trainer.estimated_stepping_batches))
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+
+def _numpy_state_to_tensors(state) -> dict:
+    # numpy arrays are not allowed in weights_only checkpoints; tensors and plain numbers are.
+    name, keys, position, has_gauss, cached_gaussian = state
+    return {"name": name, "keys": torch.from_numpy(keys.astype(np.int64)), "position": int(position),
+            "has_gauss": int(has_gauss), "cached_gaussian": float(cached_gaussian)}
+
+
+def _numpy_state_from_tensors(saved: dict):
+    keys = saved["keys"].numpy().astype(np.uint32)
+    return saved["name"], keys, saved["position"], saved["has_gauss"], saved["cached_gaussian"]

@@ -383,6 +383,7 @@ class OptunaSweep:
         from hydra.core.utils import JobReturn, JobStatus
         from optuna.trial import TrialState
 
+        error = None
         if isinstance(result, JobReturn):
             output_dir = OmegaConf.select(result.hydra_cfg, "hydra.runtime.output_dir") if result.hydra_cfg else None
             trial.set_user_attr("run_dir", str(output_dir or self._run_dir(trial.number)))
@@ -392,11 +393,17 @@ class OptunaSweep:
                 error = result._return_value
                 value, problem = None, f"{type(error).__name__}: {error}"
         else:
+            error = result
             value, problem = None, f"{type(result).__name__}: {result}"
         if value is None:
             trial.set_user_attr("error", " ".join(str(problem).split())[:500])
             study.tell(trial, state=TrialState.FAIL)
-            log.warning("trial %d failed (%s); the sweep goes on", trial.number, " ".join(str(problem).split())[:300])
+            # An unexpected exception (a bug, not encdec's one-line user error) keeps its traceback.
+            trace = isinstance(error, BaseException) and not isinstance(error, TrialFailed)
+            log.warning(
+                "trial %d failed (%s); the sweep goes on", trial.number, " ".join(str(problem).split())[:300],
+                exc_info=error if trace else None,
+            )
         else:
             study.tell(trial, value)
             log.info("trial %d: %s=%s  %s", trial.number, self.metric, _fmt(value), _params_text(trial.params))

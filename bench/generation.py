@@ -1,0 +1,212 @@
+"""Generation: encdec.inference.summarize (length-sorted batches) vs plain model.generate, same model and inputs.
+
+    python bench/generation.py --mode greedy            # 32 aclsum documents, <=256 source tokens, 64 new tokens
+    python bench/generation.py --mode beam              # beam 4 (the generation=beam preset)
+    python bench/generation.py --mode greedy --lengths full   # every document truncated to 256 (no length spread)
+    python bench/generation.py --mode greedy --static-cache   # adds summarize with cache_implementation=static
+
+Methods, run alternately (the order flips every round) in one process on the same MiniLM->MiniLM weights:
+  single       model.generate one document at a time (no padding at all): the reference outputs
+  batched-N    model.generate on batches of N in input order, padded (tokenizer(..., padding=True)), default settings
+  encdec-N     encdec.inference.summarize(batch_size=N): documents sorted by length, then batched
+Greedy outputs must be identical token for token (asserted); beam outputs are compared and differences reported.
+Results are merged into bench/results/generation_cpu.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import common  # noqa: E402
+
+PRESETS = {
+    "greedy": ["generation=greedy"],
+    "beam": ["generation=beam"],  # num_beams 4, no_repeat_ngram_size 3, early_stopping, length_penalty 1
+}
+
+
+def documents(count: int, lengths: str, seed: int = 0) -> list[str]:
+    """aclsum test documents; with lengths=spread each is cut to a random 20..260 words (a realistic mix)."""
+    import numpy as np
+
+    from encdec.data import load_splits
+
+    raw = load_splits(common.compose().data)["test"]
+    docs = [raw[i]["document"] for i in range(count)]
+    if lengths == "spread":
+        rng = np.random.default_rng(seed)
+        docs = [" ".join(d.split()[: int(k)]) for d, k in zip(docs, rng.integers(20, 261, size=count))]
+    return docs
+
+
+def strip(ids: list[int], pad: int, eos: int) -> list[int]:
+    """A generated row without the padding after eos (batched rows are padded to the longest in their batch)."""
+    out = []
+    for token in ids:
+        out.append(token)
+        if token == eos and len(out) > 1:
+            break
+    while out and out[-1] == pad and pad != eos:
+        out.pop()
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--mode", choices=sorted(PRESETS), default="greedy")
+    parser.add_argument("--documents", type=int, default=32)
+    parser.add_argument("--max-source-length", type=int, default=256)
+    parser.add_argument("--max-new-tokens", type=int, default=64)
+    parser.add_argument("--lengths", choices=["spread", "full"], default="spread")
+    parser.add_argument("--batch-sizes", default="8,16")
+    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--no-single", action="store_true", help="skip one-at-a-time (slow); no token check then")
+    parser.add_argument("--static-cache", action="store_true", help="also time summarize with a static KV cache")
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--no-save", action="store_true")
+    args = parser.parse_args()
+
+    common.quiet()
+    import torch
+
+    from encdec.inference import summarize
+    from encdec.models import configure_generation
+
+    torch.set_num_threads(args.threads)
+    info = common.machine()
+    cfg, model, encoder_tokenizer, decoder_tokenizer = common.build(
+        "minilm", *PRESETS[args.mode], f"generation.max_new_tokens={args.max_new_tokens}",
+        f"data.max_source_length={args.max_source_length}",
+    )
+    configure_generation(model, decoder_tokenizer, cfg.generation)
+    model.eval()
+    pad, eos = model.generation_config.pad_token_id, model.generation_config.eos_token_id
+    docs = documents(args.documents, args.lengths)
+    encoded = encoder_tokenizer(docs, max_length=args.max_source_length, truncation=True)["input_ids"]
+    source_lengths = [len(e) for e in encoded]
+    print(f"{args.mode}: {len(docs)} aclsum documents ({args.lengths}: source tokens "
+          f"{min(source_lengths)}..{max(source_lengths)}, mean {sum(source_lengths) / len(docs):.0f}), "
+          f"{args.max_new_tokens} new tokens, MiniLM->MiniLM, float32, {args.threads} thread(s)")
+    print(f"generation config: {model.generation_config.to_diff_dict()}")
+
+    def decode(rows):
+        return [t.strip() for t in decoder_tokenizer.batch_decode(rows, skip_special_tokens=True,
+                                                                   clean_up_tokenization_spaces=True)]
+
+    @torch.no_grad()
+    def plain(batch_size: int):
+        """model.generate over batches in input order; returns (token rows, texts, padded source tokens)."""
+        rows, padded_tokens = [], 0
+        for start in range(0, len(docs), batch_size):
+            inputs = encoder_tokenizer(docs[start : start + batch_size], max_length=args.max_source_length,
+                                       truncation=True, padding=True, return_tensors="pt")
+            padded_tokens += inputs["input_ids"].numel()
+            out = model.generate(**inputs)
+            rows += [strip(r, pad, eos) for r in out.tolist()]
+        return rows, decode(rows), padded_tokens
+
+    def with_encdec(batch_size: int, **generate_kwargs):
+        """encdec.inference.summarize, with model.generate wrapped to record the token rows it produced."""
+        by_source = {tuple(e): i for i, e in enumerate(encoded)}
+        rows: list = [None] * len(docs)
+        padded = [0]
+        original = model.generate
+
+        def recording(*a, **k):
+            out = original(*a, **{**k, **generate_kwargs})
+            padded[0] += k["input_ids"].numel()
+            for source, mask, generated in zip(k["input_ids"].tolist(), k["attention_mask"].tolist(), out.tolist()):
+                rows[by_source[tuple(s for s, m in zip(source, mask) if m)]] = strip(generated, pad, eos)
+            return out
+
+        model.generate = recording
+        try:
+            texts = summarize(model, encoder_tokenizer, decoder_tokenizer, docs, batch_size=batch_size,
+                              max_source_length=args.max_source_length, device=torch.device("cpu"), progress=False)
+        finally:
+            del model.generate
+        return rows, texts, padded[0]
+
+    methods = {}
+    if not args.no_single:
+        methods["single"] = lambda: plain(1)
+    for size in map(int, args.batch_sizes.split(",")):
+        methods[f"batched-{size}"] = lambda size=size: plain(size)
+        methods[f"encdec-{size}"] = lambda size=size: with_encdec(size)
+        if args.static_cache:
+            methods[f"encdec-{size}-static"] = lambda size=size: with_encdec(size, cache_implementation="static")
+
+    with torch.no_grad():  # warm-up: first-call costs hit no timed method
+        model.generate(**encoder_tokenizer(docs[:2], padding=True, return_tensors="pt"), max_new_tokens=4)
+    times: dict[str, list[float]] = {name: [] for name in methods}
+    outputs = {}
+    names = list(methods)
+    started = time.time()
+    for round_ in range(args.rounds):
+        for name in (names if round_ % 2 == 0 else names[::-1]):
+            t0 = time.perf_counter()
+            try:
+                outputs[name] = methods[name]()
+            except Exception as error:  # a lever that does not work here (static cache) is reported, not fatal
+                print(f"  {name}: failed: {type(error).__name__}: {str(error).splitlines()[0][:200]}")
+                methods.pop(name)
+                times.pop(name)
+                names.remove(name)
+                continue
+            times[name].append(time.perf_counter() - t0)
+            print(f"  round {round_}: {name:18s} {times[name][-1]:7.2f} s", flush=True)
+
+    reference = "single" if "single" in outputs else names[0]
+    ref_rows, ref_texts, _ = outputs[reference]
+    rows = []
+    for name in names:
+        token_rows, texts, padded_tokens = outputs[name]
+        seconds = sorted(times[name])[len(times[name]) // 2] if len(times[name]) % 2 else sum(times[name]) / len(times[name])
+        differing = [i for i in range(len(docs)) if token_rows[i] != ref_rows[i]]
+        rows.append({
+            "method": name, "seconds": seconds, "summaries_per_s": len(docs) / seconds,
+            "padded_source_tokens": padded_tokens,
+            "source_padding_fraction": round(1 - sum(source_lengths) / padded_tokens, 4),
+            "generated_tokens": sum(len(r) for r in token_rows),
+            f"rows_differing_from_{reference}": len(differing),
+            "texts_differing": sum(a != b for a, b in zip(texts, ref_texts)),
+            "differing_rows": differing,
+        })
+    by_name = {r["method"]: r for r in rows}
+    for row in rows:
+        row["vs_single"] = row["summaries_per_s"] / by_name["single"]["summaries_per_s"] if "single" in by_name else None
+        size = row["method"].split("-")[1] if row["method"] != "single" else None
+        if size and f"batched-{size}" in by_name:
+            row["vs_batched_same_size"] = row["summaries_per_s"] / by_name[f"batched-{size}"]["summaries_per_s"]
+    print()
+    print(common.table(rows, ["method", "seconds", "summaries_per_s", "source_padding_fraction", "generated_tokens",
+                              f"rows_differing_from_{reference}", "vs_single", "vs_batched_same_size"]))
+    print(f"({time.time() - started:.0f} s)")
+
+    key = f"{args.mode}-{args.lengths}"
+    if not args.no_save:
+        path = common.write_results("generation_cpu.json", {
+            "machine": info,
+            "scenarios": {key: {
+                "setup": {"mode": args.mode, "documents": len(docs), "lengths": args.lengths,
+                          "source_tokens": common.length_summary(source_lengths),
+                          "max_source_length": args.max_source_length, "max_new_tokens": args.max_new_tokens,
+                          "threads": args.threads, "rounds": args.rounds,
+                          "generation_config": model.generation_config.to_diff_dict()},
+                "summary": rows, "times": times,
+            }},
+        }, merge_key="scenarios")
+        print(f"wrote {path}")
+    if args.mode == "greedy" and reference == "single":
+        bad = {r["method"]: r["differing_rows"] for r in rows if r["differing_rows"]}
+        assert not bad, f"greedy outputs differ from one-at-a-time generation: {bad}"
+        assert all(r["texts_differing"] == 0 for r in rows)
+        print("greedy: every method produced the same tokens as one-at-a-time generation")
+
+
+if __name__ == "__main__":
+    main()

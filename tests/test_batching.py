@@ -1,0 +1,217 @@
+"""TokenBudgetBatchSampler: coverage, budget, padding, determinism, DDP and mid-epoch resume."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from torch.utils.data import DataLoader
+
+from encdec.lit.batching import TokenBudgetBatchSampler, padding_stats
+
+
+def skewed_lengths(n: int = 1000, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Lognormal sources clipped to 20..512 (most short, a long tail), targets about a fifth of the source."""
+    rng = np.random.default_rng(seed)
+    sources = np.clip(rng.lognormal(np.log(150), 0.7, n), 20, 512).astype(int)
+    targets = np.clip(sources * 0.2 + rng.normal(0, 10, n), 5, 128).astype(int)
+    return sources, targets
+
+
+def sampler(n: int = 1000, max_tokens: int = 2560, **kwargs) -> TokenBudgetBatchSampler:
+    sources, targets = skewed_lengths(n)
+    return TokenBudgetBatchSampler(list(zip(sources, targets)), max_tokens=max_tokens, **kwargs)
+
+
+def flat(batches) -> list[int]:
+    return [i for batch in batches for i in batch]
+
+
+@pytest.mark.parametrize("shuffle", [True, False])
+@pytest.mark.parametrize("bucket_size", [None, 100])
+def test_every_index_exactly_once_per_epoch(shuffle, bucket_size):
+    s = sampler(shuffle=shuffle, bucket_size=bucket_size, seed=3)
+    for epoch in range(3):
+        s.set_epoch(epoch)
+        batches = list(s)
+        assert len(batches) == len(s)
+        assert sorted(flat(batches)) == list(range(1000))
+
+
+def test_padded_tokens_within_budget_except_single_oversize_items():
+    sources, targets = skewed_lengths(1000)
+    sources[[5, 50, 500]] = 4000  # longer than the whole budget on their own
+    s = TokenBudgetBatchSampler(list(zip(sources, targets)), max_tokens=2560, seed=0)
+    oversize = 0
+    for batch in s:
+        if s.cost(batch) > 2560:
+            assert len(batch) == 1, batch
+            oversize += 1
+        assert s.cost(batch) == (sources[batch].max() + targets[batch].max()) * len(batch)
+    assert oversize == 3
+    assert {5, 50, 500} <= set(flat(s.batches()))
+
+
+def test_budget_is_used_not_just_respected():
+    s = sampler(max_tokens=2560, seed=0)
+    costs = [s.cost(b) for b in s.batches()]
+    # Greedy packing fills batches: on average over 80% of the budget is spent.
+    assert np.mean(costs) > 0.8 * 2560
+    assert max(len(b) for b in s.batches()) > 3 * min(len(b) for b in s.batches())  # short items, bigger batches
+
+
+def test_padding_far_below_random_batching():
+    sources, targets = skewed_lengths(1000)
+    s = TokenBudgetBatchSampler(list(zip(sources, targets)), max_tokens=2560, seed=0)
+    bucketed = padding_stats(s.batches(), sources, targets)
+    # Random batches with the same mean number of items.
+    per_batch = round(1000 / len(s))
+    order = np.random.default_rng(0).permutation(1000)
+    random = padding_stats([order[i : i + per_batch] for i in range(0, 1000, per_batch)], sources, targets)
+    assert bucketed["padding_fraction"] < 0.10
+    assert random["padding_fraction"] > 0.40
+    assert bucketed["padded"] < 0.6 * random["padded"]
+    # Random buckets of 100 keep most of the gain.
+    buckets = TokenBudgetBatchSampler(list(zip(sources, targets)), max_tokens=2560, seed=0, bucket_size=100)
+    assert padding_stats(buckets.batches(), sources, targets)["padding_fraction"] < 0.2
+
+
+def test_deterministic_per_seed_and_epoch():
+    a, b = sampler(seed=7), sampler(seed=7)
+    a.set_epoch(2)
+    b.set_epoch(2)
+    assert list(a) == list(b)
+    a.set_epoch(3)
+    b.set_epoch(2)
+    assert list(a) != list(b)
+    assert list(sampler(seed=8)) != list(sampler(seed=7))
+    c = sampler(seed=7)
+    epoch0 = list(c)
+    assert list(c) == epoch0  # iterating again without set_epoch repeats the epoch
+
+
+def test_batch_order_shuffled_across_epochs_but_not_without_shuffle():
+    s = sampler(seed=0)
+    first = list(s)
+    s.set_epoch(1)
+    assert list(s) != first
+    fixed = sampler(shuffle=False)
+    widths = [fixed.source_lengths[b].max() for b in fixed]
+    assert widths == sorted(widths, reverse=True)  # longest first, so a memory blow-up shows at once
+    fixed.set_epoch(1)
+    assert [fixed.source_lengths[b].max() for b in fixed] == widths
+
+
+def test_max_batch_size_caps_items():
+    s = sampler(max_tokens=100_000, max_batch_size=16)
+    assert max(len(b) for b in s) == 16
+    assert sorted(flat(s)) == list(range(1000))
+
+
+@pytest.mark.parametrize("n", [1000, 997, 3])
+@pytest.mark.parametrize("replicas", [2, 3])
+def test_ddp_ranks_disjoint_and_equal_batch_counts(n, replicas):
+    ranks = [sampler(n=n, seed=5, num_replicas=replicas, rank=r) for r in range(replicas)]
+    for epoch in range(2):
+        for s in ranks:
+            s.set_epoch(epoch)
+        per_rank = [list(s) for s in ranks]
+        assert len({len(b) for b in per_rank}) == 1
+        assert all(len(b) == len(s) for b, s in zip(per_rank, ranks))
+        indices = [set(flat(b)) for b in per_rank]
+        assert set().union(*indices) == set(range(n))
+        if n >= replicas:
+            for r in range(replicas):
+                for q in range(r + 1, replicas):
+                    assert not indices[r] & indices[q]
+            assert sum(len(flat(b)) for b in per_rank) == n  # nothing repeated
+
+
+def test_ddp_ranks_step_together_on_similar_lengths():
+    ranks = [sampler(seed=1, num_replicas=2, rank=r) for r in range(2)]
+    widths = [[s.source_lengths[b].max() for b in s] for s in ranks]
+    # At each step both ranks get neighbouring batches of the sorted order: similar widths.
+    assert np.median(np.abs(np.subtract(*widths))) <= 10
+
+
+def test_state_dict_resume_yields_exactly_the_remaining_batches():
+    s = sampler(seed=11)
+    s.set_epoch(4)
+    full = list(s)
+    it = iter(s)
+    for _ in range(7):
+        next(it)
+    state = s.state_dict()
+    assert state["epoch"] == 4 and state["position"] == 7
+
+    resumed = sampler(seed=11)
+    resumed.load_state_dict(state)
+    resumed.set_epoch(4)  # Lightning calls set_epoch with the restored epoch: the position must survive it
+    assert len(resumed) == len(full)
+    assert list(resumed) == full[7:]
+    # The next epoch is a full, fresh one.
+    resumed.set_epoch(5)
+    s.set_epoch(5)
+    assert list(resumed) == list(s)
+
+
+def test_state_dict_with_consumed_count_ignores_prefetch():
+    s = sampler(seed=2, num_replicas=2, rank=1)
+    full = list(s)
+    it = iter(s)
+    for _ in range(5):  # a loader prefetched 5 batches, training consumed only 3
+        next(it)
+    resumed = sampler(seed=2, num_replicas=2, rank=1)
+    resumed.load_state_dict(s.state_dict(consumed=3))
+    assert list(resumed) == full[3:]
+    with pytest.raises(ValueError):
+        sampler(seed=3, num_replicas=2, rank=1).load_state_dict(s.state_dict())
+
+
+def test_resume_at_and_lightning_set_epoch():
+    from lightning.fabric.utilities.data import _set_sampler_epoch
+
+    s = sampler(seed=4)
+    s.set_epoch(2)
+    full = list(s)
+    resumed = sampler(seed=4)
+    loader = DataLoader(list(range(1000)), batch_sampler=resumed, collate_fn=lambda rows: rows)
+    resumed.resume_at(2, 5)  # what the module's on_load_checkpoint does
+    _set_sampler_epoch(loader, 2)  # what Lightning does at the start of the epoch: reaches the batch sampler
+    assert resumed.epoch == 2
+    assert list(loader) == full[5:]
+    _set_sampler_epoch(loader, 3)
+    s.set_epoch(3)
+    assert resumed.epoch == 3 and list(loader) == list(s)
+
+
+def test_dataset_lengths_from_arrow():
+    import datasets
+
+    from encdec.lit.batching import dataset_lengths
+
+    rows = [{"input_ids": list(range(n)), "labels": list(range(n // 2 + 1))} for n in (5, 1, 9, 3)]
+    data = datasets.Dataset.from_list(rows).select([3, 0, 2])
+    assert dataset_lengths(data) == [(3, 2), (5, 3), (9, 5)]
+    assert dataset_lengths(rows) == [(5, 3), (1, 1), (9, 5), (3, 2)]
+
+
+def test_works_as_a_dataloader_batch_sampler():
+    sources, targets = skewed_lengths(50)
+    data = [{"x": int(i)} for i in range(50)]
+    s = TokenBudgetBatchSampler(list(zip(sources, targets)), max_tokens=1000, seed=0)
+    loader = DataLoader(data, batch_sampler=s, collate_fn=lambda rows: torch.tensor([r["x"] for r in rows]))
+    assert len(loader) == len(s)
+    assert sorted(torch.cat(list(loader)).tolist()) == list(range(50))
+
+
+def test_single_lengths_and_bad_arguments():
+    s = TokenBudgetBatchSampler([10, 20, 30, 40], max_tokens=60, shuffle=False)
+    # 40 alone (40+30 would pad to 80); 30 and 20 pad to 60, the budget; then 10.
+    assert s.batches() == [[3], [2, 1], [0]]
+    with pytest.raises(ValueError):
+        TokenBudgetBatchSampler([], max_tokens=10)
+    with pytest.raises(ValueError):
+        TokenBudgetBatchSampler([1, 2], max_tokens=0)
+    with pytest.raises(ValueError):
+        TokenBudgetBatchSampler([1, 2], max_tokens=10, num_replicas=2, rank=2)

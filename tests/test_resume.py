@@ -1,0 +1,96 @@
+"""A run killed with SIGKILL and resumed with `resume=RUN` ends bitwise equal to the same run uninterrupted."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+from safetensors.torch import load_file
+
+from conftest import ROOT, error_lines, run_script, write_jsonl
+
+SETTINGS = (
+    "encoder=tiny", "decoder=tiny", "data=files", "logger=none", "callbacks=none",
+    "data.batch_size=2", "data.max_source_length=24", "data.max_target_length=8",
+    "trainer.max_epochs=2", "trainer.max_steps=-1", "checkpoint.every_n_steps=2", "generation.max_new_tokens=6",
+)
+
+
+@pytest.fixture(scope="module")
+def resume_data(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("resume-data")
+    words = "one two three four five six seven eight nine ten eleven twelve".split()
+    rows = [{"document": " ".join(words[(i + j) % 12] for j in range(9)), "summary": " ".join(words[i % 12 : i % 12 + 2])} for i in range(20)]
+    files = {
+        "train": write_jsonl(folder / "train.jsonl", rows[:14]),
+        "validation": write_jsonl(folder / "val.jsonl", rows[14:17]),
+        "test": write_jsonl(folder / "test.jsonl", rows[17:]),
+    }
+    return [f"data.train_file={files['train']}", f"data.validation_file={files['validation']}", f"data.test_file={files['test']}"]
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(resume_data, tmp_path_factory):
+    run_dir = tmp_path_factory.mktemp("reference") / "run"
+    result = run_script("train.py", *SETTINGS, *resume_data, f"hydra.run.dir={run_dir}")
+    assert result.returncode == 0, result.stderr[-3000:]
+    return run_dir
+
+
+def kill_after(run_dir, args, checkpoint_name, timeout=300):
+    env = {**os.environ, "TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE": "1"}
+    process = subprocess.Popen([sys.executable, str(ROOT / "train.py"), *args, f"hydra.run.dir={run_dir}"], cwd=ROOT, env=env,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + timeout
+    target = run_dir / "checkpoints" / checkpoint_name
+    while not target.exists():
+        assert process.poll() is None, "training ended before it could be killed"
+        assert time.time() < deadline
+        time.sleep(0.05)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert not (run_dir / "metrics.json").exists()
+
+
+def final_state(run_dir):
+    weights = load_file(run_dir / "hf_model" / "model.safetensors")
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    metrics.pop("time/seconds")
+    return weights, metrics, (run_dir / "predictions.jsonl").read_text()
+
+
+def assert_same_run(a, b):
+    weights_a, metrics_a, predictions_a = final_state(a)
+    weights_b, metrics_b, predictions_b = final_state(b)
+    assert weights_a.keys() == weights_b.keys()
+    different = [name for name in weights_a if not (weights_a[name] == weights_b[name]).all()]
+    assert not different, f"{len(different)} tensors differ, e.g. {different[:3]}"
+    assert metrics_a == metrics_b
+    assert predictions_a == predictions_b
+
+
+@pytest.mark.parametrize("kill_at", ["step4.ckpt", pytest.param("step10.ckpt", marks=pytest.mark.slow)])
+def test_killed_run_resumes_bitwise(uninterrupted, resume_data, tmp_path, kill_at):
+    run_dir = tmp_path / "run"
+    kill_after(run_dir, [*SETTINGS, *resume_data], kill_at)
+    result = run_script("train.py", f"resume={run_dir}")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "resuming" in result.stdout
+    assert_same_run(uninterrupted, run_dir)
+
+
+def test_resume_refuses_a_finished_run(uninterrupted):
+    result = run_script("train.py", f"resume={uninterrupted}")
+    assert result.returncode == 2
+    assert "already finished" in error_lines(result.stderr)[0]
+
+
+def test_resume_refuses_a_folder_that_is_not_a_run(tmp_path):
+    result = run_script("train.py", f"resume={tmp_path}")
+    assert result.returncode == 2
+    assert "is not a run folder" in error_lines(result.stderr)[0]
