@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 from pathlib import Path
@@ -48,3 +49,9 @@ def guarded(task: Callable[[DictConfig], Any], cfg: DictConfig) -> Any:
         exit_with(EncdecError(f"{key} is required: pass {key}=VALUE on the command line"), run_dir)
     except OmegaConfBaseException as error:
         exit_with(EncdecError(f"config: {str(error).splitlines()[0]}"), run_dir)
+    except OSError as error:
+        if error.errno != errno.ENOSPC:
+            raise
+        where = f" while writing {error.filename}" if error.filename else ""
+        exit_with(EncdecError(f"disk full{where}: free space or point hydra.run.dir at a larger disk; "
+                              "files already written were left whole"), None)

@@ -38,7 +38,9 @@ def as_dict(node) -> dict:
 def side_config(side: DictConfig, role: str) -> tuple[str, PretrainedConfig]:
     """Resolve the side's source and load its config with `overrides` applied (like `encoder_`-prefixed kwargs)."""
     resolved = sources.resolve(side.pretrained, f"{role}.pretrained")
-    config = sources.load_from_hub_or_cache(AutoConfig.from_pretrained, resolved, f"{role}.pretrained")
+    config = sources.load_from_hub_or_cache(
+        AutoConfig.from_pretrained, resolved, f"{role}.pretrained", trust_remote_code=bool(side.get("trust_remote_code"))
+    )
     overrides = as_dict(side.get("overrides"))
     known = set(config.to_dict())
     for key, value in overrides.items():
@@ -54,7 +56,9 @@ def side_config(side: DictConfig, role: str) -> tuple[str, PretrainedConfig]:
 def load_tokenizer(side: DictConfig, role: str) -> PreTrainedTokenizerBase:
     source = side.get("tokenizer") or side.pretrained
     resolved = sources.resolve(source, f"{role}.tokenizer" if side.get("tokenizer") else f"{role}.pretrained")
-    return sources.load_from_hub_or_cache(AutoTokenizer.from_pretrained, resolved, f"{role}.pretrained")
+    return sources.load_from_hub_or_cache(
+        AutoTokenizer.from_pretrained, resolved, f"{role}.pretrained", trust_remote_code=bool(side.get("trust_remote_code"))
+    )
 
 
 def _model_class(auto_class, config: PretrainedConfig, role: str):
