@@ -187,7 +187,8 @@ def main() -> None:
                               f"rows_differing_from_{reference}", "vs_single", "vs_batched_same_size"]))
     print(f"({time.time() - started:.0f} s)")
 
-    key = f"{args.mode}-{args.lengths}"
+    key = f"{args.mode}-{args.lengths}" + ("-static-cache" if args.static_cache else "") + (
+        "-no-single" if args.no_single else "")
     if not args.no_save:
         path = common.write_results("generation_cpu.json", {
             "machine": info,

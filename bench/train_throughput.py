@@ -1,9 +1,12 @@
 """Training throughput: encdec's Lightning path vs transformers' Seq2SeqTrainer on the same model, data and batch size.
 
-    python bench/train_throughput.py --scenario minilm-aclsum      # MiniLM->MiniLM, aclsum 512/128, batch 8
-    python bench/train_throughput.py --scenario minilm-synthetic   # MiniLM->MiniLM, lognormal lengths 50..512
-    python bench/train_throughput.py --scenario levers-data        # BERT->GPT-2 4x256: batching levers
-    python bench/train_throughput.py --scenario levers-step        # BERT->GPT-2 4x256: optimizer/mask/checkpointing
+    python bench/train_throughput.py --scenario minilm-aclsum        # MiniLM->MiniLM, aclsum 512/128, batch 8
+    python bench/train_throughput.py --scenario minilm-synthetic     # MiniLM->MiniLM, lognormal lengths 50..512
+    python bench/train_throughput.py --scenario bert2gpt2-synthetic  # BERT->GPT-2 4x256, lognormal lengths
+    python bench/train_throughput.py --scenario levers-data          # 4x256: batching levers one by one
+    python bench/train_throughput.py --scenario levers-step          # 4x256: optimizer/mask/checkpointing levers
+    python bench/train_throughput.py --padding                       # padding per batching scheme, no training
+    python bench/train_throughput.py --precision-check               # fp32 vs bf16 autocast on this CPU
     python bench/train_throughput.py --list
 
 Each run trains exactly one epoch over the same rows (so every run does the same real work and tokens/s ratios are
@@ -25,21 +28,30 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common  # noqa: E402
 
+BEST = "encdec+budget+fused+nodecmask"  # the levers that paid, together
+
 SCENARIOS = {
+    # Headline: encdec default and encdec with the levers that paid vs Seq2SeqTrainer (torch AdamW = encdec's
+    # optimizer; adamw_torch_fused = Seq2SeqTrainer's own default in transformers 5).
     "minilm-aclsum": {
         "model": "minilm", "data": "aclsum", "rows": 24, "batch_size": 8, "max_source": 512, "max_target": 128,
-        "runs": ["hf", "encdec"],
+        "runs": ["hf", "hf-fused", "encdec", BEST],
     },
     "minilm-synthetic": {
         "model": "minilm", "data": "synthetic", "rows": 48, "batch_size": 8, "max_source": 512, "max_target": 128,
-        "runs": ["hf", "encdec", "encdec+budget"],
+        "runs": ["hf", "hf-fused", "encdec", BEST],
     },
+    "bert2gpt2-synthetic": {
+        "model": "bert2gpt2-4x256", "data": "synthetic", "rows": 96, "batch_size": 8, "max_source": 512,
+        "max_target": 128, "runs": ["hf", "hf-fused", "encdec", BEST],
+    },
+    # Levers, one at a time, on the smaller model.
     "levers-data": {
         "model": "bert2gpt2-4x256", "data": "synthetic", "rows": 96, "batch_size": 8, "max_source": 512,
         "max_target": 128, "runs": ["hf", "hf-random", "encdec", "encdec+budget", "encdec+budget-memory"],
     },
     "levers-step": {
-        "model": "bert2gpt2-4x256", "data": "synthetic", "rows": 96, "batch_size": 8, "max_source": 512,
+        "model": "bert2gpt2-4x256", "data": "synthetic", "rows": 64, "batch_size": 8, "max_source": 512,
         "max_target": 128,
         "runs": ["hf", "encdec+budget", "encdec+budget+foreach", "encdec+budget+fused", "encdec+budget+nodecmask",
                  "encdec+budget+ckpt"],
@@ -367,6 +379,46 @@ def precision_check(threads: int, save: bool = True) -> None:
                                                                                     "machine": info}}))
 
 
+def compile_check(threads: int, save: bool = True) -> None:
+    """torch.compile (inductor) vs eager for the 4x256 model's forward/backward: compile time and step time.
+
+    Batches change shape every step (dynamic padding), so a compiled model either recompiles per shape or runs
+    with dynamic shapes; both are timed: a fixed shape (best case) and a second, new shape.
+    """
+    import torch
+    import torch.nn.functional as F
+
+    torch.set_num_threads(threads)
+    _, model, _, _ = common.build("bert2gpt2-4x256")
+
+    def batch(source: int, target: int):
+        ids = torch.randint(1000, 20000, (8, source))
+        return ids, torch.randint(1000, 20000, (8, target))
+
+    def step(forward, ids, targets) -> float:
+        started = time.perf_counter()
+        logits = forward(input_ids=ids, attention_mask=torch.ones_like(ids), decoder_input_ids=targets,
+                         use_cache=False).logits
+        F.cross_entropy(logits.float().flatten(0, 1), targets.flatten()).backward()
+        model.zero_grad(set_to_none=True)
+        return time.perf_counter() - started
+
+    first, second = batch(256, 64), batch(200, 48)
+    compiled = torch.compile(model, dynamic=None)
+    rows = [{"what": "first call (compile), shape 8x256/64", "compiled": step(compiled, *first),
+             "eager": step(model, *first)}]
+    rows.append({"what": "first call of a new shape 8x200/48", "compiled": step(compiled, *second),
+                 "eager": step(model, *second)})
+    for _ in range(3):  # alternate
+        rows.append({"what": "steady step, shape 8x256/64", "compiled": step(compiled, *first),
+                     "eager": step(model, *first)})
+    for row in rows:
+        row["compiled_speedup"] = row["eager"] / row["compiled"]
+    print(common.table(rows, ["what", "eager", "compiled", "compiled_speedup"]))
+    if save:
+        print("wrote", common.write_results("train_cpu.json", {"compile_check": {"threads": threads, "rows": rows}}))
+
+
 # -- parent side -----------------------------------------------------------------------------------------------------
 
 
@@ -382,6 +434,7 @@ def main() -> None:
                              "spin against other work and run ~2x slower)")
     parser.add_argument("--padding", action="store_true", help="only the offline padding analysis (no training)")
     parser.add_argument("--precision-check", action="store_true", help="only fp32 vs bf16 autocast speed on this CPU")
+    parser.add_argument("--compile-check", action="store_true", help="only eager vs torch.compile fwd+bwd, 4x256")
     parser.add_argument("--list", action="store_true")
     parser.add_argument("--no-save", action="store_true")
     args = parser.parse_args()
@@ -397,6 +450,8 @@ def main() -> None:
         return padding_analysis(save=not args.no_save)
     if args.precision_check:
         return precision_check(args.threads, save=not args.no_save)
+    if args.compile_check:
+        return compile_check(args.threads, save=not args.no_save)
     scenario = dict(SCENARIOS[args.scenario], threads=args.threads)
     if args.rows:
         scenario["rows"] = args.rows
@@ -431,12 +486,12 @@ def main() -> None:
                  "peak_rss_mib", "seconds")}
         rows.append({"run": name, **mean, "repeats": len(runs)})
     base = {r["run"]: r for r in rows}
+    references = [name for name in dict.fromkeys([anchor, "hf", "hf-fused", "encdec"]) if name in base]
     for row in rows:
-        row["vs_" + anchor] = row["tokens_per_s"] / base[anchor]["tokens_per_s"]
-        if "encdec" in base and row["run"] != "encdec":
-            row["vs_encdec"] = row["tokens_per_s"] / base["encdec"]["tokens_per_s"]
+        for reference in references:
+            row["vs_" + reference] = row["tokens_per_s"] / base[reference]["tokens_per_s"]
     columns = ["run", "tokens_per_s", "target_tokens_per_s", "s_per_step", "rows_per_step", "padding_fraction",
-               "peak_rss_mib", "vs_" + anchor] + (["vs_encdec"] if "encdec" in base else [])
+               "peak_rss_mib", *("vs_" + r for r in references)]
     print()
     print(common.table(rows, columns))
     print(f"({time.time() - started:.0f} s)")
