@@ -45,6 +45,11 @@ SCENARIOS = {
         "model": "bert2gpt2-4x256", "data": "synthetic", "rows": 96, "batch_size": 8, "max_source": 512,
         "max_target": 128, "runs": ["hf", "hf-fused", "encdec", BEST],
     },
+    # A larger epoch, where Seq2SeqTrainer's length grouping works (megabatches of 12 batches instead of 1-4).
+    "bert2gpt2-synthetic-400": {
+        "model": "bert2gpt2-4x256", "data": "synthetic", "rows": 400, "batch_size": 8, "max_source": 512,
+        "max_target": 128, "runs": ["hf", BEST],
+    },
     # Levers, one at a time, on the smaller model.
     "levers-data": {
         "model": "bert2gpt2-4x256", "data": "synthetic", "rows": 96, "batch_size": 8, "max_source": 512,
@@ -312,7 +317,7 @@ def padding_analysis(save: bool = True) -> None:
     batch = 8
     cfg, model, encoder_tokenizer, decoder_tokenizer = common.build("minilm", *data_overrides(
         {"max_source": 512, "max_target": 128, "batch_size": batch}))
-    sets = {f"synthetic-{n}": common.synthetic_rows(n, seed=0) for n in (96, 1600)}
+    sets = {f"synthetic-{n}": common.synthetic_rows(n, seed=0) for n in (48, 96, 400, 1600)}
     sets["aclsum-train-100"] = load_rows({"data": "aclsum", "rows": 100}, cfg, model, encoder_tokenizer,
                                          decoder_tokenizer)
     out = []

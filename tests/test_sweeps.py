@@ -344,7 +344,6 @@ def _submitit_installed() -> bool:
 # ------------------------------------------------------------------------------------------ train.py (slow)
 
 
-@pytest.mark.slow
 def test_train_grid_multirun(tmp_path):
     sweep = tmp_path / "grid"
     result = run_script("train.py", "-m", "encoder=tiny", "decoder=tiny", "optimizer.lr=1e-4,3e-4", *SMOKE,
@@ -356,7 +355,6 @@ def test_train_grid_multirun(tmp_path):
         assert OmegaConf.load(sweep / job / ".hydra" / "config.yaml").optimizer.lr == lr
 
 
-@pytest.mark.slow
 def test_train_optuna_sweep_two_trials(tmp_path):
     sweep = tmp_path / "optuna"
     result = run_script("train.py", "-m", "hparams_search=tiny_optuna", *SMOKE, f"hydra.sweep.dir={sweep}")
