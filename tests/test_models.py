@@ -181,3 +181,15 @@ print("identical")
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=ROOT)
     assert result.returncode == 0, result.stderr[-2000:]
     assert "identical" in result.stdout
+
+
+def test_share_weights_refuses_different_architectures():
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    encoder = build_model(compose_config("encoder=tiny", "decoder=tiny"))[0].encoder
+    decoder = GPT2LMHeadModel(GPT2Config(n_embd=64, n_layer=2, n_head=2, vocab_size=100, add_cross_attention=True))
+    model = EncoderDecoderModel(encoder=encoder, decoder=decoder)
+    from encdec.models import share_encoder_decoder_weights
+
+    with pytest.raises(EncdecError, match="encoder 'bert' and decoder 'gpt2'"):
+        share_encoder_decoder_weights(model)

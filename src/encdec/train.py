@@ -99,6 +99,8 @@ def run(cfg: DictConfig) -> float | None:
         use_distributed_sampler=False,
     )
 
+    for logger in trainer.loggers:
+        logger.log_hyperparams(_flat(OmegaConf.to_container(cfg, resolve=True)))
     started = time.time()
     if resume_from is None:
         module.initial_metrics = _rouge(trainer.validate(module, datamodule=datamodule, verbose=False), "val")
@@ -122,6 +124,16 @@ def run(cfg: DictConfig) -> float | None:
         run_folder.write_json(run_dir / run_folder.METRICS, metrics)
         say(f"run folder: {run_dir}")
     return (after | test).get(cfg.get("optimized_metric") or "val/rouge2")
+
+
+def _flat(tree: dict, prefix: str = "") -> dict:
+    flat = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            flat.update(_flat(value, f"{prefix}{key}/"))
+        else:
+            flat[f"{prefix}{key}"] = value if isinstance(value, (int, float, str, bool)) or value is None else str(value)
+    return flat
 
 
 def _instantiate_trainer(cfg: DictConfig, **kwargs) -> L.Trainer:
