@@ -82,10 +82,12 @@ def test_files_data_and_tiny_run(tiny_files, tmp_path):
     result = run_script(
         "train.py", "encoder=tiny", "decoder=tiny", "data=files", *SMOKE,
         f"data.train_file={tiny_files['train']}", f"data.validation_file={tiny_files['validation']}",
-        f"data.test_file={tiny_files['test']}", "generation=beam", f"hydra.run.dir={run_dir}",
+        f"data.test_file={tiny_files['test']}", "generation=beam", "data.max_tokens_per_batch=48", f"hydra.run.dir={run_dir}",
     )
     assert result.returncode == 0, result.stderr[-3000:]
     assert (run_dir / "hf_model" / "model.safetensors").is_file()
+    # 4 rows of ~12 source + 4 target tokens under a 48-token budget: 2 per batch, so max_steps=2 is reached
+    assert json.loads((run_dir / "metrics.json").read_text())["train/steps"] == 2
 
 
 def test_rerun_into_existing_run_is_refused(trained_run):
@@ -112,6 +114,7 @@ def bad(tmp_path, *args):
         (("data.max_source_length=0",), "data.max_source_length=0"),
         (("data.max_source_length=100000",), "data.max_source_length=100000 exceeds"),
         (("data.batch_size=0",), "data.batch_size=0"),
+        (("data.max_tokens_per_batch=-5",), "data.max_tokens_per_batch=-5"),
         (("optimizer.lr=-1",), "optimizer.lr=-1"),
         (("data=files", "data.train_file=/nope/train.jsonl", "data.validation_file=/nope/val.jsonl"), "data.train_file=/nope/train.jsonl: no such file"),
         (("+encoder.overrides.not_a_field=1",), "encoder.overrides.not_a_field"),

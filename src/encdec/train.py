@@ -15,6 +15,7 @@ import hydra
 import lightning as L
 from hydra.core.hydra_config import HydraConfig
 from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
 from encdec import run_folder
@@ -144,6 +145,7 @@ def _instantiate_trainer(cfg: DictConfig, **kwargs) -> L.Trainer:
         raise EncdecError(f"trainer: {' '.join(str(cause).split())[:300]}") from error
 
 
+@rank_zero_only
 def say(message: str) -> None:
     print(message, flush=True)
 

@@ -17,6 +17,7 @@ from torch.utils.data import DataLoader
 from transformers import PreTrainedTokenizerBase
 
 from encdec.data import load_splits
+from encdec.lit.batching import TokenBudgetBatchSampler, dataset_lengths
 from encdec.errors import EncdecError
 
 IGNORE_INDEX = -100
@@ -105,6 +106,9 @@ class SummarizationDataModule(L.LightningDataModule):
         for key in ("batch_size", "eval_batch_size"):
             if not isinstance(data[key], int) or data[key] <= 0:
                 raise EncdecError(f"data.{key}={data[key]} must be a positive integer")
+        budget = data.get("max_tokens_per_batch")
+        if budget is not None and (not isinstance(budget, int) or budget <= 0):
+            raise EncdecError(f"data.max_tokens_per_batch={budget} must be a positive integer or null (off)")
 
     def prepare(self) -> None:
         """Load and tokenize every split now, so bad data fails before any training starts."""
@@ -197,10 +201,17 @@ class SummarizationDataModule(L.LightningDataModule):
         if split != "train":
             return DataLoader(dataset, batch_size=self.data.eval_batch_size, shuffle=False, **common)
         trainer = self.trainer
-        self.train_sampler = ResumableBatchSampler(
-            len(dataset), self.data.batch_size, seed=self.seed, shuffle=shuffle,
-            num_replicas=trainer.world_size if trainer else 1, rank=trainer.global_rank if trainer else 0,
-        )
+        replicas, rank = (trainer.world_size, trainer.global_rank) if trainer else (1, 0)
+        if self.data.get("max_tokens_per_batch"):
+            # Length-bucketed batches under a padded-token budget: little padding when lengths spread.
+            self.train_sampler = TokenBudgetBatchSampler(
+                dataset_lengths(dataset), self.data.max_tokens_per_batch, shuffle=shuffle, seed=self.seed,
+                num_replicas=replicas, rank=rank,
+            )
+        else:
+            self.train_sampler = ResumableBatchSampler(
+                len(dataset), self.data.batch_size, seed=self.seed, shuffle=shuffle, num_replicas=replicas, rank=rank
+            )
         if self.resume_position is not None:
             self.train_sampler.resume_at(*self.resume_position)
         return DataLoader(dataset, batch_sampler=self.train_sampler, **common)
