@@ -1,4 +1,4 @@
-"""TokenBudgetBatchSampler: coverage, budget, padding, determinism, DDP and mid-epoch resume."""
+"""Batch samplers: TokenBudgetBatchSampler (coverage, budget, padding, determinism, DDP, mid-epoch resume) and EvalBatchSampler."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
-from encdec.lit.batching import TokenBudgetBatchSampler, padding_stats
+from encdec.lit.batching import EvalBatchSampler, TokenBudgetBatchSampler, longest_first, padding_stats
 
 
 def skewed_lengths(n: int = 1000, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -215,3 +215,39 @@ def test_single_lengths_and_bad_arguments():
         TokenBudgetBatchSampler([1, 2], max_tokens=0)
     with pytest.raises(ValueError):
         TokenBudgetBatchSampler([1, 2], max_tokens=10, num_replicas=2, rank=2)
+
+
+@pytest.mark.parametrize("n,replicas", [(1, 1), (7, 1), (37, 2), (3, 4), (64, 3)])
+def test_eval_batches_sorted_longest_first_and_every_row_once(n, replicas):
+    lengths = list(np.random.default_rng(n).integers(1, 300, size=n))
+    per_rank = [list(EvalBatchSampler(lengths, 4, num_replicas=replicas, rank=r)) for r in range(replicas)]
+    rows = [i for batches in per_rank for batch in batches for i in batch]
+    assert set(rows) == set(range(n))
+    # Equal batch counts on every rank (sharded strategies need them): at most replicas - 1 rows repeated.
+    per_rank_rows = -(-n // replicas)
+    assert len(rows) == per_rank_rows * replicas
+    assert len({len(batches) for batches in per_rank}) == 1
+    for batches in per_rank:
+        flat = [i for batch in batches for i in batch]
+        assert [lengths[i] for i in flat] == sorted((lengths[i] for i in flat), reverse=True)
+        assert all(len(batch) <= 4 for batch in batches) and all(len(batch) == 4 for batch in batches[:-1])
+    if n >= replicas:
+        # Rank r holds sorted rows r, r+W, ...: equally long rows.
+        for rank, batches in enumerate(per_rank):
+            assert sum(batches, [])[: n // replicas] == longest_first(lengths)[rank::replicas][: n // replicas]
+
+
+def test_eval_batches_pad_less_than_data_order():
+    lengths = list(np.random.default_rng(0).integers(20, 512, size=200))
+    sorted_batches = list(EvalBatchSampler(lengths, 16))
+    in_order = [list(range(i, min(i + 16, 200))) for i in range(0, 200, 16)]
+    zeros = [0] * 200
+    assert padding_stats(sorted_batches, lengths, zeros)["padding_fraction"] < 0.1
+    assert padding_stats(in_order, lengths, zeros)["padding_fraction"] > 0.3
+
+
+def test_eval_batch_sampler_bad_arguments():
+    with pytest.raises(ValueError, match="batch_size=0"):
+        EvalBatchSampler([3, 4], 0)
+    with pytest.raises(ValueError, match="rank=2"):
+        EvalBatchSampler([3, 4], 2, num_replicas=2, rank=2)

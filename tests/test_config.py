@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hydra
 import pytest
+import torch
 from omegaconf import OmegaConf
 
 from conftest import CONF, compose_config, run_script
@@ -80,3 +81,21 @@ def test_cli_unknown_option_fails_naming_it():
     result = run_script("train.py", "--cfg", "job", "decoder=nonexistent")
     assert result.returncode != 0
     assert "decoder/nonexistent" in result.stderr
+
+
+@pytest.mark.parametrize(
+    "overrides,fused",
+    [
+        ([], True),  # fp32: the fused kernel
+        (["trainer.precision=bf16-mixed"], False),  # Lightning refuses clipping a fused optimizer under AMP
+        (["trainer.precision=bf16-mixed", "trainer.gradient_clip_val=0"], True),
+        (["optimizer.fused=false"], False),
+        (["optimizer=adam", "trainer.precision=16-mixed"], False),
+    ],
+)
+def test_fused_adamw_chosen_where_lightning_allows_it(overrides, fused):
+    from encdec.train import _optimizer
+
+    cfg = compose_config(*overrides)
+    optimizer = _optimizer(cfg)([torch.nn.Parameter(torch.zeros(2))])
+    assert optimizer.defaults["fused"] is fused

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import tempfile
 from pathlib import Path
 
 import torch
@@ -13,6 +14,7 @@ import encdec.cross_attention  # noqa: F401  (registers encdec's decoders with t
 from encdec import run_folder
 from encdec.errors import EncdecError
 from encdec.finetune import add_lora, merged_copy
+from encdec.lit.batching import EvalBatchSampler
 from encdec.models import configure_generation, load_tokenizer
 
 
@@ -24,6 +26,9 @@ def load_trained(path: str | Path) -> tuple[EncoderDecoderModel, PreTrainedToken
         if path.suffix != ".ckpt":
             raise EncdecError(f"model_path={path} is a file but not a .ckpt checkpoint: give a run folder, hf_model/ or .ckpt")
         return _load_checkpoint(path)
+    if path.suffix == ".ckpt":  # a DeepSpeed checkpoint: a folder of per-rank shards
+        with tempfile.TemporaryDirectory(prefix="encdec-ckpt-") as scratch:
+            return _load_checkpoint(run_folder.single_file_checkpoint(path, Path(scratch) / "full.ckpt"))
     if (path / run_folder.HF_MODEL / "config.json").is_file():
         path = path / run_folder.HF_MODEL
     if (path / "config.json").is_file() and (path / run_folder.ENCODER_TOKENIZER).is_dir():
@@ -32,8 +37,8 @@ def load_trained(path: str | Path) -> tuple[EncoderDecoderModel, PreTrainedToken
         decoder_tokenizer = AutoTokenizer.from_pretrained(path / run_folder.DECODER_TOKENIZER)
         return model.eval(), encoder_tokenizer, decoder_tokenizer
     last = path / run_folder.CHECKPOINTS / "last.ckpt"
-    if last.is_file():
-        return _load_checkpoint(last)
+    if last.exists():
+        return load_trained(last)
     raise EncdecError(
         f"model_path={path} is not a run folder (no hf_model/ or checkpoints/last.ckpt) nor an hf_model export: "
         "point it at outputs/<date>/<time>, its hf_model/ or a .ckpt"
@@ -102,15 +107,25 @@ def summarize(
     device = device or pick_device()
     model.to(device).eval()
     encoded = encoder_tokenizer(documents, max_length=max_source_length, truncation=True)["input_ids"]
-    order = sorted(range(len(documents)), key=lambda i: len(encoded[i]), reverse=True)
+    batches = list(EvalBatchSampler([len(ids) for ids in encoded], batch_size))
     summaries: list[str] = [""] * len(documents)
-    batches = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
     for batch in tqdm(batches, desc="summarizing", disable=not progress or len(batches) < 2):
         padded = encoder_tokenizer.pad({"input_ids": [encoded[i] for i in batch]}, return_tensors="pt")
-        generated = model.generate(
-            input_ids=padded["input_ids"].to(device), attention_mask=padded["attention_mask"].to(device)
-        )
-        texts = decoder_tokenizer.batch_decode(generated, skip_special_tokens=True, clean_up_tokenization_spaces=True)
+        texts = generate_texts(model, decoder_tokenizer, padded["input_ids"].to(device), padded["attention_mask"].to(device))
         for index, text in zip(batch, texts):
-            summaries[index] = text.strip()
+            summaries[index] = text
     return summaries
+
+
+@torch.no_grad()
+def generate_texts(
+    model: EncoderDecoderModel,
+    decoder_tokenizer: PreTrainedTokenizerBase,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    **overrides,
+) -> list[str]:
+    """One batch through `model.generate` (the encoder runs once, cross-attention keys/values are cached), decoded."""
+    generated = model.generate(input_ids=input_ids, attention_mask=attention_mask, **overrides)
+    texts = decoder_tokenizer.batch_decode(generated, skip_special_tokens=True, clean_up_tokenization_spaces=True)
+    return [text.strip() for text in texts]

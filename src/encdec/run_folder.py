@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import os
 import shutil
@@ -36,12 +38,32 @@ def resume_point(run_dir: Path):
 
     if (run_dir / METRICS).exists():
         raise EncdecError(f"resume={run_dir}: this run already finished (metrics.json exists); start a new run instead")
-    checkpoints = sorted((run_dir / CHECKPOINTS).glob("*.ckpt"), key=lambda p: p.stat().st_mtime)
+    checkpoints = sorted((run_dir / CHECKPOINTS).glob("*.ckpt"), key=_modified)
     if not checkpoints:
         raise EncdecError(f"resume={run_dir}: no checkpoint in {run_dir / CHECKPOINTS}; start a new run instead")
     cfg = OmegaConf.load(run_dir / ".hydra" / "config.yaml")
     cfg.resume = str(run_dir)
     return cfg, checkpoints[-1]
+
+
+def _modified(checkpoint: Path) -> float:
+    """When a checkpoint was last written. DeepSpeed's are folders whose files are rewritten in place on every save
+    (last.ckpt/latest, last.ckpt/checkpoint/…), which leaves the folder's own mtime at its first save."""
+    if checkpoint.is_dir():
+        return max((p.stat().st_mtime for p in checkpoint.rglob("*")), default=checkpoint.stat().st_mtime)
+    return checkpoint.stat().st_mtime
+
+
+def single_file_checkpoint(checkpoint: Path, scratch: Path) -> Path:
+    """`checkpoint` itself when it is one file; a DeepSpeed checkpoint folder (weights in per-rank shards) gathered
+    into one float32 file at `scratch`, in the .ckpt layout eval.py and predict.py read."""
+    if checkpoint.is_file():
+        return checkpoint
+    from lightning.pytorch.utilities.deepspeed import convert_zero_checkpoint_to_fp32_state_dict
+
+    with contextlib.redirect_stdout(io.StringIO()):  # it prints "Saving fp32 state dict to …"
+        convert_zero_checkpoint_to_fp32_state_dict(checkpoint, scratch)
+    return scratch
 
 
 def write_atomic(path: Path, write: Callable[[IO], None], binary: bool = False) -> None:

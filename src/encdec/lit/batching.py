@@ -210,3 +210,35 @@ def padding_stats(batches: Sequence[Sequence[int]], source_lengths, target_lengt
         real += int(sources[index].sum() + targets[index].sum())
         padded += int((sources[index].max() + targets[index].max()) * len(index))
     return {"real": real, "padded": padded, "padding_fraction": 1 - real / padded if padded else 0.0}
+
+
+def longest_first(lengths: Sequence[int]) -> list[int]:
+    """Indices by decreasing length (ties in data order): batches cut from it pad little, and the first batch shows
+    at once whether the longest inputs fit in memory."""
+    return sorted(range(len(lengths)), key=lambda i: (-lengths[i], i))
+
+
+class EvalBatchSampler(Sampler[list[int]]):
+    """Evaluation batches cut from the length-sorted rows, so generation spends its steps on real tokens.
+
+    Under DDP rank ``r`` takes rows ``r, r + W, ...`` of the sorted order, so the ranks get equally long rows. A rank
+    one row short repeats its shortest row (the longest row when it has none): every rank then runs the same number
+    of batches, which sharded strategies (FSDP, DeepSpeed stage 3) need, since every forward gathers parameters from
+    all ranks. The repeats, at most ``W - 1`` rows, are dropped when predictions are gathered by index.
+    """
+
+    def __init__(self, lengths: Sequence[int], batch_size: int, num_replicas: int = 1, rank: int = 0):
+        if batch_size <= 0:
+            raise ValueError(f"batch_size={batch_size} must be a positive integer")
+        if num_replicas < 1 or not 0 <= rank < num_replicas:
+            raise ValueError(f"rank={rank} is not in [0, num_replicas={num_replicas})")
+        order = longest_first(lengths)
+        mine = order[rank::num_replicas]
+        mine += (mine or order)[-1:] * (-(-len(order) // num_replicas) - len(mine))
+        self._batches = [mine[i : i + batch_size] for i in range(0, len(mine), batch_size)]
+
+    def __iter__(self) -> Iterator[list[int]]:
+        return iter(self._batches)
+
+    def __len__(self) -> int:
+        return len(self._batches)

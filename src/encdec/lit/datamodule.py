@@ -17,7 +17,7 @@ from torch.utils.data import DataLoader
 from transformers import PreTrainedTokenizerBase
 
 from encdec.data import load_splits
-from encdec.lit.batching import TokenBudgetBatchSampler, dataset_lengths
+from encdec.lit.batching import EvalBatchSampler, TokenBudgetBatchSampler, dataset_lengths
 from encdec.errors import EncdecError
 
 IGNORE_INDEX = -100
@@ -198,10 +198,12 @@ class SummarizationDataModule(L.LightningDataModule):
             # Its own generator: making an iterator must not draw from the global RNG (exact resume needs that stream).
             generator=torch.Generator().manual_seed(self.seed),
         )
-        if split != "train":
-            return DataLoader(dataset, batch_size=self.data.eval_batch_size, shuffle=False, **common)
         trainer = self.trainer
         replicas, rank = (trainer.world_size, trainer.global_rank) if trainer else (1, 0)
+        if split != "train":
+            source_lengths = [lengths[0] for lengths in dataset_lengths(dataset, ("input_ids",))]
+            sampler = EvalBatchSampler(source_lengths, self.data.eval_batch_size, num_replicas=replicas, rank=rank)
+            return DataLoader(dataset, batch_sampler=sampler, **common)
         if self.data.get("max_tokens_per_batch"):
             # Length-bucketed batches under a padded-token budget: little padding when lengths spread.
             self.train_sampler = TokenBudgetBatchSampler(

@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from transformers import EncoderDecoderModel, PreTrainedTokenizerBase
 
 from encdec.errors import EncdecError
+from encdec.inference import generate_texts
 from encdec.lit.datamodule import IGNORE_INDEX
 from encdec.metrics import rouge
 
@@ -67,7 +68,7 @@ class Seq2SeqModule(L.LightningModule):
         self.log(f"{stage}/loss", self.loss(batch), prog_bar=True, batch_size=size, sync_dist=True)
         if stage == "val" and not self.generate_in_validation:
             return
-        predictions = self.generate(batch["input_ids"], batch["attention_mask"])
+        predictions = self.generate(batch["input_ids"], batch["attention_mask"], **self._generation_sync())
         self._outputs[stage].extend(zip(batch["index"].tolist(), predictions))
 
     def validation_step(self, batch, batch_idx):
@@ -85,14 +86,17 @@ class Seq2SeqModule(L.LightningModule):
     def _log_rouge(self, stage: str) -> None:
         outputs = self._outputs[stage]
         self._outputs[stage] = []
-        if not outputs:
+        if stage == "val" and not self.generate_in_validation:
             return
         if self.trainer.world_size > 1:
+            # Each rank generated its own share of the rows (EvalBatchSampler); all of them join this gather.
             gathered: list = [None] * self.trainer.world_size
             torch.distributed.all_gather_object(gathered, outputs)
             outputs = sorted({item[0]: item for part in gathered for item in part}.values())
         else:
             outputs = sorted(outputs)
+        if not outputs:
+            return
         # References are the untruncated summaries, as in published ROUGE numbers.
         raw = self.trainer.datamodule.raw["validation" if stage == "val" else "test"]
         rows = [
@@ -105,10 +109,17 @@ class Seq2SeqModule(L.LightningModule):
             # Every rank holds the gathered outputs, so the values agree without a further reduction.
             self.log(f"{stage}/{name}", value, prog_bar=name == "rouge2", rank_zero_only=False)
 
-    @torch.no_grad()
+    def _generation_sync(self) -> dict:
+        """Under sharded weights (FSDP, DeepSpeed stage 3) every forward gathers parameters from all ranks, so a rank
+        whose batch is done must keep stepping until every rank's is (transformers' synced_gpus)."""
+        from lightning.pytorch.strategies import FSDPStrategy
+
+        strategy = self.trainer.strategy
+        sharded = isinstance(strategy, FSDPStrategy) or bool(getattr(strategy, "zero_stage_3", False))
+        return {"synced_gpus": True} if sharded and self.trainer.world_size > 1 else {}
+
     def generate(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, **overrides) -> list[str]:
-        generated = self.model.generate(input_ids=input_ids, attention_mask=attention_mask, **overrides)
-        return self.decoder_tokenizer.batch_decode(generated, skip_special_tokens=True, clean_up_tokenization_spaces=True)
+        return generate_texts(self.model, self.decoder_tokenizer, input_ids, attention_mask, **overrides)
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         # Enough to rebuild the model from the checkpoint alone (eval.py on a .ckpt), without its pretrained sources.
