@@ -44,3 +44,20 @@ def test_two_process_ddp_run_folder(tmp_path):
     # SMOKE keeps 2 test rows: gathered from both ranks, deduplicated by index, in data order.
     assert len(rows) == 2 and set(rows[0]) == {"document", "reference", "prediction"}
     assert result.stdout.count("run folder:") == 1
+
+    # One process with the same global batch (4 rows per step) leaves the same files (checkpoint names and all) and
+    # the same metric keys.
+    single_dir = tmp_path / "single"
+    smoke = [o for o in SMOKE if not o.startswith("data.batch_size=")]
+    single = run_script("train.py", "encoder=tiny", "decoder=tiny", "trainer.accelerator=cpu", *smoke,
+                        "data.batch_size=4", f"hydra.run.dir={single_dir}", timeout=TIMEOUT_S,
+                        env={"OMP_NUM_THREADS": "1"})
+    assert single.returncode == 0, single.stderr[-4000:]
+
+    def listing(root):
+        return sorted(str(p.relative_to(root)) for p in root.rglob("*") if p.is_file() and "__pycache__" not in p.parts)
+
+    assert listing(run_dir) == listing(single_dir)
+    assert set(json.loads((single_dir / "metrics.json").read_text())) == set(metrics)
+    single_rows = [json.loads(line) for line in (single_dir / "predictions.jsonl").read_text().splitlines()]
+    assert [r["document"] for r in single_rows] == [r["document"] for r in rows]
