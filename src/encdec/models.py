@@ -193,9 +193,35 @@ def build_model(cfg: DictConfig) -> tuple[EncoderDecoderModel, PreTrainedTokeniz
         log.info("share_weights: decoder reuses %d encoder tensors", shared)
     configure_generation(model, decoder_tokenizer, cfg.get("generation"))
     finetune.apply(model, cfg.model)
+    apply_speed_switches(model, cfg.model)
     # from_pretrained leaves modules in eval mode and Lightning keeps submodule modes: dropout would silently be off.
     model.train()
     return model, encoder_tokenizer, decoder_tokenizer
+
+
+def apply_speed_switches(model: EncoderDecoderModel, model_cfg: DictConfig) -> None:
+    """model.attn_implementation and model.gradient_checkpointing (model.compile is applied by the training module)."""
+    implementation = model_cfg.get("attn_implementation")
+    if implementation:
+        try:
+            model.set_attn_implementation(implementation)
+        except (ImportError, ValueError) as error:
+            raise EncdecError(
+                f"model.attn_implementation={implementation}: {' '.join(str(error).split())[:200]} "
+                "(null keeps transformers' default)"
+            ) from error
+    if model_cfg.get("gradient_checkpointing"):
+        # Non-reentrant: works with frozen inputs (freeze_encoder, LoRA) and keeps the RNG for dropout exact.
+        kwargs = {"use_reentrant": False}
+        try:
+            if hasattr(model, "activation_checkpointing_enable"):  # transformers >= 5.2x names it so
+                model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+            else:
+                model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+        except ValueError as error:  # "X does not support activation checkpointing."
+            raise EncdecError(
+                f"model.gradient_checkpointing=true: {' '.join(str(error).split())[:200]} Set it to false"
+            ) from error
 
 
 def check_vocab(decoder: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> None:

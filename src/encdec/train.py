@@ -67,6 +67,7 @@ def run(cfg: DictConfig) -> float | None:
         optimizer=_optimizer(cfg),
         scheduler=_scheduler(cfg),
         run_config=OmegaConf.to_container(cfg, resolve=True),
+        compile=bool(cfg.model.get("compile")),
     )
     checkpoint = ModelCheckpoint(
         dirpath=run_dir / run_folder.CHECKPOINTS,

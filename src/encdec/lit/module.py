@@ -27,9 +27,13 @@ class Seq2SeqModule(L.LightningModule):
         scheduler: Callable[..., Any] | None = None,
         generate_in_validation: bool = True,
         run_config: dict | None = None,
+        compile: bool = False,
     ):
         super().__init__()
         self.model = model
+        # Only the teacher-forced forward is compiled (fixed call pattern, dynamic lengths); generation stays eager.
+        # Compiling the bound method leaves the module, its parameter names and checkpoints untouched.
+        self._compiled_forward = torch.compile(model.forward, dynamic=True) if compile else None
         self.decoder_tokenizer = decoder_tokenizer
         self.optimizer_factory = optimizer
         self.scheduler_factory = scheduler
@@ -43,7 +47,7 @@ class Seq2SeqModule(L.LightningModule):
 
     def loss(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         # The loss is ours, not EncoderDecoderModel's: its labels path rebuilds decoder masks from pad ids.
-        logits = self.model(
+        logits = (self._compiled_forward or self.model)(
             input_ids=batch["input_ids"],
             attention_mask=batch["attention_mask"],
             decoder_input_ids=batch["decoder_input_ids"],
