@@ -220,3 +220,26 @@ def test_truncated_checkpoint_is_refused(trained_run, tmp_path):
     result = run_script("eval.py", f"model_path={broken}", f"hydra.run.dir={tmp_path / 'out'}")
     assert result.returncode == 2
     assert "not a readable checkpoint" in error_lines(result.stderr)[0]
+
+
+def test_resume_refuses_a_truncated_newest_checkpoint(tmp_path):
+    import torch
+
+    from omegaconf import OmegaConf
+
+    from encdec.errors import EncdecError
+    from encdec.run_folder import resume_point
+
+    run_dir = tmp_path / "run"
+    (run_dir / ".hydra").mkdir(parents=True)
+    OmegaConf.save(OmegaConf.create({"seed": 0}), run_dir / ".hydra" / "config.yaml")
+    (run_dir / "checkpoints").mkdir()
+    whole = run_dir / "checkpoints" / "step2.ckpt"
+    torch.save({"state_dict": {"w": torch.zeros(1000)}}, whole)
+    assert resume_point(run_dir)[1] == whole
+    cut = run_dir / "checkpoints" / "last.ckpt"
+    cut.write_bytes(whole.read_bytes()[:3000])  # written after step2.ckpt: the newest
+    with pytest.raises(EncdecError, match=r"checkpoints/last.ckpt is truncated or corrupt .*move it aside"):
+        resume_point(run_dir)
+    cut.unlink()
+    assert resume_point(run_dir)[1] == whole

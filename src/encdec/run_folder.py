@@ -41,9 +41,26 @@ def resume_point(run_dir: Path):
     checkpoints = sorted((run_dir / CHECKPOINTS).glob("*.ckpt"), key=_modified)
     if not checkpoints:
         raise EncdecError(f"resume={run_dir}: no checkpoint in {run_dir / CHECKPOINTS}; start a new run instead")
+    newest = checkpoints[-1]
+    if newest.is_file() and not _readable_checkpoint(newest):
+        raise EncdecError(
+            f"resume={run_dir}: {newest.relative_to(run_dir)} is truncated or corrupt (not a complete torch file); "
+            "move it aside to resume from the checkpoint before it"
+        )
     cfg = OmegaConf.load(run_dir / ".hydra" / "config.yaml")
     cfg.resume = str(run_dir)
-    return cfg, checkpoints[-1]
+    return cfg, newest
+
+
+def _readable_checkpoint(path: Path) -> bool:
+    """torch.save writes a zip archive; a cut-off one has no central directory at its end. Reads only that index."""
+    import zipfile
+
+    try:
+        with zipfile.ZipFile(path) as archive:
+            return bool(archive.namelist())
+    except (zipfile.BadZipFile, OSError):
+        return False
 
 
 def _modified(checkpoint: Path) -> float:
