@@ -243,3 +243,35 @@ def test_resume_refuses_a_truncated_newest_checkpoint(tmp_path):
         resume_point(run_dir)
     cut.unlink()
     assert resume_point(run_dir)[1] == whole
+
+
+def test_summarize_returns_summaries_in_input_order():
+    """Batches are cut from length-sorted documents; the summaries must still come back in input order."""
+    import torch
+
+    from encdec.inference import summarize
+    from encdec.sources import resolve
+
+    from conftest import compose_config
+
+    class SourceLengthModel:  # "summarizes" a document as its number of source tokens
+        def to(self, device):
+            return self
+
+        def eval(self):
+            return self
+
+        def generate(self, input_ids, attention_mask, **kwargs):
+            return attention_mask.sum(1, keepdim=True)
+
+    class NumberTokenizer:
+        def batch_decode(self, generated, **kwargs):
+            return [f" {int(row[0])} " for row in generated]
+
+    encoder_tokenizer = AutoTokenizer.from_pretrained(resolve(compose_config().encoder.pretrained, "encoder.pretrained"))
+    documents = ["alpha beta", "alpha beta gamma delta epsilon", "alpha", "alpha beta gamma"]
+    expected = [str(len(encoder_tokenizer(d)["input_ids"])) for d in documents]
+    assert expected == ["4", "7", "3", "5"]
+    summaries = summarize(SourceLengthModel(), encoder_tokenizer, NumberTokenizer(), documents, batch_size=2,
+                          device=torch.device("cpu"), progress=False)
+    assert summaries == expected

@@ -91,3 +91,33 @@ def test_aclsum_is_flattened_into_document_and_summary():
     assert first["document"].startswith("In this paper , we explore correlation of dependency relation paths")
     assert first["summary"].startswith("A generally accessible NER system")
     assert torch.tensor(len(first["document"].split())).item() > 300
+
+
+def test_collate_keeps_a_start_token_that_equals_pad_visible():
+    """GPT-2 style: start = pad = eos. The decoder mask marks real positions, not `decoder_input_ids != pad`."""
+    decoder_tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=word_tokenizer(["alpha"]).backend_tokenizer, pad_token="</s>", bos_token="</s>",
+        eos_token="</s>", unk_token="<unk>",
+    )
+    pad = decoder_tokenizer.pad_token_id
+    assert pad == decoder_tokenizer.eos_token_id == 2
+    dm = SummarizationDataModule(compose_config().data, decoder_tokenizer, decoder_tokenizer, decoder_start_token_id=pad)
+    rows = [{"input_ids": [1, 7, 2], "labels": [5, 6, 2], "index": 0}, {"input_ids": [1, 2], "labels": [9, 2], "index": 1}]
+    batch = dm.collate(rows)
+    assert batch["decoder_input_ids"].tolist() == [[2, 5, 6], [2, 9, 2]]
+    assert batch["decoder_attention_mask"].tolist() == [[1, 1, 1], [1, 1, 0]]
+    assert batch["labels"].tolist() == [[5, 6, 2], [9, 2, IGNORE_INDEX]]
+
+
+def test_empty_rows_error_refuses_them_with_the_count(tmp_path, tiny_files):
+    import pytest
+
+    from conftest import write_jsonl
+    from encdec.errors import EncdecError
+
+    train = write_jsonl(tmp_path / "mixed.jsonl", [
+        {"document": "alpha beta", "summary": "alpha"}, {"document": " ", "summary": "beta"},
+        {"document": "gamma", "summary": None}, {"document": "delta zeta", "summary": "delta"},
+    ])
+    with pytest.raises(EncdecError, match="the train split has 2 rows with an empty or missing text or summary"):
+        datamodule_for({**tiny_files, "train": train}, word_tokenizer(["alpha", "beta"]), empty_rows="error")

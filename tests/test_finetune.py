@@ -67,3 +67,33 @@ def test_lora_trains_adapters_and_merges_to_the_same_function():
     assert not any("lora" in n for n, _ in merged.named_parameters())
     assert torch.allclose(expected, got, atol=1e-5), (expected - got).abs().max()
     assert any("lora" in n for n, _ in model.named_parameters())  # the training model keeps its adapters
+
+
+def test_lora_checkpoint_loads_merged_with_the_same_function(tmp_path):
+    """eval.py/predict.py on a LoRA run's .ckpt: the adapters are merged into plain weights, the function unchanged."""
+    from encdec.inference import load_trained
+
+    cfg = compose_config("encoder=tiny", "decoder=tiny", "model.lora.r=4", "model.lora.lora_dropout=0.0",
+                         "model.lora.target_modules=[query,value]")
+    torch.manual_seed(0)
+    model, _, _ = build_model(cfg)
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if "lora_B" in name:
+                param.normal_(0, 0.5)  # lora_B starts at zero; make the adapter matter
+    model.eval()
+    checkpoint = {
+        "state_dict": {f"model.{k}": v for k, v in model.state_dict().items()},
+        "encdec": {
+            # the parts of the run config that loading reads (the rest holds Hydra-only interpolations)
+            "config": {k: OmegaConf.to_container(cfg[k], resolve=True) for k in ("encoder", "decoder", "model", "generation")},
+            "model_config": model.config.to_dict(),
+        },
+    }
+    torch.save(checkpoint, tmp_path / "lora.ckpt")
+    loaded, _, _ = load_trained(tmp_path / "lora.ckpt")
+    assert not any("lora" in n for n, _ in loaded.named_parameters())
+    inputs = {"input_ids": torch.randint(3, 100, (2, 7)), "decoder_input_ids": torch.randint(3, 100, (2, 5))}
+    with torch.no_grad():
+        expected, got = model(**inputs).logits, loaded(**inputs).logits
+    assert torch.allclose(expected, got, atol=1e-5), (expected - got).abs().max()

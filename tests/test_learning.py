@@ -68,3 +68,20 @@ def test_tiny_model_learns_to_copy_the_lead():
     rouge_after = evaluate(model, encoder_tokenizer, decoder_tokenizer, held_out)
     assert sum(losses[-10:]) / 10 < 0.3 * sum(losses[:10]) / 10, (losses[:3], losses[-3:])
     assert rouge_after >= rouge_before + 40, (rouge_before, rouge_after)
+
+
+def test_rouge_is_stemmed_percent_f1_averaged_over_pairs():
+    # Porter stemming: cats -> cat, running -> run; 3 of 4 unigrams and 1 of 3 bigrams match.
+    scores = rouge(["the cats are running"], ["the cat is running"])
+    assert round(scores["rouge1"], 4) == 75.0 and round(scores["rougeL"], 4) == 75.0
+    assert round(scores["rouge2"], 4) == round(100 / 3, 4)
+    # A mean over pairs, in percent.
+    assert round(rouge(["alpha beta", "gamma"], ["alpha beta", "delta"])["rouge1"], 4) == 50.0
+    assert rouge([], []) == {"rouge1": 0.0, "rouge2": 0.0, "rougeL": 0.0, "rougeLsum": 0.0}
+
+
+def test_rougelsum_takes_prediction_and_reference_in_that_order():
+    # Summary-level LCS is not symmetric: swapping prediction and reference changes rougeLsum (33.3 vs 66.7).
+    prediction, reference = "dog dog cat.", "cat. cat dog."
+    assert round(rouge([prediction], [reference])["rougeLsum"], 4) == round(100 / 3, 4)
+    assert round(rouge([reference], [prediction])["rougeLsum"], 4) == round(200 / 3, 4)

@@ -193,3 +193,25 @@ def test_share_weights_refuses_different_architectures():
 
     with pytest.raises(EncdecError, match="encoder 'bert' and decoder 'gpt2'"):
         share_encoder_decoder_weights(model)
+
+
+def test_decoder_start_token_prefers_the_decoder_config_then_bos_then_cls_then_eos():
+    assert generation_ids(BertConfig(decoder_start_token_id=7), FakeTokenizer(bos_token_id=1, cls_token_id=3, eos_token_id=2, pad_token_id=0))["decoder_start_token_id"] == 7
+    assert generation_ids(BertConfig(), FakeTokenizer(bos_token_id=1, cls_token_id=3, eos_token_id=2, pad_token_id=0))["decoder_start_token_id"] == 1
+    assert generation_ids(BertConfig(), FakeTokenizer(cls_token_id=3, eos_token_id=2, pad_token_id=0))["decoder_start_token_id"] == 3
+    ids = generation_ids(BertConfig(), FakeTokenizer(eos_token_id=2, pad_token_id=0))
+    assert ids == {"decoder_start_token_id": 2, "bos_token_id": 2, "eos_token_id": 2, "pad_token_id": 0}
+
+
+def test_gpt2_style_real_tokenizer_gets_eos_as_pad():
+    """A real fast tokenizer with bos = eos and no pad (GPT-2's layout): pad becomes eos, not unk or anything else."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import GPT2Config, PreTrainedTokenizerFast
+
+    backend = Tokenizer(models.WordLevel({"<unk>": 0, "alpha": 1, "beta": 2, "<|endoftext|>": 3}, unk_token="<unk>"))
+    backend.pre_tokenizer = pre_tokenizers.Whitespace()
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend, bos_token="<|endoftext|>", eos_token="<|endoftext|>", unk_token="<unk>")
+    assert tokenizer.pad_token_id is None
+    ids = generation_ids(GPT2Config(vocab_size=4, bos_token_id=3, eos_token_id=3), tokenizer)
+    assert ids == {"decoder_start_token_id": 3, "bos_token_id": 3, "eos_token_id": 3, "pad_token_id": 3}
+    assert tokenizer.pad_token == "<|endoftext|>"

@@ -50,6 +50,52 @@ def test_full_disk_during_export_leaves_no_hf_model(tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
+def test_results_are_readable_by_the_group_as_umask_allows(tmp_path):
+    import os
+    import stat
+
+    class TinyModel:
+        def save_pretrained(self, folder, state_dict=None):
+            (folder / "config.json").write_text("{}")
+
+    class Tokenizer:
+        def save_pretrained(self, folder):
+            folder.mkdir()
+
+    previous = os.umask(0o022)
+    try:
+        run_folder.write_json(tmp_path / "metrics.json", {"a": 1})
+        run_folder.export_hf_model(TinyModel(), Tokenizer(), Tokenizer(), tmp_path / "hf_model")
+    finally:
+        os.umask(previous)
+    assert stat.S_IMODE((tmp_path / "metrics.json").stat().st_mode) == 0o644
+    assert stat.S_IMODE((tmp_path / "hf_model").stat().st_mode) == 0o755
+
+
+def test_export_replaces_a_previous_export_and_keeps_it_when_the_new_one_fails(tmp_path):
+    class Model:
+        def __init__(self, text, fail=False):
+            self.text, self.fail = text, fail
+
+        def save_pretrained(self, folder, state_dict=None):
+            (folder / "config.json").write_text(self.text)
+            if self.fail:
+                raise DiskFull()
+
+    class Tokenizer:
+        def save_pretrained(self, folder):
+            folder.mkdir()
+
+    target = tmp_path / "hf_model"
+    run_folder.export_hf_model(Model("old"), Tokenizer(), Tokenizer(), target)
+    with pytest.raises(OSError):
+        run_folder.export_hf_model(Model("new", fail=True), Tokenizer(), Tokenizer(), target)
+    assert (target / "config.json").read_text() == "old"
+    run_folder.export_hf_model(Model("new"), Tokenizer(), Tokenizer(), target)
+    assert (target / "config.json").read_text() == "new"
+    assert [p.name for p in tmp_path.iterdir()] == ["hf_model"]  # nothing moved aside is left behind
+
+
 def test_checkpoint_loading_refuses_pickled_code(tmp_path):
     from encdec.errors import EncdecError
     from encdec.inference import load_trained

@@ -92,10 +92,32 @@ def write_atomic(path: Path, write: Callable[[IO], None], binary: bool = False) 
             write(handle)
             handle.flush()
             os.fsync(handle.fileno())
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes it owner-only; results are for the whole group to read
         os.replace(tmp, path)
+        _fsync_dir(path.parent)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def _fsync_dir(folder: Path) -> None:
+    """Make a rename inside `folder` survive a power loss (POSIX; a no-op where folders cannot be opened)."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
 
 
 def write_text_atomic(path: Path, text: str) -> None:
@@ -121,9 +143,16 @@ def export_hf_model(model, encoder_tokenizer, decoder_tokenizer, target: Path, u
         model.save_pretrained(tmp, state_dict=state_dict)
         encoder_tokenizer.save_pretrained(tmp / ENCODER_TOKENIZER)
         decoder_tokenizer.save_pretrained(tmp / DECODER_TOKENIZER)
+        os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes it owner-only
+        previous = None
         if target.exists():
-            shutil.rmtree(target)
+            # Moved aside, not deleted, until the new export is in place: a kill in between loses neither.
+            previous = Path(tempfile.mkdtemp(prefix=f".{target.name}.previous.", dir=target.parent))
+            os.replace(target, previous / target.name)
         os.replace(tmp, target)
+        _fsync_dir(target.parent)
+        if previous is not None:
+            shutil.rmtree(previous, ignore_errors=True)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
