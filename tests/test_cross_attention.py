@@ -452,3 +452,26 @@ def test_save_and_reload_in_a_fresh_process(tmp_path: Path):
         assert torch.equal(reloaded[family], expected[family]), family
         if family in ADDED_FAMILIES:
             assert reloaded[family + ":decoder_class"] == "CrossAttentionDecoderForCausalLM"
+
+
+@pytest.mark.parametrize("family", ["llama", "gpt_neox"])
+def test_added_cross_attention_returns_its_weights_when_asked(family):
+    # The cross-attention heatmap callback reads outputs.cross_attentions, as for BERT/GPT-2/BART decoders.
+    model = compose(family, gate=0.5)
+    input_ids, attention_mask = source_batch()
+    decoder_input_ids, decoder_attention_mask = decoder_batch()
+    inputs = dict(input_ids=input_ids, attention_mask=attention_mask, decoder_input_ids=decoder_input_ids,
+                  decoder_attention_mask=decoder_attention_mask)
+    with torch.no_grad():
+        plain = model(**inputs)
+        shown = model(**inputs, output_attentions=True)
+    assert plain.cross_attentions is None
+    torch.testing.assert_close(shown.logits, plain.logits)  # asking for weights changes no output
+    blocks = list(model.decoder.cross_attention_blocks.values())
+    assert len(shown.cross_attentions) == len(blocks)
+    heads = blocks[0].num_heads
+    for weights in shown.cross_attentions:
+        assert weights.shape == (2, heads, decoder_input_ids.shape[1], SOURCE_LENGTH)
+        torch.testing.assert_close(weights.sum(-1), torch.ones(2, heads, decoder_input_ids.shape[1]))
+        assert weights[1, :, :, 5:].abs().max() == 0  # padded source positions get no attention
+        assert weights[0, :, :, 5:].min() > 0

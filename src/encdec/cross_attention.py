@@ -199,9 +199,10 @@ class CrossAttentionDecoderForCausalLM(PreTrainedModel, GenerationMixin):
             return output
         block = self.cross_attention_blocks[str(layer_index)]
         key, value = context.keys_values[layer_index]
+        record = context.cross_attentions
         if isinstance(output, tuple):
-            return (block(output[0], key, value, context.encoder_keep_mask), *output[1:])
-        return block(output, key, value, context.encoder_keep_mask)
+            return (block(output[0], key, value, context.encoder_keep_mask, record), *output[1:])
+        return block(output, key, value, context.encoder_keep_mask, record)
 
     def get_input_embeddings(self) -> nn.Module:
         return self.lm.get_input_embeddings()
@@ -280,8 +281,11 @@ class CrossAttentionDecoderForCausalLM(PreTrainedModel, GenerationMixin):
 
         keys_values = self._cross_keys_values(encoder_hidden_states, cross_cache) if has_cross_attention else {}
         self._cross_attention_context = CrossAttentionContext(
-            keys_values=keys_values, encoder_keep_mask=encoder_keep_mask(encoder_attention_mask)
+            keys_values=keys_values,
+            encoder_keep_mask=encoder_keep_mask(encoder_attention_mask),
+            cross_attentions=[] if kwargs.get("output_attentions") else None,
         )
+        context = self._cross_attention_context
         lm_kwargs = {self._lm_cache_argument: self_attention_cache}
         if self._lm_takes_logits_to_keep:
             lm_kwargs["logits_to_keep"] = logits_to_keep
@@ -313,6 +317,7 @@ class CrossAttentionDecoderForCausalLM(PreTrainedModel, GenerationMixin):
             cache=returned_cache,
             hidden_states=outputs.hidden_states,
             attentions=outputs.attentions,
+            cross_attentions=tuple(context.cross_attentions) if context.cross_attentions is not None else None,
         )
 
 

@@ -72,14 +72,21 @@ class GatedCrossAttentionBlock(nn.Module):
         key: torch.Tensor,
         value: torch.Tensor,
         encoder_keep_mask: torch.Tensor | None = None,
+        record_weights: list | None = None,
     ) -> torch.Tensor:
+        """`record_weights`: a list to append this block's attention probabilities to, `[batch, heads, target,
+        source]` (for `output_attentions`; computed beside SDPA, which does not return them)."""
         batch, length, width = hidden_states.shape
         query = self._split_heads(self.q_proj(self.norm(hidden_states.to(self.q_proj.weight.dtype))))
+        additive_mask = keep_mask_to_additive(encoder_keep_mask, query.dtype)
+        if record_weights is not None:
+            scores = query @ key.to(query.dtype).transpose(-1, -2) / self.head_dim**0.5
+            record_weights.append(torch.softmax(scores if additive_mask is None else scores + additive_mask, dim=-1))
         attended = F.scaled_dot_product_attention(
             query,
             key.to(query.dtype),
             value.to(query.dtype),
-            attn_mask=keep_mask_to_additive(encoder_keep_mask, query.dtype),
+            attn_mask=additive_mask,
             dropout_p=self.dropout if self.training else 0.0,
         )
         attended = self.o_proj(attended.transpose(1, 2).reshape(batch, length, width))
@@ -118,6 +125,8 @@ class CrossAttentionContext:
 
     keys_values: dict[int, tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict)
     encoder_keep_mask: torch.Tensor | None = None
+    # One entry per block in layer order when the caller asked for output_attentions; None records nothing.
+    cross_attentions: list[torch.Tensor] | None = None
 
 
 def find_decoder_layers(lm: nn.Module) -> nn.ModuleList:
