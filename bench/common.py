@@ -80,6 +80,51 @@ def machine() -> dict[str, Any]:
     }
 
 
+def gpu_machine() -> dict[str, Any]:
+    """The GPU side of the machine description (empty without CUDA): name, memory, capability, CUDA/cuDNN/driver."""
+    import torch
+
+    if not torch.cuda.is_available():
+        return {}
+    props = torch.cuda.get_device_properties(0)
+    info = {
+        "gpu": torch.cuda.get_device_name(0),
+        "gpu_count": torch.cuda.device_count(),
+        "gpu_memory_gib": round(props.total_memory / 2**30, 1),
+        "gpu_capability": f"{props.major}.{props.minor}",
+        "gpu_multiprocessors": props.multi_processor_count,
+        "cuda": torch.version.cuda,
+        "cudnn": torch.backends.cudnn.version(),
+    }
+    try:
+        driver = subprocess.run(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
+                                capture_output=True, text=True, timeout=20)
+        info["gpu_driver"] = driver.stdout.strip().splitlines()[0] if driver.returncode == 0 else None
+    except (OSError, subprocess.SubprocessError, IndexError):
+        info["gpu_driver"] = None
+    return info
+
+
+# Dense (no sparsity) bf16 tensor-core peaks, TFLOP/s, from NVIDIA's data sheets; matched in order on the lowercased
+# torch.cuda.get_device_name(). MFU is always taken against this bf16 peak, whatever --precision says.
+PEAK_BF16_TFLOPS = [
+    ("h100 pcie", 756.0),
+    ("h100 nvl", 835.0),
+    ("h200 nvl", 835.0),
+    ("h100", 989.0),  # SXM ("NVIDIA H100 80GB HBM3")
+    ("h200", 989.0),
+    ("a100", 312.0),
+]
+
+
+def peak_bf16_tflops(device_name: str) -> float | None:
+    name = device_name.lower()
+    for key, peak in PEAK_BF16_TFLOPS:
+        if key in name:
+            return peak
+    return None
+
+
 def matmul_gflops(dtype_name: str = "float32", n: int = 1024, repeats: int = 5) -> float:
     import torch
 
@@ -113,6 +158,27 @@ def gpt2_config_dir() -> str:
     return str(folder)
 
 
+def bert_base_dir() -> str:
+    """A local folder holding a BERT-base config.json (12 layers, 768 wide, 12 heads, 3072, vocab 30522) and a
+    WordPiece tokenizer over a generated vocabulary ([PAD]=0, [UNK]=100, [CLS]=101, [SEP]=102, [MASK]=103, as in
+    bert-base-uncased), so encoder=auto / decoder=auto build bert2bert-base with random weights from nothing but
+    transformers: no hub download and no packaged model (the GPU machine has neither)."""
+    from transformers import BertConfig
+
+    folder = Path(tempfile.gettempdir()) / "encdec-bench-bert-base"
+    if not (folder / "config.json").is_file() or not (folder / "tokenizer_config.json").is_file():
+        folder.mkdir(parents=True, exist_ok=True)
+        vocab = ["[PAD]", *(f"[unused{i}]" for i in range(1, 100)), "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+        vocab += [f"tok{i}" for i in range(len(vocab), 30522)]
+        (folder / "vocab.txt").write_text("\n".join(vocab) + "\n")
+        # vocab.txt + this is all AutoTokenizer needs, in transformers 4 and 5 alike (their constructors differ).
+        (folder / "tokenizer_config.json").write_text(json.dumps({"tokenizer_class": "BertTokenizer",
+                                                                  "do_lower_case": True, "model_max_length": 512}))
+        BertConfig(vocab_size=30522, hidden_size=768, num_hidden_layers=12, num_attention_heads=12,
+                   intermediate_size=3072, max_position_embeddings=512).save_pretrained(folder)
+    return str(folder)
+
+
 MODELS = {
     # The packaged MiniLM -> MiniLM (22M + 27M parameters, 6 layers, 384 wide).
     "minilm": (),
@@ -127,6 +193,8 @@ MODELS = {
         "decoder.init=random",
         f"decoder.tokenizer={MINILM}",
     ),
+    # BERT-base shape on both sides (bert2bert, Rothe et al.), random weights, generated vocabulary: ~247M parameters.
+    "bert2bert-base": ("encoder=auto", "encoder.init=random", "decoder=auto", "decoder.init=random"),
 }
 
 
@@ -134,6 +202,9 @@ def model_overrides(name: str) -> list[str]:
     overrides = list(MODELS[name])
     if name == "bert2gpt2-4x256":
         overrides.append(f"decoder.pretrained={gpt2_config_dir()}")
+    if name == "bert2bert-base":
+        folder = bert_base_dir()
+        overrides += [f"encoder.pretrained={folder}", f"decoder.pretrained={folder}"]
     return overrides
 
 

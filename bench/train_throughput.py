@@ -8,16 +8,24 @@
     python bench/train_throughput.py --padding                       # padding per batching scheme, no training
     python bench/train_throughput.py --precision-check               # fp32 vs bf16 autocast on this CPU
     python bench/train_throughput.py --list
+    python bench/train_throughput.py --device cuda --scenario bert2bert-base --max-seconds 75   # GPU: tok/s, MFU
 
 Each run trains exactly one epoch over the same rows (so every run does the same real work and tokens/s ratios are
 time ratios), float32, AdamW (lr 1e-4, weight decay 0.01, clip 1.0), after one untimed warm-up forward/backward.
 Each run is its own subprocess (peak RSS per run); runs are alternated, and ratios are taken against the
 Seq2SeqTrainer anchor of the same invocation. Results are merged into bench/results/train_cpu.json.
+
+--device cuda (default precision bf16-mixed on both sides: Lightning precision="bf16-mixed", Seq2SeqTrainer bf16=True)
+adds the peak of torch.cuda.max_memory_allocated per run and MFU: the FLOPs of one real forward+backward on a batch of
+median-length rows are counted once per run with torch.utils.flop_counter.FlopCounterMode, divided by that batch's
+padded tokens, and MFU = (FLOPs per padded token x padded tokens) / seconds / peak bf16 TFLOP/s of the GPU (a small
+table, or --peak-tflops); "useful" MFU counts only non-pad tokens. Results go to bench/results/train_gpu.json.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 import sys
@@ -59,6 +67,14 @@ SCENARIOS = {
     "levers-data": {
         "model": "bert2gpt2-4x256", "data": "synthetic", "rows": 96, "batch_size": 8, "max_source": 512,
         "max_target": 128, "runs": ["hf", "hf-random", "encdec", "encdec+budget", "encdec+budget-memory"],
+    },
+    # BERT-base shape on both sides (12 layers, 768, 12 heads, 3072, vocab 30522), random weights, synthetic lognormal
+    # lengths (mean 209 + 52 tokens). On CPU batch 8 (a smoke only: use --rows/--max-source/--max-target); on CUDA
+    # batch 32 and 48000 rows: 1500 steps, ~8.2 PFLOP at ~0.65 GFLOP per token, i.e. ~30 s at 30% MFU of an H100 and
+    # ~60 s where the step is bound by the host's kernel launches (~40 ms); --max-seconds caps a slower run.
+    "bert2bert-base": {
+        "model": "bert2bert-base", "data": "synthetic", "rows": 48, "batch_size": 8, "max_source": 512,
+        "max_target": 128, "runs": ["hf", "encdec", "encdec+budget"], "cuda": {"rows": 48000, "batch_size": 32},
     },
     "levers-step": {
         "model": "bert2gpt2-4x256", "data": "synthetic", "rows": 64, "batch_size": 8, "max_source": 512,
@@ -113,13 +129,26 @@ def run_spec(name: str) -> dict:
 
 def load_rows(spec: dict, cfg, model, encoder_tokenizer, decoder_tokenizer) -> list[dict]:
     if spec["data"] == "synthetic":
-        return common.synthetic_rows(spec["rows"], seed=0)
+        return truncate(common.synthetic_rows(spec["rows"], seed=0), spec["max_source"], spec["max_target"])
     from encdec.lit.datamodule import SummarizationDataModule
 
     datamodule = SummarizationDataModule(cfg.data, encoder_tokenizer, decoder_tokenizer, model.config.decoder_start_token_id)
     datamodule.prepare()
     train = datamodule.tokenized["train"]
     return [{"input_ids": r["input_ids"], "labels": r["labels"]} for r in train.select(range(spec["rows"]))]
+
+
+def truncate(rows: list[dict], max_source: int, max_target: int) -> list[dict]:
+    """Cut synthetic rows to max_source/max_target keeping [CLS] ... [SEP] and the final [SEP] (a no-op at 512/128)."""
+    out = []
+    for row in rows:
+        source, labels = row["input_ids"], row["labels"]
+        if len(source) > max_source:
+            source = source[: max_source - 1] + source[-1:]
+        if len(labels) > max_target:
+            labels = labels[: max_target - 1] + labels[-1:]
+        out.append({"input_ids": source, "labels": labels})
+    return out
 
 
 def data_overrides(spec: dict) -> list[str]:
@@ -145,10 +174,36 @@ def calibrate_budget(lengths: list[tuple[int, int]], batch_size: int) -> int:
 class Steps:
     """Per-step token counts and end times; tokens are counted from the batches the model actually got."""
 
-    def __init__(self):
+    def __init__(self, device: str = "cpu", max_seconds: float | None = None):
         self.batches: list[dict] = []
         self.starts: list[float] = []
         self.ends: list[float] = []
+        self.device = device
+        self.max_seconds = max_seconds
+        self.capped = False
+
+    def _sync(self) -> None:
+        if self.device == "cuda":
+            import torch
+
+            torch.cuda.synchronize()
+
+    def start(self) -> None:
+        if not self.starts:
+            self._sync()  # the clock starts with an idle GPU (warm-up and FLOP count finished)
+        self.starts.append(time.perf_counter())
+
+    def end(self, last: bool) -> bool:
+        """Stamp a step's end; True when --max-seconds says stop after this step. On CUDA only the final end waits for
+        the GPU: a sync per step would stop the CPU from queueing ahead, as it does in real training."""
+        now = time.perf_counter()
+        stop = self.max_seconds is not None and now - self.starts[0] >= self.max_seconds
+        if last or stop:
+            self._sync()
+            now = time.perf_counter()
+        self.ends.append(now)
+        self.capped = self.capped or (stop and not last)
+        return stop
 
     def count(self, batch) -> None:
         mask, labels = batch["attention_mask"], batch["labels"]
@@ -172,17 +227,98 @@ class Steps:
             "padding_fraction": round(1 - (source + target) / padded, 4),
             "tokens_per_s": round((source + target) / seconds, 1),
             "target_tokens_per_s": round(target / seconds, 1),
+            **({"capped_by_max_seconds": self.capped} if self.max_seconds is not None else {}),
         }
 
 
-def warm_up(model) -> None:
+def autocast(device: str, precision: str):
+    """torch.autocast for a *-mixed precision (what Lightning and Seq2SeqTrainer wrap the forward in), else nothing."""
+    import contextlib
+
+    import torch
+
+    if not precision.endswith("-mixed"):
+        return contextlib.nullcontext()
+    return torch.autocast(device, dtype=torch.bfloat16 if precision.startswith("bf16") else torch.float16)
+
+
+def warm_up(model, device: str = "cpu", precision: str = "32-true") -> None:
     """One untimed forward/backward so that first-call costs (allocator, kernels) hit no timed step."""
     import torch
 
-    ids = torch.full((2, 64), 1000)
-    out = model(input_ids=ids, attention_mask=torch.ones_like(ids), decoder_input_ids=ids[:, :16], use_cache=False)
+    ids = torch.full((2, 64), 1000, device=device)
+    with autocast(device, precision):
+        out = model(input_ids=ids, attention_mask=torch.ones_like(ids), decoder_input_ids=ids[:, :16], use_cache=False)
     out.logits.float().mean().backward()
     model.zero_grad(set_to_none=True)
+
+
+def representative_batch(rows: list[dict], batch_size: int, pad: int, start: int, device: str) -> dict:
+    """batch_size rows around the median source length, collated as encdec's collate does (right padding)."""
+    import torch
+
+    ordered = sorted(rows, key=lambda r: (len(r["input_ids"]), len(r["labels"])))
+    first = max(0, min(len(ordered) // 2 - batch_size // 2, len(ordered) - batch_size))
+    chosen = ordered[first : first + batch_size]
+    width, target_width = max(len(r["input_ids"]) for r in chosen), max(len(r["labels"]) for r in chosen)
+    input_ids = torch.full((len(chosen), width), pad, dtype=torch.long)
+    attention_mask = torch.zeros_like(input_ids)
+    labels = torch.full((len(chosen), target_width), -100, dtype=torch.long)
+    decoder_input_ids = torch.full_like(labels, pad)
+    decoder_attention_mask = torch.zeros_like(labels)
+    for i, row in enumerate(chosen):
+        source, target = row["input_ids"], row["labels"]
+        input_ids[i, : len(source)] = torch.tensor(source)
+        attention_mask[i, : len(source)] = 1
+        labels[i, : len(target)] = torch.tensor(target)
+        decoder_input_ids[i, : len(target)] = torch.tensor([start, *target[:-1]])
+        decoder_attention_mask[i, : len(target)] = 1
+    batch = {"input_ids": input_ids, "attention_mask": attention_mask, "decoder_input_ids": decoder_input_ids,
+             "decoder_attention_mask": decoder_attention_mask, "labels": labels}
+    return {k: v.to(device) for k, v in batch.items()}
+
+
+def count_step_flops(model, batch: dict, device: str, precision: str) -> dict:
+    """FLOPs of one real training step (forward + backward, encdec's loss) on `batch`, by FlopCounterMode.
+
+    FlopCounterMode counts matmuls (mm/addmm/bmm/baddbmm) and fused attention kernels (SDPA flash/efficient/cuDNN)
+    by their shapes, so the count is what runs on padded tensors: attention at full length (causal masks are not
+    halved), nothing for elementwise ops, norms, softmax or the optimizer. On CPU, SDPA's CPU kernel is not counted
+    (a few % of the total); on CUDA it is.
+    """
+    import torch
+    import torch.nn.functional as F
+    from torch.utils.flop_counter import FlopCounterMode
+
+    counter = FlopCounterMode(display=False)
+    with counter:
+        with autocast(device, precision):
+            logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                           decoder_input_ids=batch["decoder_input_ids"],
+                           decoder_attention_mask=batch["decoder_attention_mask"], use_cache=False).logits
+        loss = F.cross_entropy(logits.float().flatten(0, 1), batch["labels"].flatten(), ignore_index=-100)
+        loss.backward()
+    model.zero_grad(set_to_none=True)
+    flops = int(counter.get_total_flops())
+    rows, source = batch["input_ids"].shape
+    target = batch["labels"].shape[1]
+    padded = rows * (source + target)
+    real = int(batch["attention_mask"].sum()) + int((batch["labels"] != -100).sum())
+    del logits, loss
+    if device == "cuda":
+        torch.cuda.synchronize()
+    return {"flop_count_batch": [int(rows), int(source), int(target)], "flops_per_step": flops,
+            "flops_per_padded_token": flops / padded, "flops_per_real_token_of_that_batch": flops / real}
+
+
+def mfu_fields(summary: dict, flops: dict, peak_tflops: float) -> dict:
+    """Executed FLOP/s = FLOPs per padded token x padded tokens / s (padding costs FLOPs too); useful = the same rate
+    on non-pad tokens only. MFU = FLOP/s / peak."""
+    per_token = flops["flops_per_padded_token"]
+    executed = per_token * summary["padded_tokens"] / summary["seconds"] / 1e12
+    useful = per_token * summary["real_tokens"] / summary["seconds"] / 1e12
+    return {"achieved_tflops": round(executed, 3), "useful_tflops": round(useful, 3), "peak_tflops": peak_tflops,
+            "mfu": round(executed / peak_tflops, 4), "useful_mfu": round(useful / peak_tflops, 4)}
 
 
 def worker_encdec(spec: dict, rows: list[dict], model, encoder_tokenizer, decoder_tokenizer, cfg, steps: Steps) -> dict:
@@ -221,7 +357,14 @@ def worker_encdec(spec: dict, rows: list[dict], model, encoder_tokenizer, decode
     datamodule = DataModule(cfg.data, encoder_tokenizer, decoder_tokenizer, model.config.decoder_start_token_id)
     datamodule.prepare()
 
+    device = spec.get("device", "cpu")
+
     class Module(Seq2SeqModule):
+        def on_before_batch_transfer(self, batch, dataloader_idx):
+            if device != "cpu":
+                steps.count(batch)  # still on the host: counting a CUDA batch would sync every step
+            return super().on_before_batch_transfer(batch, dataloader_idx)
+
         def loss(self, batch):
             if spec.get("decoder_mask", True):
                 return super().loss(batch)
@@ -237,14 +380,16 @@ def worker_encdec(spec: dict, rows: list[dict], model, encoder_tokenizer, decode
 
     class Timer(L.Callback):
         def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
-            steps.count(batch)
-            steps.starts.append(time.perf_counter())
+            if device == "cpu":
+                steps.count(batch)
+            steps.start()
 
         def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
-            steps.ends.append(time.perf_counter())
+            if steps.end(last=batch_idx == trainer.num_training_batches - 1):
+                trainer.should_stop = True
 
     trainer = L.Trainer(
-        accelerator="cpu", devices=1, precision="32-true", max_epochs=1, max_steps=-1, gradient_clip_val=1.0,
+        accelerator=device, devices=1, precision=spec.get("precision", "32-true"), max_epochs=1, max_steps=-1, gradient_clip_val=1.0,
         logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
         num_sanity_val_steps=0, limit_val_batches=0, callbacks=[Timer()],
     )
@@ -266,19 +411,27 @@ def worker_hf(spec: dict, rows: list[dict], model, encoder_tokenizer, steps: Ste
 
     class Timer(TrainerCallback):
         def on_step_begin(self, args, state, control, **kwargs):
-            steps.starts.append(time.perf_counter())
+            steps.start()
 
         def on_step_end(self, args, state, control, **kwargs):
-            steps.ends.append(time.perf_counter())
+            if steps.end(last=state.global_step >= state.max_steps):
+                control.should_training_stop = True
+            return control
 
+    device, precision = spec.get("device", "cpu"), spec.get("precision", "32-true")
+    fields = {f.name for f in dataclasses.fields(Seq2SeqTrainingArguments)}
+    if "train_sampling_strategy" in fields:  # transformers >= 5.2x
+        sampling = {"train_sampling_strategy": "group_by_length" if spec["group_by_length"] else "random"}
+    else:  # older transformers (the GPU image's 5.17, 4.x)
+        sampling = {"group_by_length": spec["group_by_length"]}
     args = Seq2SeqTrainingArguments(
         output_dir=tempfile.mkdtemp(prefix="encdec-bench-hf-"),
         per_device_train_batch_size=spec["batch_size"], num_train_epochs=1, max_steps=-1,
         learning_rate=1e-4, weight_decay=0.01, adam_beta1=0.9, adam_beta2=0.999, adam_epsilon=1e-8, max_grad_norm=1.0,
-        lr_scheduler_type="linear", warmup_steps=0, optim=spec["optim"],
-        train_sampling_strategy="group_by_length" if spec["group_by_length"] else "random",
+        lr_scheduler_type="linear", warmup_steps=0, optim=spec["optim"], **sampling,
         eval_strategy="no", save_strategy="no", logging_strategy="no", report_to=[], disable_tqdm=True,
-        use_cpu=True, dataloader_num_workers=0, dataloader_pin_memory=False, seed=0,
+        use_cpu=device == "cpu", dataloader_num_workers=0, dataloader_pin_memory=False, seed=0,
+        bf16=precision == "bf16-mixed", fp16=precision == "16-mixed",
     )
     trainer = Seq2SeqTrainer(model=model, args=args, train_dataset=dataset, data_collator=counting_collator,
                              processing_class=encoder_tokenizer, callbacks=[Timer()])
@@ -296,19 +449,43 @@ def worker(spec: dict) -> None:
         # encdec's default (optimizer.fused=null) resolves to fused in fp32; name the for-loop explicitly to measure it.
         optimizer = {"foreach": ["optimizer.fused=false", "+optimizer.foreach=true"], "fused": ["optimizer.fused=true"],
                      "for-loop": ["optimizer.fused=false"]}.get(spec.get("optimizer"), [])
+        if spec.get("precision", "32-true") != "32-true":
+            # encdec resolves optimizer.fused=null from trainer.precision: under *-mixed with clipping, not fused
+            # (Lightning refuses it), so on CUDA encdec and hf (adamw_torch) both run torch's foreach AdamW.
+            optimizer.append(f"trainer.precision={spec['precision']}")
         cfg, model, encoder_tokenizer, decoder_tokenizer = common.build(
             spec["model"], *data_overrides(spec), *optimizer, weights=spec["weights"]
         )
         fingerprint = common.weights_fingerprint(model)
         rows = load_rows(spec, cfg, model, encoder_tokenizer, decoder_tokenizer)
+        device, precision = spec.get("device", "cpu"), spec.get("precision", "32-true")
+        if device != "cpu":
+            model.to(device)
         torch.manual_seed(0)
-        warm_up(model)
-        steps = Steps()
+        warm_up(model, device, precision)
+        flops = {}
+        if spec.get("count_flops"):
+            batch = representative_batch(rows, spec["batch_size"], encoder_tokenizer.pad_token_id,
+                                         model.config.decoder_start_token_id, device)
+            flops = count_step_flops(model, batch, device, precision)
+            del batch
+        if device == "cuda":
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()  # the peak of the training run: weights, grads, AdamW state, activations
+        steps = Steps(device, spec.get("max_seconds"))
         if spec["framework"] == "hf":
             extra = worker_hf(spec, rows, model, encoder_tokenizer, steps)
         else:
             extra = worker_encdec(spec, rows, model, encoder_tokenizer, decoder_tokenizer, cfg, steps)
-    common.emit({**steps.summary(), **memory.result(), **extra, "weights_fingerprint": fingerprint})
+        if device == "cuda":
+            extra["peak_cuda_mib"] = round(torch.cuda.max_memory_allocated() / 2**20, 1)
+            extra["peak_cuda_reserved_mib"] = round(torch.cuda.max_memory_reserved() / 2**20, 1)
+    summary = steps.summary()
+    if flops:
+        extra.update(flops)
+        if spec.get("peak_tflops"):
+            extra.update(mfu_fields(summary, flops, spec["peak_tflops"]))
+    common.emit({**summary, **memory.result(), **extra, "weights_fingerprint": fingerprint})
 
 
 # -- offline analyses ------------------------------------------------------------------------------------------------
@@ -520,6 +697,21 @@ def main() -> None:
     parser.add_argument("--precision-check", action="store_true", help="only fp32 vs bf16 autocast speed on this CPU")
     parser.add_argument("--isolated", action="store_true", help="only in-process optimizer and decoder-mask timings")
     parser.add_argument("--compile-check", action="store_true", help="only eager vs torch.compile fwd+bwd, 4x256")
+    parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu",
+                        help="where both sides train (default cpu); cuda adds peak GPU memory and MFU")
+    parser.add_argument("--precision", choices=["32-true", "bf16-mixed", "16-mixed"],
+                        help="both sides' precision (default 32-true on cpu, bf16-mixed on cuda)")
+    parser.add_argument("--batch-size", type=int, help="rows per batch (default: the scenario's)")
+    parser.add_argument("--max-source", type=int, help="source length cap (default: the scenario's)")
+    parser.add_argument("--max-target", type=int, help="target length cap (default: the scenario's)")
+    parser.add_argument("--peak-tflops", type=float,
+                        help="peak bf16 dense TFLOP/s for MFU (default on cuda: from the GPU's name; required for an "
+                             "unknown GPU; on cpu MFU is computed only when this is given)")
+    parser.add_argument("--max-seconds", type=float,
+                        help="stop a run's training after this many timed seconds (tokens/s stays exact; the run "
+                             "is marked capped_by_max_seconds and covers fewer rows than the others)")
+    parser.add_argument("--results", help="results file name under bench/results/ or an absolute path "
+                                          "(default train_cpu.json / train_gpu.json)")
     parser.add_argument("--list", action="store_true")
     parser.add_argument("--no-save", action="store_true")
     args = parser.parse_args()
@@ -540,14 +732,39 @@ def main() -> None:
     if args.compile_check:
         return compile_check(args.threads, save=not args.no_save)
     scenario = dict(SCENARIOS[args.scenario], threads=args.threads)
-    if args.rows:
-        scenario["rows"] = args.rows
+    on_cuda = scenario.pop("cuda", {})
+    if args.device == "cuda":
+        scenario.update(on_cuda)
+    for key in ("rows", "batch_size", "max_source", "max_target"):
+        if getattr(args, key):
+            scenario[key] = getattr(args, key)
+    precision = args.precision or ("bf16-mixed" if args.device == "cuda" else "32-true")
+    scenario.update(device=args.device, precision=precision)
     names = args.runs.split(",") if args.runs else scenario["runs"]
+    if precision.endswith("-mixed") and any(run_spec(n).get("optimizer") == "fused" for n in names):
+        raise SystemExit(f"{precision}: Lightning refuses a fused optimizer with gradient clipping under *-mixed "
+                         "precision; drop the +fused lever (encdec then uses torch's foreach AdamW, as hf does)")
     info = common.machine()
+    peak = args.peak_tflops
+    if args.device == "cuda":
+        import torch
+
+        if not torch.cuda.is_available():
+            raise SystemExit("--device cuda: torch.cuda.is_available() is False (torch "
+                             f"{torch.__version__}, built for CUDA {torch.version.cuda})")
+        info.update(common.gpu_machine())
+        info["note"] = "one GPU; runs alternated, each in its own process; compare ratios within this invocation"
+        peak = peak or common.peak_bf16_tflops(info["gpu"])
+        if peak is None:
+            raise SystemExit(f"unknown GPU {info['gpu']!r}: pass --peak-tflops (its dense bf16 peak) for MFU")
+    scenario.update(count_flops=peak is not None, peak_tflops=peak, max_seconds=args.max_seconds)
     print(f"{args.scenario}: {scenario['model']} on {scenario['data']} ({scenario['rows']} rows, one epoch), "
-          f"batch {scenario['batch_size']}, {scenario['max_source']}/{scenario['max_target']}, float32, "
-          f"{args.threads} torch thread(s)")
+          f"batch {scenario['batch_size']}, {scenario['max_source']}/{scenario['max_target']}, "
+          f"{'float32' if precision == '32-true' else precision}, {args.device}, {args.threads} torch thread(s)")
     print(f"machine: {info['cpu']}, {info['logical_cpus']} cpus, load {info['load_average_at_start']}")
+    if args.device == "cuda":
+        print(f"gpu: {info['gpu']} ({info['gpu_memory_gib']} GiB, capability {info['gpu_capability']}), torch "
+              f"{info['torch']}, CUDA {info['cuda']}, driver {info.get('gpu_driver')}, peak bf16 {peak} TFLOP/s")
     folder = Path(tempfile.mkdtemp(prefix="encdec-bench-"))
     weights = common.save_weights(scenario["model"], folder)
     results: dict[str, list[dict]] = {name: [] for name in names}
@@ -558,19 +775,28 @@ def main() -> None:
             spec.pop("runs", None)
             result = common.run_worker(Path(__file__), spec)
             results[name].append(result)
+            more = ""
+            if "peak_cuda_mib" in result:
+                more += f"  gpu {result['peak_cuda_mib']:.0f} MiB"
+            if "mfu" in result:
+                more += (f"  {result['achieved_tflops']:.4g} TFLOP/s  MFU {result['mfu']:.3f} "
+                         f"(useful {result['useful_mfu']:.3f})")
+            if result.get("capped_by_max_seconds"):
+                more += f"  CAPPED after {result['steps']} steps"
             print(f"  {name:28s} {result['tokens_per_s']:8.1f} tok/s  {result['s_per_step']:6.2f} s/step  "
                   f"rows/step {result['rows_per_step']:5.2f}  pad {result['padding_fraction']:.3f}  "
-                  f"rss {result['peak_rss_mib']:.0f} MiB", flush=True)
+                  f"rss {result['peak_rss_mib']:.0f} MiB{more}", flush=True)
     fingerprints = {r["weights_fingerprint"] for runs in results.values() for r in runs}
     assert len(fingerprints) == 1, f"runs started from different weights: {fingerprints}"
 
     rows = []
     anchor = names[0]
+    optional = ("peak_cuda_mib", "achieved_tflops", "useful_tflops", "mfu", "useful_mfu")
     for name in names:
         runs = results[name]
-        mean = {k: sum(r[k] for r in runs) / len(runs) for k in
-                ("tokens_per_s", "target_tokens_per_s", "s_per_step", "rows_per_step", "padding_fraction",
-                 "peak_rss_mib", "seconds")}
+        keys = ("tokens_per_s", "target_tokens_per_s", "s_per_step", "rows_per_step", "padding_fraction",
+                "peak_rss_mib", "seconds", *(k for k in optional if all(k in r for r in runs)))
+        mean = {k: sum(r[k] for r in runs) / len(runs) for k in keys}
         rows.append({"run": name, **mean, "repeats": len(runs)})
     base = {r["run"]: r for r in rows}
     references = [name for name in dict.fromkeys([anchor, "hf", "hf-fused", "encdec"]) if name in base]
@@ -578,18 +804,36 @@ def main() -> None:
         for reference in references:
             row["vs_" + reference] = row["tokens_per_s"] / base[reference]["tokens_per_s"]
     columns = ["run", "tokens_per_s", "target_tokens_per_s", "s_per_step", "rows_per_step", "padding_fraction",
-               "peak_rss_mib", *("vs_" + r for r in references)]
+               "peak_rss_mib", *(k for k in optional if all(k in r for r in rows)), *("vs_" + r for r in references)]
     print()
     print(common.table(rows, columns))
+    flops = next((r for runs in results.values() for r in runs if "flops_per_padded_token" in r), None)
+    if flops:
+        rows_, source, target = flops["flop_count_batch"]
+        print(f"FLOPs (FlopCounterMode, one fwd+bwd on {rows_}x{source} source / {rows_}x{target} target): "
+              f"{flops['flops_per_step'] / 1e12:.3f} TFLOP = {flops['flops_per_padded_token'] / 1e9:.3f} GFLOP per "
+              f"padded token; MFU = that x padded tokens / s / {peak} TFLOP/s; useful MFU counts non-pad tokens only")
     print(f"({time.time() - started:.0f} s)")
     if not args.no_save:
-        path = common.write_results("train_cpu.json", {
+        method = METHOD
+        if args.device != "cpu" or precision != "32-true":
+            method = METHOD.replace("; fp32;", f"; {precision} on {args.device} (both sides);")
+        mfu_method = {}
+        if flops:
+            mfu_method["mfu_method"] = (
+                "FLOPs of one fwd+bwd counted by torch.utils.flop_counter.FlopCounterMode on a batch of median-length "
+                "rows, per padded token, times each run's padded tokens, over its seconds, against a dense bf16 peak "
+                f"of {peak} TFLOP/s; useful MFU counts non-pad tokens only.")
+        results_name = args.results or ("train_gpu.json" if args.device == "cuda" else "train_cpu.json")
+        if Path(results_name).is_absolute():
+            Path(results_name).parent.mkdir(parents=True, exist_ok=True)
+        path = common.write_results(results_name, {
             "machine": info,
-            "method": METHOD,
+            "method": method,
             "scenarios": {args.scenario: {"date": info["date"], "load_average_at_start": info["load_average_at_start"],
                                           "setup": {k: v for k, v in scenario.items() if k != "runs"},
                                           "anchor": anchor, "summary": rows, "runs": results,
-                                          "run_meaning": {n: run_spec(n) for n in names}}},
+                                          "run_meaning": {n: run_spec(n) for n in names}, **mfu_method}},
         }, merge_key="scenarios")
         print(f"wrote {path}")
 
