@@ -41,14 +41,11 @@ def test_fsdp_config():
         "cpu_offload": False,
     }
     assert (trainer["accelerator"], trainer["precision"]) == ("gpu", "bf16-mixed")
-    # Lightning's FSDPPrecision raises on clipping by norm at the first optimizer step.
-    assert trainer["gradient_clip_val"] is None
-    # Everything else is the default trainer's (defaults: [default]).
+    # Everything else is the default trainer's (defaults: [default]), clipping by norm included.
     default = OmegaConf.to_container(trainer_config().trainer, resolve=True)
-    assert {k: v for k, v in trainer.items() if k not in ("strategy", "accelerator", "devices", "precision",
-                                                           "gradient_clip_val", "gradient_clip_algorithm")} == \
-        {k: v for k, v in default.items() if k not in ("strategy", "accelerator", "devices", "precision",
-                                                       "gradient_clip_val")}
+    assert trainer["gradient_clip_val"] == default["gradient_clip_val"] == 1.0
+    assert {k: v for k, v in trainer.items() if k not in ("strategy", "accelerator", "devices", "precision")} == \
+        {k: v for k, v in default.items() if k not in ("strategy", "accelerator", "devices", "precision")}
 
 
 @pytest.mark.parametrize("stage", [2, 3])
@@ -105,11 +102,26 @@ def test_sharded_strategies_on_cpu_are_one_line(monkeypatch):
     _check_strategy(trainer_config("trainer=deepspeed_stage_3"))  # accelerator=gpu passes
 
 
-def test_fsdp_refuses_clipping_by_norm_up_front():
-    with pytest.raises(EncdecError, match=r"cannot clip gradients by norm .*trainer.gradient_clip_algorithm=value"):
-        _check_strategy(trainer_config("trainer=fsdp", "trainer.gradient_clip_val=1.0"))
-    _check_strategy(trainer_config("trainer=fsdp", "trainer.gradient_clip_val=1.0", "trainer.gradient_clip_algorithm=value"))
-    _check_strategy(trainer_config("trainer=fsdp"))
+@pytest.mark.parametrize(
+    "strategy,algorithm,through_fsdp",
+    [("fsdp", None, True), ("fsdp", "norm", True), ("fsdp", "value", False), ("ddp", None, False)],
+)
+def test_clipping_by_norm_under_fsdp_uses_fsdps_own_norm(strategy, algorithm, through_fsdp):
+    """Lightning's FSDP precision plugin refuses clip-by-norm; the module routes it to FSDP.clip_grad_norm_."""
+    from types import SimpleNamespace
+
+    from lightning.pytorch.strategies import DDPStrategy, FSDPStrategy
+
+    from encdec.lit.module import Seq2SeqModule
+
+    calls = []
+    wrapped = SimpleNamespace(clip_grad_norm_=lambda value: calls.append(("fsdp", value)))
+    module = Seq2SeqModule(torch.nn.Linear(1, 1), None, optimizer=torch.optim.AdamW)
+    module._trainer = SimpleNamespace(strategy=FSDPStrategy() if strategy == "fsdp" else DDPStrategy(), model=wrapped)
+    module.clip_gradients = lambda optimizer, gradient_clip_val, gradient_clip_algorithm: calls.append(
+        ("lightning", gradient_clip_val, gradient_clip_algorithm))
+    module.configure_gradient_clipping(None, 1.0, algorithm)
+    assert calls == ([("fsdp", 1.0)] if through_fsdp else [("lightning", 1.0, algorithm)])
 
 
 def test_other_strategies_are_left_to_lightning():

@@ -184,12 +184,6 @@ def _check_strategy(cfg: DictConfig) -> None:
             f"{label} runs on CUDA GPUs only, not trainer.accelerator={accelerator}: "
             "pass trainer.accelerator=gpu, or use trainer=ddp trainer.accelerator=cpu for data parallel on CPU"
         )
-    clip = cfg.trainer.get("gradient_clip_val")
-    if kind == "fsdp" and clip and cfg.trainer.get("gradient_clip_algorithm") != "value":
-        raise EncdecError(
-            f"{label} cannot clip gradients by norm in Lightning (trainer.gradient_clip_val={clip}): "
-            "add trainer.gradient_clip_algorithm=value or set trainer.gradient_clip_val=null"
-        )
 
 
 def _checkpoint_plugins(cfg: DictConfig) -> list:

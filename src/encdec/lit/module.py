@@ -159,6 +159,16 @@ class Seq2SeqModule(L.LightningModule):
                 datamodule.train_sampler.resume_at(checkpoint["epoch"], done)
         self.initial_metrics = saved.get("initial_metrics", self.initial_metrics)
 
+    def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None) -> None:
+        from lightning.pytorch.strategies import FSDPStrategy
+
+        if gradient_clip_val and gradient_clip_algorithm in (None, "norm") and isinstance(self.trainer.strategy, FSDPStrategy):
+            # Lightning's FSDP precision plugin clips by value only (Lightning issue #19235); the norm over all
+            # shards is FSDP's own method on the wrapped module.
+            self.trainer.model.clip_grad_norm_(gradient_clip_val)
+            return
+        self.clip_gradients(optimizer, gradient_clip_val=gradient_clip_val, gradient_clip_algorithm=gradient_clip_algorithm)
+
     def configure_optimizers(self):
         params = [p for p in self.model.parameters() if p.requires_grad]
         optimizer = self.optimizer_factory(params)
