@@ -159,6 +159,15 @@ class Seq2SeqModule(L.LightningModule):
                 datamodule.train_sampler.resume_at(checkpoint["epoch"], done)
         self.initial_metrics = saved.get("initial_metrics", self.initial_metrics)
 
+    def optimizer_step(self, epoch, batch_idx, optimizer, optimizer_closure=None) -> None:
+        super().optimizer_step(epoch, batch_idx, optimizer, optimizer_closure)
+        from lightning.pytorch.strategies import DeepSpeedStrategy
+
+        if not isinstance(self.trainer.strategy, DeepSpeedStrategy):  # DeepSpeed's engine clears its own
+            # Lightning zeroes gradients inside the next step's closure, after that step's forward, so the forward's
+            # activations would share memory with a full set of stale gradients; free them now (as HF's Trainer does).
+            optimizer.zero_grad(set_to_none=True)
+
     def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None) -> None:
         from lightning.pytorch.strategies import FSDPStrategy
 

@@ -1,0 +1,57 @@
+"""Seq2SeqModule under a real lightning.Trainer: when gradients exist, with and without accumulation."""
+
+from __future__ import annotations
+
+import lightning as L
+import pytest
+import torch
+from torch.utils.data import DataLoader
+
+from conftest import compose_config
+from encdec.lit.module import Seq2SeqModule
+from encdec.models import build_model
+
+
+def batches(model, count: int, seed: int = 0) -> list[dict[str, torch.Tensor]]:
+    generator = torch.Generator().manual_seed(seed)
+    out = []
+    for _ in range(count):
+        out.append({
+            "input_ids": torch.randint(1000, 2000, (2, 12), generator=generator),
+            "attention_mask": torch.ones(2, 12, dtype=torch.long),
+            "decoder_input_ids": torch.randint(1000, 2000, (2, 5), generator=generator),
+            "decoder_attention_mask": torch.ones(2, 5, dtype=torch.long),
+            "labels": torch.randint(1000, 2000, (2, 5), generator=generator),
+        })
+    return out
+
+
+class GradientsAtBatchStart(L.Callback):
+    """Records, before each training_step's forward, whether any parameter still holds a gradient."""
+
+    def __init__(self):
+        self.seen: list[bool] = []
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        self.seen.append(any(p.grad is not None for p in pl_module.parameters()))
+
+
+@pytest.mark.parametrize("accumulate", [1, 2])
+def test_gradients_are_freed_right_after_each_optimizer_step(accumulate):
+    # Lightning itself zeroes them only after the next forward: its activations would sit beside stale gradients.
+    torch.manual_seed(0)
+    model, _, decoder_tokenizer = build_model(compose_config("encoder=tiny", "decoder=tiny"))
+    module = Seq2SeqModule(model, decoder_tokenizer, optimizer=lambda params: torch.optim.AdamW(params, lr=1e-3))
+    probe = GradientsAtBatchStart()
+    trainer = L.Trainer(
+        accelerator="cpu", max_steps=3, accumulate_grad_batches=accumulate, logger=False, enable_checkpointing=False,
+        enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0, limit_val_batches=0,
+        gradient_clip_val=1.0, callbacks=[probe],
+    )
+    before = [p.detach().clone() for p in model.parameters()]
+    trainer.fit(module, train_dataloaders=DataLoader(batches(model, 3 * accumulate), batch_size=None))
+    assert trainer.global_step == 3
+    # Gradients exist at a batch's start only in the middle of an accumulation window.
+    assert probe.seen == [i % accumulate != 0 for i in range(3 * accumulate)]
+    assert all(p.grad is None for p in model.parameters())
+    assert any(not torch.equal(a, b) for a, b in zip(before, model.parameters()))  # it did train
