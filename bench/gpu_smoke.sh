@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# The product path on a CUDA GPU, end to end and small: train.py (trainer=gpu: bf16-mixed, fused-AdamW rule, eval
+# generation, checkpoints, hf_model export) then eval.py on the run folder, with no packaged model or data (the device
+# image has neither): random 2x128 BERT encoder/decoder over bench's generated vocabulary, 64 generated rows.
+#   bash bench/gpu_smoke.sh            # TRAINER=cpu bash bench/gpu_smoke.sh for a dry run here
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export PYTHONPATH="$PWD/src:$PWD/bench${PYTHONPATH:+:$PYTHONPATH}" HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
+PY=${PYTHON:-python3}
+WORK=$(mktemp -d /tmp/encdec-gpu-smoke.XXXXXX)
+FOLDER=$("$PY" -c "import common; print(common.bert_base_dir())")
+"$PY" - "$WORK" <<'PYEOF'
+import json, random, sys
+random.seed(0)
+for split, n in (("train", 64), ("validation", 8)):
+    with open(f"{sys.argv[1]}/{split}.jsonl", "w") as f:
+        for _ in range(n):
+            words = [f"tok{random.randrange(200, 2000)}" for _ in range(random.randrange(20, 120))]
+            f.write(json.dumps({"document": " ".join(words), "summary": " ".join(words[:8])}) + "\n")
+PYEOF
+SIDE="init=random +overrides.hidden_size=128 +overrides.num_hidden_layers=2 +overrides.num_attention_heads=2 +overrides.intermediate_size=256"
+ARGS=(encoder=auto "encoder.pretrained=$FOLDER" decoder=auto "decoder.pretrained=$FOLDER")
+for kv in $SIDE; do ARGS+=("$(echo "encoder.$kv" | sed "s#encoder.+#+encoder.#")" "$(echo "decoder.$kv" | sed "s#decoder.+#+decoder.#")"); done
+"$PY" train.py "${ARGS[@]}" "trainer=${TRAINER:-gpu}" trainer.max_steps=8 trainer.max_epochs=2 data=files \
+    "data.train_file=$WORK/train.jsonl" "data.validation_file=$WORK/validation.jsonl" data.max_source_length=128 \
+    data.max_target_length=16 data.batch_size=16 generation.max_new_tokens=8 logger=csv "hydra.run.dir=$WORK/run"
+ls "$WORK/run" "$WORK/run/hf_model" "$WORK/run/figures"
+cat "$WORK/run/metrics.json"
+"$PY" eval.py "model_path=$WORK/run" data=files "data.train_file=$WORK/train.jsonl" \
+    "data.validation_file=$WORK/validation.jsonl" split=validation data.max_source_length=128 \
+    "device=$([ "${TRAINER:-gpu}" = cpu ] && echo cpu || echo cuda)" "hydra.run.dir=$WORK/eval"
+[ -n "${OUT:-}" ] && cp "$WORK/run/metrics.json" "$OUT/smoke_metrics.json" || true
+echo "GPU SMOKE OK"
