@@ -20,7 +20,8 @@ from conftest import SMOKE, compose_config, error_lines, run_script
 from encdec import run_folder
 from encdec.errors import EncdecError
 from encdec.lit.checkpoint_io import AtomicCheckpointIO
-from encdec.train import _check_strategy, _checkpoint_plugins, _full_model, _instantiate_trainer
+from encdec.inference import load_trained
+from encdec.train import _check_strategy, _checkpoint_plugins, _instantiate_trainer
 
 HAS_DEEPSPEED = importlib.util.find_spec("deepspeed") is not None
 
@@ -180,13 +181,13 @@ def checkpoint_file(tmp_path_factory):
 
 def test_export_from_a_full_checkpoint_file(checkpoint_file, tmp_path):
     path, trained = checkpoint_file
-    exported = _full_model(path, tmp_path)
+    exported, _, _ = load_trained(path)
     expected = trained.state_dict()
     got = exported.state_dict()
     assert set(got) == set(expected)
     assert all(torch.equal(got[name], expected[name]) for name in expected)
     assert exported.generation_config.decoder_start_token_id == trained.generation_config.decoder_start_token_id
-    assert list(tmp_path.iterdir()) == []  # the scratch folder is gone
+    assert list(path.parent.iterdir()) == [path]  # nothing gathered, nothing left beside it
 
 
 def test_export_from_a_deepspeed_folder_consolidates_it(checkpoint_file, tmp_path, monkeypatch):
@@ -203,10 +204,10 @@ def test_export_from_a_deepspeed_folder_consolidates_it(checkpoint_file, tmp_pat
         Path(output_file).write_bytes(path.read_bytes())
 
     monkeypatch.setattr(lightning_deepspeed, "convert_zero_checkpoint_to_fp32_state_dict", convert)
-    scratch = tmp_path / "scratch"
-    scratch.mkdir()
-    exported = _full_model(folder, scratch)
+    exported, _, _ = load_trained(folder)
     assert calls and calls[0][0] == folder
+    assert calls[0][1].parent.parent == tmp_path  # gathered beside the checkpoint (its disk), not in /tmp
+    assert list(tmp_path.iterdir()) == [folder]  # and the gathered copy is gone
     assert all(torch.equal(exported.state_dict()[k], v) for k, v in trained.state_dict().items())
     assert run_folder.single_file_checkpoint(path, tmp_path / "unused.ckpt") == path  # a file is taken as is
 

@@ -27,7 +27,8 @@ def load_trained(path: str | Path) -> tuple[EncoderDecoderModel, PreTrainedToken
             raise EncdecError(f"model_path={path} is a file but not a .ckpt checkpoint: give a run folder, hf_model/ or .ckpt")
         return _load_checkpoint(path)
     if path.suffix == ".ckpt":  # a DeepSpeed checkpoint: a folder of per-rank shards
-        with tempfile.TemporaryDirectory(prefix="encdec-ckpt-") as scratch:
+        # Gathered beside it, not in /tmp: the full float32 weights need the disk the checkpoints already fit on.
+        with tempfile.TemporaryDirectory(prefix=".gathered.", dir=path.parent) as scratch:
             return _load_checkpoint(run_folder.single_file_checkpoint(path, Path(scratch) / "full.ckpt"))
     if (path / run_folder.HF_MODEL / "config.json").is_file():
         path = path / run_folder.HF_MODEL

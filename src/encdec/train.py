@@ -16,6 +16,7 @@ import hydra
 import lightning as L
 from hydra.core.hydra_config import HydraConfig
 from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.strategies import DeepSpeedStrategy, FSDPStrategy
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
@@ -26,6 +27,7 @@ from encdec.lit.datamodule import SummarizationDataModule
 from encdec.lit.module import Seq2SeqModule
 from encdec.metrics import ROUGE_TYPES
 from encdec.finetune import count_parameters, merged_copy
+from encdec.inference import load_trained
 from encdec.models import build_model
 
 log = logging.getLogger(__name__)
@@ -126,7 +128,7 @@ def run(cfg: DictConfig) -> float | None:
             trainer.save_checkpoint(export_from, weights_only=True)
     if trainer.is_global_zero:
         run_folder.export_hf_model(
-            merged_copy(model) if export_from is None else _full_model(export_from, run_dir),
+            merged_copy(model) if export_from is None else load_trained(export_from)[0],
             encoder_tokenizer, decoder_tokenizer, run_dir / run_folder.HF_MODEL,
             untie=bool(cfg.model.get("share_weights")),
         )
@@ -196,20 +198,7 @@ def _checkpoint_plugins(cfg: DictConfig) -> list:
 
 
 def _shards_weights(trainer: L.Trainer) -> bool:
-    from lightning.pytorch.strategies import DeepSpeedStrategy, FSDPStrategy
-
     return isinstance(trainer.strategy, (DeepSpeedStrategy, FSDPStrategy))
-
-
-def _full_model(checkpoint: Path, run_dir: Path):
-    """The trained model, whole, from a checkpoint file or a DeepSpeed checkpoint folder (on one process)."""
-    import tempfile
-
-    from encdec.inference import load_trained
-
-    with tempfile.TemporaryDirectory(prefix=".export.", dir=run_dir) as scratch:
-        model, _, _ = load_trained(run_folder.single_file_checkpoint(checkpoint, Path(scratch) / "full.ckpt"))
-    return model
 
 
 @rank_zero_only

@@ -10,6 +10,7 @@ import lightning as L
 import numpy as np
 import torch
 import torch.nn.functional as F
+from lightning.pytorch.strategies import DeepSpeedStrategy, FSDPStrategy
 from transformers import EncoderDecoderModel, PreTrainedTokenizerBase
 
 from encdec.errors import EncdecError
@@ -116,8 +117,6 @@ class Seq2SeqModule(L.LightningModule):
     def _generation_sync(self) -> dict:
         """Under sharded weights (FSDP, DeepSpeed stage 3) every forward gathers parameters from all ranks, so a rank
         whose batch is done must keep stepping until every rank's is (transformers' synced_gpus)."""
-        from lightning.pytorch.strategies import FSDPStrategy
-
         strategy = self.trainer.strategy
         sharded = isinstance(strategy, FSDPStrategy) or bool(getattr(strategy, "zero_stage_3", False))
         return {"synced_gpus": True} if sharded and self.trainer.world_size > 1 else {}
@@ -161,16 +160,12 @@ class Seq2SeqModule(L.LightningModule):
 
     def optimizer_step(self, epoch, batch_idx, optimizer, optimizer_closure=None) -> None:
         super().optimizer_step(epoch, batch_idx, optimizer, optimizer_closure)
-        from lightning.pytorch.strategies import DeepSpeedStrategy
-
         if not isinstance(self.trainer.strategy, DeepSpeedStrategy):  # DeepSpeed's engine clears its own
             # Lightning zeroes gradients inside the next step's closure, after that step's forward, so the forward's
             # activations would share memory with a full set of stale gradients; free them now (as HF's Trainer does).
             optimizer.zero_grad(set_to_none=True)
 
     def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None) -> None:
-        from lightning.pytorch.strategies import FSDPStrategy
-
         if gradient_clip_val and gradient_clip_algorithm in (None, "norm") and isinstance(self.trainer.strategy, FSDPStrategy):
             # Lightning's FSDP precision plugin clips by value only (Lightning issue #19235); the norm over all
             # shards is FSDP's own method on the wrapped module.
