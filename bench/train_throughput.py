@@ -74,7 +74,10 @@ SCENARIOS = {
     # ~60 s where the step is bound by the host's kernel launches (~40 ms); --max-seconds caps a slower run.
     "bert2bert-base": {
         "model": "bert2bert-base", "data": "synthetic", "rows": 48, "batch_size": 8, "max_source": 512,
-        "max_target": 128, "runs": ["hf", "encdec", "encdec+budget"], "cuda": {"rows": 48000, "batch_size": 32},
+        "max_target": 128, "runs": ["hf", "encdec", "encdec+budget"],
+        "cuda": {"rows": 48000, "batch_size": 32,
+                 "runs": ["hf", "hf-fused", "encdec", "encdec+budget", "encdec+cudnn", "encdec+nosync",
+                          "hf-fused+nocudnn"]},
     },
     "levers-step": {
         "model": "bert2gpt2-4x256", "data": "synthetic", "rows": 64, "batch_size": 8, "max_source": 512,
@@ -119,6 +122,12 @@ def run_spec(name: str) -> dict:
             spec["checkpointing"] = True
         elif lever == "compile":
             spec["compile"] = True
+        elif lever == "cudnn":
+            spec["cudnn_attention"] = True  # encdec: let SDPA pick cuDNN (torch's first choice on H100/H200)
+        elif lever == "nocudnn":
+            spec["cudnn_attention"] = False  # hf: cuDNN left out of SDPA, as encdec does by default
+        elif lever == "nosync":
+            spec["finite_check"] = False  # encdec: no per-step isfinite(loss) host sync
         else:
             raise SystemExit(f"unknown lever {lever}")
     return spec
@@ -365,6 +374,13 @@ def worker_encdec(spec: dict, rows: list[dict], model, encoder_tokenizer, decode
                 steps.count(batch)  # still on the host: counting a CUDA batch would sync every step
             return super().on_before_batch_transfer(batch, dataloader_idx)
 
+        def training_step(self, batch, batch_idx):
+            if spec.get("finite_check", True):
+                return super().training_step(batch, batch_idx)
+            loss = self.loss(batch)
+            self.log("train/loss", loss, prog_bar=True, batch_size=batch["input_ids"].shape[0])
+            return loss
+
         def loss(self, batch):
             if spec.get("decoder_mask", True):
                 return super().loss(batch)
@@ -374,7 +390,7 @@ def worker_encdec(spec: dict, rows: list[dict], model, encoder_tokenizer, decode
     if spec.get("checkpointing"):
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     module = Module(model, decoder_tokenizer, optimizer=_optimizer(cfg), scheduler=_scheduler(cfg),
-                    generate_in_validation=False)
+                    generate_in_validation=False, cudnn_attention=spec.get("cudnn_attention", False))
     if spec.get("compile"):
         module.model = torch.compile(model, dynamic=True)
 
@@ -419,6 +435,10 @@ def worker_hf(spec: dict, rows: list[dict], model, encoder_tokenizer, steps: Ste
             return control
 
     device, precision = spec.get("device", "cpu"), spec.get("precision", "32-true")
+    if spec.get("cudnn_attention") is False:
+        import torch
+
+        torch.backends.cuda.enable_cudnn_sdp(False)
     fields = {f.name for f in dataclasses.fields(Seq2SeqTrainingArguments)}
     if "train_sampling_strategy" in fields:  # transformers >= 5.2x
         sampling = {"train_sampling_strategy": "group_by_length" if spec["group_by_length"] else "random"}
@@ -450,8 +470,8 @@ def worker(spec: dict) -> None:
         optimizer = {"foreach": ["optimizer.fused=false", "+optimizer.foreach=true"], "fused": ["optimizer.fused=true"],
                      "for-loop": ["optimizer.fused=false"]}.get(spec.get("optimizer"), [])
         if spec.get("precision", "32-true") != "32-true":
-            # encdec resolves optimizer.fused=null from trainer.precision: under *-mixed with clipping, not fused
-            # (Lightning refuses it), so on CUDA encdec and hf (adamw_torch) both run torch's foreach AdamW.
+            # encdec resolves optimizer.fused=null from trainer.precision: fused except under 16-mixed with clipping
+            # (the loss scaler), so under bf16-mixed encdec runs fused AdamW, like hf-fused (adamw_torch_fused).
             optimizer.append(f"trainer.precision={spec['precision']}")
         cfg, model, encoder_tokenizer, decoder_tokenizer = common.build(
             spec["model"], *data_overrides(spec), *optimizer, weights=spec["weights"]
@@ -741,9 +761,9 @@ def main() -> None:
     precision = args.precision or ("bf16-mixed" if args.device == "cuda" else "32-true")
     scenario.update(device=args.device, precision=precision)
     names = args.runs.split(",") if args.runs else scenario["runs"]
-    if precision.endswith("-mixed") and any(run_spec(n).get("optimizer") == "fused" for n in names):
-        raise SystemExit(f"{precision}: Lightning refuses a fused optimizer with gradient clipping under *-mixed "
-                         "precision; drop the +fused lever (encdec then uses torch's foreach AdamW, as hf does)")
+    if precision == "16-mixed" and any(run_spec(n).get("optimizer") == "fused" for n in names):
+        raise SystemExit("16-mixed: a fused optimizer unscales gradients only inside step(), after clipping; drop "
+                         "the +fused lever (encdec then uses torch's foreach AdamW)")
     info = common.machine()
     peak = args.peak_tflops
     if args.device == "cuda":

@@ -87,9 +87,12 @@ def test_cli_unknown_option_fails_naming_it():
     "overrides,fused",
     [
         ([], True),  # fp32: the fused kernel
-        (["trainer.precision=bf16-mixed"], False),  # Lightning refuses clipping a fused optimizer under AMP
+        (["trainer.precision=bf16-mixed"], True),  # no loss scaler: Seq2SeqModule clips the fused optimizer's grads
+        (["trainer.precision=16-mixed"], False),  # the scaler: fused AdamW would unscale only after clipping
+        (["trainer.precision=16-mixed", "trainer.gradient_clip_val=0"], True),
         (["trainer.precision=bf16-mixed", "trainer.gradient_clip_val=0"], True),
         (["optimizer.fused=false"], False),
+        (["trainer=deepspeed_stage_2"], False),  # DeepSpeed's engine steps the optimizer on its own master weights
         (["optimizer=adam", "trainer.precision=16-mixed"], False),
     ],
 )

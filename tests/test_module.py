@@ -55,3 +55,52 @@ def test_gradients_are_freed_right_after_each_optimizer_step(accumulate):
     assert probe.seen == [i % accumulate != 0 for i in range(3 * accumulate)]
     assert all(p.grad is None for p in model.parameters())
     assert any(not torch.equal(a, b) for a, b in zip(before, model.parameters()))  # it did train
+
+
+class NormsAroundClipping(L.Callback):
+    """Gradient norms before clipping (Lightning's hook runs before it) and right after the module's clipping."""
+
+    def __init__(self):
+        self.before: list[float] = []
+        self.after: list[float] = []
+        self.largest_after: list[float] = []
+
+    @staticmethod
+    def norm(module) -> float:
+        return float(torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in module.parameters() if p.grad is not None])))
+
+    def on_train_start(self, trainer, pl_module):
+        clip = pl_module.configure_gradient_clipping
+
+        def clip_and_record(*args, **kwargs):
+            clip(*args, **kwargs)
+            self.after.append(self.norm(pl_module))
+            self.largest_after.append(max(float(p.grad.abs().max()) for p in pl_module.parameters() if p.grad is not None))
+
+        pl_module.configure_gradient_clipping = clip_and_record
+
+    def on_before_optimizer_step(self, trainer, pl_module, optimizer):
+        self.before.append(self.norm(pl_module))
+
+
+@pytest.mark.parametrize("algorithm", ["norm", "value"])
+def test_fused_adamw_is_clipped_under_bf16_mixed(algorithm):
+    # Lightning's mixed-precision plugin refuses to clip any optimizer that could unscale inside step(); bf16 has no
+    # scaler, so Seq2SeqModule clips itself and the fused kernel stays on.
+    torch.manual_seed(0)
+    model, _, decoder_tokenizer = build_model(compose_config("encoder=tiny", "decoder=tiny"))
+    module = Seq2SeqModule(model, decoder_tokenizer, optimizer=lambda params: torch.optim.AdamW(params, lr=1e-3, fused=True))
+    norms = NormsAroundClipping()
+    clip = 0.05
+    trainer = L.Trainer(
+        accelerator="cpu", precision="bf16-mixed", max_steps=3, logger=False, enable_checkpointing=False,
+        enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0, limit_val_batches=0,
+        gradient_clip_val=clip, gradient_clip_algorithm=algorithm, callbacks=[norms],
+    )
+    trainer.fit(module, train_dataloaders=DataLoader(batches(model, 3), batch_size=None))
+    assert trainer.global_step == 3 and trainer.optimizers[0].defaults["fused"] is True
+    assert len(norms.after) == 3 and min(norms.before) > clip  # every step needed clipping
+    if algorithm == "norm":
+        assert max(norms.after) == pytest.approx(clip, rel=1e-3)
+    else:
+        assert max(norms.largest_after) == pytest.approx(clip) and all(a < b for a, b in zip(norms.after, norms.before))

@@ -103,3 +103,53 @@ def test_compiled_forward_matches_eager():
     assert module._compiled_forward is not None
     assert compiled_loss == pytest.approx(eager_loss, rel=1e-4)
     assert all(torch.allclose(compiled_grads[n], eager_grads[n], atol=1e-4) for n in eager_grads)
+
+
+def sdpa_backends_seen(function, *args, **kwargs) -> dict[str, bool]:
+    """Which SDPA backends were enabled while `function` ran."""
+    seen = {}
+
+    def probe(*_a, **_k):
+        seen.update(cudnn=torch.backends.cuda.cudnn_sdp_enabled(), flash=torch.backends.cuda.flash_sdp_enabled(),
+                    efficient=torch.backends.cuda.mem_efficient_sdp_enabled(), math=torch.backends.cuda.math_sdp_enabled())
+
+    function(probe, *args, **kwargs)
+    return seen
+
+
+@pytest.mark.parametrize("cudnn", [False, True])
+def test_cudnn_attention_is_left_out_of_training_and_generation_unless_asked(cudnn, monkeypatch):
+    from encdec.inference import generate_texts
+
+    model, encoder_tokenizer, decoder_tokenizer = build()
+    original_forward = model.forward
+
+    def in_training_forward(probe):
+        def forward(*args, **kwargs):
+            probe()
+            return original_forward(*args, **kwargs)
+
+        monkeypatch.setattr(model, "forward", forward)
+        module = Seq2SeqModule(model, decoder_tokenizer, optimizer=torch.optim.AdamW, cudnn_attention=cudnn)
+        loss_and_grads(model, encoder_tokenizer, decoder_tokenizer)  # warm, unprobed path must not break
+        module.loss({"input_ids": torch.tensor([[5, 6, 7]]), "attention_mask": torch.ones(1, 3, dtype=torch.long),
+                     "decoder_input_ids": torch.tensor([[1, 8]]), "decoder_attention_mask": torch.ones(1, 2, dtype=torch.long),
+                     "labels": torch.tensor([[8, 2]])})
+
+    def in_generation(probe):
+        original = model.generate
+
+        def generate(*args, **kwargs):
+            probe()
+            return original(*args, **kwargs)
+
+        monkeypatch.setattr(model, "generate", generate)
+        source = encoder_tokenizer(["a paper about graphs"], return_tensors="pt")
+        texts = generate_texts(model.eval(), decoder_tokenizer, source["input_ids"], source["attention_mask"],
+                               cudnn_attention=cudnn, max_new_tokens=3)
+        assert len(texts) == 1
+
+    default = torch.backends.cuda.cudnn_sdp_enabled()
+    for seen in (sdpa_backends_seen(in_training_forward), sdpa_backends_seen(in_generation)):
+        assert seen == {"cudnn": default if cudnn else False, "flash": True, "efficient": True, "math": True}
+    assert torch.backends.cuda.cudnn_sdp_enabled() == default  # restored afterwards

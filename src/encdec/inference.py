@@ -15,7 +15,7 @@ from encdec import run_folder
 from encdec.errors import EncdecError
 from encdec.finetune import add_lora, merged_copy
 from encdec.lit.batching import EvalBatchSampler
-from encdec.models import configure_generation, load_tokenizer
+from encdec.models import attention_kernels, configure_generation, load_tokenizer
 
 
 def load_trained(path: str | Path) -> tuple[EncoderDecoderModel, PreTrainedTokenizerBase, PreTrainedTokenizerBase]:
@@ -103,6 +103,7 @@ def summarize(
     max_source_length: int = 512,
     device: torch.device | None = None,
     progress: bool = True,
+    cudnn_attention: bool = False,
 ) -> list[str]:
     """Summaries in input order; batches are formed from length-sorted documents so padding stays small."""
     device = device or pick_device()
@@ -112,7 +113,8 @@ def summarize(
     summaries: list[str] = [""] * len(documents)
     for batch in tqdm(batches, desc="summarizing", disable=not progress or len(batches) < 2):
         padded = encoder_tokenizer.pad({"input_ids": [encoded[i] for i in batch]}, return_tensors="pt")
-        texts = generate_texts(model, decoder_tokenizer, padded["input_ids"].to(device), padded["attention_mask"].to(device))
+        texts = generate_texts(model, decoder_tokenizer, padded["input_ids"].to(device), padded["attention_mask"].to(device),
+                               cudnn_attention=cudnn_attention)
         for index, text in zip(batch, texts):
             summaries[index] = text
     return summaries
@@ -124,9 +126,12 @@ def generate_texts(
     decoder_tokenizer: PreTrainedTokenizerBase,
     input_ids: torch.Tensor,
     attention_mask: torch.Tensor,
+    cudnn_attention: bool = False,
     **overrides,
 ) -> list[str]:
-    """One batch through `model.generate` (the encoder runs once, cross-attention keys/values are cached), decoded."""
-    generated = model.generate(input_ids=input_ids, attention_mask=attention_mask, **overrides)
+    """One batch through `model.generate` (the encoder runs once, cross-attention keys/values are cached), decoded.
+    Every decoding step has a new key length, so cuDNN attention would plan anew each step (models.attention_kernels)."""
+    with attention_kernels(cudnn_attention):
+        generated = model.generate(input_ids=input_ids, attention_mask=attention_mask, **overrides)
     texts = decoder_tokenizer.batch_decode(generated, skip_special_tokens=True, clean_up_tokenization_spaces=True)
     return [text.strip() for text in texts]

@@ -6,11 +6,13 @@ no cross-attention get encdec's gated blocks (`encdec.cross_attention`, decision
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import logging
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
+from torch.nn.attention import SDPBackend, sdpa_kernel
 from transformers import (
     AutoConfig,
     AutoModel,
@@ -222,6 +224,19 @@ def apply_speed_switches(model: EncoderDecoderModel, model_cfg: DictConfig) -> N
             raise EncdecError(
                 f"model.gradient_checkpointing=true: {' '.join(str(error).split())[:200]} Set it to false"
             ) from error
+
+
+def attention_kernels(cudnn: bool = False):
+    """A context for forwards (and so their backwards) that leaves cuDNN out of torch's SDPA kernel choice unless asked.
+
+    cuDNN's attention builds an execution plan per new tensor shape (tens to hundreds of ms, PyTorch PR #155958);
+    with dynamic padding nearly every training batch and every decoding step has a new shape, so on H100/H200, where
+    torch ranks cuDNN first, the plans cost more than the kernels save. Flash and memory-efficient need no plan.
+    """
+    if cudnn:
+        return contextlib.nullcontext()
+    return sdpa_kernel([SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH,
+                        SDPBackend.OVERRIDEABLE])
 
 
 def check_vocab(decoder: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> None:

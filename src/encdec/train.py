@@ -70,6 +70,7 @@ def run(cfg: DictConfig) -> float | None:
         scheduler=_scheduler(cfg),
         run_config=OmegaConf.to_container(cfg, resolve=True),
         compile=bool(cfg.model.get("compile")),
+        cudnn_attention=bool(cfg.model.get("cudnn_attention", False)),
     )
     checkpoint = ModelCheckpoint(
         dirpath=run_dir / run_folder.CHECKPOINTS,
@@ -224,11 +225,16 @@ def _optimizer(cfg: DictConfig):
 
 
 def fused_optimizer_allowed(trainer: DictConfig) -> bool:
-    """The fused AdamW kernel (one kernel for the whole step, 2-6% of a CPU step, more on GPU) unless Lightning would
-    refuse it: under *-mixed precision it cannot clip gradients of an optimizer that unscales them inside step()."""
-    mixed = str(trainer.get("precision", "32-true")).endswith("-mixed")
+    """The fused AdamW kernel (one kernel for the whole step, 2-6% of a CPU step, more on GPU) unless gradients must be
+    clipped under a loss scaler: 16-mixed scales them, and a fused optimizer unscales them only inside step(), after
+    clipping. bf16-mixed has no scaler (Seq2SeqModule.configure_gradient_clipping clips directly)."""
+    precision = str(trainer.get("precision", "32-true"))
+    scaled = precision in ("16-mixed", "16")
     clipping = bool(trainer.get("gradient_clip_val") or 0)
-    return not (mixed and clipping)
+    strategy = trainer.get("strategy")
+    # DeepSpeed steps the optimizer inside its engine, on its own master weights: leave torch's default there.
+    deepspeed = "deepspeed" in str(strategy.get("_target_", "") if isinstance(strategy, DictConfig) else strategy).lower()
+    return not (scaled and clipping) and not deepspeed
 
 
 def _scheduler(cfg: DictConfig):

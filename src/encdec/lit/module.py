@@ -10,6 +10,7 @@ import lightning as L
 import numpy as np
 import torch
 import torch.nn.functional as F
+from lightning.pytorch.plugins.precision import MixedPrecision
 from lightning.pytorch.strategies import DeepSpeedStrategy, FSDPStrategy
 from transformers import EncoderDecoderModel, PreTrainedTokenizerBase
 
@@ -17,6 +18,7 @@ from encdec.errors import EncdecError
 from encdec.inference import generate_texts
 from encdec.lit.datamodule import IGNORE_INDEX
 from encdec.metrics import rouge
+from encdec.models import attention_kernels
 
 
 class Seq2SeqModule(L.LightningModule):
@@ -29,12 +31,14 @@ class Seq2SeqModule(L.LightningModule):
         generate_in_validation: bool = True,
         run_config: dict | None = None,
         compile: bool = False,
+        cudnn_attention: bool = False,
     ):
         super().__init__()
         self.model = model
         # Only the teacher-forced forward is compiled (fixed call pattern, dynamic lengths); generation stays eager.
         # Compiling the bound method leaves the module, its parameter names and checkpoints untouched.
         self._compiled_forward = torch.compile(model.forward, dynamic=True) if compile else None
+        self.cudnn_attention = cudnn_attention
         self.decoder_tokenizer = decoder_tokenizer
         self.optimizer_factory = optimizer
         self.scheduler_factory = scheduler
@@ -48,13 +52,14 @@ class Seq2SeqModule(L.LightningModule):
 
     def loss(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         # The loss is ours, not EncoderDecoderModel's: its labels path rebuilds decoder masks from pad ids.
-        logits = (self._compiled_forward or self.model)(
-            input_ids=batch["input_ids"],
-            attention_mask=batch["attention_mask"],
-            decoder_input_ids=batch["decoder_input_ids"],
-            decoder_attention_mask=batch["decoder_attention_mask"],
-            use_cache=False,
-        ).logits
+        with attention_kernels(self.cudnn_attention):
+            logits = (self._compiled_forward or self.model)(
+                input_ids=batch["input_ids"],
+                attention_mask=batch["attention_mask"],
+                decoder_input_ids=batch["decoder_input_ids"],
+                decoder_attention_mask=batch["decoder_attention_mask"],
+                use_cache=False,
+            ).logits
         return F.cross_entropy(logits.float().flatten(0, 1), batch["labels"].flatten(), ignore_index=IGNORE_INDEX)
 
     def training_step(self, batch, batch_idx):
@@ -122,7 +127,8 @@ class Seq2SeqModule(L.LightningModule):
         return {"synced_gpus": True} if sharded and self.trainer.world_size > 1 else {}
 
     def generate(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, **overrides) -> list[str]:
-        return generate_texts(self.model, self.decoder_tokenizer, input_ids, attention_mask, **overrides)
+        return generate_texts(self.model, self.decoder_tokenizer, input_ids, attention_mask,
+                              cudnn_attention=self.cudnn_attention, **overrides)
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         # Enough to rebuild the model from the checkpoint alone (eval.py on a .ckpt), without its pretrained sources.
@@ -170,6 +176,13 @@ class Seq2SeqModule(L.LightningModule):
             # Lightning's FSDP precision plugin clips by value only (Lightning issue #19235); the norm over all
             # shards is FSDP's own method on the wrapped module.
             self.trainer.model.clip_grad_norm_(gradient_clip_val)
+            return
+        plugin = self.trainer.precision_plugin
+        if gradient_clip_val and isinstance(plugin, MixedPrecision) and plugin.scaler is None:
+            # bf16-mixed scales nothing, so a fused optimizer's gradients are final here; Lightning's plugin refuses
+            # any optimizer that could unscale inside step(), scaler or not.
+            clip = torch.nn.utils.clip_grad_value_ if gradient_clip_algorithm == "value" else torch.nn.utils.clip_grad_norm_
+            clip([p for group in optimizer.param_groups for p in group["params"]], gradient_clip_val)
             return
         self.clip_gradients(optimizer, gradient_clip_val=gradient_clip_val, gradient_clip_algorithm=gradient_clip_algorithm)
 

@@ -1,0 +1,55 @@
+#!/usr/bin/env bash
+# Every GPU check in one bounded call (the device machine is lent by the minute):
+#   1. bench/gpu_check.sh: training tokens/s and MFU, encdec vs Seq2SeqTrainer, bert2bert-base bf16 (train_gpu.json)
+#   2. bench/generation.py --device cuda: greedy and beam-4, encdec's summarize vs plain generate (generation_gpu.json)
+#   3. bench/gpu_smoke.sh with TRAINER=fsdp: train.py under Lightning's FSDPStrategy on one GPU, then eval.py
+# Each step has its own time limit; a failing step is logged and the next one still runs.
+#   BUDGET_S=540 bash bench/gpu_all.sh      # run(command=..., carry=[".whl"], timeout_s=580)
+# Environment: BUDGET_S (540), TRAIN_S (330: step 1), GEN_S (150: step 2), MAX_SECONDS (30: per training run),
+# SKIP (space-separated step numbers to skip), PYTHON (python3).
+set -uo pipefail
+cd "$(dirname "$0")/.." || exit 2
+ROOT=$PWD
+PY=${PYTHON:-python3}
+START=$(date +%s)
+BUDGET_S=${BUDGET_S:-540}
+SKIP=" ${SKIP:-} "
+OUTDIR=${OUT:-/tmp/encdec-gpu-all}
+mkdir -p "$OUTDIR"
+log() { echo "[gpu_all +$(( $(date +%s) - START ))s] $*" | tee -a "$OUTDIR/gpu_all.log"; }
+left() { echo $(( BUDGET_S - ($(date +%s) - START) )); }
+if compgen -G "$ROOT/.whl/*.whl" >/dev/null; then
+    "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/encdec-site \
+        "$ROOT"/.whl/*.whl 2>&1 | tail -3
+    export PYTHONPATH="/tmp/encdec-site${PYTHONPATH:+:$PYTHONPATH}"
+fi
+export PYTHONPATH="$ROOT/src:$ROOT/bench:$PYTHONPATH" HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
+log "python $("$PY" --version 2>&1); budget ${BUDGET_S}s"
+
+if [[ $SKIP != *" 1 "* ]]; then
+    limit=$(( ${TRAIN_S:-330} < $(left) - 20 ? ${TRAIN_S:-330} : $(left) - 20 ))
+    log "1. training benchmark (${limit}s)"
+    OUT="$OUTDIR" BUDGET_S=$limit MAX_SECONDS=${MAX_SECONDS:-30} bash bench/gpu_check.sh >/dev/null 2>&1
+    log "   exit $?"
+    grep -E "SUMMARY|tok/s|FLOPs|FAIL|STOP|Error" "$OUTDIR/gpu_check.log" | tail -20
+fi
+if [[ $SKIP != *" 2 "* ]]; then
+    for mode in greedy beam; do
+        limit=$(( ${GEN_S:-150} / 2 < $(left) - 20 ? ${GEN_S:-150} / 2 : $(left) - 20 ))
+        [ "$limit" -lt 20 ] && { log "2. generation $mode: no time left"; continue; }
+        log "2. generation $mode (${limit}s)"
+        timeout --kill-after=5 "$limit" "$PY" bench/generation.py --device cuda --model bert2bert-base --data synthetic \
+            --mode "$mode" --documents 64 --batch-sizes 8,16,64 --rounds 1 --no-single > "$OUTDIR/generation_$mode.log" 2>&1
+        log "   exit $?"
+        tail -8 "$OUTDIR/generation_$mode.log"
+    done
+    [ -f bench/results/generation_gpu.json ] && cp bench/results/generation_gpu.json "$OUTDIR/"
+fi
+if [[ $SKIP != *" 3 "* ]]; then
+    limit=$(( $(left) - 5 ))
+    log "3. train.py trainer=fsdp on one GPU, then eval.py (${limit}s)"
+    TRAINER=fsdp OUT="$OUTDIR" timeout --kill-after=5 "$limit" bash bench/gpu_smoke.sh > "$OUTDIR/fsdp_smoke.log" 2>&1
+    log "   exit $?"
+    grep -E "ROUGE|SMOKE|Error|error" "$OUTDIR/fsdp_smoke.log" | tail -8
+fi
+log "done"
