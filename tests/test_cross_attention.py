@@ -256,9 +256,13 @@ def test_generation_cached_equals_uncached_and_beam_search_runs(family):
     beam_cached = generate(use_cache=True, num_beams=3)
     beam_projections = len(projections)
     beam_uncached = generate(use_cache=False, num_beams=3)
+    # generation.cache_implementation=static: preallocated self-attention caches (what CUDA graphs need);
+    # configure_generation refuses it for OPT (positions from a 2D mask)
+    greedy_static = greedy_cached if family == "opt" else generate(use_cache=True, min_new_tokens=8, cache_implementation="static")
 
     assert greedy_cached.shape == (2, 9)
     assert torch.equal(greedy_cached, greedy_uncached)
+    assert torch.equal(greedy_static, greedy_cached)
     assert torch.equal(beam_cached, beam_uncached)
     assert beam_cached.shape[0] == 2 and beam_cached.shape[1] <= 9
     assert int(beam_cached.min()) >= 0 and int(beam_cached.max()) < model.decoder.config.vocab_size

@@ -215,3 +215,23 @@ def test_gpt2_style_real_tokenizer_gets_eos_as_pad():
     ids = generation_ids(GPT2Config(vocab_size=4, bos_token_id=3, eos_token_id=3), tokenizer)
     assert ids == {"decoder_start_token_id": 3, "bos_token_id": 3, "eos_token_id": 3, "pad_token_id": 3}
     assert tokenizer.pad_token == "<|endoftext|>"
+
+
+def test_static_cache_setting_is_checked_by_decoder_family(tiny):
+    from omegaconf import OmegaConf
+
+    from encdec.models import configure_generation
+
+    model, _, decoder_tokenizer = tiny
+    configure_generation(model, decoder_tokenizer, OmegaConf.create({"cache_implementation": "static"}))
+    assert model.generation_config.cache_implementation == "static"
+    with pytest.raises(EncdecError, match="cache_implementation=paged: use dynamic"):
+        configure_generation(model, decoder_tokenizer, OmegaConf.create({"cache_implementation": "paged"}))
+
+    from transformers import BertModel, BertConfig, EncoderDecoderModel, OPTForCausalLM
+    from encdec.cross_attention import add_cross_attention, tiny_causal_lm_config
+
+    encoder = BertModel(BertConfig(vocab_size=128, hidden_size=48, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64), add_pooling_layer=False)
+    opt = EncoderDecoderModel(encoder=encoder, decoder=add_cross_attention(OPTForCausalLM(tiny_causal_lm_config("opt")), encoder_hidden_size=48))
+    with pytest.raises(EncdecError, match="static does not work with the opt decoder"):
+        configure_generation(opt, decoder_tokenizer, OmegaConf.create({"cache_implementation": "static"}))

@@ -111,6 +111,7 @@ def test_clipping_by_norm_under_fsdp_uses_fsdps_own_norm(strategy, algorithm, th
     """Lightning's FSDP precision plugin refuses clip-by-norm; the module routes it to FSDP.clip_grad_norm_."""
     from types import SimpleNamespace
 
+    from lightning.pytorch.plugins.precision import Precision
     from lightning.pytorch.strategies import DDPStrategy, FSDPStrategy
 
     from encdec.lit.module import Seq2SeqModule
@@ -118,7 +119,8 @@ def test_clipping_by_norm_under_fsdp_uses_fsdps_own_norm(strategy, algorithm, th
     calls = []
     wrapped = SimpleNamespace(clip_grad_norm_=lambda value: calls.append(("fsdp", value)))
     module = Seq2SeqModule(torch.nn.Linear(1, 1), None, optimizer=torch.optim.AdamW)
-    module._trainer = SimpleNamespace(strategy=FSDPStrategy() if strategy == "fsdp" else DDPStrategy(), model=wrapped)
+    module._trainer = SimpleNamespace(strategy=FSDPStrategy() if strategy == "fsdp" else DDPStrategy(), model=wrapped,
+                                      precision_plugin=Precision())
     module.clip_gradients = lambda optimizer, gradient_clip_val, gradient_clip_algorithm: calls.append(
         ("lightning", gradient_clip_val, gradient_clip_algorithm))
     module.configure_gradient_clipping(None, 1.0, algorithm)

@@ -250,8 +250,10 @@ def check_vocab(decoder: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) ->
 
 GENERATION_KEYS = {
     "max_new_tokens", "min_new_tokens", "num_beams", "length_penalty", "no_repeat_ngram_size", "early_stopping",
-    "do_sample", "top_k", "top_p", "temperature", "repetition_penalty", "num_beam_groups",
+    "do_sample", "top_k", "top_p", "temperature", "repetition_penalty", "num_beam_groups", "cache_implementation",
 }
+# Decoders whose position embeddings are computed from the 2D attention mask: a static cache hands them a 4D mask.
+NO_STATIC_CACHE = {"opt"}
 
 
 def configure_generation(model: EncoderDecoderModel, decoder_tokenizer, generation: DictConfig | None) -> None:
@@ -277,6 +279,13 @@ def configure_generation(model: EncoderDecoderModel, decoder_tokenizer, generati
         value = settings.get(key)
         if value is not None and not isinstance(value, (int, float)):
             raise EncdecError(f"generation.{key}={value} must be a number")
+    cache = settings.get("cache_implementation")
+    if cache not in (None, "dynamic", "static"):
+        raise EncdecError(f"generation.cache_implementation={cache}: use dynamic (default) or static")
+    family = getattr(getattr(model.decoder.config, "base_config", model.decoder.config), "model_type", None)
+    if cache == "static" and family in NO_STATIC_CACHE:
+        raise EncdecError(f"generation.cache_implementation=static does not work with the {family} decoder "
+                          "(its positions come from the attention mask): use dynamic")
     if settings.get("do_sample") and not (0 < settings.get("top_p", 1.0) <= 1 and settings.get("temperature", 1.0) > 0):
         raise EncdecError("generation: sampling needs 0 < top_p <= 1 and temperature > 0")
     model.generation_config.update(**{k: v for k, v in settings.items() if v is not None})
