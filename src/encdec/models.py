@@ -226,6 +226,14 @@ def apply_speed_switches(model: EncoderDecoderModel, model_cfg: DictConfig) -> N
             ) from error
 
 
+# OVERRIDEABLE (backends registered by other devices) arrived in torch 2.5; the floor is 2.4.
+_SDPA_WITHOUT_CUDNN = [
+    backend
+    for name in ("FLASH_ATTENTION", "EFFICIENT_ATTENTION", "MATH", "OVERRIDEABLE")
+    if (backend := getattr(SDPBackend, name, None)) is not None
+]
+
+
 def attention_kernels(cudnn: bool = False):
     """A context for forwards (and so their backwards) that leaves cuDNN out of torch's SDPA kernel choice unless asked.
 
@@ -235,8 +243,7 @@ def attention_kernels(cudnn: bool = False):
     """
     if cudnn:
         return contextlib.nullcontext()
-    return sdpa_kernel([SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH,
-                        SDPBackend.OVERRIDEABLE])
+    return sdpa_kernel(_SDPA_WITHOUT_CUDNN)
 
 
 def check_vocab(decoder: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> None:
