@@ -126,6 +126,8 @@ def run_spec(name: str) -> dict:
             spec["cudnn_attention"] = True  # encdec: let SDPA pick cuDNN (torch's first choice on H100/H200)
         elif lever == "nocudnn":
             spec["cudnn_attention"] = False  # hf: cuDNN left out of SDPA, as encdec does by default
+        elif lever == "norecompile":
+            spec["cudnn_avoid_recompile"] = True  # with +cudnn: torch's opt-in ragged cuDNN path (PyTorch PR #155958)
         elif lever == "nosync":
             spec["finite_check"] = False  # encdec: no per-step isfinite(loss) host sync
         else:
@@ -181,14 +183,19 @@ def calibrate_budget(lengths: list[tuple[int, int]], batch_size: int) -> int:
 
 
 class Steps:
-    """Per-step token counts and end times; tokens are counted from the batches the model actually got."""
+    """Per-step token counts and end times; tokens are counted from the batches the model actually got.
 
-    def __init__(self, device: str = "cpu", max_seconds: float | None = None):
+    The first `skip` steps run untimed (torch.compile's compilation, cuDNN or allocator warm-up): the clock starts at
+    step `skip`, and only the steps after it count.
+    """
+
+    def __init__(self, device: str = "cpu", max_seconds: float | None = None, skip: int = 0):
         self.batches: list[dict] = []
         self.starts: list[float] = []
         self.ends: list[float] = []
         self.device = device
         self.max_seconds = max_seconds
+        self.skip = skip
         self.capped = False
 
     def _sync(self) -> None:
@@ -198,15 +205,16 @@ class Steps:
             torch.cuda.synchronize()
 
     def start(self) -> None:
-        if not self.starts:
-            self._sync()  # the clock starts with an idle GPU (warm-up and FLOP count finished)
+        if len(self.starts) == self.skip:
+            self._sync()  # the clock starts with an idle GPU (warm-up, FLOP count and skipped steps finished)
         self.starts.append(time.perf_counter())
 
     def end(self, last: bool) -> bool:
         """Stamp a step's end; True when --max-seconds says stop after this step. On CUDA only the final end waits for
         the GPU: a sync per step would stop the CPU from queueing ahead, as it does in real training."""
         now = time.perf_counter()
-        stop = self.max_seconds is not None and now - self.starts[0] >= self.max_seconds
+        timed = len(self.ends) >= self.skip
+        stop = timed and self.max_seconds is not None and now - self.starts[self.skip] >= self.max_seconds
         if last or stop:
             self._sync()
             now = time.perf_counter()
@@ -223,9 +231,11 @@ class Steps:
         })
 
     def summary(self) -> dict:
-        steps = len(self.ends)
-        batches = self.batches[:steps]
-        seconds = self.ends[-1] - self.starts[0]
+        if len(self.ends) <= self.skip:
+            raise SystemExit(f"--skip-steps {self.skip}: the run had only {len(self.ends)} steps")
+        steps = len(self.ends) - self.skip
+        batches = self.batches[self.skip : len(self.ends)]
+        seconds = self.ends[-1] - self.starts[self.skip]
         source = sum(b["source"] for b in batches)
         target = sum(b["target"] for b in batches)
         padded = sum(b["padded"] for b in batches)
@@ -236,6 +246,7 @@ class Steps:
             "padding_fraction": round(1 - (source + target) / padded, 4),
             "tokens_per_s": round((source + target) / seconds, 1),
             "target_tokens_per_s": round(target / seconds, 1),
+            **({"untimed_first_steps": self.skip} if self.skip else {}),
             **({"capped_by_max_seconds": self.capped} if self.max_seconds is not None else {}),
         }
 
@@ -389,10 +400,10 @@ def worker_encdec(spec: dict, rows: list[dict], model, encoder_tokenizer, decode
 
     if spec.get("checkpointing"):
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    # +compile is the product's switch (model.compile: the training forward compiled); pair it with --skip-steps.
     module = Module(model, decoder_tokenizer, optimizer=_optimizer(cfg), scheduler=_scheduler(cfg),
-                    generate_in_validation=False, cudnn_attention=spec.get("cudnn_attention", False))
-    if spec.get("compile"):
-        module.model = torch.compile(model, dynamic=True)
+                    generate_in_validation=False, cudnn_attention=spec.get("cudnn_attention", False),
+                    compile=bool(spec.get("compile")))
 
     class Timer(L.Callback):
         def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
@@ -461,6 +472,10 @@ def worker_hf(spec: dict, rows: list[dict], model, encoder_tokenizer, steps: Ste
 
 def worker(spec: dict) -> None:
     common.quiet()
+    if spec.get("cudnn_avoid_recompile"):
+        import os
+
+        os.environ["TORCH_CUDNN_SDPA_AVOID_RECOMPILE"] = "1"  # read by torch's cuDNN attention, so set before it runs
     import torch
 
     torch.set_num_threads(spec["threads"])
@@ -492,7 +507,7 @@ def worker(spec: dict) -> None:
         if device == "cuda":
             torch.cuda.synchronize()
             torch.cuda.reset_peak_memory_stats()  # the peak of the training run: weights, grads, AdamW state, activations
-        steps = Steps(device, spec.get("max_seconds"))
+        steps = Steps(device, spec.get("max_seconds"), spec.get("skip_steps", 0))
         if spec["framework"] == "hf":
             extra = worker_hf(spec, rows, model, encoder_tokenizer, steps)
         else:
@@ -730,6 +745,8 @@ def main() -> None:
     parser.add_argument("--max-seconds", type=float,
                         help="stop a run's training after this many timed seconds (tokens/s stays exact; the run "
                              "is marked capped_by_max_seconds and covers fewer rows than the others)")
+    parser.add_argument("--skip-steps", type=int, default=0,
+                        help="untimed first steps per run (e.g. 20 with +compile, whose first steps compile)")
     parser.add_argument("--results", help="results file name under bench/results/ or an absolute path "
                                           "(default train_cpu.json / train_gpu.json)")
     parser.add_argument("--list", action="store_true")
@@ -777,7 +794,8 @@ def main() -> None:
         peak = peak or common.peak_bf16_tflops(info["gpu"])
         if peak is None:
             raise SystemExit(f"unknown GPU {info['gpu']!r}: pass --peak-tflops (its dense bf16 peak) for MFU")
-    scenario.update(count_flops=peak is not None, peak_tflops=peak, max_seconds=args.max_seconds)
+    scenario.update(count_flops=peak is not None, peak_tflops=peak, max_seconds=args.max_seconds,
+                    skip_steps=args.skip_steps)
     print(f"{args.scenario}: {scenario['model']} on {scenario['data']} ({scenario['rows']} rows, one epoch), "
           f"batch {scenario['batch_size']}, {scenario['max_source']}/{scenario['max_target']}, "
           f"{'float32' if precision == '32-true' else precision}, {args.device}, {args.threads} torch thread(s)")
