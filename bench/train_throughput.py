@@ -344,7 +344,6 @@ def mfu_fields(summary: dict, flops: dict, peak_tflops: float) -> dict:
 def worker_encdec(spec: dict, rows: list[dict], model, encoder_tokenizer, decoder_tokenizer, cfg, steps: Steps) -> dict:
     import datasets
     import lightning as L
-    import torch
     from torch.utils.data import DataLoader
 
     from encdec.lit.batching import TokenBudgetBatchSampler

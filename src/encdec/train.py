@@ -220,21 +220,18 @@ def _optimizer(cfg: DictConfig):
     if cfg.optimizer.get("lr", 1) <= 0:
         raise EncdecError(f"optimizer.lr={cfg.optimizer.lr} must be positive")
     if "fused" in cfg.optimizer and cfg.optimizer.fused is None:
-        return hydra.utils.instantiate(cfg.optimizer, fused=fused_optimizer_allowed(cfg.trainer))
+        return hydra.utils.instantiate(cfg.optimizer, fused=fused_optimizer_allowed(cfg))
     return hydra.utils.instantiate(cfg.optimizer)
 
 
-def fused_optimizer_allowed(trainer: DictConfig) -> bool:
+def fused_optimizer_allowed(cfg: DictConfig) -> bool:
     """The fused AdamW kernel (one kernel for the whole step, 2-6% of a CPU step, more on GPU) unless gradients must be
     clipped under a loss scaler: 16-mixed scales them, and a fused optimizer unscales them only inside step(), after
     clipping. bf16-mixed has no scaler (Seq2SeqModule.configure_gradient_clipping clips directly)."""
-    precision = str(trainer.get("precision", "32-true"))
-    scaled = precision in ("16-mixed", "16")
-    clipping = bool(trainer.get("gradient_clip_val") or 0)
-    strategy = trainer.get("strategy")
+    scaled = str(cfg.trainer.get("precision", "32-true")) in ("16-mixed", "16")
+    clipping = bool(cfg.trainer.get("gradient_clip_val") or 0)
     # DeepSpeed steps the optimizer inside its engine, on its own master weights: leave torch's default there.
-    deepspeed = "deepspeed" in str(strategy.get("_target_", "") if isinstance(strategy, DictConfig) else strategy).lower()
-    return not (scaled and clipping) and not deepspeed
+    return not (scaled and clipping) and _strategy(cfg)[1] != "deepspeed"
 
 
 def _scheduler(cfg: DictConfig):

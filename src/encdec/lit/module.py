@@ -182,8 +182,8 @@ class Seq2SeqModule(L.LightningModule):
         if gradient_clip_val and isinstance(plugin, MixedPrecision) and plugin.scaler is None:
             # bf16-mixed scales nothing, so a fused optimizer's gradients are final here; Lightning's plugin refuses
             # any optimizer that could unscale inside step(), scaler or not.
-            clip = torch.nn.utils.clip_grad_value_ if gradient_clip_algorithm == "value" else torch.nn.utils.clip_grad_norm_
-            clip([p for group in optimizer.param_groups for p in group["params"]], gradient_clip_val)
+            clip = plugin.clip_grad_by_value if gradient_clip_algorithm == "value" else plugin.clip_grad_by_norm
+            clip(optimizer, gradient_clip_val)
             return
         self.clip_gradients(optimizer, gradient_clip_val=gradient_clip_val, gradient_clip_algorithm=gradient_clip_algorithm)
 
