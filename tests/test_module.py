@@ -1,4 +1,5 @@
-"""Seq2SeqModule under a real lightning.Trainer: when gradients exist, with and without accumulation."""
+"""Seq2SeqModule under a real lightning.Trainer: when gradients exist (with and without accumulation), and clipping
+a fused optimizer under bf16-mixed."""
 
 from __future__ import annotations
 
