@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import json
+import os
+import socket
 import subprocess
+import sys
 
 import pytest
 
-from conftest import SMOKE, run_script
+from conftest import ROOT, SMOKE, error_lines, run_script
 
 TIMEOUT_S = 600
 
@@ -61,3 +64,68 @@ def test_two_process_ddp_run_folder(tmp_path):
     assert set(json.loads((single_dir / "metrics.json").read_text())) == set(metrics)
     single_rows = [json.loads(line) for line in (single_dir / "predictions.jsonl").read_text().splitlines()]
     assert [r["document"] for r in single_rows] == [r["document"] for r in rows]
+
+
+def _launch_nodes(launch, run_dir, port, extra=()):
+    """Two 'nodes' of one CPU process each on this machine, started the way README's "Several nodes" says."""
+    overrides = ["encoder=tiny", "decoder=tiny", "trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=1",
+                 "trainer.num_nodes=2", *SMOKE, *extra]
+    if run_dir is not None:
+        overrides.append(f"hydra.run.dir={run_dir}")
+    processes = []
+    for node in (0, 1):
+        if launch == "by-hand":
+            command = [sys.executable, str(ROOT / "train.py"), *overrides]
+            env = {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "NODE_RANK": str(node)}
+        else:
+            command = [sys.executable, "-m", "torch.distributed.run", "--nnodes=2", "--nproc-per-node=1",
+                       f"--node-rank={node}", "--master-addr=127.0.0.1", f"--master-port={port}",
+                       str(ROOT / "train.py"), *overrides]
+            env = {}
+        environment = {**os.environ, "TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1",
+                       **env}
+        processes.append(subprocess.Popen(command, cwd=ROOT, env=environment, text=True,
+                                          stdout=subprocess.PIPE, stderr=subprocess.PIPE))
+    results = []
+    try:
+        for process in processes:
+            out, err = process.communicate(timeout=TIMEOUT_S)
+            results.append((process.returncode, out, err))
+    except subprocess.TimeoutExpired:
+        for process in processes:
+            process.kill()
+        pytest.fail(f"2-node run ({launch}) did not finish in {TIMEOUT_S} s")
+    return results
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@pytest.mark.parametrize("launch", ["by-hand", "torchrun"])
+def test_two_node_run_shares_one_run_folder(tmp_path, launch):
+    run_dir = tmp_path / "run"
+    results = _launch_nodes(launch, run_dir, _free_port())
+    for node, (code, out, err) in enumerate(results):
+        assert code == 0, f"node {node}: {err[-3000:]}"
+    assert "Initializing distributed: GLOBAL_RANK: 1, MEMBER: 2/2" in results[1][2]
+    # Node 0 holds global rank 0: it alone writes the products and says where they are.
+    assert "run folder:" in results[0][1] and "run folder:" not in results[1][1]
+    for name in ("checkpoints/last.ckpt", "hf_model/model.safetensors", "metrics.json", "predictions.jsonl"):
+        assert (run_dir / name).exists(), name
+    assert [p.name for p in tmp_path.iterdir()] == ["run"]
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert metrics["train/steps"] == 1  # 4 rows, 2 per rank, 2 ranks: the two nodes really split the batch
+    rows = [json.loads(line) for line in (run_dir / "predictions.jsonl").read_text().splitlines()]
+    assert len(rows) == 2  # one test row generated on each node, gathered on rank 0
+
+
+def test_several_nodes_need_one_named_run_folder(tmp_path):
+    result = run_script("train.py", "encoder=tiny", "decoder=tiny", "trainer=ddp", "trainer.accelerator=cpu",
+                        "trainer.num_nodes=2", *SMOKE, env={"NODE_RANK": "0"}, timeout=120)
+    assert result.returncode != 0
+    assert error_lines(result.stderr) == [
+        "encdec: error: trainer.num_nodes=2 needs one run folder for all nodes: pass hydra.run.dir=PATH on a "
+        "filesystem every node shares, the same on each node"], result.stderr[-2000:]

@@ -44,6 +44,7 @@ def run(cfg: DictConfig) -> float | None:
     else:
         run_folder.check_fresh(run_dir)
     _check_strategy(cfg)  # before the model loads: a missing package or a CPU-only machine fails in a second
+    _check_shared_run_dir(cfg)
     L.seed_everything(cfg.seed, workers=True)
 
     model, encoder_tokenizer, decoder_tokenizer = build_model(cfg)
@@ -186,6 +187,23 @@ def _check_strategy(cfg: DictConfig) -> None:
         raise EncdecError(
             f"{label} runs on CUDA GPUs only, not trainer.accelerator={accelerator}: "
             "pass trainer.accelerator=gpu, or use trainer=ddp trainer.accelerator=cpu for data parallel on CPU"
+        )
+
+
+def _check_shared_run_dir(cfg: DictConfig) -> None:
+    """Every node runs Hydra itself, and the default run folder is named by each node's clock: without one folder
+    given for all, rank 0's node would hold the run and the others stray folders (DeepSpeed shards among them)."""
+    from hydra.types import RunMode
+
+    nodes = int(cfg.trainer.get("num_nodes") or 1)
+    if nodes <= 1 or not HydraConfig.initialized():
+        return
+    hydra_config = HydraConfig.get()
+    given = any(o.lstrip("+").startswith("hydra.run.dir=") for o in hydra_config.overrides.hydra)
+    if hydra_config.mode == RunMode.RUN and not given:
+        raise EncdecError(
+            f"trainer.num_nodes={nodes} needs one run folder for all nodes: pass hydra.run.dir=PATH on a filesystem "
+            "every node shares, the same on each node"
         )
 
 
