@@ -24,6 +24,8 @@ Methods, run alternately (the order flips every round) in one process on the sam
   single       model.generate one document at a time (no padding at all): the reference outputs
   batched-N    model.generate on batches of N in input order, padded (tokenizer(..., padding=True)), default settings
   encdec-N     encdec.inference.summarize(batch_size=N): documents sorted by length, then batched
+  encdec-tokT  summarize(max_tokens=T): sorted, each batch as many rows as fit rows * (longest source +
+               max_new_tokens) <= T (data.eval_max_tokens_per_batch, 8192 by default; --budgets)
 Greedy outputs must be identical token for token (asserted); beam outputs are compared and differences reported.
 Results are merged into bench/results/generation_cpu.json (generation_gpu.json with --device cuda); the scenario key
 is MODE-LENGTHS, prefixed with the model and suffixed with -synthetic / -cuda when those are not the defaults.
@@ -97,6 +99,8 @@ def main() -> None:
     parser.add_argument("--max-new-tokens", type=int, default=64)
     parser.add_argument("--lengths", choices=["spread", "full"], default="spread")
     parser.add_argument("--batch-sizes", default="8,16")
+    parser.add_argument("--budgets", default="8192",
+                        help="comma-separated max_tokens for encdec-tokN (data.eval_max_tokens_per_batch); '' for none")
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--no-single", action="store_true", help="skip one-at-a-time (slow); no token check then")
     parser.add_argument("--static-cache", action="store_true", help="also time summarize with a static KV cache")
@@ -146,11 +150,15 @@ def main() -> None:
         return [t.strip() for t in decoder_tokenizer.batch_decode(rows, skip_special_tokens=True,
                                                                    clean_up_tokenization_spaces=True)]
 
+    calls = [0]  # generate calls (batches) of the method last run
+
     @torch.no_grad()
     def plain(batch_size: int):
         """model.generate over batches in input order; returns (token rows, texts, padded source tokens)."""
         rows, padded_tokens = [], 0
+        calls[0] = 0
         for start in range(0, len(docs), batch_size):
+            calls[0] += 1
             inputs = encoder_tokenizer(docs[start : start + batch_size], max_length=args.max_source_length,
                                        truncation=True, padding=True, return_tensors="pt").to(device)
             padded_tokens += inputs["input_ids"].numel()
@@ -158,18 +166,20 @@ def main() -> None:
             rows += [strip(r, pad, eos) for r in out.tolist()]
         return rows, decode(rows), padded_tokens
 
-    def with_encdec(batch_size: int, **generate_kwargs):
+    def with_encdec(batch_size: int, max_tokens: int | None = None, **generate_kwargs):
         """encdec.inference.summarize, with model.generate wrapped to record the token rows it produced."""
         by_source: dict[tuple, list[int]] = {}  # lists: cycled aclsum documents with --lengths full repeat
         for i, e in enumerate(encoded):
             by_source.setdefault(tuple(e), []).append(i)
         rows: list = [None] * len(docs)
         padded = [0]
+        calls[0] = 0
         original = model.generate
 
         def recording(*a, **k):
             out = original(*a, **{**k, **generate_kwargs})
             padded[0] += k["input_ids"].numel()
+            calls[0] += 1
             for source, mask, generated in zip(k["input_ids"].tolist(), k["attention_mask"].tolist(), out.tolist()):
                 rows[by_source[tuple(s for s, m in zip(source, mask) if m)].pop()] = strip(generated, pad, eos)
             return out
@@ -177,7 +187,8 @@ def main() -> None:
         model.generate = recording
         try:
             texts = summarize(model, encoder_tokenizer, decoder_tokenizer, docs, batch_size=batch_size,
-                              max_source_length=args.max_source_length, device=device, progress=False)
+                              max_source_length=args.max_source_length, device=device, progress=False,
+                              max_tokens=max_tokens)
         finally:
             del model.generate
         return rows, texts, padded[0]
@@ -190,6 +201,8 @@ def main() -> None:
         methods[f"encdec-{size}"] = lambda size=size: with_encdec(size)
         if args.static_cache:
             methods[f"encdec-{size}-static"] = lambda size=size: with_encdec(size, cache_implementation="static")
+    for budget in [int(b) for b in args.budgets.split(",") if b.strip()]:
+        methods[f"encdec-tok{budget}"] = lambda budget=budget: with_encdec(1, max_tokens=budget)
 
     def clock() -> float:
         if device.type == "cuda":  # .tolist() syncs anyway; explicit so no queued GPU work straddles a reading
@@ -200,6 +213,7 @@ def main() -> None:
         model.generate(**encoder_tokenizer(docs[:2], max_length=args.max_source_length, truncation=True,
                                            padding=True, return_tensors="pt").to(device), max_new_tokens=4)
     times: dict[str, list[float]] = {name: [] for name in methods}
+    batches: dict[str, int] = {}
     outputs = {}
     names = list(methods)
     started = time.time()
@@ -208,6 +222,7 @@ def main() -> None:
             t0 = clock()
             try:
                 outputs[name] = methods[name]()
+                batches[name] = calls[0]
             except Exception as error:  # a lever that does not work here (static cache) is reported, not fatal
                 print(f"  {name}: failed: {type(error).__name__}: {str(error).splitlines()[0][:200]}")
                 methods.pop(name)
@@ -237,17 +252,18 @@ def main() -> None:
     for row in rows:
         row["vs_single"] = row["summaries_per_s"] / by_name["single"]["summaries_per_s"] if "single" in by_name else None
         size = row["method"].split("-")[1] if row["method"] != "single" else None
+        row["rows_per_batch"] = round(len(docs) / batches[row["method"]], 1) if row["method"] in batches else None
         if size and f"batched-{size}" in by_name:
             row["vs_batched_same_size"] = row["summaries_per_s"] / by_name[f"batched-{size}"]["summaries_per_s"]
-    # Default against default: encdec evaluates in length-sorted batches of data.eval_batch_size (16); Seq2SeqTrainer's
-    # predict_with_generate uses per_device_eval_batch_size=8 in data order.
-    if "encdec-16" in by_name and "batched-8" in by_name:
-        by_name["encdec-16"]["defaults_vs_defaults"] = (
-            by_name["encdec-16"]["summaries_per_s"] / by_name["batched-8"]["summaries_per_s"])
+    # Default against default: encdec evaluates in length-sorted batches under data.eval_max_tokens_per_batch (8192);
+    # Seq2SeqTrainer's predict_with_generate uses per_device_eval_batch_size=8 in data order.
+    if "encdec-tok8192" in by_name and "batched-8" in by_name:
+        by_name["encdec-tok8192"]["defaults_vs_defaults"] = (
+            by_name["encdec-tok8192"]["summaries_per_s"] / by_name["batched-8"]["summaries_per_s"])
     print()
     print(common.table(rows, ["method", "seconds", "summaries_per_s", "source_padding_fraction", "generated_tokens",
-                              f"rows_differing_from_{reference}", "vs_single", "vs_batched_same_size",
-                              "defaults_vs_defaults"]))
+                              f"rows_differing_from_{reference}", "rows_per_batch", "vs_single",
+                              "vs_batched_same_size", "defaults_vs_defaults"]))
     print(f"({time.time() - started:.0f} s)")
 
     key = f"{args.mode}-{args.lengths}" + ("-static-cache" if args.static_cache else "") + (

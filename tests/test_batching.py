@@ -251,3 +251,36 @@ def test_eval_batch_sampler_bad_arguments():
         EvalBatchSampler([3, 4], 0)
     with pytest.raises(ValueError, match="rank=2"):
         EvalBatchSampler([3, 4], 2, num_replicas=2, rank=2)
+
+
+@pytest.mark.parametrize("n,replicas", [(1, 1), (50, 1), (37, 2), (3, 4), (101, 3)])
+def test_eval_token_budget_batches(n, replicas):
+    lengths = [int(x) for x in np.random.default_rng(n).integers(5, 300, size=n)]
+    target = 40
+    budget = 4 * (300 + target)  # the worst case of 4 fixed rows: never more memory than batch_size 4
+    per_rank = [list(EvalBatchSampler(lengths, 4, num_replicas=replicas, rank=r, max_tokens=budget, target_tokens=target))
+                for r in range(replicas)]
+    rows = [i for batches in per_rank for batch in batches for i in batch]
+    assert set(rows) == set(range(n)) and len(rows) - n < replicas * len(per_rank[0])
+    assert len({len(batches) for batches in per_rank}) == 1
+    for batches in per_rank:
+        for batch in batches:
+            cost = len(batch) * (max(lengths[i] for i in batch) + target)
+            # Within the budget, unless one row alone exceeds it; and not a row could have been added.
+            assert cost <= budget or len(batch) == 1, (batch, cost)
+    single = list(EvalBatchSampler(lengths, 4, max_tokens=budget, target_tokens=target))
+    # Rows of a batch (bar the last) fill the budget: one more row of the batch's longest length would not fit.
+    for batch in single[:-1]:
+        longest = max(lengths[i] for i in batch)
+        assert (len(batch) + 1) * (longest + target) > budget
+    # Short rows share bigger batches than the fixed 4 rows: the budget version needs far fewer batches.
+    if n >= 50:
+        assert min(len(batch) for batch in single[:-1]) >= 4
+        assert len(single) < 0.7 * len(list(EvalBatchSampler(lengths, 4)))
+
+
+def test_eval_token_budget_one_row_over_budget_is_a_batch_of_one():
+    batches = list(EvalBatchSampler([500, 10, 10, 10], 16, max_tokens=100))
+    assert batches == [[0], [1, 2, 3]]
+    with pytest.raises(ValueError, match="max_tokens=0"):
+        EvalBatchSampler([3, 4], 2, max_tokens=0)

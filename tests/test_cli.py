@@ -77,6 +77,46 @@ def test_predict_one_summary_per_line(trained_run, tmp_path):
     assert result.stdout.splitlines()[1] == ""
 
 
+def test_summarize_under_a_token_budget_matches_one_at_a_time(trained_run):
+    """Budget batches (several rows each, padded) give the summaries of unpadded one-document batches."""
+    from encdec.inference import load_trained, summarize
+
+    run_dir, _ = trained_run
+    model, encoder_tokenizer, decoder_tokenizer = load_trained(run_dir)
+    model.generation_config.max_new_tokens = 6
+    words = "parsing models of language with trees and graphs for many tasks".split()
+    documents = [" ".join(words[: 2 + (i * 5) % 11]) for i in range(12)]
+    calls = []
+    generate = model.generate
+
+    def counting(*args, **kwargs):
+        calls.append(kwargs["input_ids"].shape)
+        return generate(*args, **kwargs)
+
+    model.generate = counting
+    one_at_a_time = summarize(model, encoder_tokenizer, decoder_tokenizer, documents, batch_size=1, progress=False)
+    calls.clear()
+    budgeted = summarize(model, encoder_tokenizer, decoder_tokenizer, documents, batch_size=1, max_tokens=60,
+                         progress=False)
+    assert budgeted == one_at_a_time
+    # rows * (longest source + 6 new tokens) <= 60 in every batch: longest sources (13 tokens) 3 a batch, shortest more
+    assert all(rows * (width + 6) <= 60 for rows, width in calls), calls
+    assert sum(rows for rows, _ in calls) == 12 and len(calls) < 12 and max(rows for rows, _ in calls) > 3
+
+
+@pytest.mark.parametrize("script,override", [("eval.py", "data.eval_max_tokens_per_batch=-1"),
+                                             ("predict.py", "max_tokens_per_batch=0")])
+def test_bad_generation_budget_is_one_line(trained_run, tmp_path, script, override):
+    run_dir, _ = trained_run
+    extra = ["input=-"] if script == "predict.py" else [f"hydra.run.dir={tmp_path / 'out'}"]
+    result = run_script(script, f"model_path={run_dir}", override, *extra, stdin="a document\n")
+    assert result.returncode == 2, result.stderr[-2000:]
+    name, value = override.split("=")
+    assert error_lines(result.stderr) == [f"encdec: error: {name}={value} must be a positive integer or null "
+                                          "(batches of a fixed size)"]
+    assert not (tmp_path / "out").exists()
+
+
 def test_files_data_and_tiny_run(tiny_files, tmp_path):
     run_dir = tmp_path / "run"
     result = run_script(
@@ -115,6 +155,7 @@ def bad(tmp_path, *args):
         (("data.max_source_length=100000",), "data.max_source_length=100000 exceeds"),
         (("data.batch_size=0",), "data.batch_size=0"),
         (("data.max_tokens_per_batch=-5",), "data.max_tokens_per_batch=-5"),
+        (("data.eval_max_tokens_per_batch=0",), "data.eval_max_tokens_per_batch=0"),
         (("optimizer.lr=-1",), "optimizer.lr=-1"),
         (("data=files", "data.train_file=/nope/train.jsonl", "data.validation_file=/nope/val.jsonl"), "data.train_file=/nope/train.jsonl: no such file"),
         (("+encoder.overrides.not_a_field=1",), "encoder.overrides.not_a_field"),

@@ -104,12 +104,18 @@ def summarize(
     device: torch.device | None = None,
     progress: bool = True,
     cudnn_attention: bool = False,
+    max_tokens: int | None = None,
 ) -> list[str]:
-    """Summaries in input order; batches are formed from length-sorted documents so padding stays small."""
+    """Summaries in input order. Batches are cut from the length-sorted documents so padding stays small: `batch_size`
+    rows each, or with `max_tokens` as many as fit rows * (longest source + longest summary) <= max_tokens."""
     device = device or pick_device()
     model.to(device).eval()
     encoded = encoder_tokenizer(documents, max_length=max_source_length, truncation=True)["input_ids"]
-    batches = list(EvalBatchSampler([len(ids) for ids in encoded], batch_size))
+    summary_room = 0
+    if max_tokens is not None:
+        summary_room = model.generation_config.max_new_tokens or model.generation_config.max_length or 0
+    batches = list(EvalBatchSampler([len(ids) for ids in encoded], batch_size, max_tokens=max_tokens,
+                                    target_tokens=summary_room))
     summaries: list[str] = [""] * len(documents)
     for batch in tqdm(batches, desc="summarizing", disable=not progress or len(batches) < 2):
         padded = encoder_tokenizer.pad({"input_ids": [encoded[i] for i in batch]}, return_tensors="pt")

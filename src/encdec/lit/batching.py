@@ -221,21 +221,43 @@ def longest_first(lengths: Sequence[int]) -> list[int]:
 class EvalBatchSampler(Sampler[list[int]]):
     """Evaluation batches cut from the length-sorted rows, so generation spends its steps on real tokens.
 
-    Under DDP rank ``r`` takes rows ``r, r + W, ...`` of the sorted order, so the ranks get equally long rows. A rank
-    one row short repeats its shortest row (the longest row when it has none): every rank then runs the same number
-    of batches, which sharded strategies (FSDP, DeepSpeed stage 3) need, since every forward gathers parameters from
-    all ranks. The repeats, at most ``W - 1`` rows, are dropped when predictions are gathered by index.
+    Batches hold ``batch_size`` rows, or with ``max_tokens`` as many as fit ``rows * (longest source +
+    target_tokens) <= max_tokens``: short documents then share bigger batches, and the first (longest) batch bounds
+    the memory. ``target_tokens`` is the room each row needs on the target side (the longest summary generated).
+
+    Under DDP rank ``r`` takes rows ``r, r + W, ...`` of each group of ``W`` batches cut from the sorted order, so the
+    ranks get equally long rows and the same number of batches, which sharded strategies (FSDP, DeepSpeed stage 3)
+    need, since every forward gathers parameters from all ranks. A rank one row short in the last group repeats that
+    group's shortest row. The repeats, at most ``W - 1`` rows, are dropped when predictions are gathered by index.
     """
 
-    def __init__(self, lengths: Sequence[int], batch_size: int, num_replicas: int = 1, rank: int = 0):
+    def __init__(
+        self,
+        lengths: Sequence[int],
+        batch_size: int,
+        num_replicas: int = 1,
+        rank: int = 0,
+        max_tokens: int | None = None,
+        target_tokens: int = 0,
+    ):
         if batch_size <= 0:
             raise ValueError(f"batch_size={batch_size} must be a positive integer")
+        if max_tokens is not None and max_tokens <= 0:
+            raise ValueError(f"max_tokens={max_tokens} must be a positive integer or None")
         if num_replicas < 1 or not 0 <= rank < num_replicas:
             raise ValueError(f"rank={rank} is not in [0, num_replicas={num_replicas})")
         order = longest_first(lengths)
-        mine = order[rank::num_replicas]
-        mine += (mine or order)[-1:] * (-(-len(order) // num_replicas) - len(mine))
-        self._batches = [mine[i : i + batch_size] for i in range(0, len(mine), batch_size)]
+        self._batches: list[list[int]] = []
+        start = 0
+        while start < len(order):
+            rows = batch_size
+            if max_tokens is not None:
+                rows = max(1, max_tokens // max(1, lengths[order[start]] + target_tokens))
+            group = order[start : start + rows * num_replicas]
+            mine = group[rank::num_replicas]
+            mine += (mine or group)[-1:] * (-(-len(group) // num_replicas) - len(mine))
+            self._batches.append(mine)
+            start += len(group)
 
     def __iter__(self) -> Iterator[list[int]]:
         return iter(self._batches)

@@ -106,9 +106,10 @@ class SummarizationDataModule(L.LightningDataModule):
         for key in ("batch_size", "eval_batch_size"):
             if not isinstance(data[key], int) or data[key] <= 0:
                 raise EncdecError(f"data.{key}={data[key]} must be a positive integer")
-        budget = data.get("max_tokens_per_batch")
-        if budget is not None and (not isinstance(budget, int) or budget <= 0):
-            raise EncdecError(f"data.max_tokens_per_batch={budget} must be a positive integer or null (off)")
+        for key in ("max_tokens_per_batch", "eval_max_tokens_per_batch"):
+            budget = data.get(key)
+            if budget is not None and (not isinstance(budget, int) or budget <= 0):
+                raise EncdecError(f"data.{key}={budget} must be a positive integer or null (off)")
 
     def prepare(self) -> None:
         """Load and tokenize every split now, so bad data fails before any training starts."""
@@ -202,7 +203,10 @@ class SummarizationDataModule(L.LightningDataModule):
         replicas, rank = (trainer.world_size, trainer.global_rank) if trainer else (1, 0)
         if split != "train":
             source_lengths = [lengths[0] for lengths in dataset_lengths(dataset, ("input_ids",))]
-            sampler = EvalBatchSampler(source_lengths, self.data.eval_batch_size, num_replicas=replicas, rank=rank)
+            sampler = EvalBatchSampler(
+                source_lengths, self.data.eval_batch_size, num_replicas=replicas, rank=rank,
+                max_tokens=self.data.get("eval_max_tokens_per_batch"), target_tokens=self.data.max_target_length,
+            )
             return DataLoader(dataset, batch_sampler=sampler, **common)
         if self.data.get("max_tokens_per_batch"):
             # Length-bucketed batches under a padded-token budget: little padding when lengths spread.
