@@ -272,6 +272,34 @@ def test_generation_cached_equals_uncached_and_beam_search_runs(family):
         assert greedy_projections == beam_projections == 2 * blocks
 
 
+@pytest.mark.parametrize("family", ALL_FAMILIES)
+def test_beam_search_leaves_the_cross_attention_cache_in_place(family, monkeypatch):
+    """encdec's beam search skips reordering the cross-attention keys/values (equal for every beam of a document)
+    and returns exactly the beams of plain generate, which reorders both halves of the cache every step."""
+    from transformers.cache_utils import DynamicCache
+
+    from encdec.inference import generate_tokens
+
+    model = compose(family, gate=1.0)
+    input_ids, attention_mask = source_batch(seed=3)
+    input_ids = torch.cat([input_ids, source_batch(seed=4)[0]])
+    attention_mask = torch.cat([attention_mask, attention_mask])
+    attention_mask[1, -3:] = 0  # a padded row among them
+    reordered = []
+    reorder = DynamicCache.reorder_cache
+    monkeypatch.setattr(DynamicCache, "reorder_cache", lambda self, beam_idx: (reordered.append(self), reorder(self, beam_idx)))
+    settings = dict(max_new_tokens=8, num_beams=3, no_repeat_ngram_size=2, length_penalty=1.0, early_stopping=True)
+    with torch.no_grad():
+        plain = model.generate(input_ids=input_ids, attention_mask=attention_mask, **settings)
+        plain_caches = {id(cache) for cache in reordered}
+        reordered.clear()
+        ours = generate_tokens(model, input_ids, attention_mask, **settings)
+        ours_caches = {id(cache) for cache in reordered}
+    assert torch.equal(ours, plain)
+    assert len(plain_caches) == 2 and len(ours_caches) == 1  # plain: self + cross reordered; ours: self only
+    assert len(reordered) >= 7  # it did reorder the self-attention half at every step
+
+
 @pytest.mark.parametrize("family", ["mistral", "gemma2"])
 def test_cross_attention_cache_keeps_the_whole_source_despite_sliding_window(family):
     model = compose(family, gate=1.0)

@@ -9,6 +9,8 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from tqdm.auto import tqdm
 from transformers import AutoTokenizer, EncoderDecoderConfig, EncoderDecoderModel, PreTrainedTokenizerBase
+from transformers.cache_utils import DynamicCache, EncoderDecoderCache
+from transformers.generation import utils as generation_utils
 
 import encdec.cross_attention  # noqa: F401  (registers encdec's decoders with transformers' Auto classes)
 from encdec import run_folder
@@ -135,9 +137,47 @@ def generate_texts(
     cudnn_attention: bool = False,
     **overrides,
 ) -> list[str]:
-    """One batch through `model.generate` (the encoder runs once, cross-attention keys/values are cached), decoded.
-    Every decoding step has a new key length, so cuDNN attention would plan anew each step (models.attention_kernels)."""
-    with attention_kernels(cudnn_attention):
-        generated = model.generate(input_ids=input_ids, attention_mask=attention_mask, **overrides)
+    """One batch through `generate_tokens`, decoded."""
+    generated = generate_tokens(model, input_ids, attention_mask, cudnn_attention=cudnn_attention, **overrides)
     texts = decoder_tokenizer.batch_decode(generated, skip_special_tokens=True, clean_up_tokenization_spaces=True)
     return [text.strip() for text in texts]
+
+
+@torch.no_grad()
+def generate_tokens(
+    model: EncoderDecoderModel,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    cudnn_attention: bool = False,
+    **overrides,
+) -> torch.Tensor:
+    """`model.generate` on one batch: the encoder runs once, cross-attention keys/values are computed once and cached,
+    and beam search leaves them in place (BeamSharedCrossAttentionCache). Every decoding step has a new key length,
+    so cuDNN attention would plan anew each step (models.attention_kernels)."""
+    config = model.generation_config
+    beams = overrides.get("num_beams") or config.num_beams or 1
+    cache_implementation = overrides.get("cache_implementation", config.cache_implementation)
+    use_cache = overrides.get("use_cache", config.use_cache)
+    if beams > 1 and use_cache and cache_implementation in (None, "dynamic"):
+        decoder_config = model.config.get_text_config(decoder=True)
+        overrides[_CACHE_ARGUMENT] = BeamSharedCrossAttentionCache(
+            DynamicCache(config=decoder_config), DynamicCache(config=decoder_config)
+        )
+        if cache_implementation is not None:  # generate refuses a cache object next to a cache_implementation
+            overrides["cache_implementation"] = None
+    with attention_kernels(cudnn_attention):
+        return model.generate(input_ids=input_ids, attention_mask=attention_mask, **overrides)
+
+
+class BeamSharedCrossAttentionCache(EncoderDecoderCache):
+    """Beam search reorders the whole cache after every step. The cross-attention half holds keys and values of the
+    encoder output, which `generate` repeats num_beams times per document, and beams are only ever reordered among
+    their own document's: that reorder copies every cross-attention tensor onto an equal one. Skipped here; it was
+    half of beam search's time on CPU (bench/README.md), and grows with source length and batch size."""
+
+    def reorder_cache(self, beam_idx: torch.LongTensor) -> None:
+        self.self_attention_cache.reorder_cache(beam_idx)
+
+
+# transformers renamed generate's `past_key_values` to `cache` during 5.x; pass ours under the name it reads.
+_CACHE_ARGUMENT = "cache" if "cache" in getattr(generation_utils, "ALL_CACHE_NAMES", ()) else "past_key_values"
