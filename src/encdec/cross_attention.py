@@ -15,8 +15,9 @@ randomly initialised) `enc_to_dec_proj`. Leave it `None` only when the encoder i
 back on `enc_to_dec_proj`.
 
 KV cache: `generate` hands the decoder an `EncoderDecoderCache`; its self-attention half goes to the LM and the
-cross-attention keys/values are computed once per call and kept in its cross-attention half, so beam search reorders
-them together with the self-attention cache.
+cross-attention keys/values are computed once per call and kept in its cross-attention half. Plain `generate`'s beam
+search reorders both halves every step; encdec's (`inference.generate_tokens`) leaves the cross-attention half alone,
+since every beam of a document holds the same keys/values there.
 """
 
 from __future__ import annotations
