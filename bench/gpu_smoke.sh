@@ -29,5 +29,5 @@ cat "$WORK/run/metrics.json"
 "$PY" eval.py "model_path=$WORK/run" data=files "data.train_file=$WORK/train.jsonl" \
     "data.validation_file=$WORK/validation.jsonl" split=validation data.max_source_length=128 \
     "device=$([ "${TRAINER:-gpu}" = cpu ] && echo cpu || echo cuda)" "hydra.run.dir=$WORK/eval"
-[ -n "${OUT:-}" ] && cp "$WORK/run/metrics.json" "$OUT/smoke_metrics.json" || true
+[ -n "${OUT:-}" ] && cp "$WORK/run/metrics.json" "$OUT/smoke_metrics_${TRAINER:-gpu}.json" || true
 echo "GPU SMOKE OK"
