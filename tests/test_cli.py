@@ -7,7 +7,7 @@ import subprocess
 import sys
 
 import pytest
-from transformers import AutoTokenizer, EncoderDecoderModel
+from transformers import AutoTokenizer, EncoderDecoderModel, GenerationConfig
 
 from conftest import ROOT, SMOKE, error_lines, run_script, write_jsonl
 
@@ -41,7 +41,7 @@ def test_run_folder_contract(trained_run):
 def test_export_opens_in_plain_transformers(trained_run):
     run_dir, _ = trained_run
     script = f"""
-from transformers import AutoTokenizer, EncoderDecoderModel
+from transformers import AutoTokenizer, EncoderDecoderModel, GenerationConfig
 path = {str(run_dir / 'hf_model')!r}
 model = EncoderDecoderModel.from_pretrained(path)
 source = AutoTokenizer.from_pretrained(path + "/encoder_tokenizer")
@@ -296,6 +296,8 @@ def test_summarize_returns_summaries_in_input_order():
     from conftest import compose_config
 
     class SourceLengthModel:  # "summarizes" a document as its number of source tokens
+        generation_config = GenerationConfig()
+
         def to(self, device):
             return self
 
