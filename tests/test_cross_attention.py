@@ -507,3 +507,17 @@ def test_added_cross_attention_returns_its_weights_when_asked(family):
         torch.testing.assert_close(weights.sum(-1), torch.ones(2, heads, decoder_input_ids.shape[1]))
         assert weights[1, :, :, 5:].abs().max() == 0  # padded source positions get no attention
         assert weights[0, :, :, 5:].min() > 0
+
+
+def test_beam_search_cache_with_an_explicit_dynamic_cache_implementation():
+    """generation.cache_implementation=dynamic: generate refuses a cache object beside it, so encdec clears it."""
+    from encdec.inference import generate_tokens
+
+    model = compose("bert", gate=1.0)
+    input_ids, attention_mask = source_batch()
+    with torch.no_grad():
+        plain = model.generate(input_ids=input_ids, attention_mask=attention_mask, max_new_tokens=6, num_beams=3)
+        model.generation_config.cache_implementation = "dynamic"
+        ours = generate_tokens(model, input_ids, attention_mask, max_new_tokens=6, num_beams=3)
+    assert torch.equal(ours, plain)
+    assert model.generation_config.cache_implementation == "dynamic"  # the model's own setting is left as it was
