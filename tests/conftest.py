@@ -32,8 +32,13 @@ def compose_config(*overrides: str, config_name: str = "train"):
         return compose(config_name, overrides=list(overrides))
 
 
+def script_environment(env: dict | None = None) -> dict:
+    """The environment the scripts run in under test: offline, no tokenizer threads, plus `env`."""
+    return {**os.environ, "TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE": "1", **(env or {})}
+
+
 def run_script(script: str, *args: str, stdin: str | None = None, timeout: int = 600, env: dict | None = None):
-    environment = {**os.environ, "TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE": "1", **(env or {})}
+    environment = script_environment(env)
     return subprocess.run(
         [sys.executable, str(ROOT / script), *args],
         cwd=ROOT,

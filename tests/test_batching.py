@@ -284,3 +284,14 @@ def test_eval_token_budget_one_row_over_budget_is_a_batch_of_one():
     assert batches == [[0], [1, 2, 3]]
     with pytest.raises(ValueError, match="max_tokens=0"):
         EvalBatchSampler([3, 4], 2, max_tokens=0)
+
+
+@pytest.mark.parametrize("budget", [0, -5, True, 1.5, "8192"])
+def test_token_budget_check_names_the_setting(budget):
+    from encdec.errors import EncdecError
+    from encdec.lit.batching import check_token_budget
+
+    with pytest.raises(EncdecError, match=rf"^data.eval_max_tokens_per_batch={budget} must be a positive integer or null"):
+        check_token_budget("data.eval_max_tokens_per_batch", budget)
+    assert check_token_budget("data.eval_max_tokens_per_batch", 8192) == 8192
+    assert check_token_budget("data.eval_max_tokens_per_batch", None) is None

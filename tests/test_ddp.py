@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import json
-import os
 import socket
 import subprocess
 import sys
 
 import pytest
 
-from conftest import ROOT, SMOKE, error_lines, run_script
+from conftest import ROOT, SMOKE, error_lines, run_script, script_environment
 
 TIMEOUT_S = 600
 
@@ -66,12 +65,10 @@ def test_two_process_ddp_run_folder(tmp_path):
     assert [r["document"] for r in single_rows] == [r["document"] for r in rows]
 
 
-def _launch_nodes(launch, run_dir, port, extra=()):
+def _launch_nodes(launch, run_dir, port):
     """Two 'nodes' of one CPU process each on this machine, started the way README's "Several nodes" says."""
     overrides = ["encoder=tiny", "decoder=tiny", "trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=1",
-                 "trainer.num_nodes=2", *SMOKE, *extra]
-    if run_dir is not None:
-        overrides.append(f"hydra.run.dir={run_dir}")
+                 "trainer.num_nodes=2", *SMOKE, f"hydra.run.dir={run_dir}"]
     processes = []
     for node in (0, 1):
         if launch == "by-hand":
@@ -82,10 +79,8 @@ def _launch_nodes(launch, run_dir, port, extra=()):
                        f"--node-rank={node}", "--master-addr=127.0.0.1", f"--master-port={port}",
                        str(ROOT / "train.py"), *overrides]
             env = {}
-        environment = {**os.environ, "TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1",
-                       **env}
-        processes.append(subprocess.Popen(command, cwd=ROOT, env=environment, text=True,
-                                          stdout=subprocess.PIPE, stderr=subprocess.PIPE))
+        processes.append(subprocess.Popen(command, cwd=ROOT, env=script_environment({"OMP_NUM_THREADS": "1", **env}),
+                                          text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE))
     results = []
     try:
         for process in processes:

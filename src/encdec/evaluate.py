@@ -13,13 +13,14 @@ from encdec import run_folder
 from encdec.data import load_splits
 from encdec.errors import EncdecError
 from encdec.inference import apply_generation_overrides, load_trained, pick_device, summarize
+from encdec.lit.batching import check_token_budget
 from encdec.metrics import rouge
 
 
 def evaluate(cfg: DictConfig) -> dict[str, float]:
     if cfg.split not in ("train", "validation", "test"):
         raise EncdecError(f"split={cfg.split} is unknown: use train, validation or test")
-    budget = _token_budget(cfg.data, "data.eval_max_tokens_per_batch")
+    budget = check_token_budget("data.eval_max_tokens_per_batch", cfg.data.get("eval_max_tokens_per_batch"))
     model, encoder_tokenizer, decoder_tokenizer = load_trained(cfg.model_path)
     apply_generation_overrides(model, decoder_tokenizer, cfg.get("generation"))
     dataset = load_splits(cfg.data)[cfg.split]
@@ -51,7 +52,7 @@ def predict(cfg: DictConfig) -> None:
             raise EncdecError(f"input={cfg.input} is not UTF-8 text: re-save it as UTF-8") from None
     if not any(line.strip() for line in lines):
         raise EncdecError(f"input={cfg.input} is empty: give one document per line")
-    budget = _token_budget(cfg, "max_tokens_per_batch")
+    budget = check_token_budget("max_tokens_per_batch", cfg.get("max_tokens_per_batch"))
     model, encoder_tokenizer, decoder_tokenizer = load_trained(cfg.model_path)
     apply_generation_overrides(model, decoder_tokenizer, cfg.get("generation"))
     texts = [line for line in lines if line.strip()]
@@ -65,10 +66,3 @@ def predict(cfg: DictConfig) -> None:
     # One output line per input line; a blank input line gets a blank summary, so lines stay aligned.
     for line in lines:
         print(next(summaries) if line.strip() else "", flush=True)
-
-
-def _token_budget(section: DictConfig, name: str) -> int | None:
-    budget = section.get(name.rsplit(".", 1)[-1])
-    if budget is not None and (not isinstance(budget, int) or isinstance(budget, bool) or budget <= 0):
-        raise EncdecError(f"{name}={budget} must be a positive integer or null (batches of a fixed size)")
-    return budget

@@ -19,6 +19,8 @@ from typing import Iterator, Sequence
 import numpy as np
 from torch.utils.data import Sampler
 
+from encdec.errors import EncdecError
+
 
 class TokenBudgetBatchSampler(Sampler[list[int]]):
     """Yields lists of dataset indices whose padded size stays within ``max_tokens``.
@@ -210,6 +212,13 @@ def padding_stats(batches: Sequence[Sequence[int]], source_lengths, target_lengt
         real += int(sources[index].sum() + targets[index].sum())
         padded += int((sources[index].max() + targets[index].max()) * len(index))
     return {"real": real, "padded": padded, "padding_fraction": 1 - real / padded if padded else 0.0}
+
+
+def check_token_budget(name: str, budget) -> int | None:
+    """A user's token budget (data.max_tokens_per_batch and kin): a positive integer, or None for fixed-size batches."""
+    if budget is not None and (not isinstance(budget, int) or isinstance(budget, bool) or budget <= 0):
+        raise EncdecError(f"{name}={budget} must be a positive integer or null (batches of a fixed size)")
+    return budget
 
 
 def longest_first(lengths: Sequence[int]) -> list[int]:

@@ -17,7 +17,7 @@ from torch.utils.data import DataLoader
 from transformers import PreTrainedTokenizerBase
 
 from encdec.data import load_splits
-from encdec.lit.batching import EvalBatchSampler, TokenBudgetBatchSampler, dataset_lengths
+from encdec.lit.batching import EvalBatchSampler, TokenBudgetBatchSampler, check_token_budget, dataset_lengths
 from encdec.errors import EncdecError
 
 IGNORE_INDEX = -100
@@ -107,9 +107,7 @@ class SummarizationDataModule(L.LightningDataModule):
             if not isinstance(data[key], int) or data[key] <= 0:
                 raise EncdecError(f"data.{key}={data[key]} must be a positive integer")
         for key in ("max_tokens_per_batch", "eval_max_tokens_per_batch"):
-            budget = data.get(key)
-            if budget is not None and (not isinstance(budget, int) or budget <= 0):
-                raise EncdecError(f"data.{key}={budget} must be a positive integer or null (off)")
+            check_token_budget(f"data.{key}", data.get(key))
 
     def prepare(self) -> None:
         """Load and tokenize every split now, so bad data fails before any training starts."""
