@@ -1,9 +1,12 @@
 """ROUGE of a trained model: python eval.py model_path=outputs/DATE/TIME data=aclsum split=test"""
 
+import sys
+from pathlib import Path
+
 import hydra
 from omegaconf import DictConfig
 
-from encdec.cli import guarded
+from encdec.cli import command_line, guarded
 from encdec.evaluate import evaluate
 
 
@@ -13,4 +16,5 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
+    sys.argv = command_line(sys.argv, "eval", Path(__file__).resolve().parent / "conf")
     main()

@@ -1,11 +1,12 @@
 """Train an encoder-decoder summarizer: python train.py encoder=minilm decoder=minilm data=aclsum"""
 
 import sys
+from pathlib import Path
 
 import hydra
 from omegaconf import DictConfig
 
-from encdec.cli import guarded, resume_arguments
+from encdec.cli import command_line, guarded
 from encdec.train import run
 
 
@@ -15,5 +16,5 @@ def main(cfg: DictConfig) -> float | None:
 
 
 if __name__ == "__main__":
-    sys.argv = resume_arguments(sys.argv)
+    sys.argv = command_line(sys.argv, "train", Path(__file__).resolve().parent / "conf")
     main()

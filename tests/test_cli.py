@@ -132,11 +132,22 @@ def test_files_data_and_tiny_run(tiny_files, tmp_path):
 
 def test_rerun_into_existing_run_is_refused(trained_run):
     run_dir, _ = trained_run
-    before = (run_dir / "metrics.json").read_text()
-    result = run_script("train.py", "encoder=tiny", "decoder=tiny", *SMOKE, f"hydra.run.dir={run_dir}")
+    saved = {name: (run_dir / name).read_bytes() for name in ("metrics.json", ".hydra/config.yaml", ".hydra/overrides.yaml")}
+    result = run_script("train.py", "encoder=tiny", "decoder=tiny", *SMOKE, "seed=7", f"hydra.run.dir={run_dir}")
     assert result.returncode == 2
-    assert "already holds a run" in error_lines(result.stderr)[0]
-    assert (run_dir / "metrics.json").read_text() == before
+    assert error_lines(result.stderr) == [f"encdec: error: run folder {run_dir} already holds results (checkpoints, "
+                                          "hf_model, metrics.json, predictions.jsonl): choose another hydra.run.dir"]
+    # Refused before Hydra writes .hydra/: the run's saved config still says how it was trained.
+    assert {name: (run_dir / name).read_bytes() for name in saved} == saved
+
+
+def test_eval_into_a_run_folder_is_refused(trained_run):
+    run_dir, _ = trained_run
+    saved = {name: (run_dir / name).read_bytes() for name in ("metrics.json", "predictions.jsonl", ".hydra/config.yaml")}
+    result = run_script("eval.py", f"model_path={run_dir}", f"hydra.run.dir={run_dir}")
+    assert result.returncode == 2
+    assert "already holds results" in error_lines(result.stderr)[0]
+    assert {name: (run_dir / name).read_bytes() for name in saved} == saved
 
 
 def bad(tmp_path, *args):

@@ -12,7 +12,9 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 from omegaconf.errors import MissingMandatoryValue, OmegaConfBaseException
 
+from encdec.arguments import checked_arguments
 from encdec.errors import EncdecError, exit_with
+from encdec.run_folder import check_fresh
 
 
 def quiet_third_party() -> None:
@@ -21,6 +23,19 @@ def quiet_third_party() -> None:
     os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
     for name in ("transformers", "datasets", "huggingface_hub"):
         logging.getLogger(name).setLevel(logging.ERROR)
+
+
+def command_line(argv: list[str], config_name: str, config_dir: Path) -> list[str]:
+    """sys.argv for Hydra: `resume=` expanded (train.py), pass-through keys added, any mistake one line and exit 2."""
+    resuming = config_name == "train" and argv != (argv := resume_arguments(argv))
+    try:
+        args, cfg = checked_arguments(argv[1:], config_name, config_dir)
+        if cfg is not None and not resuming and cfg.hydra.output_subdir is not None:
+            # Hydra writes .hydra/ before the task runs: a folder holding results is refused before that.
+            check_fresh(Path(cfg.hydra.run.dir).expanduser(), resumable=config_name == "train")
+    except EncdecError as error:
+        exit_with(error)
+    return [argv[0], *args]
 
 
 def resume_arguments(argv: list[str]) -> list[str]:

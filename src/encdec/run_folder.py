@@ -22,13 +22,15 @@ DECODER_TOKENIZER = "decoder_tokenizer"
 PRODUCTS = (CHECKPOINTS, HF_MODEL, METRICS, PREDICTIONS)
 
 
-def check_fresh(run_dir: Path) -> None:
-    """Refuse to train into a folder that already holds a run's products (never overwrite a user's results)."""
+def check_fresh(run_dir: Path, resumable: bool = True) -> None:
+    """Refuse to write into a folder that already holds a run's products (never overwrite a user's results)."""
+    if run_dir.exists() and not run_dir.is_dir():
+        raise EncdecError(f"hydra.run.dir={run_dir} is a file, not a folder: choose another hydra.run.dir")
     existing = [name for name in PRODUCTS if (run_dir / name).exists()]
     if existing:
+        resume = f"continue it with resume={run_dir} or " if resumable and not (run_dir / METRICS).exists() else ""
         raise EncdecError(
-            f"run folder {run_dir} already holds a run ({', '.join(existing)}): continue it with resume={run_dir} "
-            "or choose another hydra.run.dir"
+            f"run folder {run_dir} already holds results ({', '.join(existing)}): {resume}choose another hydra.run.dir"
         )
 
 

@@ -1,0 +1,214 @@
+"""The command line, checked before Hydra runs: pass-through keys need no `+`, and every mistake is one line.
+
+Hydra refuses a key its config does not list unless it is written `+key=value`, and reports that, an unknown group
+option or an unparsable override in several lines with exit code 1. encdec's contract passes some settings straight
+through to the object they configure (`trainer.*` to `lightning.Trainer`, `optimizer.*` to the optimizer class,
+`generation.*` to the decoding settings, `encoder.overrides.*` / `decoder.overrides.*` to the model config), so those
+are added with `++` when the target takes them; any other mistake becomes `encdec: error: ...`, exit 2, with the
+closest valid name.
+"""
+
+from __future__ import annotations
+
+import difflib
+import inspect
+import re
+from pathlib import Path
+
+from omegaconf import DictConfig
+
+from encdec.errors import EncdecError
+
+# Keys under these take any name their target accepts (checked here, or for model configs when the model loads).
+PASS_THROUGH = ("trainer", "optimizer", "generation", "encoder.overrides", "decoder.overrides")
+MULTIRUN_FLAGS = {"-m", "--multirun"}
+# Hydra flags that leave composition alone (the ones taking a value consume the next argument); with any other
+# (--help, --config-dir, --info, ...) the command line is Hydra's business alone.
+VIEW_FLAGS = {"--cfg": 1, "-c": 1, "--package": 1, "-p": 1, "--resolve": 0}
+
+
+def checked_arguments(args: list[str], config_name: str, config_dir: Path) -> tuple[list[str], DictConfig | None]:
+    """`args` as Hydra should get them and the config of a single run (None under --multirun, or when Hydra's own
+    flags such as --help or -cd leave the command line to Hydra), or EncdecError naming the first bad argument."""
+    flags, args = _split_flags(list(args))
+    if flags is None:
+        return args, None
+    multirun = any(flag in MULTIRUN_FLAGS for flag in flags)
+    cfg = None
+    for _ in range(len(args) + 1):
+        try:
+            cfg = _compose(config_name, config_dir, _one_job(args, multirun))
+            break
+        except Exception as error:  # noqa: BLE001 - Hydra's composition errors share no base class
+            rewritten = _added_pass_through(error, args, config_name, config_dir, multirun)
+            if rewritten is None:
+                raise EncdecError(_explain(error, args, config_name, config_dir, multirun)) from None
+            args = rewritten
+    return [*flags, *args], None if multirun else cfg
+
+
+def _split_flags(tokens: list[str]) -> tuple[list[str] | None, list[str]]:
+    """(Hydra flags with their values, overrides); flags None when one of them is not ours to check around."""
+    flags, overrides = [], []
+    while tokens:
+        token = tokens.pop(0)
+        if token in MULTIRUN_FLAGS:
+            flags.append(token)
+        elif token in VIEW_FLAGS:
+            flags += [token, *tokens[: VIEW_FLAGS[token]]]
+            del tokens[: VIEW_FLAGS[token]]
+        elif token.startswith("-"):
+            return None, [*flags, *overrides, token, *tokens]
+        else:
+            overrides.append(token)
+    return flags, overrides
+
+
+def _compose(config_name: str, config_dir: Path, overrides: list[str]) -> DictConfig:
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    GlobalHydra.instance().clear()
+    try:
+        with initialize_config_dir(config_dir=str(config_dir), version_base="1.3", job_name=config_name):
+            return compose(config_name, overrides=overrides, return_hydra_config=True)
+    finally:
+        GlobalHydra.instance().clear()
+
+
+def _one_job(args: list[str], multirun: bool) -> list[str]:
+    """The overrides of one job: under --multirun, every sweep reduced to its first value (the rest share its keys)."""
+    overrides = list(args)
+    if not multirun:
+        return overrides
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    parser = OverridesParser.create()
+    job = []
+    for arg in overrides:
+        override = parser.parse_override(arg)
+        if override.is_sweep_override():
+            try:
+                first = next(iter(override.sweep_string_iterator()))
+            except Exception:  # noqa: BLE001 - interval()/tag() sweeps have no first value: the sweeper checks them
+                continue
+            arg = f"{_prefix(arg)}{override.get_key_element()}={first}"
+        job.append(arg)
+    return job
+
+
+def _prefix(arg: str) -> str:
+    return arg[: len(arg) - len(arg.lstrip("+~"))]
+
+
+def _key(arg: str) -> str:
+    return arg.lstrip("+~").split("=", 1)[0]
+
+
+def _culprit(args: list[str], key: str) -> int | None:
+    return next((i for i, arg in enumerate(args) if _key(arg) == key), None)
+
+
+def _added_pass_through(error: Exception, args, config_name, config_dir, multirun) -> list[str] | None:
+    """`args` with the failing `group.KEY=V` written `++group.KEY=V`, when KEY is a name its target accepts."""
+    match = re.match(r"Could not override '([^']+)'", str(error))
+    if not match:
+        return None
+    key = match.group(1)
+    index = _culprit(args, key)
+    group = next((g for g in PASS_THROUGH if key.startswith(g + ".")), None)
+    if index is None or group is None or _prefix(args[index]) or "." in key[len(group) + 1:]:
+        return None
+    name = key[len(group) + 1:]
+    if group.endswith(".overrides"):  # checked against the model's config class when it loads
+        return [*args[:index], "++" + args[index], *args[index + 1:]]
+    others = _compose_or_none(config_name, config_dir, _one_job(_choices(args), multirun))
+    if others is None or name not in _accepted(others, group):
+        return None
+    return [*args[:index], "++" + args[index], *args[index + 1:]]
+
+
+def _choices(args: list[str]) -> list[str]:
+    """The arguments that pick what the config holds (group options, targets), without the values set inside it."""
+    return [arg for arg in args if "." not in _key(arg) or _key(arg).endswith("._target_") or _key(arg).startswith("hydra.")]
+
+
+def _compose_or_none(config_name, config_dir, overrides) -> DictConfig | None:
+    try:
+        return _compose(config_name, config_dir, overrides)
+    except Exception:  # noqa: BLE001 - another argument is wrong too: it is reported on the next pass
+        return None
+
+
+def _accepted(cfg: DictConfig, group: str) -> set[str]:
+    """The names `group.NAME=V` may set: its target's keyword arguments, or the decoding settings encdec applies."""
+    if group == "generation":
+        from encdec.models import GENERATION_KEYS
+
+        return set(GENERATION_KEYS)
+    node = cfg.get(group)
+    target = node.get("_target_") if isinstance(node, DictConfig) else None
+    if not target:
+        return set()
+    from hydra.utils import get_object
+
+    try:
+        target = get_object(target)
+    except Exception:  # noqa: BLE001 - an unimportable target is reported when the run builds it
+        return set()
+    signature = inspect.signature(target.__init__ if inspect.isclass(target) else target)
+    return {name for name, p in signature.parameters.items() if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)} - {"self"}
+
+
+def _explain(error: Exception, args, config_name, config_dir, multirun) -> str:
+    text = str(error)
+    first_line = text.strip().splitlines()[0] if text.strip() else type(error).__name__
+    if match := re.search(r"Could not find '([^']+)/([^'/]+)'", text):
+        group, name = match.groups()
+        options = re.findall(r"^\t(\S+)$", text, flags=re.MULTILINE)
+        return f"{group}={name}: no such {group} option{_suggest(name, options, group + '=')}; choose from " + _listing(options)
+    if match := re.match(r"Could not override '([^']+)'", text):
+        key = match.group(1)
+        index = _culprit(args, key)
+        arg = args[index] if index is not None else key
+        parent, _, name = key.rpartition(".")
+        cfg = _compose_or_none(config_name, config_dir, _one_job(_choices(args), multirun))
+        node = cfg.get(parent) if cfg is not None and parent else cfg
+        keys = [str(k) for k in node.keys()] if isinstance(node, DictConfig) else []
+        if parent in PASS_THROUGH and cfg is not None:
+            keys = sorted(set(keys) | _accepted(cfg, parent))
+        where = f"a setting of {parent}" if parent else "a config group or setting"
+        value = arg.split("=", 1)[1] if "=" in arg else "..."
+        return f"{key} is not {where}{_suggest(name, keys, (parent + '.' if parent else ''), '=' + value)}; to add a new key on purpose write +{key}={value}"
+    if match := re.match(r"Could not append to config. An item is already at '([^']+)'", text):
+        return f"{match.group(1)} already exists: drop the leading + (write {match.group(1)}=VALUE)"
+    if text.startswith("Ambiguous value for argument"):
+        arg = re.search(r"argument '([^']+)'", text)
+        return (f"{arg.group(1) if arg else first_line} lists several values: add --multirun to sweep them, "
+                "or write KEY=[a,b] for a list")
+    if type(error).__name__ == "OverrideParseException":
+        bad = next((a for a in args if not _parses(a)), None)
+        if bad is not None:
+            return f"{bad}: not a valid override ({first_line}); write KEY=VALUE and quote values with spaces or brackets"
+    return f"command line: {first_line}"
+
+
+def _parses(arg: str) -> bool:
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    try:
+        OverridesParser.create().parse_override(arg)
+        return True
+    except Exception:  # noqa: BLE001
+        return False
+
+
+def _suggest(name: str, options: list[str], before: str = "", after: str = "") -> str:
+    close = difflib.get_close_matches(name, options, n=1, cutoff=0.6)
+    return f" (did you mean {before}{close[0]}{after}?)" if close else ""
+
+
+def _listing(options: list[str], limit: int = 12) -> str:
+    if len(options) <= limit:
+        return ", ".join(options)
+    return ", ".join(options[:limit]) + f", ... ({len(options)} in all)"
