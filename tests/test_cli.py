@@ -9,7 +9,7 @@ import sys
 import pytest
 from transformers import AutoTokenizer, EncoderDecoderModel, GenerationConfig
 
-from conftest import ROOT, SMOKE, error_lines, run_script, write_jsonl
+from conftest import ROOT, SMOKE, error_lines, run_script, script_environment, write_jsonl
 
 
 @pytest.fixture(scope="module")
@@ -225,6 +225,35 @@ def test_eval_on_folder_that_is_not_a_run(tmp_path):
     result = run_script("eval.py", f"model_path={tmp_path}", f"hydra.run.dir={tmp_path / 'out'}")
     assert result.returncode == 2
     assert "is not a run folder" in error_lines(result.stderr)[0]
+
+
+def test_eval_scores_on_the_data_the_run_trained_with(trained_run, tmp_path):
+    # The run trained on aclsum with max_test_samples=2 (SMOKE): eval.py, given no data=, scores those 2 rows,
+    # not eval.yaml's default (all 100); a single data.KEY=V still applies on top.
+    run_dir, _ = trained_run
+    for extra, rows in (([], 2), (["data.max_test_samples=1"], 1)):
+        out = tmp_path / f"eval{rows}"
+        result = run_script("eval.py", f"model_path={run_dir / 'hf_model'}", *extra, f"hydra.run.dir={out}")
+        assert result.returncode == 0, result.stderr[-2000:]
+        assert "data: aclsum, as the model was trained" in result.stderr
+        assert len((out / "predictions.jsonl").read_text().splitlines()) == rows
+
+
+def test_predict_with_a_generation_preset(trained_run):
+    # The presets read data.max_target_length, which predict.py has not: the model's saved length is kept.
+    run_dir, _ = trained_run
+    result = run_script("predict.py", f"model_path={run_dir}", "input=-", "generation=beam", stdin="a document\n")
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert len(result.stdout.splitlines()) == 1
+
+
+def test_predict_stdin_that_is_not_utf8(trained_run):
+    run_dir, _ = trained_run
+    result = subprocess.run([sys.executable, str(ROOT / "predict.py"), f"model_path={run_dir}", "input=-"],
+                            input=b"\xff\xfe\xfa broken\n", capture_output=True, env=script_environment(), cwd=ROOT)
+    stderr = result.stderr.decode()
+    assert result.returncode == 2 and "Traceback" not in stderr
+    assert error_lines(stderr) == ["encdec: error: input=- received text that is not UTF-8: convert it first (iconv -t UTF-8)"]
 
 
 def test_predict_empty_input(trained_run):

@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 from hydra.core.hydra_config import HydraConfig
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 from encdec import run_folder
 from encdec.data import load_splits
@@ -20,6 +20,7 @@ from encdec.metrics import rouge
 def evaluate(cfg: DictConfig) -> dict[str, float]:
     if cfg.split not in ("train", "validation", "test"):
         raise EncdecError(f"split={cfg.split} is unknown: use train, validation or test")
+    _data_of_the_run(cfg)
     budget = check_token_budget("data.eval_max_tokens_per_batch", cfg.data.get("eval_max_tokens_per_batch"))
     model, encoder_tokenizer, decoder_tokenizer = load_trained(cfg.model_path)
     apply_generation_overrides(model, decoder_tokenizer, cfg.get("generation"))
@@ -39,9 +40,49 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
     return metrics
 
 
+def _user_keys() -> list[str]:
+    """The keys this command line set (`data=x` gives `data`, `+data.k=v` gives `data.k`)."""
+    return [o.lstrip("+~").split("=", 1)[0] for o in HydraConfig.get().overrides.task]
+
+
+def training_config(model_path) -> DictConfig | None:
+    """The config of the training run `model_path` belongs to (the run folder, its hf_model/ or a .ckpt in its
+    checkpoints/), or None for a model from elsewhere."""
+    path = Path(str(model_path)).expanduser()
+    for folder in (path, path.parent, path.parent.parent):
+        saved = folder / ".hydra" / "config.yaml"
+        if saved.is_file():
+            try:
+                return OmegaConf.load(saved)
+            except Exception as error:  # noqa: BLE001 - YAML and OmegaConf errors alike
+                raise EncdecError(f"{saved} is not readable YAML ({type(error).__name__}): restore it from the run "
+                                  "or pass data=... and model_path=hf_model/") from None
+    return None
+
+
+def _data_of_the_run(cfg: DictConfig) -> None:
+    """Score a model on the data it was trained with (lengths, splits, files) unless the command line picks `data=`;
+    single `data.KEY=V` overrides still apply on top."""
+    keys = _user_keys()
+    trained = None if "data" in keys else training_config(cfg.model_path)
+    if trained is None or "data" not in trained:
+        print(f"data: {cfg.data.name}", file=sys.stderr)
+        return
+    data = OmegaConf.create(OmegaConf.to_container(trained.data, resolve=True))
+    for key in keys:
+        if key.startswith("data."):
+            OmegaConf.update(data, key[len("data."):], OmegaConf.select(cfg, key), force_add=True)
+    with open_dict(cfg):
+        cfg.data = data
+    print(f"data: {data.name}, as the model was trained (data=NAME picks other data)", file=sys.stderr)
+
+
 def predict(cfg: DictConfig) -> None:
     if cfg.input == "-":
-        lines = sys.stdin.read().splitlines()
+        try:
+            lines = sys.stdin.buffer.read().decode("utf-8").splitlines()
+        except UnicodeDecodeError:
+            raise EncdecError("input=- received text that is not UTF-8: convert it first (iconv -t UTF-8)") from None
     else:
         path = Path(str(cfg.input)).expanduser()
         if not path.is_file():
@@ -53,13 +94,18 @@ def predict(cfg: DictConfig) -> None:
     if not any(line.strip() for line in lines):
         raise EncdecError(f"input={cfg.input} is empty: give one document per line")
     budget = check_token_budget("max_tokens_per_batch", cfg.get("max_tokens_per_batch"))
+    max_source_length = cfg.max_source_length
+    if max_source_length is None:
+        trained = training_config(cfg.model_path)
+        max_source_length = OmegaConf.select(trained, "data.max_source_length", default=None) if trained else None
+        max_source_length = max_source_length or 512
     model, encoder_tokenizer, decoder_tokenizer = load_trained(cfg.model_path)
     apply_generation_overrides(model, decoder_tokenizer, cfg.get("generation"))
     texts = [line for line in lines if line.strip()]
     summaries = iter(
         summarize(
             model, encoder_tokenizer, decoder_tokenizer, texts,
-            batch_size=cfg.batch_size, max_source_length=cfg.max_source_length, device=pick_device(cfg.device),
+            batch_size=cfg.batch_size, max_source_length=max_source_length, device=pick_device(cfg.device),
             max_tokens=budget,
         )
     )
