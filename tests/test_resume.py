@@ -42,19 +42,20 @@ def uninterrupted(resume_data, tmp_path_factory):
     return run_dir
 
 
-def kill_after(run_dir, args, checkpoint_name, timeout=300):
+def kill_after(run_dir, args, checkpoint_name, timeout=300, sig=signal.SIGKILL):
     env = {**os.environ, "TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE": "1"}
     process = subprocess.Popen([sys.executable, str(ROOT / "train.py"), *args, f"hydra.run.dir={run_dir}"], cwd=ROOT, env=env,
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     deadline = time.time() + timeout
     target = run_dir / "checkpoints" / checkpoint_name
     while not target.exists():
         assert process.poll() is None, "training ended before it could be killed"
         assert time.time() < deadline
         time.sleep(0.05)
-    process.send_signal(signal.SIGKILL)
-    process.wait()
+    process.send_signal(sig)
+    _, stderr = process.communicate(timeout=timeout)
     assert not (run_dir / "metrics.json").exists()
+    return process.returncode, stderr
 
 
 def final_state(run_dir):
@@ -82,6 +83,30 @@ def test_killed_run_resumes_bitwise(uninterrupted, resume_data, tmp_path, kill_a
     assert result.returncode == 0, result.stderr[-3000:]
     assert "resuming" in result.stdout
     assert_same_run(uninterrupted, run_dir)
+
+
+@pytest.mark.parametrize("sig, name", [(signal.SIGTERM, "SIGTERM"), (signal.SIGINT, "Ctrl-C")])
+def test_signalled_run_says_how_to_resume_and_resumes_bitwise(uninterrupted, resume_data, tmp_path, sig, name):
+    # A scheduler's preemption (SIGTERM) or Ctrl-C: non-zero exit as the shell reports the signal, one line naming
+    # the resume command, and that command finishes the same run as one never stopped.
+    run_dir = tmp_path / "run"
+    code, stderr = kill_after(run_dir, [*SETTINGS, *resume_data], "step4.ckpt", sig=sig)
+    assert code == 128 + sig
+    lines = error_lines(stderr)
+    assert len(lines) == 1 and lines[0].startswith(f"encdec: error: training stopped by {name} at step ")
+    assert lines[0].endswith(f"continue it with: python train.py resume={run_dir}")
+    assert "Traceback" not in stderr
+    result = run_script("train.py", f"resume={run_dir}")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert_same_run(uninterrupted, run_dir)
+
+
+def test_resume_refuses_other_settings(uninterrupted, tmp_path):
+    result = run_script("train.py", f"resume={uninterrupted}", "trainer.max_steps=12")
+    assert result.returncode == 2
+    assert error_lines(result.stderr) == [
+        f"encdec: error: resume={uninterrupted} continues the run exactly as it was configured, so trainer.max_steps=12 "
+        "would be ignored: drop it, or start a new run to change settings"]
 
 
 def test_resume_refuses_a_finished_run(uninterrupted):

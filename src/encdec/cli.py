@@ -46,6 +46,11 @@ def resume_arguments(argv: list[str]) -> list[str]:
     run_dir = Path(resume[0]).expanduser().resolve()
     if not (run_dir / ".hydra" / "config.yaml").is_file():
         exit_with(EncdecError(f"resume={resume[0]} is not a run folder (no .hydra/config.yaml): give outputs/<date>/<time>"))
+    ignored = [arg for arg in argv[1:] if not arg.startswith(("resume=", "hydra.", "-"))]
+    if ignored:
+        # The run continues from its own saved config, so another value would be silently dropped: say so instead.
+        exit_with(EncdecError(f"resume={resume[0]} continues the run exactly as it was configured, so {ignored[0]} "
+                              "would be ignored: drop it, or start a new run to change settings"))
     return [*argv, f"hydra.run.dir={run_dir}", "hydra.output_subdir=null"]
 
 

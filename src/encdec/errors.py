@@ -10,8 +10,18 @@ from pathlib import Path
 class EncdecError(Exception):
     """A problem with the user's config, data, checkpoint or command line (not a bug in encdec)."""
 
+    exit_code = 2
 
-EXIT_USER_ERROR = 2
+
+class Interrupted(EncdecError):
+    """Training stopped by a signal; exits as a shell reports a process the signal ended (128 + its number)."""
+
+    def __init__(self, message: str, signal_number: int):
+        super().__init__(message)
+        self.exit_code = 128 + signal_number
+
+
+EXIT_USER_ERROR = EncdecError.exit_code
 
 
 def exit_with(error: BaseException, run_dir: Path | None = None) -> None:
@@ -20,7 +30,7 @@ def exit_with(error: BaseException, run_dir: Path | None = None) -> None:
         remove_fresh_run_dir(run_dir)
     message = " ".join(str(error).split()) or type(error).__name__
     print(f"encdec: error: {message}", file=sys.stderr, flush=True)
-    sys.exit(EXIT_USER_ERROR)
+    sys.exit(getattr(error, "exit_code", EXIT_USER_ERROR))
 
 
 def remove_fresh_run_dir(run_dir: Path) -> None:

@@ -5,9 +5,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import logging
 import shutil
+import signal
 import time
 import warnings
 from pathlib import Path
@@ -17,11 +19,13 @@ import lightning as L
 from hydra.core.hydra_config import HydraConfig
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.strategies import DeepSpeedStrategy, FSDPStrategy
+from lightning.pytorch.trainer.states import TrainerStatus
 from lightning.pytorch.utilities import rank_zero_only
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf
 
 from encdec import run_folder
-from encdec.errors import EncdecError
+from encdec.errors import EncdecError, Interrupted
 from encdec.lit.checkpoint_io import AtomicCheckpointIO
 from encdec.lit.datamodule import SummarizationDataModule
 from encdec.lit.module import Seq2SeqModule
@@ -110,16 +114,17 @@ def run(cfg: DictConfig) -> float | None:
     for logger in trainer.loggers:
         logger.log_hyperparams(_flat(OmegaConf.to_container(cfg, resolve=True)))
     started = time.time()
-    if resume_from is None:
-        module.initial_metrics = _rouge(trainer.validate(module, datamodule=datamodule, verbose=False), "val")
-        say(f"validation ROUGE before training: {_format(module.initial_metrics)}")
-    trainer.fit(module, datamodule=datamodule, ckpt_path=resume_from)
-    before = module.initial_metrics
-    best = checkpoint.best_model_path or None
-    after = _rouge(trainer.validate(module, datamodule=datamodule, ckpt_path=best, verbose=False), "val")
-    say(f"validation ROUGE after training:  {_format(after)}" + (f" (best checkpoint {Path(best).name})" if best else ""))
-    test = _rouge(trainer.test(module, datamodule=datamodule, ckpt_path=best, verbose=False), "test")
-    say(f"test ROUGE: {_format(test)}")
+    with _interruption_named(trainer, run_dir):
+        if resume_from is None:
+            module.initial_metrics = _rouge(trainer.validate(module, datamodule=datamodule, verbose=False), "val")
+            say(f"validation ROUGE before training: {_format(module.initial_metrics)}")
+        trainer.fit(module, datamodule=datamodule, ckpt_path=resume_from)
+        before = module.initial_metrics
+        best = checkpoint.best_model_path or None
+        after = _rouge(trainer.validate(module, datamodule=datamodule, ckpt_path=best, verbose=False), "val")
+        say(f"validation ROUGE after training:  {_format(after)}" + (f" (best checkpoint {Path(best).name})" if best else ""))
+        test = _rouge(trainer.test(module, datamodule=datamodule, ckpt_path=best, verbose=False), "test")
+        say(f"test ROUGE: {_format(test)}")
 
     # Under FSDP and DeepSpeed `model` holds only this rank's shards of the weights: export from the checkpoint that
     # test ran on (gathered into full float32 weights); with none, every rank first saves the current weights.
@@ -142,6 +147,23 @@ def run(cfg: DictConfig) -> float | None:
         run_folder.write_json(run_dir / run_folder.METRICS, metrics)
         say(f"run folder: {run_dir}")
     return (after | test).get(cfg.get("optimized_metric") or "val/rouge2")
+
+
+@contextlib.contextmanager
+def _interruption_named(trainer: L.Trainer, run_dir: Path):
+    """Ctrl-C and SIGTERM (a scheduler's preemption) end in one line with the resume command and a non-zero exit:
+    Lightning turns SIGTERM into a SystemExit with no code, which shells and schedulers read as success."""
+    try:
+        yield
+    except SystemExit as stop:  # SIGTERMException, or Lightning's sys.exit(1) after KeyboardInterrupt
+        if trainer.state.status != TrainerStatus.INTERRUPTED:
+            raise
+        name, number = ("SIGTERM", signal.SIGTERM) if isinstance(stop, SIGTERMException) else ("Ctrl-C", signal.SIGINT)
+        if any((run_dir / run_folder.CHECKPOINTS).glob("*.ckpt")):
+            then = f"continue it with: python train.py resume={run_dir}"
+        else:
+            then = "no checkpoint was written yet, so there is nothing to resume: start it again"
+        raise Interrupted(f"training stopped by {name} at step {trainer.global_step}; {then}", number) from None
 
 
 def _flat(tree: dict, prefix: str = "") -> dict:
