@@ -25,6 +25,7 @@ ACLSUM_ASPECTS = ("challenge", "approach", "outcome")
 
 def load_splits(data: DictConfig) -> dict[str, datasets.Dataset]:
     """train/validation/test splits with `document` and `summary` columns, bad rows handled per `data.empty_rows`."""
+    check_data_settings(data)
     if data.source == "aclsum":
         raw = _load_aclsum()
     elif data.source == "files":
@@ -44,6 +45,17 @@ def load_splits(data: DictConfig) -> dict[str, datasets.Dataset]:
             dataset = dataset.select(range(min(int(limit), len(dataset))))
         splits[split] = dataset
     return splits
+
+
+def check_data_settings(data: DictConfig) -> None:
+    for key in ("max_train_samples", "max_eval_samples", "max_test_samples"):
+        value = data.get(key)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+            raise EncdecError(f"data.{key}={value} must be a positive integer, or null for the whole split")
+    if data.get("empty_rows", "skip") not in ("skip", "error"):
+        raise EncdecError(f"data.empty_rows={data.empty_rows}: use skip or error")
+    if data.get("text_column") is not None and data.get("text_column") == data.get("summary_column"):
+        raise EncdecError(f"data.text_column and data.summary_column are both {data.text_column}: name two different columns")
 
 
 def _load_aclsum() -> dict[str, datasets.Dataset]:

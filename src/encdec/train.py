@@ -25,6 +25,7 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf
 
 from encdec import run_folder
+from encdec.checks import check_run_settings
 from encdec.errors import EncdecError, Interrupted
 from encdec.lit.checkpoint_io import AtomicCheckpointIO
 from encdec.lit.datamodule import SummarizationDataModule
@@ -49,6 +50,7 @@ def run(cfg: DictConfig) -> float | None:
         run_folder.check_fresh(run_dir)
     _check_strategy(cfg)  # before the model loads: a missing package or a CPU-only machine fails in a second
     _check_shared_run_dir(cfg)
+    check_run_settings(cfg)
     L.seed_everything(cfg.seed, workers=True)
 
     model, encoder_tokenizer, decoder_tokenizer = build_model(cfg)

@@ -1,0 +1,52 @@
+"""Settings checked before the model loads, so a typo costs a second rather than a first validation pass."""
+
+from __future__ import annotations
+
+import hydra
+import torch
+from omegaconf import DictConfig
+
+from encdec.data import check_data_settings
+from encdec.errors import EncdecError
+from encdec.metrics import ROUGE_TYPES
+
+MONITORED = ("val/loss", *(f"val/{name}" for name in ROUGE_TYPES))
+
+
+def check_run_settings(cfg: DictConfig) -> None:
+    seed = cfg.get("seed")
+    if not isinstance(seed, int) or isinstance(seed, bool) or not 0 <= seed < 2**32:
+        raise EncdecError(f"seed={seed} must be an integer from 0 to 4294967295")
+    check_data_settings(cfg.data)
+    _check_checkpoint(cfg.checkpoint)
+    _check_optimizer(cfg)
+    scheduler = cfg.get("scheduler")
+    if scheduler is not None:
+        warmup = scheduler.get("num_warmup_steps")
+        if warmup is not None and (not isinstance(warmup, int) or warmup < 0):
+            raise EncdecError(f"scheduler.num_warmup_steps={warmup} must be an integer >= 0")
+
+
+def _check_checkpoint(checkpoint: DictConfig) -> None:
+    if checkpoint.monitor not in MONITORED:
+        raise EncdecError(f"checkpoint.monitor={checkpoint.monitor} is not a logged metric: use one of {', '.join(MONITORED)}")
+    if checkpoint.mode not in ("min", "max"):
+        raise EncdecError(f"checkpoint.mode={checkpoint.mode}: use min (for val/loss) or max (for ROUGE)")
+    for key, lowest in (("every_n_steps", 1), ("save_top_k", -1)):
+        value = checkpoint.get(key)
+        if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < lowest):
+            raise EncdecError(f"checkpoint.{key}={value} must be an integer >= {lowest}" + (" or null" if lowest else ""))
+
+
+def _check_optimizer(cfg: DictConfig) -> None:
+    """The optimizer built on a stand-in parameter: torch's own range checks (lr, betas, eps, weight decay) run now."""
+    for key in ("lr", "weight_decay", "eps"):
+        value = cfg.optimizer.get(key)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))):
+            raise EncdecError(f"optimizer.{key}={value} must be a number")
+    # fused is left out: whether it applies depends on the device and precision (train.fused_optimizer_allowed).
+    factory = hydra.utils.instantiate(cfg.optimizer, **({"fused": None} if "fused" in cfg.optimizer else {}))
+    try:
+        factory([torch.nn.Parameter(torch.zeros(1))])
+    except (TypeError, ValueError, RuntimeError) as error:
+        raise EncdecError(f"optimizer: {' '.join(str(error).split())[:200]} (check optimizer.* on the command line)") from None
