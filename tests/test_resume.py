@@ -10,6 +10,7 @@ import sys
 import time
 
 import pytest
+import torch
 from safetensors.torch import load_file
 
 from conftest import ROOT, error_lines, run_script, write_jsonl
@@ -119,3 +120,14 @@ def test_resume_refuses_a_folder_that_is_not_a_run(tmp_path):
     result = run_script("train.py", f"resume={tmp_path}")
     assert result.returncode == 2
     assert "is not a run folder" in error_lines(result.stderr)[0]
+
+
+def test_resume_names_a_corrupt_saved_config(tmp_path):
+    run_dir = tmp_path / "run"
+    (run_dir / ".hydra").mkdir(parents=True)
+    (run_dir / ".hydra" / "config.yaml").write_text("seed: [1,\n")
+    (run_dir / "checkpoints").mkdir()
+    torch.save({}, run_dir / "checkpoints" / "last.ckpt")
+    result = run_script("train.py", f"resume={run_dir}")
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert error_lines(result.stderr)[0].startswith(f"encdec: error: resume={run_dir}: .hydra/config.yaml is not readable YAML")

@@ -49,7 +49,12 @@ def resume_point(run_dir: Path):
             f"resume={run_dir}: {newest.relative_to(run_dir)} is truncated or corrupt (not a complete torch file); "
             "move it aside to resume from the checkpoint before it"
         )
-    cfg = OmegaConf.load(run_dir / ".hydra" / "config.yaml")
+    saved = run_dir / ".hydra" / "config.yaml"
+    try:
+        cfg = OmegaConf.load(saved)
+    except Exception as error:  # noqa: BLE001 - YAML parser and OmegaConf errors alike
+        raise EncdecError(f"resume={run_dir}: {saved.relative_to(run_dir)} is not readable YAML "
+                          f"({type(error).__name__}): restore it from a copy of the run") from None
     cfg.resume = str(run_dir)
     return cfg, newest
 
