@@ -80,7 +80,7 @@ def test_missing_deepspeed_is_one_line_through_the_cli(tmp_path):
     assert result.returncode == 2, result.stderr[-2000:]
     lines = error_lines(result.stderr)
     assert lines == ["encdec: error: trainer=deepspeed_stage_2 needs the deepspeed package: "
-                     "pip install 'encdec[deepspeed]'"], result.stderr[-2000:]
+                     "pip install -e '.[deepspeed]' in the encdec checkout"], result.stderr[-2000:]
     assert "Traceback" not in result.stderr
     assert not run_dir.exists()
 
@@ -88,7 +88,7 @@ def test_missing_deepspeed_is_one_line_through_the_cli(tmp_path):
 @pytest.mark.skipif(HAS_DEEPSPEED, reason="deepspeed is installed here")
 @pytest.mark.parametrize("override", ["trainer=deepspeed_stage_3", "trainer.strategy=deepspeed_stage_2_offload"])
 def test_missing_deepspeed_names_the_fix(override):
-    with pytest.raises(EncdecError, match=r"needs the deepspeed package: pip install 'encdec\[deepspeed\]'"):
+    with pytest.raises(EncdecError, match=r"needs the deepspeed package: pip install -e '\.\[deepspeed\]' in the encdec checkout"):
         _check_strategy(trainer_config(override))
 
 

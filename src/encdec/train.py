@@ -205,7 +205,7 @@ def _check_strategy(cfg: DictConfig) -> None:
     choice = HydraConfig.get().runtime.choices.get("trainer") if HydraConfig.initialized() else None
     label = f"trainer={choice}" if choice and kind in choice else f"trainer.strategy={name}"
     if kind == "deepspeed" and importlib.util.find_spec("deepspeed") is None:
-        raise EncdecError(f"{label} needs the deepspeed package: pip install 'encdec[deepspeed]'")
+        raise EncdecError(f"{label} needs the deepspeed package: pip install -e '.[deepspeed]' in the encdec checkout")
     accelerator = str(cfg.trainer.get("accelerator"))
     if not (accelerator in ("gpu", "cuda") or (kind == "deepspeed" and accelerator == "auto" and torch.cuda.is_available())):
         raise EncdecError(
