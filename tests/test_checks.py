@@ -11,9 +11,10 @@ from encdec.errors import EncdecError
 
 @pytest.mark.parametrize("override, message", [
     ("optimizer.lr=abc", "optimizer.lr=abc must be a number"),
-    ("optimizer.lr=-1", "optimizer: Invalid learning rate: -1 (check optimizer.* on the command line)"),
-    ("optimizer.weight_decay=-1", "optimizer: Invalid weight_decay value: -1"),
-    ("optimizer.betas=[2,0.9]", "optimizer: Invalid beta parameter at index 0: 2"),
+    ("optimizer.lr=-1", "optimizer.lr=-1: Invalid learning rate: -1"),
+    ("optimizer.weight_decay=-1", "optimizer.weight_decay=-1: Invalid weight_decay value: -1"),
+    ("optimizer.betas=[2,0.9]", "optimizer.betas=[2,0.9]: Invalid beta parameter at index 0: 2"),
+    ("optimizer.eps=-1", "optimizer.eps=-1: Invalid epsilon value: -1"),
     ("seed=abc", "seed=abc must be an integer from 0 to 4294967295"),
     ("seed=-1", "seed=-1 must be an integer from 0 to 4294967295"),
     ("data.max_train_samples=abc", "data.max_train_samples=abc must be a positive integer, or null for the whole split"),

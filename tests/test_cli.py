@@ -169,6 +169,8 @@ def bad(tmp_path, *args):
         (("data.eval_max_tokens_per_batch=0",), "data.eval_max_tokens_per_batch=0"),
         (("optimizer.lr=-1",), "optimizer.lr=-1"),
         (("data=files", "data.train_file=/nope/train.jsonl", "data.validation_file=/nope/val.jsonl"), "data.train_file=/nope/train.jsonl: no such file"),
+        (("data=files", "data.train_file=/", "data.validation_file=/"), "data.train_file=/ is a folder: give one file"),
+        (("encoder.overrides.not_a_field=1",), "encoder.overrides.not_a_field"),
         (("+encoder.overrides.not_a_field=1",), "encoder.overrides.not_a_field"),
         (("generation.num_beams=0",), "generation"),
     ],

@@ -49,4 +49,16 @@ def _check_optimizer(cfg: DictConfig) -> None:
     try:
         factory([torch.nn.Parameter(torch.zeros(1))])
     except (TypeError, ValueError, RuntimeError) as error:
-        raise EncdecError(f"optimizer: {' '.join(str(error).split())[:200]} (check optimizer.* on the command line)") from None
+        message = " ".join(str(error).split())[:200]
+        # torch names the quantity, not the argument: map its wording back to the key the user set.
+        words = {"learning rate": "lr", "weight_decay": "weight_decay", "beta": "betas", "epsilon": "eps", "momentum": "momentum"}
+        key = next((k for word, k in words.items() if word in message.lower() and k in cfg.optimizer), None)
+        culprit = f"optimizer.{key}={_show(cfg.optimizer[key])}" if key else "optimizer"
+        raise EncdecError(f"{culprit}: {message}") from None
+
+
+def _show(value) -> str:
+    from omegaconf import OmegaConf
+
+    value = OmegaConf.to_container(value) if OmegaConf.is_config(value) else value
+    return str(value).replace(" ", "")

@@ -83,6 +83,8 @@ def _load_files(data: DictConfig) -> dict[str, datasets.Dataset]:
                 continue
             raise EncdecError(f"data.{key} is not set: pass data.{key}=PATH (json, jsonl, csv or parquet)")
         path = Path(str(value)).expanduser()
+        if path.is_dir():
+            raise EncdecError(f"data.{key}={value} is a folder: give one file (json, jsonl, csv or parquet)")
         if not path.is_file():
             raise EncdecError(f"data.{key}={value}: no such file")
         if path.suffix.lower() not in FILE_BUILDERS:

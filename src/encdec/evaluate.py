@@ -20,6 +20,7 @@ from encdec.metrics import rouge
 def evaluate(cfg: DictConfig) -> dict[str, float]:
     if cfg.split not in ("train", "validation", "test"):
         raise EncdecError(f"split={cfg.split} is unknown: use train, validation or test")
+    device = pick_device(cfg.device)  # a bad device= fails before the model loads
     _data_of_the_run(cfg)
     budget = check_token_budget("data.eval_max_tokens_per_batch", cfg.data.get("eval_max_tokens_per_batch"))
     model, encoder_tokenizer, decoder_tokenizer = load_trained(cfg.model_path)
@@ -27,7 +28,7 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
     dataset = load_splits(cfg.data)[cfg.split]
     predictions = summarize(
         model, encoder_tokenizer, decoder_tokenizer, list(dataset["document"]),
-        batch_size=cfg.data.eval_batch_size, max_source_length=cfg.data.max_source_length, device=pick_device(cfg.device),
+        batch_size=cfg.data.eval_batch_size, max_source_length=cfg.data.max_source_length, device=device,
         max_tokens=budget,
     )
     metrics = {f"{cfg.split}/{name}": value for name, value in rouge(predictions, list(dataset["summary"])).items()}
@@ -85,6 +86,8 @@ def predict(cfg: DictConfig) -> None:
             raise EncdecError("input=- received text that is not UTF-8: convert it first (iconv -t UTF-8)") from None
     else:
         path = Path(str(cfg.input)).expanduser()
+        if path.is_dir():
+            raise EncdecError(f"input={cfg.input} is a folder: give a text file with one document per line, or -")
         if not path.is_file():
             raise EncdecError(f"input={cfg.input}: no such file (give a text file with one document per line, or -)")
         try:
@@ -94,6 +97,7 @@ def predict(cfg: DictConfig) -> None:
     if not any(line.strip() for line in lines):
         raise EncdecError(f"input={cfg.input} is empty: give one document per line")
     budget = check_token_budget("max_tokens_per_batch", cfg.get("max_tokens_per_batch"))
+    device = pick_device(cfg.device)
     max_source_length = cfg.max_source_length
     if max_source_length is None:
         trained = training_config(cfg.model_path)
@@ -105,7 +109,7 @@ def predict(cfg: DictConfig) -> None:
     summaries = iter(
         summarize(
             model, encoder_tokenizer, decoder_tokenizer, texts,
-            batch_size=cfg.batch_size, max_source_length=max_source_length, device=pick_device(cfg.device),
+            batch_size=cfg.batch_size, max_source_length=max_source_length, device=device,
             max_tokens=budget,
         )
     )

@@ -32,13 +32,20 @@ def load_trained(path: str | Path) -> tuple[EncoderDecoderModel, PreTrainedToken
         # Gathered beside it, not in /tmp: the full float32 weights need the disk the checkpoints already fit on.
         with tempfile.TemporaryDirectory(prefix=".gathered.", dir=path.parent) as scratch:
             return _load_checkpoint(run_folder.single_file_checkpoint(path, Path(scratch) / "full.ckpt"))
+    given = path
     if (path / run_folder.HF_MODEL / "config.json").is_file():
         path = path / run_folder.HF_MODEL
     if (path / "config.json").is_file() and (path / run_folder.ENCODER_TOKENIZER).is_dir():
-        model = EncoderDecoderModel.from_pretrained(path)
-        encoder_tokenizer = AutoTokenizer.from_pretrained(path / run_folder.ENCODER_TOKENIZER)
-        decoder_tokenizer = AutoTokenizer.from_pretrained(path / run_folder.DECODER_TOKENIZER)
+        model = _load_export(given, path, "model", EncoderDecoderModel.from_pretrained, path)
+        encoder_tokenizer = _load_export(given, path, "encoder tokenizer", AutoTokenizer.from_pretrained,
+                                         path / run_folder.ENCODER_TOKENIZER)
+        decoder_tokenizer = _load_export(given, path, "decoder tokenizer", AutoTokenizer.from_pretrained,
+                                         path / run_folder.DECODER_TOKENIZER)
         return model.eval(), encoder_tokenizer, decoder_tokenizer
+    if path.name == run_folder.HF_MODEL and (path / "config.json").is_file():
+        raise EncdecError(
+            f"model_path={given}: the export {path} has no {run_folder.ENCODER_TOKENIZER}/ folder; {_instead(path)}"
+        )
     last = path / run_folder.CHECKPOINTS / "last.ckpt"
     if last.exists():
         return load_trained(last)
@@ -46,6 +53,34 @@ def load_trained(path: str | Path) -> tuple[EncoderDecoderModel, PreTrainedToken
         f"model_path={path} is not a run folder (no hf_model/ or checkpoints/last.ckpt) nor an hf_model export: "
         "point it at outputs/<date>/<time>, its hf_model/ or a .ckpt"
     )
+
+
+def _load_export(given: Path, export: Path, what: str, load, source: Path):
+    """`load(source)` for one part of the hf_model/ export `export` (model_path=`given`): a missing, truncated or
+    corrupt file becomes one line that names the folder, what failed and what to load instead."""
+    try:
+        return load(source)
+    except (EncdecError, MemoryError):
+        raise
+    except Exception as error:  # OSError, SafetensorError, JSONDecodeError, ...: each library raises its own
+        first = next((line.strip() for line in str(error).splitlines() if line.strip()), "")
+        if len(first) > 200:
+            first = first[:197] + "..."
+        detail = f"{type(error).__name__}: {first}" if first else type(error).__name__
+        where = "" if export == given else f" in {export}"
+        raise EncdecError(
+            f"model_path={given}: could not load the exported {what}{where} ({detail}): the export is missing files "
+            f"or damaged; {_instead(export)}"
+        ) from error
+
+
+def _instead(export: Path) -> str:
+    """What to load when a run's hf_model/ is broken: the checkpoint it was exported from, if the run folder has one."""
+    checkpoints = export.parent / run_folder.CHECKPOINTS
+    candidates = sorted(checkpoints.glob("best-*.ckpt"), key=lambda p: p.stat().st_mtime) or [checkpoints / "last.ckpt"]
+    if export.name == run_folder.HF_MODEL and candidates[-1].exists():
+        return f"point model_path at {candidates[-1]} instead"
+    return "restore it from a copy, or point model_path at the run folder's checkpoints/best-*.ckpt (or last.ckpt)"
 
 
 def _load_checkpoint(path: Path):
@@ -90,9 +125,29 @@ def apply_generation_overrides(model: EncoderDecoderModel, decoder_tokenizer, ge
 
 
 def pick_device(requested: str = "auto") -> torch.device:
-    if requested == "auto":
+    """`device=` as a torch.device: auto, cpu, cuda or cuda:N; one that cannot be used here is one line."""
+    if requested is None or requested == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(requested)
+    try:
+        device = torch.device(str(requested).strip())
+    except (RuntimeError, ValueError, TypeError):
+        raise EncdecError(f"device={requested} is not a torch device: use auto, cpu, cuda or cuda:N") from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise EncdecError(f"device={requested} but no CUDA GPU is available here: use device=auto or device=cpu")
+        count = torch.cuda.device_count()
+        if device.index is not None and device.index >= count:
+            raise EncdecError(
+                f"device={requested} but this machine has {count} CUDA GPU{'s' if count != 1 else ''} "
+                f"(cuda:0 to cuda:{count - 1}): use device=cuda or a smaller index"
+            )
+    elif device.type == "meta":
+        raise EncdecError(f"device={requested} holds no weights and cannot summarize: use auto, cpu, cuda or cuda:N")
+    elif device.type != "cpu":
+        backend = torch.backends.mps if device.type == "mps" else getattr(torch, device.type, None)
+        if not callable(getattr(backend, "is_available", None)) or not backend.is_available():
+            raise EncdecError(f"device={requested} but no {device.type} device is available here: use device=auto or device=cpu")
+    return device
 
 
 @torch.no_grad()

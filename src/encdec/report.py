@@ -115,13 +115,42 @@ def load_run(path: Path) -> Run:
         if not run.config:
             run.config = dict(_split_override(o) for o in run.overrides)
     if (path / METRICS).is_file():
-        try:
-            run.metrics = json.loads((path / METRICS).read_text(encoding="utf-8"))
-        except ValueError as error:
-            raise ReportError(f"{path / METRICS} is not valid JSON: {error}") from None
+        run.metrics = read_metrics(path / METRICS)
     if (path / CURVE).is_file():
         run.curve = read_curve(path / CURVE)
     return run
+
+
+# A corrupt metrics.json or metrics.csv is reported, not skipped: a table quietly missing a run's numbers misleads.
+_MOVE_METRICS = "restore it, or move it aside to list the run as incomplete"
+_MOVE_CURVE = "restore it, or move it aside to list the run without a curve"
+
+
+def read_metrics(path: Path) -> dict[str, Any]:
+    """metrics.json: one JSON object of numbers (train.py and eval.py write it whole, never half)."""
+    try:
+        metrics = json.loads(path.read_text(encoding="utf-8"))
+    except OSError as error:
+        raise ReportError(f"{path} could not be read ({error.strerror or error}): {_MOVE_METRICS}") from None
+    except UnicodeDecodeError as error:
+        raise ReportError(f"{path} is not UTF-8 text ({error.reason} at byte {error.start}): {_MOVE_METRICS}") from None
+    except ValueError as error:
+        raise ReportError(f"{path} is not valid JSON ({_first_line(error)}): {_MOVE_METRICS}") from None
+    if not isinstance(metrics, dict):
+        raise ReportError(
+            f"{path} holds a JSON {_json_kind(metrics)}, not an object of metrics such as "
+            f'{{"val/rouge2": 7.2}}: {_MOVE_METRICS}'
+        )
+    return metrics
+
+
+def _json_kind(value: Any) -> str:
+    kinds = {list: "array", str: "string", bool: "boolean", int: "number", float: "number", type(None): "null"}
+    return kinds.get(type(value), type(value).__name__)
+
+
+def _first_line(error: BaseException) -> str:
+    return " ".join(str(error).split())[:200]
 
 
 def _load_yaml(path: Path) -> Any:
@@ -154,19 +183,27 @@ def flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
 
 def read_curve(path: Path) -> list[dict[str, float]]:
     """The validation rows of a CSVLogger file, one per step (the last row wins), sorted by step."""
+    try:
+        with path.open(newline="", encoding="utf-8") as handle:
+            rows = list(csv.DictReader(handle))
+    except OSError as error:
+        raise ReportError(f"{path} could not be read ({error.strerror or error}): {_MOVE_CURVE}") from None
+    except UnicodeDecodeError as error:
+        raise ReportError(f"{path} is not UTF-8 text ({error.reason} at byte {error.start}): {_MOVE_CURVE}") from None
+    except csv.Error as error:
+        raise ReportError(f"{path} is not a readable CSV file ({_first_line(error)}): {_MOVE_CURVE}") from None
     by_step: dict[float, dict[str, float]] = {}
-    with path.open(newline="", encoding="utf-8") as handle:
-        for row in csv.DictReader(handle):
-            values = {}
-            for key, text in row.items():
-                if key is None or text in (None, ""):
-                    continue
-                try:
-                    values[key] = float(text)
-                except ValueError:
-                    continue
-            if any(key.startswith("val/") for key in values) and "step" in values:
-                by_step.setdefault(values["step"], {}).update(values)
+    for row in rows:
+        values = {}
+        for key, text in row.items():
+            if key is None or text in (None, ""):
+                continue
+            try:
+                values[key] = float(text)
+            except ValueError:
+                continue
+        if any(key.startswith("val/") for key in values) and "step" in values:
+            by_step.setdefault(values["step"], {}).update(values)
     return [by_step[step] for step in sorted(by_step)]
 
 
@@ -356,11 +393,11 @@ def report(paths: Sequence[Path], out: Path | None = None, title: str | None = N
                 run_paths.append(found)
     if out is None:
         out = paths[0] if not is_run(paths[0]) else Path.cwd()
+    runs = [load_run(path) for path in run_paths]  # before --out is made: a corrupt run leaves no empty folder
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as error:
         raise ReportError(f"--out {out}: {error.strerror or error}") from None
-    runs = [load_run(path) for path in run_paths]
     png: Path | None = out / PLOT
     try:
         plotted = sum(1 for run in runs if run.points())
