@@ -25,6 +25,7 @@ from encdec.errors import EncdecError
     ("checkpoint.mode=maximum", "checkpoint.mode=maximum: use min (for val/loss) or max (for ROUGE)"),
     ("checkpoint.monitor=val/rouge3", "checkpoint.monitor=val/rouge3 is not a logged metric: use one of val/loss, "
                                       "val/rouge1, val/rouge2, val/rougeL, val/rougeLsum"),
+    ("model.lora.r=-1", "model.lora.r=-1 must be an integer >= 0 (0 turns LoRA off)"),
     ("scheduler.num_warmup_steps=-1", "scheduler.num_warmup_steps=-1 must be an integer >= 0"),
 ])
 def test_bad_setting_is_named(override, message):

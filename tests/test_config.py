@@ -79,8 +79,10 @@ def test_cli_cfg_job_prints_composed_config():
 
 def test_cli_unknown_option_fails_naming_it():
     result = run_script("train.py", "--cfg", "job", "decoder=nonexistent")
-    assert result.returncode != 0
-    assert "decoder/nonexistent" in result.stderr
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        "encdec: error: decoder=nonexistent: no such decoder option; choose from auto, bart, bert, gemma, gpt2, llama, "
+        "minilm, mistral, opt, phi, pythia, qwen2, roberta, smollm2, tiny"]
 
 
 @pytest.mark.parametrize(

@@ -131,3 +131,14 @@ def test_resume_names_a_corrupt_saved_config(tmp_path):
     result = run_script("train.py", f"resume={run_dir}")
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert error_lines(result.stderr)[0].startswith(f"encdec: error: resume={run_dir}: .hydra/config.yaml is not readable YAML")
+
+
+def test_resume_refuses_an_eval_folder(tmp_path):
+    run_dir = tmp_path / "eval"
+    (run_dir / ".hydra").mkdir(parents=True)
+    (run_dir / ".hydra" / "config.yaml").write_text("task_name: eval\nmodel_path: x\n")
+    (run_dir / "metrics.json").write_text("{}")
+    result = run_script("train.py", f"resume={run_dir}")
+    assert result.returncode == 2
+    assert error_lines(result.stderr) == [
+        f"encdec: error: resume={run_dir} is the output of eval.py, not a training run: give a train.py run folder"]

@@ -208,7 +208,7 @@ def _suggest(name: str, options: list[str], before: str = "", after: str = "") -
     return f" (did you mean {before}{close[0]}{after}?)" if close else ""
 
 
-def _listing(options: list[str], limit: int = 12) -> str:
+def _listing(options: list[str], limit: int = 16) -> str:
     if len(options) <= limit:
         return ", ".join(options)
     return ", ".join(options[:limit]) + f", ... ({len(options)} in all)"

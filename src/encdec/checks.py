@@ -20,6 +20,9 @@ def check_run_settings(cfg: DictConfig) -> None:
     check_data_settings(cfg.data)
     _check_checkpoint(cfg.checkpoint)
     _check_optimizer(cfg)
+    rank = cfg.model.get("lora", {}).get("r", 0)
+    if isinstance(rank, bool) or not isinstance(rank, int) or rank < 0:
+        raise EncdecError(f"model.lora.r={rank} must be an integer >= 0 (0 turns LoRA off)")
     scheduler = cfg.get("scheduler")
     if scheduler is not None:
         warmup = scheduler.get("num_warmup_steps")

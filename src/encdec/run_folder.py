@@ -38,6 +38,14 @@ def resume_point(run_dir: Path):
     """The saved config of a killed run and the newest checkpoint to continue from."""
     from omegaconf import OmegaConf
 
+    saved = run_dir / ".hydra" / "config.yaml"
+    try:
+        cfg = OmegaConf.load(saved)
+    except Exception as error:  # noqa: BLE001 - YAML parser and OmegaConf errors alike
+        raise EncdecError(f"resume={run_dir}: {saved.relative_to(run_dir)} is not readable YAML "
+                          f"({type(error).__name__}): restore it from a copy of the run") from None
+    if cfg.get("task_name", "train") != "train":
+        raise EncdecError(f"resume={run_dir} is the output of {cfg.task_name}.py, not a training run: give a train.py run folder")
     if (run_dir / METRICS).exists():
         raise EncdecError(f"resume={run_dir}: this run already finished (metrics.json exists); start a new run instead")
     checkpoints = sorted((run_dir / CHECKPOINTS).glob("*.ckpt"), key=_modified)
@@ -49,12 +57,6 @@ def resume_point(run_dir: Path):
             f"resume={run_dir}: {newest.relative_to(run_dir)} is truncated or corrupt (not a complete torch file); "
             "move it aside to resume from the checkpoint before it"
         )
-    saved = run_dir / ".hydra" / "config.yaml"
-    try:
-        cfg = OmegaConf.load(saved)
-    except Exception as error:  # noqa: BLE001 - YAML parser and OmegaConf errors alike
-        raise EncdecError(f"resume={run_dir}: {saved.relative_to(run_dir)} is not readable YAML "
-                          f"({type(error).__name__}): restore it from a copy of the run") from None
     cfg.resume = str(run_dir)
     return cfg, newest
 
