@@ -27,7 +27,8 @@ def quiet_third_party() -> None:
 
 def command_line(argv: list[str], config_name: str, config_dir: Path) -> list[str]:
     """sys.argv for Hydra: `resume=` expanded (train.py), pass-through keys added, any mistake one line and exit 2."""
-    resuming = config_name == "train" and argv != (argv := resume_arguments(argv))
+    expanded = resume_arguments(argv) if config_name == "train" else argv
+    resuming, argv = expanded is not argv, expanded
     try:
         args, cfg = checked_arguments(argv[1:], config_name, config_dir)
         if cfg is not None and not resuming and cfg.hydra.output_subdir is not None:
