@@ -241,6 +241,17 @@ def test_eval_scores_on_the_data_the_run_trained_with(trained_run, tmp_path):
         assert len((out / "predictions.jsonl").read_text().splitlines()) == rows
 
 
+def test_eval_names_a_corrupt_saved_config_of_the_run(tmp_path):
+    run_dir = tmp_path / "run"
+    (run_dir / ".hydra").mkdir(parents=True)
+    (run_dir / ".hydra" / "config.yaml").write_text("data: [1,\n")
+    result = run_script("eval.py", f"model_path={run_dir}", f"hydra.run.dir={tmp_path / 'out'}")
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert error_lines(result.stderr) == [
+        f"encdec: error: model_path={run_dir}: its run folder {run_dir}: .hydra/config.yaml is not readable YAML "
+        "(ParserError): restore it from a copy of the run"]
+
+
 def test_predict_with_a_generation_preset(trained_run):
     # The presets read data.max_target_length, which predict.py has not: the model's saved length is kept.
     run_dir, _ = trained_run

@@ -101,12 +101,13 @@ def _prefix(arg: str) -> str:
     return arg[: len(arg) - len(arg.lstrip("+~"))]
 
 
-def _key(arg: str) -> str:
+def override_key(arg: str) -> str:
+    """`+data.k=v` -> `data.k`, `data=x` -> `data`."""
     return arg.lstrip("+~").split("=", 1)[0]
 
 
 def _culprit(args: list[str], key: str) -> int | None:
-    return next((i for i, arg in enumerate(args) if _key(arg) == key), None)
+    return next((i for i, arg in enumerate(args) if override_key(arg) == key), None)
 
 
 def _added_pass_through(error: Exception, args, config_name, config_dir, multirun) -> list[str] | None:
@@ -119,18 +120,18 @@ def _added_pass_through(error: Exception, args, config_name, config_dir, multiru
     group = next((g for g in PASS_THROUGH if key.startswith(g + ".")), None)
     if index is None or group is None or _prefix(args[index]) or "." in key[len(group) + 1:]:
         return None
-    name = key[len(group) + 1:]
-    if group.endswith(".overrides"):  # checked against the model's config class when it loads
-        return [*args[:index], "++" + args[index], *args[index + 1:]]
-    others = _compose_or_none(config_name, config_dir, _one_job(_choices(args), multirun))
-    if others is None or name not in _accepted(others, group):
-        return None
+    # encoder/decoder.overrides names are checked against the model's config class when it loads.
+    if not group.endswith(".overrides"):
+        others = _compose_or_none(config_name, config_dir, _one_job(_choices(args), multirun))
+        if others is None or key[len(group) + 1:] not in _accepted(others, group):
+            return None
     return [*args[:index], "++" + args[index], *args[index + 1:]]
 
 
 def _choices(args: list[str]) -> list[str]:
     """The arguments that pick what the config holds (group options, targets), without the values set inside it."""
-    return [arg for arg in args if "." not in _key(arg) or _key(arg).endswith("._target_") or _key(arg).startswith("hydra.")]
+    keys = [(arg, override_key(arg)) for arg in args]
+    return [arg for arg, key in keys if "." not in key or key.endswith("._target_") or key.startswith("hydra.")]
 
 
 def _compose_or_none(config_name, config_dir, overrides) -> DictConfig | None:

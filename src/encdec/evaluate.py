@@ -10,6 +10,7 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from encdec import run_folder
+from encdec.arguments import override_key
 from encdec.data import load_splits
 from encdec.errors import EncdecError
 from encdec.inference import apply_generation_overrides, load_trained, pick_device, summarize
@@ -43,7 +44,7 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
 
 def _user_keys() -> list[str]:
     """The keys this command line set (`data=x` gives `data`, `+data.k=v` gives `data.k`)."""
-    return [o.lstrip("+~").split("=", 1)[0] for o in HydraConfig.get().overrides.task]
+    return [override_key(o) for o in HydraConfig.get().overrides.task]
 
 
 def training_config(model_path) -> DictConfig | None:
@@ -51,13 +52,8 @@ def training_config(model_path) -> DictConfig | None:
     checkpoints/), or None for a model from elsewhere."""
     path = Path(str(model_path)).expanduser()
     for folder in (path, path.parent, path.parent.parent):
-        saved = folder / ".hydra" / "config.yaml"
-        if saved.is_file():
-            try:
-                return OmegaConf.load(saved)
-            except Exception as error:  # noqa: BLE001 - YAML and OmegaConf errors alike
-                raise EncdecError(f"{saved} is not readable YAML ({type(error).__name__}): restore it from the run "
-                                  "or pass data=... and model_path=hf_model/") from None
+        if (folder / ".hydra" / "config.yaml").is_file():
+            return run_folder.saved_config(folder, f"model_path={model_path}: its run folder {folder}")
     return None
 
 

@@ -34,16 +34,21 @@ def check_fresh(run_dir: Path, resumable: bool = True) -> None:
         )
 
 
-def resume_point(run_dir: Path):
-    """The saved config of a killed run and the newest checkpoint to continue from."""
+def saved_config(run_dir: Path, culprit: str):
+    """The config Hydra saved for the run in `run_dir`; an unreadable one is one line starting with `culprit`."""
     from omegaconf import OmegaConf
 
     saved = run_dir / ".hydra" / "config.yaml"
     try:
-        cfg = OmegaConf.load(saved)
+        return OmegaConf.load(saved)
     except Exception as error:  # noqa: BLE001 - YAML parser and OmegaConf errors alike
-        raise EncdecError(f"resume={run_dir}: {saved.relative_to(run_dir)} is not readable YAML "
-                          f"({type(error).__name__}): restore it from a copy of the run") from None
+        raise EncdecError(f"{culprit}: {saved.relative_to(run_dir)} is not readable YAML ({type(error).__name__}): "
+                          "restore it from a copy of the run") from None
+
+
+def resume_point(run_dir: Path):
+    """The saved config of a killed run and the newest checkpoint to continue from."""
+    cfg = saved_config(run_dir, f"resume={run_dir}")
     if cfg.get("task_name", "train") != "train":
         raise EncdecError(f"resume={run_dir} is the output of {cfg.task_name}.py, not a training run: give a train.py run folder")
     if (run_dir / METRICS).exists():
