@@ -9,6 +9,7 @@ from omegaconf import OmegaConf
 
 from conftest import CONF, SMOKE, error_lines, run_script
 from encdec.arguments import checked_arguments
+from encdec.cli import check_sweep_job
 from encdec.errors import EncdecError
 
 
@@ -80,6 +81,27 @@ def test_multirun_checks_one_job_and_keeps_the_sweep():
     assert args == ["-m", "optimizer.lr=1e-4,1e-3", "++trainer.fast_dev_run=1"] and cfg is None
 
 
+@pytest.mark.parametrize("sweep, message", [
+    ("optimizer.lr=1e-4,3e-4,-1", "optimizer.lr=-1: Invalid learning rate: -1"),
+    ("encoder=tiny,bret", "encoder=bret: no such encoder option (did you mean encoder=bert?)"),
+    ("data.batch_size=4,0", "data.batch_size=0 must be a positive integer"),
+    ("+data.batch_size=4,2", "data.batch_size already exists: drop the leading +"),
+])
+def test_multirun_checks_every_sweep_value_before_any_job(sweep, message):
+    # Hydra's grid sweeper stops at the first failing job: a bad last value must be caught before the first runs.
+    with pytest.raises(EncdecError) as caught:
+        checked_arguments(["-m", "encoder=tiny", "decoder=tiny", "seed=1,2", sweep], "train", CONF,
+                          check_job=check_sweep_job)
+    assert str(caught.value).startswith(message)
+
+
+def test_multirun_check_job_sees_each_value_once():
+    seen = []
+    args, cfg = checked_arguments(["-m", "encoder=tiny", "decoder=tiny", "optimizer.lr=1e-4,3e-4", "seed=1,2,3"],
+                                  "train", CONF, check_job=lambda job: seen.append((job.optimizer.lr, job.seed)))
+    assert seen == [(1e-4, 1), (3e-4, 1), (1e-4, 2), (1e-4, 3)] and cfg is None
+
+
 def test_hydra_flags_are_left_to_hydra():
     assert check("--help", "data.batchsize=4") == (["--help", "data.batchsize=4"], None)
     args, cfg = check("--cfg", "job", "trainer.fast_dev_run=1")
@@ -102,6 +124,15 @@ def test_through_the_script_exit_2_and_no_run_folder(tmp_path):
         "purpose write +data.batchsize=4"]
     assert len(result.stderr.strip().splitlines()) == 1
     assert not run_dir.exists()
+
+
+def test_through_the_script_a_bad_late_sweep_value_runs_no_job(tmp_path):
+    sweep = tmp_path / "grid"
+    result = run_script("train.py", "-m", "encoder=tiny", "decoder=tiny", "optimizer.lr=1e-4,-1", *SMOKE,
+                        f"hydra.sweep.dir={sweep}")
+    assert result.returncode == 2
+    assert error_lines(result.stderr) == ["encdec: error: optimizer.lr=-1: Invalid learning rate: -1"]
+    assert not sweep.exists()
 
 
 def test_through_the_script_pass_through_reaches_the_trainer(tmp_path):

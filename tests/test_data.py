@@ -121,3 +121,21 @@ def test_empty_rows_error_refuses_them_with_the_count(tmp_path, tiny_files):
     ])
     with pytest.raises(EncdecError, match="the train split has 2 rows with an empty or missing text or summary"):
         datamodule_for({**tiny_files, "train": train}, word_tokenizer(["alpha", "beta"]), empty_rows="error")
+
+
+def test_a_column_that_is_not_text_is_named_with_what_it_holds(tmp_path, tiny_files):
+    import pytest
+
+    from conftest import write_jsonl
+    from encdec.errors import EncdecError
+
+    train = write_jsonl(tmp_path / "typed.jsonl", [
+        {"document": "alpha beta", "summary": "alpha", "id": 1, "tags": ["a", "b"]},
+        {"document": "gamma", "summary": "beta", "id": 2, "tags": ["c"]},
+    ])
+    files = {**tiny_files, "train": train}
+    with pytest.raises(EncdecError, match=r"^data.text_column=id holds int64 values in the train split, not text: "
+                                          r"name the column holding the document as a string$"):
+        datamodule_for(files, word_tokenizer(["alpha"]), text_column="id")
+    with pytest.raises(EncdecError, match=r"^data.summary_column=tags holds lists in the train split, not text"):
+        datamodule_for(files, word_tokenizer(["alpha"]), summary_column="tags")

@@ -108,6 +108,7 @@ def test_two_node_run_shares_one_run_folder(tmp_path, launch):
     assert "Initializing distributed: GLOBAL_RANK: 1, MEMBER: 2/2" in results[1][2]
     # Node 0 holds global rank 0: it alone writes the products and says where they are.
     assert "run folder:" in results[0][1] and "run folder:" not in results[1][1]
+    assert "model: tiny" in results[0][1] and results[1][1].strip() == "", results[1][1]
     for name in ("checkpoints/last.ckpt", "hf_model/model.safetensors", "metrics.json", "predictions.jsonl"):
         assert (run_dir / name).exists(), name
     assert [p.name for p in tmp_path.iterdir()] == ["run"]

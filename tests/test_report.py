@@ -169,6 +169,21 @@ def test_bad_path_is_one_line_and_exit_2(case, tmp_path):
     assert not list(tmp_path.glob("report.md"))
 
 
+@pytest.mark.parametrize("name, content, kind", [
+    ("optimization_results.yaml", "- 1\n- 2\n", "mapping"),
+    (".hydra/config.yaml", "- a\n- b\n", "mapping"),
+    (".hydra/overrides.yaml", "a: 1\n", "list"),
+])
+def test_yaml_of_the_wrong_shape_is_named(sweep, name, content, kind):
+    target = sweep / name if name.startswith("optim") else sweep / "0" / name
+    target.write_text(content)
+    result = report(sweep, "--out", sweep.parent / "out")
+    assert result.returncode == 2
+    assert error_lines(result.stderr) == [f"encdec: error: {target} is not a YAML {kind}: it was edited or written "
+                                          "by another tool; move it aside"]
+    assert not (sweep.parent / "out").exists()
+
+
 def test_report_module_imports_without_torch():
     """report.py loads encdec/report.py alone, without the package import that pulls in torch."""
     code = (

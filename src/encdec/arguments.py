@@ -14,6 +14,7 @@ import difflib
 import inspect
 import re
 from pathlib import Path
+from typing import Callable
 
 from omegaconf import DictConfig
 
@@ -27,9 +28,14 @@ MULTIRUN_FLAGS = {"-m", "--multirun"}
 VIEW_FLAGS = {"--cfg": 1, "-c": 1, "--package": 1, "-p": 1, "--resolve": 0}
 
 
-def checked_arguments(args: list[str], config_name: str, config_dir: Path) -> tuple[list[str], DictConfig | None]:
+def checked_arguments(args: list[str], config_name: str, config_dir: Path,
+                      check_job: Callable[[DictConfig], None] | None = None) -> tuple[list[str], DictConfig | None]:
     """`args` as Hydra should get them and the config of a single run (None under --multirun, or when Hydra's own
-    flags such as --help or -cd leave the command line to Hydra), or EncdecError naming the first bad argument."""
+    flags such as --help or -cd leave the command line to Hydra), or EncdecError naming the first bad argument.
+
+    Under --multirun every value of every sweep is composed (with the other sweeps at their first value) and given
+    to `check_job`, so a bad value late in a grid stops the sweep before its first job rather than halfway through.
+    """
     flags, args = _split_flags(list(args))
     if flags is None:
         return args, None
@@ -44,7 +50,22 @@ def checked_arguments(args: list[str], config_name: str, config_dir: Path) -> tu
             if rewritten is None:
                 raise EncdecError(_explain(error, args, config_name, config_dir, multirun)) from None
             args = rewritten
+    if multirun:
+        _check_sweep_values(args, config_name, config_dir, cfg, check_job)
     return [*flags, *args], None if multirun else cfg
+
+
+def _check_sweep_values(args, config_name, config_dir, first_job: DictConfig, check_job) -> None:
+    """Compose and check each sweep value once; the grid's other combinations repeat values already checked."""
+    if check_job is not None:
+        check_job(first_job)
+    for job in _sweep_variants(args):
+        try:
+            cfg = _compose(config_name, config_dir, job)
+        except Exception as error:  # noqa: BLE001
+            raise EncdecError(_explain(error, job, config_name, config_dir, False)) from None
+        if check_job is not None:
+            check_job(cfg)
 
 
 def _split_flags(tokens: list[str]) -> tuple[list[str] | None, list[str]]:
@@ -78,23 +99,36 @@ def _compose(config_name: str, config_dir: Path, overrides: list[str]) -> DictCo
 
 def _one_job(args: list[str], multirun: bool) -> list[str]:
     """The overrides of one job: under --multirun, every sweep reduced to its first value (the rest share its keys)."""
-    overrides = list(args)
     if not multirun:
-        return overrides
+        return list(args)
+    return [f"{key}={values[0]}" if values else arg for arg, key, values in _sweeps(args) if values != []]
+
+
+def _sweep_variants(args: list[str]) -> list[list[str]]:
+    """One job per sweep value past the first: that value, and every other sweep at its first value."""
+    sweeps = [(key, values) for _, key, values in _sweeps(args) if values != []]
+    first_job = _one_job(args, multirun=True)
+    return [[*first_job[:i], f"{key}={value}", *first_job[i + 1:]]
+            for i, (key, values) in enumerate(sweeps) if values for value in values[1:]]
+
+
+def _sweeps(args: list[str]) -> list[tuple[str, str, list[str] | None]]:
+    """(argument, key with its +/~ prefix, sweep values) per argument: values None for a plain override, [] for a
+    sweep Hydra cannot enumerate (interval(), tag()): the sweeper samples those."""
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
     parser = OverridesParser.create()
-    job = []
-    for arg in overrides:
+    parsed = []
+    for arg in args:
         override = parser.parse_override(arg)
+        values = None
         if override.is_sweep_override():
             try:
-                first = next(iter(override.sweep_string_iterator()))
-            except Exception:  # noqa: BLE001 - interval()/tag() sweeps have no first value: the sweeper checks them
-                continue
-            arg = f"{_prefix(arg)}{override.get_key_element()}={first}"
-        job.append(arg)
-    return job
+                values = list(override.sweep_string_iterator())
+            except Exception:  # noqa: BLE001
+                values = []
+        parsed.append((arg, override.get_key_element(), values))
+    return parsed
 
 
 def _prefix(arg: str) -> str:

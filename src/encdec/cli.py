@@ -30,13 +30,21 @@ def command_line(argv: list[str], config_name: str, config_dir: Path) -> list[st
     expanded = resume_arguments(argv) if config_name == "train" else argv
     resuming, argv = expanded is not argv, expanded
     try:
-        args, cfg = checked_arguments(argv[1:], config_name, config_dir)
+        args, cfg = checked_arguments(argv[1:], config_name, config_dir,
+                                      check_job=check_sweep_job if config_name == "train" else None)
         if cfg is not None and not resuming and cfg.hydra.output_subdir is not None:
             # Hydra writes .hydra/ before the task runs: a folder holding results is refused before that.
             check_fresh(Path(cfg.hydra.run.dir).expanduser(), resumable=config_name == "train")
     except EncdecError as error:
         exit_with(error)
     return [argv[0], *args]
+
+
+def check_sweep_job(cfg: DictConfig) -> None:
+    """A sweep's settings checked before any job runs (Hydra's grid sweeper stops at the first job that fails)."""
+    from encdec.checks import check_run_settings
+
+    check_run_settings(cfg)
 
 
 def resume_arguments(argv: list[str]) -> list[str]:

@@ -14,6 +14,7 @@ from omegaconf import DictConfig
 
 from encdec import sources
 from encdec.errors import EncdecError
+from encdec.lit.batching import check_token_budget
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +49,12 @@ def load_splits(data: DictConfig) -> dict[str, datasets.Dataset]:
 
 
 def check_data_settings(data: DictConfig) -> None:
+    for key in ("max_source_length", "max_target_length", "batch_size", "eval_batch_size"):
+        value = data.get(key)
+        if key in data and (isinstance(value, bool) or not isinstance(value, int) or value <= 0):
+            raise EncdecError(f"data.{key}={value} must be a positive integer")
+    for key in ("max_tokens_per_batch", "eval_max_tokens_per_batch"):
+        check_token_budget(f"data.{key}", data.get(key))
     for key in ("max_train_samples", "max_eval_samples", "max_test_samples"):
         value = data.get(key)
         if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
@@ -127,6 +134,14 @@ def _check_utf8(path: Path, key: str) -> None:
             offset += len(chunk)
 
 
+def _column_kind(feature) -> str | None:
+    """None for a text column (or one that is all null: those rows are empty), else what it holds."""
+    dtype = getattr(feature, "dtype", None)
+    if isinstance(feature, datasets.Value) and dtype in ("string", "large_string", "null"):
+        return None
+    return f"{dtype} values" if isinstance(feature, datasets.Value) else f"{type(feature).__name__.lower()}s"
+
+
 def _load_hub(data: DictConfig) -> dict[str, datasets.Dataset]:
     if not sources.hub_reachable():
         try:
@@ -150,6 +165,10 @@ def _to_document_summary(dataset: datasets.Dataset, data: DictConfig, split: str
                 f"data.{role}={column} is not a column of the {split} split; its columns are "
                 f"{', '.join(dataset.column_names)}"
             )
+        kind = _column_kind(dataset.features[column])
+        if kind is not None:
+            raise EncdecError(f"data.{role}={column} holds {kind} in the {split} split, not text: name the column "
+                              f"holding the {'document' if role == 'text_column' else 'summary'} as a string")
     if len(dataset) == 0:
         raise EncdecError(f"the {split} split has no rows: give it at least one (document, summary) pair")
     if (text_column, summary_column) != ("document", "summary"):

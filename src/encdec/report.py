@@ -109,9 +109,9 @@ def _natural_key(path: Path) -> list:
 def load_run(path: Path) -> Run:
     run = Run(path)
     if (path / CONFIG).is_file():
-        run.config = flatten(_load_yaml(path / CONFIG) or {})
+        run.config = flatten(_load_yaml(path / CONFIG, dict))
     if (path / OVERRIDES).is_file():
-        run.overrides = [str(o) for o in (_load_yaml(path / OVERRIDES) or [])]
+        run.overrides = [str(o) for o in _load_yaml(path / OVERRIDES, list)]
         if not run.config:
             run.config = dict(_split_override(o) for o in run.overrides)
     if (path / METRICS).is_file():
@@ -153,13 +153,20 @@ def _first_line(error: BaseException) -> str:
     return " ".join(str(error).split())[:200]
 
 
-def _load_yaml(path: Path) -> Any:
+def _load_yaml(path: Path, expected: type) -> Any:
+    """The file's content (an empty file gives an empty `expected`), or ReportError naming the file."""
     from omegaconf import OmegaConf  # hydra's own dependency; keeps ${...} unresolved, as Hydra saved them
 
     try:
-        return OmegaConf.to_container(OmegaConf.load(path), resolve=False)
+        content = OmegaConf.to_container(OmegaConf.load(path), resolve=False)
     except Exception as error:  # a truncated file from a killed run
         raise ReportError(f"{path} could not be read: {' '.join(str(error).split())[:200]}") from None
+    if content is None:
+        return expected()
+    if not isinstance(content, expected):
+        kind = "mapping" if expected is dict else "list"
+        raise ReportError(f"{path} is not a YAML {kind}: it was edited or written by another tool; move it aside")
+    return content
 
 
 def _split_override(override: str) -> tuple[str, str]:
@@ -242,7 +249,13 @@ def labels(runs: Sequence[Run]) -> dict[Path, str]:
     return {run.path: str(run.path.resolve().relative_to(common)) for run in runs}
 
 
-def markdown(runs: Sequence[Run], out_dir: Path, sources: Sequence[Path], plotted: bool) -> str:
+def read_studies(sources: Sequence[Path]) -> dict[Path, dict]:
+    """The Optuna summaries (optimization_results.yaml) found in the given sweep folders."""
+    return {source: _load_yaml(source / OPTUNA_RESULTS, dict) for source in sources
+            if (source / OPTUNA_RESULTS).is_file()}
+
+
+def markdown(runs: Sequence[Run], out_dir: Path, studies: dict[Path, dict], sources: Sequence[Path], plotted: bool) -> str:
     keys = differing_keys(runs)
     per_key = len(keys) <= MAX_KEY_COLUMNS
     header = ["run"]
@@ -294,17 +307,14 @@ def markdown(runs: Sequence[Run], out_dir: Path, sources: Sequence[Path], plotte
     if scored:
         top = max(scored, key=lambda run: run.best()[PLOTTED])
         lines += ["", f"Best validation ROUGE-2: `{top.path.as_posix()}` ({top.best()[PLOTTED]:.2f})."]
-    for source in sources:
-        study = source / OPTUNA_RESULTS
-        if study.is_file():
-            info = _load_yaml(study) or {}
-            lines += [
-                "",
-                f"Optuna study `{info.get('study_name')}` in `{source.as_posix()}`: {info.get('complete')} complete, "
-                f"{info.get('failed')} failed of n_trials={info.get('n_trials')}; best trial {info.get('best_trial')} "
-                f"({info.get('metric')}={_cell(info.get('best_value'))}): "
-                + " ".join(f"`{k}={_cell(v)}`" for k, v in (info.get("best_params") or {}).items()),
-            ]
+    for source, info in studies.items():
+        lines += [
+            "",
+            f"Optuna study `{info.get('study_name')}` in `{source.as_posix()}`: {info.get('complete')} complete, "
+            f"{info.get('failed')} failed of n_trials={info.get('n_trials')}; best trial {info.get('best_trial')} "
+            f"({info.get('metric')}={_cell(info.get('best_value'))}): "
+            + " ".join(f"`{k}={_cell(v)}`" for k, v in (info.get("best_params") or {}).items()),
+        ]
     lines.append("")
     without = [run.path.as_posix() for run in runs if not run.points()]
     if plotted:
@@ -393,7 +403,9 @@ def report(paths: Sequence[Path], out: Path | None = None, title: str | None = N
                 run_paths.append(found)
     if out is None:
         out = paths[0] if not is_run(paths[0]) else Path.cwd()
-    runs = [load_run(path) for path in run_paths]  # before --out is made: a corrupt run leaves no empty folder
+    # Everything is read before --out is made: a corrupt file leaves no empty folder or lone plot.
+    runs = [load_run(path) for path in run_paths]
+    studies = read_studies(paths)
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as error:
@@ -406,7 +418,7 @@ def report(paths: Sequence[Path], out: Path | None = None, title: str | None = N
     except ImportError:
         print("encdec: warning: matplotlib is not installed (pip install matplotlib): no plot", file=sys.stderr)
         png = None
-    text = markdown(runs, out, list(paths), plotted=png is not None)
+    text = markdown(runs, out, studies, list(paths), plotted=png is not None)
     target = out / REPORT
     try:
         target.write_text(text, encoding="utf-8")

@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import inspect
 import logging
+import os
 import shutil
 import signal
 import time
@@ -246,7 +247,9 @@ def _shards_weights(trainer: L.Trainer) -> bool:
 
 @rank_zero_only
 def say(message: str) -> None:
-    print(message, flush=True)
+    # Before the Trainer connects, a node started by hand (NODE_RANK=1 python train.py ...) still thinks it is rank 0.
+    if os.environ.get("NODE_RANK", "0") in ("", "0"):
+        print(message, flush=True)
 
 
 def _rouge(results: list[dict[str, float]], stage: str) -> dict[str, float]:

@@ -16,8 +16,8 @@ from omegaconf import DictConfig
 from torch.utils.data import DataLoader
 from transformers import PreTrainedTokenizerBase
 
-from encdec.data import load_splits
-from encdec.lit.batching import EvalBatchSampler, TokenBudgetBatchSampler, check_token_budget, dataset_lengths
+from encdec.data import check_data_settings, load_splits
+from encdec.lit.batching import EvalBatchSampler, TokenBudgetBatchSampler, dataset_lengths
 from encdec.errors import EncdecError
 
 IGNORE_INDEX = -100
@@ -96,18 +96,11 @@ class SummarizationDataModule(L.LightningDataModule):
         self.tokenized: dict[str, datasets.Dataset] = {}
 
     def _check_lengths(self, max_source_positions, max_target_positions) -> None:
-        data = self.data
+        check_data_settings(self.data)
         for key, limit in (("max_source_length", max_source_positions), ("max_target_length", max_target_positions)):
-            value = data[key]
-            if not isinstance(value, int) or value <= 0:
-                raise EncdecError(f"data.{key}={value} must be a positive integer")
+            value = self.data[key]
             if limit is not None and value > limit:
                 raise EncdecError(f"data.{key}={value} exceeds the model's {limit} positions: set data.{key}<={limit}")
-        for key in ("batch_size", "eval_batch_size"):
-            if not isinstance(data[key], int) or data[key] <= 0:
-                raise EncdecError(f"data.{key}={data[key]} must be a positive integer")
-        for key in ("max_tokens_per_batch", "eval_max_tokens_per_batch"):
-            check_token_budget(f"data.{key}", data.get(key))
 
     def prepare(self) -> None:
         """Load and tokenize every split now, so bad data fails before any training starts."""
