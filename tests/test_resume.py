@@ -15,10 +15,13 @@ from safetensors.torch import load_file
 
 from conftest import ROOT, error_lines, run_script, write_jsonl
 
+# 7 batches an epoch, validation every 3 of them (after steps 3, 6, 10, 13, 14), a checkpoint every 2 steps: steps 6
+# and 10 are both. The CSV logger's curve is part of what must come out the same.
 SETTINGS = (
-    "encoder=tiny", "decoder=tiny", "data=files", "logger=none", "callbacks=none",
+    "encoder=tiny", "decoder=tiny", "data=files", "logger=csv", "callbacks=none",
     "data.batch_size=2", "data.max_source_length=24", "data.max_target_length=8",
-    "trainer.max_epochs=2", "trainer.max_steps=-1", "checkpoint.every_n_steps=2", "generation.max_new_tokens=6",
+    "trainer.max_epochs=2", "trainer.max_steps=-1", "trainer.val_check_interval=3", "checkpoint.every_n_steps=2",
+    "generation.max_new_tokens=6",
 )
 
 
@@ -63,20 +66,24 @@ def final_state(run_dir):
     weights = load_file(run_dir / "hf_model" / "model.safetensors")
     metrics = json.loads((run_dir / "metrics.json").read_text())
     metrics.pop("time/seconds")
-    return weights, metrics, (run_dir / "predictions.jsonl").read_text()
+    best = sorted(p.name for p in (run_dir / "checkpoints").glob("best-*.ckpt"))
+    return weights, metrics, (run_dir / "predictions.jsonl").read_text(), (run_dir / "csv" / "metrics.csv").read_text(), best
 
 
 def assert_same_run(a, b):
-    weights_a, metrics_a, predictions_a = final_state(a)
-    weights_b, metrics_b, predictions_b = final_state(b)
+    weights_a, metrics_a, predictions_a, curve_a, best_a = final_state(a)
+    weights_b, metrics_b, predictions_b, curve_b, best_b = final_state(b)
     assert weights_a.keys() == weights_b.keys()
     different = [name for name in weights_a if not (weights_a[name] == weights_b[name]).all()]
     assert not different, f"{len(different)} tensors differ, e.g. {different[:3]}"
     assert metrics_a == metrics_b
     assert predictions_a == predictions_b
+    assert curve_a.splitlines() == curve_b.splitlines(), "the CSV curve differs (rows lost or repeated on resume)"
+    assert best_a == best_b
 
 
-@pytest.mark.parametrize("kill_at", ["step4.ckpt", pytest.param("step10.ckpt", marks=pytest.mark.slow)])
+@pytest.mark.parametrize("kill_at", ["step6.ckpt", pytest.param("step4.ckpt", marks=pytest.mark.slow),
+                                     pytest.param("step10.ckpt", marks=pytest.mark.slow)])
 def test_killed_run_resumes_bitwise(uninterrupted, resume_data, tmp_path, kill_at):
     run_dir = tmp_path / "run"
     kill_after(run_dir, [*SETTINGS, *resume_data], kill_at)
@@ -142,3 +149,20 @@ def test_resume_refuses_an_eval_folder(tmp_path):
     assert result.returncode == 2
     assert error_lines(result.stderr) == [
         f"encdec: error: resume={run_dir} is the output of eval.py, not a training run: give a train.py run folder"]
+
+
+@pytest.mark.parametrize("offline, expected", [(True, {"id": "abc123"}), (False, {"id": "abc123", "resume": "allow"})])
+def test_wandb_continues_the_killed_runs_id(tmp_path, offline, expected):
+    from omegaconf import OmegaConf
+
+    from encdec.lit.resume import wandb_resume_arguments
+
+    spec = OmegaConf.create({"_target_": "lightning.pytorch.loggers.WandbLogger", "offline": offline, "id": None})
+    assert wandb_resume_arguments(spec, tmp_path) == {}  # the killed run never opened wandb
+    wandb = tmp_path / "wandb"
+    (wandb / "offline-run-20261126_102931-abc123").mkdir(parents=True)
+    (wandb / "offline-run-20261127_080000-zzz999").mkdir()  # a later part under another id: the first one counts
+    (wandb / "latest-run").symlink_to(wandb / "offline-run-20261127_080000-zzz999")
+    assert wandb_resume_arguments(spec, tmp_path) == expected
+    spec.id = "mine"
+    assert wandb_resume_arguments(spec, tmp_path) == {}  # a user's own id is left alone

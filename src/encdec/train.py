@@ -31,6 +31,7 @@ from encdec.errors import EncdecError, Interrupted
 from encdec.lit.checkpoint_io import AtomicCheckpointIO
 from encdec.lit.datamodule import SummarizationDataModule
 from encdec.lit.module import Seq2SeqModule
+from encdec.lit.resume import ContinuedCSVHistory, StepCheckpoint, wandb_resume_arguments
 from encdec.metrics import ROUGE_TYPES
 from encdec.finetune import count_parameters, merged_copy
 from encdec.inference import load_trained
@@ -92,7 +93,7 @@ def run(cfg: DictConfig) -> float | None:
     callbacks = [checkpoint]
     if cfg.checkpoint.get("every_n_steps"):
         callbacks.append(
-            ModelCheckpoint(
+            StepCheckpoint(
                 dirpath=run_dir / run_folder.CHECKPOINTS,
                 filename="step{step}",
                 auto_insert_metric_name=False,
@@ -100,7 +101,9 @@ def run(cfg: DictConfig) -> float | None:
                 save_top_k=-1,
             )
         )
-    loggers = [hydra.utils.instantiate(spec) for spec in (cfg.get("logger") or {}).values() if spec]
+    loggers = [_logger(spec, run_dir, resume_from is not None) for spec in (cfg.get("logger") or {}).values() if spec]
+    if resume_from is not None:
+        callbacks.append(ContinuedCSVHistory(loggers))
     for name, spec in (cfg.get("callbacks") or {}).items():
         if spec and (loggers or name != "lr_monitor"):
             callbacks.append(hydra.utils.instantiate(spec))
@@ -239,6 +242,12 @@ def _checkpoint_plugins(cfg: DictConfig) -> list:
     strategy = cfg.trainer.get("strategy")
     fsdp_sharded = kind == "fsdp" and isinstance(strategy, DictConfig) and strategy.get("state_dict_type") == "sharded"
     return [] if kind == "deepspeed" or fsdp_sharded else [AtomicCheckpointIO()]
+
+
+def _logger(spec: DictConfig, run_dir: Path, resuming: bool):
+    if resuming and str(spec.get("_target_", "")).endswith("WandbLogger"):
+        return hydra.utils.instantiate(spec, **wandb_resume_arguments(spec, run_dir))
+    return hydra.utils.instantiate(spec)
 
 
 def _shards_weights(trainer: L.Trainer) -> bool:

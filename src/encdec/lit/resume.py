@@ -1,0 +1,96 @@
+"""What makes `resume=` continue a killed run exactly, beyond Lightning's own restore.
+
+* `StepCheckpoint`: the `checkpoint.every_n_steps` checkpoints. Lightning saves them when the step's batch ends,
+  before the validation that may follow at the same step, and a run resumed from such a checkpoint skips that
+  validation (its metrics, and any best checkpoint it would have chosen, are lost). At those steps the save waits for
+  the validation's end.
+* `ContinuedCSVHistory`: Lightning's CSV writer deletes an existing `metrics.csv` when it opens its folder, so a
+  resumed run's curve (the one report.py plots) would start at the resumed step. The rows are read before that and
+  those the checkpoint covers are written back once it has restored the step; rows logged after the checkpoint are
+  dropped, since the resumed run logs those steps again.
+* `wandb_resume_arguments`: the resumed run logs under the killed run's wandb id; online, wandb appends to that run.
+  wandb cannot resume offline runs itself: there the second part is a second offline folder with the same id.
+"""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import lightning as L
+from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.loggers import CSVLogger
+
+METRICS_FILE = "metrics.csv"
+
+
+class StepCheckpoint(ModelCheckpoint):
+    def __init__(self, **kwargs) -> None:
+        # Deferred saves happen in on_validation_end, which skips them while this is True.
+        super().__init__(save_on_train_epoch_end=False, **kwargs)
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        due = self._every_n_train_steps >= 1 and trainer.global_step % self._every_n_train_steps == 0
+        if due and _validates_after_this_batch(trainer):
+            self._defer_save_until_validation = True  # ModelCheckpoint's own switch: saved in on_validation_end
+            return
+        super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
+
+
+def _validates_after_this_batch(trainer: L.Trainer) -> bool:
+    # Lightning's own decision, made right after this hook with the same state.
+    epoch_loop = trainer.fit_loop.epoch_loop
+    return bool(trainer.enable_validation and epoch_loop._should_check_val_fx(trainer.fit_loop._data_fetcher))
+
+
+class ContinuedCSVHistory(L.Callback):
+    def __init__(self, loggers: list) -> None:
+        # Read now: the loggers' writers do not exist yet, and creating one deletes the file.
+        self._saved: dict[int, tuple[list[str], list[dict[str, str]]]] = {}
+        for logger in loggers:
+            path = Path(logger.log_dir) / METRICS_FILE if isinstance(logger, CSVLogger) else None
+            if path is not None and path.is_file():
+                with path.open(newline="", encoding="utf-8") as handle:
+                    reader = csv.DictReader(handle)
+                    rows = list(reader)
+                self._saved[id(logger)] = (list(reader.fieldnames or []), rows)
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if not trainer.is_global_zero:
+            return
+        for logger in trainer.loggers:
+            if id(logger) not in self._saved:
+                continue
+            header, rows = self._saved.pop(id(logger))
+            kept = [row for row in rows if _covered(row, header, trainer.global_step)]
+            writer = logger.experiment
+            with open(writer.metrics_file_path, "w", newline="", encoding="utf-8") as handle:
+                table = csv.DictWriter(handle, fieldnames=header)
+                table.writeheader()
+                table.writerows(kept)
+            # The writer then appends, and rewrites the header itself if a new metric appears.
+            writer.metrics_keys = list(header)
+
+
+def _covered(row: dict[str, str], header: list[str], step: int) -> bool:
+    """Rows of steps before the checkpoint's, and the validation that ran at its step (the resumed run does not
+    repeat that validation; it does repeat the training rows of that step)."""
+    try:
+        logged_at = int(float(row.get("step") or ""))
+    except ValueError:
+        return False
+    return logged_at < step or (logged_at == step and any(row.get(k) for k in header if k.startswith("val/")))
+
+
+def wandb_resume_arguments(spec, run_dir: Path) -> dict:
+    """Keyword arguments that make a WandbLogger continue the run it logged in `run_dir` (none if it logged none)."""
+    if spec.get("id"):
+        return {}
+    folders = sorted((run_dir / "wandb").glob("*run-*-*"), key=lambda p: p.name.split("-")[-2])
+    folders = [folder for folder in folders if folder.is_dir() and not folder.is_symlink()]
+    if not folders:
+        return {}
+    arguments = {"id": folders[0].name.rsplit("-", 1)[1]}
+    if not spec.get("offline", False):
+        arguments["resume"] = "allow"  # offline, wandb ignores `resume` with a warning
+    return arguments
