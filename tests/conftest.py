@@ -12,6 +12,13 @@ from hydra import compose, initialize_config_dir
 ROOT = Path(__file__).resolve().parents[1]
 CONF = ROOT / "conf"
 
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # One worker per core: each worker and the scripts it starts keep to one thread, or they fight over the cores.
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    import torch
+
+    torch.set_num_threads(1)
+
 # Small enough that a whole train.py run takes seconds on 2 CPU cores.
 SMOKE = (
     "trainer.max_steps=2",
