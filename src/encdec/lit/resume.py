@@ -26,15 +26,24 @@ METRICS_FILE = "metrics.csv"
 
 class StepCheckpoint(ModelCheckpoint):
     def __init__(self, **kwargs) -> None:
-        # Deferred saves happen in on_validation_end, which skips them while this is True.
-        super().__init__(save_on_train_epoch_end=False, **kwargs)
+        super().__init__(**kwargs)
+        self._save_after_validation = False
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         due = self._every_n_train_steps >= 1 and trainer.global_step % self._every_n_train_steps == 0
         if due and _validates_after_this_batch(trainer):
-            self._defer_save_until_validation = True  # ModelCheckpoint's own switch: saved in on_validation_end
+            self._save_after_validation = True
             return
         super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
+
+    def on_validation_end(self, trainer, pl_module) -> None:
+        if not self._save_after_validation:
+            return super().on_validation_end(trainer, pl_module)
+        self._save_after_validation = False
+        if not self._should_skip_saving_checkpoint(trainer):
+            candidates = self._monitor_candidates(trainer)
+            self._save_topk_checkpoint(trainer, candidates)
+            self._save_last_checkpoint(trainer, candidates)
 
 
 def _validates_after_this_batch(trainer: L.Trainer) -> bool:
