@@ -166,3 +166,19 @@ def test_wandb_continues_the_killed_runs_id(tmp_path, offline, expected):
     assert wandb_resume_arguments(spec, tmp_path) == expected
     spec.id = "mine"
     assert wandb_resume_arguments(spec, tmp_path) == {}  # a user's own id is left alone
+
+
+def test_tensorboard_hides_the_killed_runs_events_past_the_checkpoint(tmp_path):
+    from omegaconf import OmegaConf
+
+    from encdec.lit.resume import checkpoint_step
+    from encdec.train import _logger
+
+    torch.save({"global_step": 6, "state_dict": {"w": torch.zeros(2)}}, tmp_path / "last.ckpt")
+    (tmp_path / "cut.ckpt").write_bytes(b"PK\x03\x04")
+    assert checkpoint_step(tmp_path / "last.ckpt") == 6
+    assert checkpoint_step(tmp_path / "cut.ckpt") is None and checkpoint_step(tmp_path) is None
+    spec = OmegaConf.create({"_target_": "lightning.pytorch.loggers.TensorBoardLogger", "save_dir": str(tmp_path),
+                             "name": "tensorboard", "version": ""})
+    assert _logger(spec, tmp_path, tmp_path / "last.ckpt")._kwargs == {"purge_step": 6}
+    assert _logger(spec, tmp_path, None)._kwargs == {}

@@ -31,7 +31,8 @@ from encdec.errors import EncdecError, Interrupted
 from encdec.lit.checkpoint_io import AtomicCheckpointIO
 from encdec.lit.datamodule import SummarizationDataModule
 from encdec.lit.module import Seq2SeqModule
-from encdec.lit.resume import ContinuedCSVHistory, StepCheckpoint, wandb_resume_arguments
+from encdec.lit.resume import (ContinuedCSVHistory, StepCheckpoint, checkpoint_step, tensorboard_resume_arguments,
+                               wandb_resume_arguments)
 from encdec.metrics import ROUGE_TYPES
 from encdec.finetune import count_parameters, merged_copy
 from encdec.inference import load_trained
@@ -101,7 +102,7 @@ def run(cfg: DictConfig) -> float | None:
                 save_top_k=-1,
             )
         )
-    loggers = [_logger(spec, run_dir, resume_from is not None) for spec in (cfg.get("logger") or {}).values() if spec]
+    loggers = [_logger(spec, run_dir, resume_from) for spec in (cfg.get("logger") or {}).values() if spec]
     if resume_from is not None:
         callbacks.append(ContinuedCSVHistory(loggers))
     for name, spec in (cfg.get("callbacks") or {}).items():
@@ -244,9 +245,12 @@ def _checkpoint_plugins(cfg: DictConfig) -> list:
     return [] if kind == "deepspeed" or fsdp_sharded else [AtomicCheckpointIO()]
 
 
-def _logger(spec: DictConfig, run_dir: Path, resuming: bool):
-    if resuming and str(spec.get("_target_", "")).endswith("WandbLogger"):
+def _logger(spec: DictConfig, run_dir: Path, resume_from: Path | None):
+    target = str(spec.get("_target_", ""))
+    if resume_from is not None and target.endswith("WandbLogger"):
         return hydra.utils.instantiate(spec, **wandb_resume_arguments(spec, run_dir))
+    if resume_from is not None and target.endswith("TensorBoardLogger"):
+        return hydra.utils.instantiate(spec, **tensorboard_resume_arguments(checkpoint_step(resume_from)))
     return hydra.utils.instantiate(spec)
 
 

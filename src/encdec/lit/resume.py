@@ -8,6 +8,7 @@
   resumed run's curve (the one report.py plots) would start at the resumed step. The rows are read before that and
   those the checkpoint covers are written back once it has restored the step; rows logged after the checkpoint are
   dropped, since the resumed run logs those steps again.
+* `tensorboard_resume_arguments`: TensorBoard's own `purge_step` hides the killed run's events past the checkpoint.
 * `wandb_resume_arguments`: the resumed run logs under the killed run's wandb id; online, wandb appends to that run.
   wandb cannot resume offline runs itself: there the second part is a second offline folder with the same id.
 """
@@ -89,6 +90,23 @@ def _covered(row: dict[str, str], header: list[str], step: int) -> bool:
     except ValueError:
         return False
     return logged_at < step or (logged_at == step and any(row.get(k) for k in header if k.startswith("val/")))
+
+
+def checkpoint_step(path: Path) -> int | None:
+    """The optimizer step a Lightning checkpoint file was written at, read without loading its tensors."""
+    import torch
+
+    if not path.is_file():
+        return None  # a DeepSpeed checkpoint is a folder of shards
+    try:
+        return int(torch.load(path, map_location="cpu", mmap=True, weights_only=True)["global_step"])
+    except Exception:  # noqa: BLE001 - unreadable here: Lightning reports it when it restores the checkpoint
+        return None
+
+
+def tensorboard_resume_arguments(step: int | None) -> dict:
+    """TensorBoard hides the killed run's events from `step` on: the resumed run logs those steps again."""
+    return {} if step is None else {"purge_step": step}
 
 
 def wandb_resume_arguments(spec, run_dir: Path) -> dict:
