@@ -48,9 +48,12 @@ class StepCheckpoint(ModelCheckpoint):
 
 
 def _validates_after_this_batch(trainer: L.Trainer) -> bool:
-    # Lightning's own decision, made right after this hook with the same state.
+    # Lightning's own decision, made right after this hook with the same state; a validation interval in time
+    # (val_check_interval as a duration) could decide otherwise a moment later, so then nothing is deferred.
+    if not trainer.enable_validation or getattr(trainer, "_val_check_time_interval", None) is not None:
+        return False
     epoch_loop = trainer.fit_loop.epoch_loop
-    return bool(trainer.enable_validation and epoch_loop._should_check_val_fx(trainer.fit_loop._data_fetcher))
+    return bool(epoch_loop._should_check_val_fx(trainer.fit_loop._data_fetcher))
 
 
 class ContinuedCSVHistory(L.Callback):
