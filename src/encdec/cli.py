@@ -5,6 +5,7 @@ from __future__ import annotations
 import errno
 import logging
 import os
+import warnings
 from pathlib import Path
 from typing import Any, Callable
 
@@ -23,6 +24,8 @@ def quiet_third_party() -> None:
     os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
     for name in ("transformers", "datasets", "huggingface_hub"):
         logging.getLogger(name).setLevel(logging.ERROR)
+    # Lightning 2.6 on torch 2.13, once per validation/test loop: nothing a user can act on.
+    warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated")
 
 
 def command_line(argv: list[str], config_name: str, config_dir: Path) -> list[str]:
