@@ -52,8 +52,10 @@ def test_lora_trains_adapters_and_merges_to_the_same_function():
     finetune.apply(model, model_cfg(lora={"r": 4, "lora_alpha": 8, "lora_dropout": 0.0, "target_modules": ["q_proj", "v_proj"], "side": "decoder"}))
     names = trainable(model)
     assert any("lora_A" in n for n in names) and any("lora_B" in n for n in names)
-    assert not any("q_proj.base_layer" in n for n in names)
-    assert any("cross_attention_blocks" in n for n in names)
+    assert not any("q_proj.base_layer" in n and "cross_attention_blocks" not in n for n in names)
+    # The added cross-attention is new: all of it trains, its zero-initialised gates included.
+    cross = {n for n, _ in model.named_parameters() if "cross_attention_blocks" in n}
+    assert any(n.endswith("gate") for n in cross) and cross <= names
     with torch.no_grad():
         for name, param in model.named_parameters():
             if "lora_B" in name:
@@ -97,3 +99,42 @@ def test_lora_checkpoint_loads_merged_with_the_same_function(tmp_path):
     with torch.no_grad():
         expected, got = model(**inputs).logits, loaded(**inputs).logits
     assert torch.allclose(expected, got, atol=1e-5), (expected - got).abs().max()
+
+
+def test_lora_keeps_native_cross_attention_trainable():
+    model, _, _ = build_model(compose_config("encoder=tiny", "decoder=tiny", "model.lora.r=4",
+                                             "model.lora.target_modules=[query,value]"))
+    names = trainable(model)
+    decoder = {n for n in names if n.startswith("decoder.")}
+    cross = {n for n, _ in model.decoder.named_parameters() if "crossattention" in n and "lora_" not in n}
+    assert {f"decoder.{n}" for n in cross} <= decoder and len(cross) >= 2 * 10
+    assert decoder - {f"decoder.{n}" for n in cross} == {n for n in decoder if "lora_" in n}
+    assert any("crossattention" not in n and "base_layer" in n for n, _ in model.decoder.named_parameters())
+
+
+def test_lora_run_moves_the_gates(tmp_path):
+    """One optimizer step of a LoRA model: the gates (zero at the start) move, so the decoder starts to read the source."""
+    model = tiny_llama_pair()
+    finetune.apply(model, model_cfg(lora={"r": 4, "lora_alpha": 8, "lora_dropout": 0.0, "target_modules": ["q_proj", "v_proj"], "side": "decoder"}))
+    gates = {n: p.detach().clone() for n, p in model.named_parameters() if "cross_attention_blocks" in n and n.endswith("gate")}
+    assert gates and all((g == 0).all() for g in gates.values())
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
+    inputs = {"input_ids": torch.randint(3, 128, (2, 7)), "decoder_input_ids": torch.randint(3, 128, (2, 5)),
+              "labels": torch.randint(3, 128, (2, 5))}
+    model(**inputs).loss.backward()
+    optimizer.step()
+    moved = dict(model.named_parameters())
+    assert all((moved[n] != 0).any() for n in gates), "a gate stayed at zero"
+
+
+def test_lora_targets_not_in_the_decoder_name_its_layers():
+    from encdec.errors import EncdecError
+
+    import pytest
+
+    with pytest.raises(EncdecError) as caught:
+        build_model(compose_config("encoder=tiny", "decoder=tiny", "model.lora.r=4"))  # Llama names on a BERT decoder
+    message = str(caught.value)
+    assert message.startswith("model.lora.target_modules=['q_proj', 'v_proj']: ")
+    assert message.endswith("e.g. model.lora.target_modules=[query,value]")
+    assert "The decoder's linear layers are named decoder, dense, key, query, value:" in message

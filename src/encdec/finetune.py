@@ -46,11 +46,33 @@ def add_lora(model: EncoderDecoderModel, lora: DictConfig) -> None:
         try:
             inject_adapter_in_model(config, part)
         except ValueError as error:
-            raise EncdecError(f"model.lora.target_modules={targets}: {str(error).splitlines()[0]}") from error
-        # LoRA trains adapters instead of the weights they wrap (the cross-attention stays trainable).
+            names = _layer_names(part)
+            raise EncdecError(
+                f"model.lora.target_modules={list(targets)}: {str(error).splitlines()[0]} The {side}'s linear layers are "
+                f"named {', '.join(names)}: e.g. model.lora.target_modules=[{','.join(_query_value(names))}]"
+            ) from error
+        # LoRA trains adapters instead of the pretrained weights they wrap. peft has frozen everything else, but the
+        # cross-attention is new (randomly initialised, its gates at zero): frozen, the decoder would never read the
+        # source, so it trains in full.
         for name, param in part.named_parameters():
-            if "lora_" not in name and not is_cross_attention(name):
-                param.requires_grad_(False)
+            param.requires_grad_("lora_" in name or is_cross_attention(name))
+
+
+def _layer_names(part: torch.nn.Module) -> list[str]:
+    """The distinct last names of the layers LoRA can wrap (Linear; GPT-2's Conv1D), cross-attention left out."""
+    from transformers.pytorch_utils import Conv1D
+
+    names = {name.rpartition(".")[2] for name, module in part.named_modules()
+             if isinstance(module, (torch.nn.Linear, Conv1D)) and not is_cross_attention(name)}
+    return sorted(names)
+
+
+def _query_value(names: list[str]) -> list[str]:
+    """The attention query/value projections among `names`, the usual LoRA targets."""
+    for pair in (["q_proj", "v_proj"], ["query", "value"], ["c_attn"], ["query_key_value"], ["qkv_proj"], ["Wqkv"]):
+        if set(pair) <= set(names):
+            return pair
+    return names[:2]
 
 
 def merged_copy(model: EncoderDecoderModel) -> EncoderDecoderModel:
