@@ -173,6 +173,9 @@ def bad(tmp_path, *args):
         (("encoder.overrides.not_a_field=1",), "encoder.overrides.not_a_field"),
         (("+encoder.overrides.not_a_field=1",), "encoder.overrides.not_a_field"),
         (("generation.num_beams=0",), "generation"),
+        # tiny's size overrides on the packaged MiniLM weights (what experiment presets + encoder=tiny ask for)
+        (("encoder.init=pretrained",), "do not fit the model that encoder.overrides describe (layer sizes differ): "
+                                       "drop the size overrides to warm-start from these weights, or set encoder.init=random"),
     ],
 )
 def test_bad_input_is_one_clear_line(tmp_path, args, culprit):

@@ -77,6 +77,19 @@ def is_local(resolved: str) -> bool:
 
 def load_from_hub_or_cache(loader, resolved: str, what: str, **kwargs):
     """Call `loader(resolved, **kwargs)`, preferring the local HF cache and failing in one line when offline."""
+    try:
+        return _load_from_hub_or_cache(loader, resolved, what, **kwargs)
+    except RuntimeError as error:
+        if "ignore_mismatched_sizes" not in str(error):
+            raise
+        side = what.split(".")[0]
+        raise EncdecError(
+            f"{what}={resolved}: its weights do not fit the model that {side}.overrides describe (layer sizes differ): "
+            f"drop the size overrides to warm-start from these weights, or set {side}.init=random to train from scratch"
+        ) from None
+
+
+def _load_from_hub_or_cache(loader, resolved: str, what: str, **kwargs):
     if is_local(resolved):
         return loader(resolved, **kwargs)
     try:
