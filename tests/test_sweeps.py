@@ -414,16 +414,17 @@ def test_train_optuna_killed_and_resumed(tmp_path):
 
 @pytest.mark.slow
 def test_train_trial_refused_by_encdec_does_not_end_the_sweep(tmp_path):
-    """data.batch_size=0 makes encdec exit 2 (SystemExit); the sweeper records a FAILED trial and runs the next."""
+    """A source length past the model's positions makes encdec exit 2 (SystemExit) once the model is built (the
+    command-line check cannot know the model's limit); the sweeper records a FAILED trial and runs the next."""
     sweep = tmp_path / "optuna"
-    result = run_script("train.py", "-m", "hparams_search=tiny_optuna", *SMOKE, "data.batch_size=choice(0,2)",
-                        "hydra.sweeper.enqueue_trials=[{data.batch_size:0},{data.batch_size:2}]",
+    result = run_script("train.py", "-m", "hparams_search=tiny_optuna", *SMOKE, "data.max_source_length=choice(100000,32)",
+                        "hydra.sweeper.enqueue_trials=[{data.max_source_length:100000},{data.max_source_length:32}]",
                         f"hydra.sweep.dir={sweep}")
     assert result.returncode == 0, why(sweep, "tiny_optuna", result)
     done = trials(sweep, "tiny_optuna")
-    assert [t.params["data.batch_size"] for t in done] == [0, 2]
+    assert [t.params["data.max_source_length"] for t in done] == [100000, 32]
     assert [t.state.name for t in done] == ["FAIL", "COMPLETE"], why(sweep, "tiny_optuna", result)
-    assert "data.batch_size=0 must be a positive integer" in result.stderr
+    assert "data.max_source_length=100000 exceeds the model's" in result.stderr
     assert (sweep / "1" / "metrics.json").is_file()
 
 
