@@ -48,6 +48,8 @@ class ResumableBatchSampler(torch.utils.data.Sampler[list[int]]):
         self.epoch = epoch
 
     def resume_at(self, epoch: int, batches_done: int) -> None:
+        # The epoch too: on resume Lightning creates the loader's iterator before it calls set_epoch.
+        self.epoch = epoch
         self._skip = (epoch, batches_done)
 
     def _batches(self) -> list[list[int]]:
