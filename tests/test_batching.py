@@ -295,3 +295,17 @@ def test_token_budget_check_names_the_setting(budget):
         check_token_budget("data.eval_max_tokens_per_batch", budget)
     assert check_token_budget("data.eval_max_tokens_per_batch", 8192) == 8192
     assert check_token_budget("data.eval_max_tokens_per_batch", None) is None
+
+
+def test_fixed_size_sampler_resumes_a_later_epoch_before_set_epoch():
+    """On resume Lightning iterates the loader before it calls set_epoch: resume_at alone must give that epoch's rest."""
+    from encdec.lit.datamodule import ResumableBatchSampler
+
+    reference = ResumableBatchSampler(14, 2, seed=42)
+    reference.set_epoch(1)
+    epoch_two = list(reference)
+    resumed = ResumableBatchSampler(14, 2, seed=42)
+    resumed.resume_at(1, 3)
+    assert list(resumed) == epoch_two[3:]
+    resumed.set_epoch(1)  # Lightning's call, after the iterator exists
+    assert list(resumed) == epoch_two  # the next pass over the same epoch is whole again
