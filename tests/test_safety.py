@@ -96,6 +96,27 @@ def test_export_replaces_a_previous_export_and_keeps_it_when_the_new_one_fails(t
     assert [p.name for p in tmp_path.iterdir()] == ["hf_model"]  # nothing moved aside is left behind
 
 
+def test_failed_run_removes_only_the_folders_hydra_made(tmp_path):
+    from encdec.errors import remove_fresh_run_dir
+
+    mine = tmp_path / "mine"  # empty, but the user made it: it stays
+    run_dir = mine / "outputs" / "2026-11-26" / "13-00-00"
+    (run_dir / ".hydra").mkdir(parents=True)
+    (run_dir / "train.log").write_text("")
+    remove_fresh_run_dir(run_dir, existing=mine)
+    assert mine.is_dir() and not any(mine.iterdir())
+
+    (run_dir / ".hydra").mkdir(parents=True)
+    (mine / "outputs" / "2026-11-26" / "earlier-run").mkdir()
+    remove_fresh_run_dir(run_dir, existing=mine)
+    assert sorted(p.name for p in (mine / "outputs" / "2026-11-26").iterdir()) == ["earlier-run"]
+
+    (run_dir / ".hydra").mkdir(parents=True)
+    (run_dir / "checkpoints").mkdir()  # a product: nothing is removed
+    remove_fresh_run_dir(run_dir, existing=mine)
+    assert (run_dir / "checkpoints").is_dir()
+
+
 def test_checkpoint_loading_refuses_pickled_code(tmp_path):
     from encdec.errors import EncdecError
     from encdec.inference import load_trained

@@ -28,8 +28,14 @@ def quiet_third_party() -> None:
     warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated")
 
 
+# The deepest folder on the run folder's path that existed before Hydra made the rest: a run that fails on bad input
+# removes what Hydra made below it (outputs/ included, on a first run) and nothing above.
+_existing_before_run: Path | None = None
+
+
 def command_line(argv: list[str], config_name: str, config_dir: Path) -> list[str]:
     """sys.argv for Hydra: `resume=` expanded (train.py), pass-through keys added, any mistake one line and exit 2."""
+    global _existing_before_run
     expanded = resume_arguments(argv) if config_name == "train" else argv
     resuming, argv = expanded is not argv, expanded
     try:
@@ -37,7 +43,9 @@ def command_line(argv: list[str], config_name: str, config_dir: Path) -> list[st
                                       check_job=check_sweep_job if config_name == "train" else None)
         if cfg is not None and not resuming and cfg.hydra.output_subdir is not None:
             # Hydra writes .hydra/ before the task runs: a folder holding results is refused before that.
-            check_fresh(Path(cfg.hydra.run.dir).expanduser(), resumable=config_name == "train")
+            run_dir = Path(cfg.hydra.run.dir).expanduser().absolute()
+            check_fresh(run_dir, resumable=config_name == "train")
+            _existing_before_run = next((folder for folder in run_dir.parents if folder.is_dir()), None)
     except EncdecError as error:
         exit_with(error)
     return [argv[0], *args]
@@ -75,12 +83,13 @@ def guarded(task: Callable[[DictConfig], Any], cfg: DictConfig) -> Any:
     try:
         return task(cfg)
     except EncdecError as error:
-        exit_with(error, run_dir)
+        exit_with(error, run_dir, _existing_before_run)
     except MissingMandatoryValue as error:
         key = getattr(error, "full_key", None) or "a required value"
-        exit_with(EncdecError(f"{key} is required: pass {key}=VALUE on the command line"), run_dir)
+        exit_with(EncdecError(f"{key} is required: pass {key}=VALUE on the command line"), run_dir,
+                  _existing_before_run)
     except OmegaConfBaseException as error:
-        exit_with(EncdecError(f"config: {str(error).splitlines()[0]}"), run_dir)
+        exit_with(EncdecError(f"config: {str(error).splitlines()[0]}"), run_dir, _existing_before_run)
     except OSError as error:
         if error.errno != errno.ENOSPC:
             raise

@@ -24,21 +24,28 @@ class Interrupted(EncdecError):
 EXIT_USER_ERROR = EncdecError.exit_code
 
 
-def exit_with(error: BaseException, run_dir: Path | None = None) -> None:
-    """Print `error` as one line, drop the half-made run folder we created, exit non-zero."""
+def exit_with(error: BaseException, run_dir: Path | None = None, existing: Path | None = None) -> None:
+    """Print `error` as one line, drop the half-made run folder we created (and the empty folders Hydra made above
+    it, up to `existing`), exit non-zero."""
     if run_dir is not None:
-        remove_fresh_run_dir(run_dir)
+        remove_fresh_run_dir(run_dir, existing)
     message = " ".join(str(error).split()) or type(error).__name__
     print(f"encdec: error: {message}", file=sys.stderr, flush=True)
     sys.exit(getattr(error, "exit_code", EXIT_USER_ERROR))
 
 
-def remove_fresh_run_dir(run_dir: Path) -> None:
-    """Remove a run folder that holds nothing but what Hydra wrote for this very run."""
+def remove_fresh_run_dir(run_dir: Path, existing: Path | None = None) -> None:
+    """Remove a run folder that holds nothing but what Hydra wrote for this very run, and the empty folders above it
+    that Hydra made for it: those below `existing` (the deepest folder on its path that was there before the run),
+    or, when that is unknown, its empty parent (outputs/<date>/)."""
     hydra_made = {".hydra", "train.log", "eval.log", "predict.log"}
-    if run_dir.is_dir() and all(child.name in hydra_made for child in run_dir.iterdir()):
-        shutil.rmtree(run_dir, ignore_errors=True)
-        # Hydra makes outputs/<date>/<time>; an empty <date> folder left behind is noise too.
-        parent = run_dir.parent
-        if parent.is_dir() and not any(parent.iterdir()):
-            parent.rmdir()
+    if not (run_dir.is_dir() and all(child.name in hydra_made for child in run_dir.iterdir())):
+        return
+    shutil.rmtree(run_dir, ignore_errors=True)
+    made = [run_dir.parent]
+    if existing is not None:
+        made = [folder for folder in run_dir.parents if existing in folder.parents]
+    for folder in made:
+        if not folder.is_dir() or any(folder.iterdir()):
+            break
+        folder.rmdir()
