@@ -170,6 +170,9 @@ def bad(tmp_path, *args):
         (("optimizer.lr=-1",), "optimizer.lr=-1"),
         (("data=files", "data.train_file=/nope/train.jsonl", "data.validation_file=/nope/val.jsonl"), "data.train_file=/nope/train.jsonl: no such file"),
         (("data=files", "data.train_file=/", "data.validation_file=/"), "data.train_file=/ is a folder: give one file"),
+        # the data loads before the model: a typo in a file name fails before gigabytes of weights download
+        (("data=files", "data.train_file=/nope/train.jsonl", "data.validation_file=/nope/val.jsonl", "encoder=auto",
+          "encoder.pretrained=/nonexistent/model"), "data.train_file=/nope/train.jsonl: no such file"),
         (("encoder.overrides.not_a_field=1",), "encoder.overrides.not_a_field"),
         (("+encoder.overrides.not_a_field=1",), "encoder.overrides.not_a_field"),
         (("generation.num_beams=0",), "generation"),

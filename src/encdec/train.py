@@ -27,6 +27,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from encdec import run_folder
 from encdec.checks import check_run_settings
+from encdec.data import load_splits
 from encdec.errors import EncdecError, Interrupted
 from encdec.lit.checkpoint_io import AtomicCheckpointIO
 from encdec.lit.datamodule import SummarizationDataModule
@@ -56,6 +57,8 @@ def run(cfg: DictConfig) -> float | None:
     check_run_settings(cfg)
     L.seed_everything(cfg.seed, workers=True)
 
+    # Data first: a missing file or column fails in seconds, before a model of gigabytes downloads or loads.
+    raw_splits = load_splits(cfg.data)
     model, encoder_tokenizer, decoder_tokenizer = build_model(cfg)
     total, trainable = count_parameters(model)
     say(f"model: {cfg.encoder.name} -> {cfg.decoder.name}: {total / 1e6:.1f}M parameters, {trainable / 1e6:.1f}M trainable")
@@ -69,7 +72,7 @@ def run(cfg: DictConfig) -> float | None:
         max_target_positions=getattr(model.decoder.config, "max_position_embeddings", None),
         seed=cfg.seed,
     )
-    datamodule.prepare()
+    datamodule.prepare(raw_splits)
     sizes = {split: len(ds) for split, ds in datamodule.tokenized.items()}
     say(f"data: {cfg.data.name}: {sizes['train']} train, {sizes['validation']} validation, {sizes['test']} test")
 

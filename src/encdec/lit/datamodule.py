@@ -104,11 +104,12 @@ class SummarizationDataModule(L.LightningDataModule):
             if limit is not None and value > limit:
                 raise EncdecError(f"data.{key}={value} exceeds the model's {limit} positions: set data.{key}<={limit}")
 
-    def prepare(self) -> None:
-        """Load and tokenize every split now, so bad data fails before any training starts."""
+    def prepare(self, raw_splits: dict[str, datasets.Dataset] | None = None) -> None:
+        """Load (unless given `raw_splits`, what load_splits returned) and tokenize every split now, so bad data fails
+        before any training starts."""
         if self.tokenized:
             return
-        self.raw = load_splits(self.data)
+        self.raw = raw_splits if raw_splits is not None else load_splits(self.data)
         for split, dataset in self.raw.items():
             self.tokenized[split] = self._tokenize(dataset, split)
 
