@@ -18,7 +18,6 @@ from pathlib import Path
 import hydra
 import lightning as L
 from hydra.core.hydra_config import HydraConfig
-from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.strategies import DeepSpeedStrategy, FSDPStrategy
 from lightning.pytorch.trainer.states import TrainerStatus
 from lightning.pytorch.utilities import rank_zero_only
@@ -29,7 +28,7 @@ from encdec import run_folder
 from encdec.checks import check_run_settings
 from encdec.data import load_splits
 from encdec.errors import EncdecError, Interrupted
-from encdec.lit.checkpoint_io import AtomicCheckpointIO
+from encdec.lit.checkpoint_io import AtomicCheckpointIO, LinkedLastCheckpoint
 from encdec.lit.datamodule import SummarizationDataModule
 from encdec.lit.module import Seq2SeqModule
 from encdec.lit.resume import (ContinuedCSVHistory, StepCheckpoint, checkpoint_step, tensorboard_resume_arguments,
@@ -85,7 +84,7 @@ def run(cfg: DictConfig) -> float | None:
         compile=bool(cfg.model.get("compile")),
         cudnn_attention=bool(cfg.model.get("cudnn_attention", False)),
     )
-    checkpoint = ModelCheckpoint(
+    checkpoint = LinkedLastCheckpoint(
         dirpath=run_dir / run_folder.CHECKPOINTS,
         filename="best-step{step}",
         auto_insert_metric_name=False,
