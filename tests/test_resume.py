@@ -89,10 +89,17 @@ def assert_same_run(a, b):
 def test_killed_run_resumes_bitwise(uninterrupted, resume_data, tmp_path, kill_at):
     run_dir = tmp_path / "run"
     kill_after(run_dir, [*SETTINGS, *resume_data], kill_at)
+    newest = max((run_dir / "checkpoints").glob("*.ckpt"), key=lambda path: path.stat().st_mtime)
+    worked = torch.load(newest, weights_only=False)["encdec"]["seconds"]
+    started = time.time()
     result = run_script("train.py", f"resume={run_dir}")
+    resumed_for = time.time() - started
     assert result.returncode == 0, result.stderr[-3000:]
     assert "resuming" in result.stdout
     assert_same_run(uninterrupted, run_dir)
+    # time/seconds is the whole run's: the killed part up to its checkpoint, then the resumed part
+    seconds = json.loads((run_dir / "metrics.json").read_text())["time/seconds"]
+    assert worked > 0 and worked < seconds <= worked + resumed_for + 0.1
 
 
 @pytest.mark.parametrize("sig, name", [(signal.SIGTERM, "SIGTERM"), (signal.SIGINT, "Ctrl-C")])

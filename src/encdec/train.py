@@ -11,7 +11,6 @@ import logging
 import os
 import shutil
 import signal
-import time
 import warnings
 from pathlib import Path
 
@@ -122,7 +121,6 @@ def run(cfg: DictConfig) -> float | None:
 
     for logger in trainer.loggers:
         logger.log_hyperparams(_flat(OmegaConf.to_container(cfg, resolve=True)))
-    started = time.time()
     with _interruption_named(trainer, run_dir):
         if resume_from is None:
             module.initial_metrics = _rouge(trainer.validate(module, datamodule=datamodule, verbose=False), "val")
@@ -151,7 +149,7 @@ def run(cfg: DictConfig) -> float | None:
         if export_from is not None and not best:
             shutil.rmtree(export_from) if export_from.is_dir() else export_from.unlink(missing_ok=True)
         metrics = {**after, **test, **{f"initial/{k}": v for k, v in before.items()}}
-        metrics.update({"train/steps": trainer.global_step, "time/seconds": round(time.time() - started, 1)})
+        metrics.update({"train/steps": trainer.global_step, "time/seconds": round(module.seconds_worked(), 1)})
         run_folder.write_jsonl(run_dir / run_folder.PREDICTIONS, module.last_predictions.get("test", []))
         run_folder.write_json(run_dir / run_folder.METRICS, metrics)
         say(f"run folder: {run_dir}")

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any, Callable
 
 import random
+import time
 
 import lightning as L
 import numpy as np
@@ -12,6 +13,7 @@ import torch
 import torch.nn.functional as F
 from lightning.pytorch.plugins.precision import MixedPrecision
 from lightning.pytorch.strategies import DeepSpeedStrategy, FSDPStrategy
+from lightning.pytorch.trainer.states import TrainerFn
 from transformers import EncoderDecoderModel, PreTrainedTokenizerBase
 
 from encdec.errors import EncdecError
@@ -46,9 +48,17 @@ class Seq2SeqModule(L.LightningModule):
         self.run_config = run_config
         # Validation metrics before any training, kept in checkpoints so a resumed run still reports them.
         self.initial_metrics: dict[str, float] = {}
+        # Wall-clock seconds the run has worked, summed over its resumed parts (metrics.json's time/seconds).
+        self.seconds_before_resume = 0.0
+        self._clock_started = time.time()
         self._outputs: dict[str, list[tuple[int, str]]] = {"val": [], "test": []}
         # stage -> [{"document", "reference", "prediction"}], in data order, for predictions.jsonl and loggers
         self.last_predictions: dict[str, list[dict[str, str]]] = {}
+
+    def seconds_worked(self) -> float:
+        """Since this process built the module, plus what the checkpoint it resumed from had worked (the time a
+        killed run spent past its last checkpoint is not in it: that work is done again)."""
+        return self.seconds_before_resume + time.time() - self._clock_started
 
     def loss(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         # The loss is ours, not EncoderDecoderModel's: its labels path rebuilds decoder masks from pad ids.
@@ -137,6 +147,7 @@ class Seq2SeqModule(L.LightningModule):
             "config": self.run_config,
             "model_config": self.model.config.to_dict(),
             "initial_metrics": self.initial_metrics,
+            "seconds": self.seconds_worked(),
         }
         # Lightning restores loops, optimizer and scheduler; these make a resumed run continue bit for bit.
         checkpoint["encdec"]["rng"] = {
@@ -164,6 +175,9 @@ class Seq2SeqModule(L.LightningModule):
             if getattr(datamodule, "train_sampler", None) is not None:
                 datamodule.train_sampler.resume_at(checkpoint["epoch"], done)
         self.initial_metrics = saved.get("initial_metrics", self.initial_metrics)
+        if self._trainer is not None and self.trainer.state.fn == TrainerFn.FITTING:
+            # A resume (not validate/test loading the best checkpoint): count what the killed run had worked.
+            self.seconds_before_resume = saved.get("seconds", 0.0)
 
     def optimizer_step(self, epoch, batch_idx, optimizer, optimizer_closure=None) -> None:
         super().optimizer_step(epoch, batch_idx, optimizer, optimizer_closure)
