@@ -64,15 +64,14 @@ class LinkedLastCheckpoint(ModelCheckpoint):
 
     def _save_last_checkpoint(self, trainer, monitor_candidates) -> None:
         just_written = self._last_checkpoint_saved
-        if not (self.save_last is True and just_written and self._last_global_step_saved == trainer.global_step
-                and os.path.isfile(just_written)):
+        if not (self.save_last is True and just_written and self._last_global_step_saved == trainer.global_step):
             return super()._save_last_checkpoint(trainer, monitor_candidates)
         last = self.format_checkpoint_name(monitor_candidates, self.CHECKPOINT_NAME_LAST)
         if os.path.abspath(last) == os.path.abspath(just_written):
             return None
-        linked = True
-        if trainer.is_global_zero:
-            linked = _hard_link(Path(just_written), Path(last))
+        # Rank 0 decides (only its filesystem surely holds the file) and every rank follows: a copy is a collective
+        # save, so ranks taking different paths would hang.
+        linked = trainer.is_global_zero and os.path.isfile(just_written) and _hard_link(Path(just_written), Path(last))
         linked = trainer.strategy.broadcast(linked)
         if not linked:
             return super()._save_last_checkpoint(trainer, monitor_candidates)
