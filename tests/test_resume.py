@@ -48,8 +48,11 @@ def uninterrupted(resume_data, tmp_path_factory):
 
 def kill_after(run_dir, args, checkpoint_name, timeout=300, sig=signal.SIGKILL):
     env = {**os.environ, "TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE": "1"}
+    # SIGINT as in a terminal's foreground job: under a shell's background job (`pytest &`, CI wrappers) it arrives
+    # ignored, Python then installs no KeyboardInterrupt handler, and the Ctrl-C tests would see the run finish.
     process = subprocess.Popen([sys.executable, str(ROOT / "train.py"), *args, f"hydra.run.dir={run_dir}"], cwd=ROOT, env=env,
-                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                               preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.time() + timeout
     target = run_dir / "checkpoints" / checkpoint_name
     while not target.exists():

@@ -260,7 +260,7 @@ def test_a_value_on_the_command_line_pins_a_searched_key(app, tmp_path):
 def test_search_space_specs():
     from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 
-    from hydra_plugins.encdec_optuna_sweeper._impl import distribution_from_spec
+    from hydra_plugins.encdec_optuna_sweeper._search_space import distribution_from_spec
 
     assert distribution_from_spec("lr", {"type": "float", "low": "1e-5", "high": 1e-3, "log": True}) == \
         FloatDistribution(1e-5, 1e-3, log=True)
@@ -282,7 +282,7 @@ def test_search_space_specs():
 def test_sampled_values_round_trip_through_hydra_overrides(value):
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
-    from hydra_plugins.encdec_optuna_sweeper._impl import override_value
+    from hydra_plugins.encdec_optuna_sweeper._search_space import override_value
 
     (override,) = OverridesParser.create().parse_overrides([f"key={override_value(value)}"])
     parsed = override.value()
