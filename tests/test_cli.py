@@ -377,3 +377,23 @@ def test_summarize_returns_summaries_in_input_order():
     summaries = summarize(SourceLengthModel(), encoder_tokenizer, NumberTokenizer(), documents, batch_size=2,
                           device=torch.device("cpu"), progress=False)
     assert summaries == expected
+
+
+@pytest.mark.parametrize("script", ["train.py", "eval.py", "predict.py"])
+def test_help_shows_usage_and_its_examples_compose(script):
+    from encdec.arguments import checked_arguments
+
+    result = run_script(script, "--help")
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.startswith(f"encdec {script}: ")
+    assert "Usage: python " + script in result.stdout
+    generation_options = sorted(path.stem for path in (ROOT / "conf" / "generation").glob("*.yaml"))
+    if script == "train.py":
+        assert "generation: " + ", ".join(generation_options) in result.stdout  # Hydra's own listing
+    else:
+        assert ", ".join(generation_options[:-1]) + " or " + generation_options[-1] in result.stdout
+    examples = [line.strip().split("  ")[0].split()[2:] for line in result.stdout.splitlines()
+                if line.strip().startswith(f"python {script} ") and "resume=" not in line and "DATE" not in line]
+    assert script != "train.py" or len([example for example in examples if example]) >= 4
+    for example in examples:
+        checked_arguments(example, script.removesuffix(".py"), ROOT / "conf")  # raises EncdecError on a bad example
