@@ -66,7 +66,8 @@ SCENARIOS = {
     # Levers, one at a time, on the smaller model.
     "levers-data": {
         "model": "bert2gpt2-4x256", "data": "synthetic", "rows": 96, "batch_size": 8, "max_source": 512,
-        "max_target": 128, "runs": ["hf", "hf-random", "encdec", "encdec+budget", "encdec+budget-memory"],
+        "max_target": 128,
+        "runs": ["hf", "hf-random", "encdec", "encdec+group", "encdec+budget", "encdec+budget-memory"],
     },
     # BERT-base shape on both sides (12 layers, 768, 12 heads, 3072, vocab 30522), random weights, synthetic lognormal
     # lengths (mean 209 + 52 tokens). On CPU batch 8 (a smoke only: use --rows/--max-source/--max-target); on CUDA
@@ -116,6 +117,8 @@ def run_spec(name: str) -> dict:
             spec["budget"] = "memory"  # max_tokens = batch_size * (max_source + max_target): same worst-case memory
         elif lever in ("foreach", "fused", "for-loop"):
             spec["optimizer"] = lever
+        elif lever == "group":
+            spec["group_by_length"] = True  # data.group_by_length: batch_size rows, grouped by length
         elif lever == "nodecmask":
             spec["decoder_mask"] = False
         elif lever == "ckpt":
@@ -353,6 +356,10 @@ def worker_encdec(spec: dict, rows: list[dict], model, encoder_tokenizer, decode
 
     extra: dict = {}
     dataset = datasets.Dataset.from_list(rows)
+    if spec.get("group_by_length"):
+        from omegaconf import OmegaConf
+
+        OmegaConf.update(cfg, "data.group_by_length", True)
 
     class DataModule(SummarizationDataModule):
         def prepare(self):
@@ -536,6 +543,7 @@ def padding_analysis(save: bool = True) -> None:
     from transformers.trainer_pt_utils import LengthGroupedSampler
 
     from encdec.lit.batching import TokenBudgetBatchSampler, padding_stats
+    from encdec.lit.datamodule import ResumableBatchSampler
 
     batch = 8
     cfg, model, encoder_tokenizer, decoder_tokenizer = common.build("minilm", *data_overrides(
@@ -554,6 +562,7 @@ def padding_analysis(save: bool = True) -> None:
         schemes["random (encdec default, hf-random)"] = [order[i : i + batch] for i in range(0, n, batch)]
         indices = list(LengthGroupedSampler(batch, lengths=sources.tolist(), generator=torch.Generator().manual_seed(0)))
         schemes["hf group_by_length"] = [indices[i : i + batch] for i in range(0, n, batch)]
+        schemes["encdec group_by_length"] = ResumableBatchSampler(n, batch, seed=0, lengths=lengths)._batches()
         items = calibrate_budget(lengths, batch)
         schemes[f"budget items ({items} tokens)"] = TokenBudgetBatchSampler(lengths, items, seed=0).batches()
         memory = batch * (512 + 128)

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 import torch
 from torch.utils.data import DataLoader
 
+from conftest import compose_config
 from encdec.lit.batching import EvalBatchSampler, TokenBudgetBatchSampler, longest_first, padding_stats
 
 
@@ -309,3 +312,60 @@ def test_fixed_size_sampler_resumes_a_later_epoch_before_set_epoch():
     assert list(resumed) == epoch_two[3:]
     resumed.set_epoch(1)  # Lightning's call, after the iterator exists
     assert list(resumed) == epoch_two  # the next pass over the same epoch is whole again
+
+
+def _skewed_lengths(count: int, seed: int = 0) -> list[tuple[int, int]]:
+    rng = np.random.default_rng(seed)
+    sources = np.clip(rng.lognormal(4.5, 0.8, count), 8, 512).astype(int)
+    targets = np.clip(rng.lognormal(3.0, 0.6, count), 4, 128).astype(int)
+    return list(zip(sources.tolist(), targets.tolist()))
+
+
+def test_group_by_length_keeps_batch_size_and_cuts_padding():
+    from encdec.lit.batching import padding_stats
+    from encdec.lit.datamodule import ResumableBatchSampler
+
+    lengths = _skewed_lengths(1000)
+    sources, targets = (np.array(column) for column in zip(*lengths))
+    random_batches = ResumableBatchSampler(1000, 8, seed=3)._batches()
+    grouped = ResumableBatchSampler(1000, 8, seed=3, lengths=lengths)
+    batches = grouped._batches()
+    assert sorted(row for batch in batches for row in batch) == list(range(1000))  # every row once
+    assert sorted(len(batch) for batch in batches) == sorted(len(batch) for batch in random_batches)  # 125 x 8
+    grouped_padding = padding_stats(batches, sources, targets)["padding_fraction"]
+    random_padding = padding_stats(random_batches, sources, targets)["padding_fraction"]
+    assert grouped_padding < random_padding / 3, (grouped_padding, random_padding)
+    longest = max(range(1000), key=lambda row: sum(lengths[row]))
+    assert longest in batches[0]  # the biggest batch first: an out-of-memory shows at once
+    assert batches == ResumableBatchSampler(1000, 8, seed=3, lengths=lengths)._batches()  # a function of (seed, epoch)
+    grouped.set_epoch(1)
+    assert grouped._batches() != batches
+    grouped.resume_at(1, 5)
+    assert list(grouped) == grouped._batches()[5:]
+
+
+def test_group_by_length_shards_whole_batches_across_ranks():
+    from encdec.lit.datamodule import ResumableBatchSampler
+
+    lengths = _skewed_lengths(100)
+    ranks = [ResumableBatchSampler(100, 8, seed=0, num_replicas=3, rank=rank, lengths=lengths) for rank in range(3)]
+    per_rank = [list(sampler) for sampler in ranks]
+    assert {len(batches) for batches in per_rank} == {len(ranks[0])} == {5}  # 13 batches padded to 15
+    seen = [row for batches in per_rank for batch in batches for row in batch]
+    assert set(seen) == set(range(100))
+
+
+@pytest.mark.parametrize("overrides, message", [
+    ({"group_by_length": "yes"}, "data.group_by_length=yes: use true or false"),
+    ({"group_by_length": True, "max_tokens_per_batch": 4096},
+     "data.group_by_length=true and data.max_tokens_per_batch both group rows by length: set one"),
+])
+def test_group_by_length_settings_are_checked(overrides, message):
+    from omegaconf import OmegaConf
+
+    from encdec.data import check_data_settings
+    from encdec.errors import EncdecError
+
+    data = compose_config("data=aclsum").data
+    with pytest.raises(EncdecError, match=re.escape(message)):
+        check_data_settings(OmegaConf.merge(data, overrides))

@@ -139,3 +139,16 @@ def test_a_column_that_is_not_text_is_named_with_what_it_holds(tmp_path, tiny_fi
         datamodule_for(files, word_tokenizer(["alpha"]), text_column="id")
     with pytest.raises(EncdecError, match=r"^data.summary_column=tags holds lists in the train split, not text"):
         datamodule_for(files, word_tokenizer(["alpha"]), summary_column="tags")
+
+
+def test_group_by_length_reaches_the_training_batches(tiny_files):
+    decoder_tokenizer = word_tokenizer("alpha beta gamma delta epsilon zeta theta kappa lambda sigma omega".split())
+    plain, _ = datamodule_for(tiny_files, decoder_tokenizer, batch_size=2)
+    grouped, _ = datamodule_for(tiny_files, decoder_tokenizer, batch_size=2, group_by_length=True)
+    plain.train_dataloader()
+    loader = grouped.train_dataloader()
+    assert plain.train_sampler.lengths is None
+    lengths = grouped.train_sampler.lengths
+    assert lengths == [(len(row["input_ids"]), len(row["labels"])) for row in grouped.tokenized["train"]]
+    batches = [batch["index"].tolist() for batch in loader]
+    assert batches == grouped.train_sampler._batches() and all(len(batch) == 2 for batch in batches[:-1])

@@ -59,6 +59,11 @@ def check_data_settings(data: DictConfig) -> None:
         value = data.get(key)
         if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
             raise EncdecError(f"data.{key}={value} must be a positive integer, or null for the whole split")
+    if not isinstance(data.get("group_by_length", False), bool):
+        raise EncdecError(f"data.group_by_length={data.group_by_length}: use true or false")
+    if data.get("group_by_length") and data.get("max_tokens_per_batch"):
+        raise EncdecError("data.group_by_length=true and data.max_tokens_per_batch both group rows by length: set one "
+                          "(group_by_length keeps data.batch_size rows per step; the token budget varies them)")
     if data.get("empty_rows", "skip") not in ("skip", "error"):
         raise EncdecError(f"data.empty_rows={data.empty_rows}: use skip or error")
     if data.get("text_column") is not None and data.get("text_column") == data.get("summary_column"):

@@ -7,7 +7,7 @@ summary tokens followed by eos, padded with -100; decoder inputs are the labels 
 from __future__ import annotations
 
 import hashlib
-from typing import Any
+from typing import Any, Sequence
 
 import datasets
 import lightning as L
@@ -34,11 +34,19 @@ class ResumableBatchSampler(torch.utils.data.Sampler[list[int]]):
 
     Under DDP each rank takes every `num_replicas`-th batch of the same order (equal counts: the order is padded by
     repeating its start). `resume_at(epoch, batches_done)` makes the next iteration of that epoch skip those batches.
+
+    With `lengths` (data.group_by_length) each batch holds rows of similar length, as in transformers'
+    group_by_length: the shuffled rows are sorted by length inside groups of GROUPED_BATCHES batches, then the batches
+    are shuffled, the one with the longest row first (an out-of-memory shows at step 1, not hours in).
     """
 
-    def __init__(self, size: int, batch_size: int, seed: int, shuffle: bool = True, num_replicas: int = 1, rank: int = 0):
+    GROUPED_BATCHES = 50
+
+    def __init__(self, size: int, batch_size: int, seed: int, shuffle: bool = True, num_replicas: int = 1, rank: int = 0,
+                 lengths: Sequence[tuple[int, int]] | None = None):
         self.size, self.batch_size, self.seed, self.shuffle = size, batch_size, seed, shuffle
         self.num_replicas, self.rank = num_replicas, rank
+        self.lengths = lengths  # (source, target) tokens per row
         self.epoch = 0
         self._skip: tuple[int, int] | None = None
         # Lightning calls set_epoch on `loader.batch_sampler.sampler`, not on the batch sampler itself.
@@ -59,9 +67,20 @@ class ResumableBatchSampler(torch.utils.data.Sampler[list[int]]):
         else:
             order = list(range(self.size))
         batches = [order[i : i + self.batch_size] for i in range(0, self.size, self.batch_size)]
+        if self.lengths is not None and self.shuffle:
+            batches = self._grouped_by_length(order, generator)
         per_rank = -(-len(batches) // self.num_replicas)
         batches += batches[: per_rank * self.num_replicas - len(batches)]
         return batches[self.rank :: self.num_replicas]
+
+    def _grouped_by_length(self, order: list[int], generator: torch.Generator) -> list[list[int]]:
+        group = self.batch_size * self.GROUPED_BATCHES
+        order = [row for start in range(0, len(order), group)
+                 for row in sorted(order[start : start + group], key=lambda row: self.lengths[row], reverse=True)]
+        batches = [order[i : i + self.batch_size] for i in range(0, len(order), self.batch_size)]
+        batches = [batches[i] for i in torch.randperm(len(batches), generator=generator).tolist()]
+        longest = max(range(len(batches)), key=lambda i: max(sum(self.lengths[row]) for row in batches[i]))
+        return [batches[longest], *batches[:longest], *batches[longest + 1 :]]
 
     def __iter__(self):
         batches = self._batches()
@@ -210,7 +229,8 @@ class SummarizationDataModule(L.LightningDataModule):
             )
         else:
             self.train_sampler = ResumableBatchSampler(
-                len(dataset), self.data.batch_size, seed=self.seed, shuffle=shuffle, num_replicas=replicas, rank=rank
+                len(dataset), self.data.batch_size, seed=self.seed, shuffle=shuffle, num_replicas=replicas, rank=rank,
+                lengths=dataset_lengths(dataset) if self.data.get("group_by_length") else None,
             )
         if self.resume_position is not None:
             self.train_sampler.resume_at(*self.resume_position)
