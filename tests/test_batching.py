@@ -355,6 +355,24 @@ def test_group_by_length_shards_whole_batches_across_ranks():
     assert set(seen) == set(range(100))
 
 
+def test_group_by_length_gives_the_ranks_of_one_step_batches_of_similar_length():
+    from encdec.lit.datamodule import ResumableBatchSampler
+
+    lengths = _skewed_lengths(1000)
+
+    def spread(grouped: bool) -> int:
+        """Summed over steps (the last, padded one aside): longest row of the step's longest batch minus that of
+        its shortest batch, across 3 ranks. What a DDP step waits for."""
+        ranks = [list(ResumableBatchSampler(1000, 8, seed=0, num_replicas=3, rank=rank,
+                                            lengths=lengths if grouped else None)) for rank in range(3)]
+        steps = list(zip(*ranks))[:-1]
+        longest = [[max(sum(lengths[row]) for row in batch) for batch in step] for step in steps]
+        return sum(max(step) - min(step) for step in longest)
+
+    # 2151 vs 8453 here; batches shuffled one by one gave 6250, runs that cross the 50-batch groups 2720
+    assert spread(True) < spread(False) / 3.5
+
+
 @pytest.mark.parametrize("overrides, message", [
     ({"group_by_length": "yes"}, "data.group_by_length=yes: use true or false"),
     ({"group_by_length": True, "max_tokens_per_batch": 4096},

@@ -37,7 +37,9 @@ class ResumableBatchSampler(torch.utils.data.Sampler[list[int]]):
 
     With `lengths` (data.group_by_length) each batch holds rows of similar length, as in transformers'
     group_by_length: the shuffled rows are sorted by length inside groups of GROUPED_BATCHES batches, then the batches
-    are shuffled, the one with the longest row first (an out-of-memory shows at step 1, not hours in).
+    are shuffled, the one with the longest row first (an out-of-memory shows at step 1, not hours in). A data set of
+    fewer than GROUPED_BATCHES batches is one group: its batches hold the same rows every epoch (ties aside), in a
+    new order, as with the token budget's whole-set sort.
     """
 
     GROUPED_BATCHES = 50
@@ -74,13 +76,21 @@ class ResumableBatchSampler(torch.utils.data.Sampler[list[int]]):
         return batches[self.rank :: self.num_replicas]
 
     def _grouped_by_length(self, order: list[int], generator: torch.Generator) -> list[list[int]]:
-        group = self.batch_size * self.GROUPED_BATCHES
+        # A whole number of runs per group (below), so no run mixes the shortest of one group with the next's longest.
+        group = self.batch_size * -(-self.GROUPED_BATCHES // self.num_replicas) * self.num_replicas
         order = [row for start in range(0, len(order), group)
                  for row in sorted(order[start : start + group], key=lambda row: self.lengths[row], reverse=True)]
         batches = [order[i : i + self.batch_size] for i in range(0, len(order), self.batch_size)]
-        batches = [batches[i] for i in torch.randperm(len(batches), generator=generator).tolist()]
-        longest = max(range(len(batches)), key=lambda i: max(sum(self.lengths[row]) for row in batches[i]))
-        return [batches[longest], *batches[:longest], *batches[longest + 1 :]]
+        # Shuffled in runs of num_replicas neighbours: under DDP the ranks' batches of one step have similar lengths,
+        # so no rank waits long for another.
+        # A short last run stays last, so every other step's batches stay neighbours.
+        whole = len(batches) - len(batches) % self.num_replicas
+        runs = [batches[i : i + self.num_replicas] for i in range(0, whole, self.num_replicas)]
+        runs = [runs[i] for i in torch.randperm(len(runs), generator=generator).tolist()]
+        if runs:
+            longest = max(range(len(runs)), key=lambda i: max(sum(self.lengths[row]) for batch in runs[i] for row in batch))
+            runs = [runs[longest], *runs[:longest], *runs[longest + 1 :]]
+        return [batch for run in runs for batch in run] + batches[whole:]
 
     def __iter__(self):
         batches = self._batches()
