@@ -168,6 +168,7 @@ def bad(tmp_path, *args):
         (("data.max_tokens_per_batch=-5",), "data.max_tokens_per_batch=-5"),
         (("data.eval_max_tokens_per_batch=0",), "data.eval_max_tokens_per_batch=0"),
         (("optimizer.lr=-1",), "optimizer.lr=-1"),
+        (("checkpoint.every_n_steps=1", "checkpoint.keep_steps=0"), "checkpoint.keep_steps=0 must be an integer >= 1 or null"),
         (("data=files", "data.train_file=/nope/train.jsonl", "data.validation_file=/nope/val.jsonl"), "data.train_file=/nope/train.jsonl: no such file"),
         (("data=files", "data.train_file=/", "data.validation_file=/"), "data.train_file=/ is a folder: give one file"),
         # the data loads before the model: a typo in a file name fails before gigabytes of weights download
@@ -397,3 +398,14 @@ def test_help_shows_usage_and_its_examples_compose(script):
     assert script != "train.py" or len([example for example in examples if example]) >= 4
     for example in examples:
         checked_arguments(example, script.removesuffix(".py"), ROOT / "conf")  # raises EncdecError on a bad example
+
+
+def test_keep_steps_keeps_the_newest_step_checkpoints(tmp_path, tiny_files):
+    run_dir = tmp_path / "run"
+    result = run_script("train.py", "encoder=tiny", "decoder=tiny", *SMOKE, "data=files",
+                        f"data.train_file={tiny_files['train']}", f"data.validation_file={tiny_files['validation']}",
+                        f"data.test_file={tiny_files['test']}", "trainer.max_steps=5", "trainer.max_epochs=5",
+                        "checkpoint.every_n_steps=1", "checkpoint.keep_steps=2", f"hydra.run.dir={run_dir}")
+    assert result.returncode == 0, result.stderr[-2000:]
+    steps = sorted(path.name for path in (run_dir / "checkpoints").glob("step*.ckpt"))
+    assert steps == ["step4.ckpt", "step5.ckpt"]

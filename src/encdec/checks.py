@@ -35,7 +35,7 @@ def _check_checkpoint(checkpoint: DictConfig) -> None:
         raise EncdecError(f"checkpoint.monitor={checkpoint.monitor} is not a logged metric: use one of {', '.join(MONITORED)}")
     if checkpoint.mode not in ("min", "max"):
         raise EncdecError(f"checkpoint.mode={checkpoint.mode}: use min (for val/loss) or max (for ROUGE)")
-    for key, lowest in (("every_n_steps", 1), ("save_top_k", -1)):
+    for key, lowest in (("every_n_steps", 1), ("save_top_k", -1), ("keep_steps", 1)):
         value = checkpoint.get(key)
         if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < lowest):
             raise EncdecError(f"checkpoint.{key}={value} must be an integer >= {lowest}" + (" or null" if lowest else ""))

@@ -94,13 +94,16 @@ def run(cfg: DictConfig) -> float | None:
     )
     callbacks = [checkpoint]
     if cfg.checkpoint.get("every_n_steps"):
+        keep = cfg.checkpoint.get("keep_steps")
+        # keep_steps=N: the N newest step checkpoints (the "best" N by step); null keeps them all.
+        kept = {"monitor": "step", "mode": "max", "save_top_k": keep} if keep else {"save_top_k": -1}
         callbacks.append(
             StepCheckpoint(
                 dirpath=run_dir / run_folder.CHECKPOINTS,
                 filename="step{step}",
                 auto_insert_metric_name=False,
                 every_n_train_steps=cfg.checkpoint.every_n_steps,
-                save_top_k=-1,
+                **kept,
             )
         )
     loggers = [_logger(spec, run_dir, resume_from) for spec in (cfg.get("logger") or {}).values() if spec]
