@@ -105,6 +105,24 @@ def test_killed_run_resumes_bitwise(uninterrupted, resume_data, tmp_path, kill_a
     assert worked > 0 and worked < seconds <= worked + resumed_for + 0.1
 
 
+@pytest.mark.slow
+def test_killed_run_with_length_grouped_batches_resumes_bitwise(tmp_path):
+    words = "one two three four five six seven eight nine ten eleven twelve".split()
+    rows = [{"document": " ".join(words[(i + j) % 12] for j in range(2 + (i * 5) % 19)),
+             "summary": " ".join(words[i % 12 : i % 12 + 2])} for i in range(20)]
+    data = [f"data.{key}={write_jsonl(tmp_path / f'{key}.jsonl', part)}"
+            for key, part in (("train_file", rows[:14]), ("validation_file", rows[14:17]), ("test_file", rows[17:]))]
+    settings = [*SETTINGS, *data, "data.group_by_length=true"]
+    reference = tmp_path / "reference"
+    result = run_script("train.py", *settings, f"hydra.run.dir={reference}")
+    assert result.returncode == 0, result.stderr[-3000:]
+    run_dir = tmp_path / "run"
+    kill_after(run_dir, settings, "step10.ckpt")  # the middle of the second epoch
+    result = run_script("train.py", f"resume={run_dir}")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert_same_run(reference, run_dir)
+
+
 @pytest.mark.parametrize("sig, name", [(signal.SIGTERM, "SIGTERM"), (signal.SIGINT, "Ctrl-C")])
 def test_signalled_run_says_how_to_resume_and_resumes_bitwise(uninterrupted, resume_data, tmp_path, sig, name):
     # A scheduler's preemption (SIGTERM) or Ctrl-C: non-zero exit as the shell reports the signal, one line naming
