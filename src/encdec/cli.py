@@ -83,16 +83,17 @@ def guarded(task: Callable[[DictConfig], Any], cfg: DictConfig) -> Any:
     try:
         return task(cfg)
     except EncdecError as error:
-        exit_with(error, run_dir, _existing_before_run)
+        failure = error
     except MissingMandatoryValue as error:
         key = getattr(error, "full_key", None) or "a required value"
-        exit_with(EncdecError(f"{key} is required: pass {key}=VALUE on the command line"), run_dir,
-                  _existing_before_run)
+        failure = EncdecError(f"{key} is required: pass {key}=VALUE on the command line")
     except OmegaConfBaseException as error:
-        exit_with(EncdecError(f"config: {str(error).splitlines()[0]}"), run_dir, _existing_before_run)
+        failure = EncdecError(f"config: {str(error).splitlines()[0]}")
     except OSError as error:
         if error.errno != errno.ENOSPC:
             raise
         where = f" while writing {error.filename}" if error.filename else ""
-        exit_with(EncdecError(f"disk full{where}: free space or point hydra.run.dir at a larger disk; "
-                              "files already written were left whole"), None)
+        failure = EncdecError(f"disk full{where}: free space or point hydra.run.dir at a larger disk; "
+                              "files already written were left whole")
+        run_dir = None  # the run folder stays: what it holds is whole
+    exit_with(failure, run_dir, _existing_before_run)

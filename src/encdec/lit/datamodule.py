@@ -68,9 +68,10 @@ class ResumableBatchSampler(torch.utils.data.Sampler[list[int]]):
             order = torch.randperm(self.size, generator=generator).tolist()
         else:
             order = list(range(self.size))
-        batches = [order[i : i + self.batch_size] for i in range(0, self.size, self.batch_size)]
         if self.lengths is not None and self.shuffle:
             batches = self._grouped_by_length(order, generator)
+        else:
+            batches = [order[i : i + self.batch_size] for i in range(0, self.size, self.batch_size)]
         per_rank = -(-len(batches) // self.num_replicas)
         batches += batches[: per_rank * self.num_replicas - len(batches)]
         return batches[self.rank :: self.num_replicas]
@@ -82,8 +83,7 @@ class ResumableBatchSampler(torch.utils.data.Sampler[list[int]]):
                  for row in sorted(order[start : start + group], key=lambda row: self.lengths[row], reverse=True)]
         batches = [order[i : i + self.batch_size] for i in range(0, len(order), self.batch_size)]
         # Shuffled in runs of num_replicas neighbours: under DDP the ranks' batches of one step have similar lengths,
-        # so no rank waits long for another.
-        # A short last run stays last, so every other step's batches stay neighbours.
+        # so no rank waits long for another. A short last run stays last, so every other step's stay neighbours.
         whole = len(batches) - len(batches) % self.num_replicas
         runs = [batches[i : i + self.num_replicas] for i in range(0, whole, self.num_replicas)]
         runs = [runs[i] for i in torch.randperm(len(runs), generator=generator).tolist()]
