@@ -25,6 +25,7 @@ from encdec.cross_attention import (
     has_native_cross_attention,
     tiny_causal_lm_config,
 )
+from encdec.cross_attention_layers import find_decoder_layers
 
 ADDED_FAMILIES = [
     "llama", "qwen2", "mistral", "gemma", "gemma2", "gpt_neox", "opt", "phi", "phi3", "falcon", "stablelm",
@@ -521,3 +522,21 @@ def test_beam_search_cache_with_an_explicit_dynamic_cache_implementation():
         ours = generate_tokens(model, input_ids, attention_mask, max_new_tokens=6, num_beams=3)
     assert torch.equal(ours, plain)
     assert model.generation_config.cache_implementation == "dynamic"  # the model's own setting is left as it was
+
+
+def test_cross_attention_survives_a_strategy_that_strips_module_hooks():
+    # Lightning's DeepSpeedStrategy clears every module's forward hooks before it wraps a model for validate or test;
+    # the blocks hang off the decoder layers as hooks, so without re-installing them the decoder would ignore the source.
+    from lightning.pytorch.strategies.deepspeed import remove_module_hooks
+
+    model = compose("llama", gate=1.0)
+    input_ids, attention_mask = source_batch()
+    with torch.no_grad():
+        before = logits_of(model, input_ids, attention_mask)
+        remove_module_hooks(model)
+        after = logits_of(model, input_ids, attention_mask)
+        logits_of(model, input_ids, attention_mask)
+    assert torch.equal(before, after)
+    layers = find_decoder_layers(model.decoder.lm)
+    hooks_per_layer = [len(layers[int(name)]._forward_hooks) for name in model.decoder.cross_attention_blocks]
+    assert hooks_per_layer == [1] * len(model.decoder.cross_attention_blocks)  # re-installed once, not per forward

@@ -261,6 +261,28 @@ def test_generation_synced_across_ranks_only_under_sharded_weights(strategy, wor
     assert module._generation_sync() == ({"synced_gpus": True} if synced else {})
 
 
+@pytest.mark.parametrize("zero_stage_3", [True, False])
+def test_zero3_setup_drops_the_previous_engines_hooks_and_brings_buffers_back(zero_stage_3):
+    # train.py's validate() before fit() leaves the ZeRO-3 inference engine's hooks on every submodule and, after its
+    # teardown, the buffers on the CPU; fit()'s engine neither removes the hooks nor moves an already-partitioned model.
+    from types import SimpleNamespace
+
+    from encdec.lit.module import Seq2SeqModule
+
+    module = Seq2SeqModule(torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.Linear(2, 2)), None,
+                           optimizer=torch.optim.AdamW)
+    for layer in module.model:
+        layer.register_forward_pre_hook(lambda *_: None)
+        layer.register_forward_hook(lambda *_: None)
+        layer.register_buffer("positions", torch.arange(3), persistent=False)
+    module._trainer = SimpleNamespace(strategy=SimpleNamespace(zero_stage_3=zero_stage_3, root_device=torch.device("meta")))
+    module.setup("fit")
+    hooks = [len(layer._forward_pre_hooks) + len(layer._forward_hooks) for layer in module.model]
+    assert hooks == ([0, 0] if zero_stage_3 else [2, 2])
+    assert [layer.positions.device.type for layer in module.model] == ["meta" if zero_stage_3 else "cpu"] * 2
+    assert all("positions" in layer._non_persistent_buffers_set for layer in module.model)
+
+
 def test_eval_reads_a_deepspeed_checkpoint_folder(checkpoint_file, tmp_path, monkeypatch):
     """eval.py/predict.py model_path=RUN/checkpoints/last.ckpt where last.ckpt is a DeepSpeed folder of shards."""
     import lightning.pytorch.utilities.deepspeed as lightning_deepspeed

@@ -179,8 +179,9 @@ class CrossAttentionDecoderForCausalLM(PreTrainedModel, GenerationMixin):
                 if (layer_index + 1) % every_n == 0
             }
         )
-        for name in self.cross_attention_blocks:
-            decoder_layers[int(name)].register_forward_hook(functools.partial(self._after_decoder_layer, int(name)))
+        # A plain tuple, not a submodule: the layers stay where the LM keeps them (and in its state-dict keys).
+        self._hooked_decoder_layers = tuple((int(i), decoder_layers[int(i)]) for i in self.cross_attention_blocks)
+        self._hook_decoder_layers()
         self._cross_attention_context: CrossAttentionContext | None = None
         lm_forward_parameters = inspect.signature(lm.forward).parameters
         self._lm_cache_argument = "cache" if "cache" in lm_forward_parameters else "past_key_values"
@@ -193,6 +194,15 @@ class CrossAttentionDecoderForCausalLM(PreTrainedModel, GenerationMixin):
             hf_init.zeros_(module.attn_gate)
             if module.ffn_gate is not None:
                 hf_init.zeros_(module.ffn_gate)
+
+    def _hook_decoder_layers(self) -> None:
+        """Run each cross-attention block after its decoder layer, as a forward hook on that layer. Re-installed where
+        missing on every forward: Lightning's DeepSpeed strategy strips every module hook before it wraps a model for
+        validation or test, and without the hooks the decoder would silently stop reading the encoder."""
+        for layer_index, layer in self._hooked_decoder_layers:
+            hooks = layer._forward_hooks.values()
+            if not any(getattr(hook, "func", None) == self._after_decoder_layer for hook in hooks):
+                layer.register_forward_hook(functools.partial(self._after_decoder_layer, layer_index))
 
     def _after_decoder_layer(self, layer_index: int, _module: nn.Module, _inputs: Any, output: Any):
         context = self._cross_attention_context
@@ -272,6 +282,7 @@ class CrossAttentionDecoderForCausalLM(PreTrainedModel, GenerationMixin):
         kwargs.pop("return_dict", None)
         use_cache = use_cache if use_cache is not None else self.config.use_cache
         has_cross_attention = len(self.cross_attention_blocks) > 0
+        self._hook_decoder_layers()
 
         if cache is None and use_cache and has_cross_attention:
             cache = EncoderDecoderCache(DynamicCache(config=self.lm.config), DynamicCache())

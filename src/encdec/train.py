@@ -131,17 +131,18 @@ def run(cfg: DictConfig) -> float | None:
         trainer.fit(module, datamodule=datamodule, ckpt_path=resume_from)
         before = module.initial_metrics
         best = checkpoint.best_model_path or None
-        after = _rouge(trainer.validate(module, datamodule=datamodule, ckpt_path=best, verbose=False), "val")
+        evaluated = _loadable_for_evaluation(trainer, best, run_dir)
+        after = _rouge(trainer.validate(module, datamodule=datamodule, ckpt_path=evaluated, verbose=False), "val")
         say(f"validation ROUGE after training:  {_format(after)}" + (f" (best checkpoint {Path(best).name})" if best else ""))
-        test = _rouge(trainer.test(module, datamodule=datamodule, ckpt_path=best, verbose=False), "test")
+        test = _rouge(trainer.test(module, datamodule=datamodule, ckpt_path=evaluated, verbose=False), "test")
         say(f"test ROUGE: {_format(test)}")
 
     # Under FSDP and DeepSpeed `model` holds only this rank's shards of the weights: export from the checkpoint that
     # test ran on (gathered into full float32 weights); with none, every rank first saves the current weights.
     export_from = None
     if _shards_weights(trainer):
-        export_from = Path(best) if best else run_dir / ".export.ckpt"
-        if not best:
+        export_from = Path(evaluated) if evaluated else run_dir / ".export.ckpt"
+        if not evaluated:
             trainer.save_checkpoint(export_from, weights_only=True)
     if trainer.is_global_zero:
         run_folder.export_hf_model(
@@ -149,7 +150,7 @@ def run(cfg: DictConfig) -> float | None:
             encoder_tokenizer, decoder_tokenizer, run_dir / run_folder.HF_MODEL,
             untie=bool(cfg.model.get("share_weights")),
         )
-        if export_from is not None and not best:
+        if export_from is not None and str(export_from) != best:  # a scratch file of ours
             shutil.rmtree(export_from) if export_from.is_dir() else export_from.unlink(missing_ok=True)
         metrics = {**after, **test, **{f"initial/{k}": v for k, v in before.items()}}
         metrics.update({"train/steps": trainer.global_step, "time/seconds": round(module.seconds_worked(), 1)})
@@ -174,6 +175,20 @@ def _interruption_named(trainer: L.Trainer, run_dir: Path):
         else:
             then = "no checkpoint was written yet, so there is nothing to resume: start it again"
         raise Interrupted(f"training stopped by {name} at step {trainer.global_step}; {then}", number) from None
+
+
+def _loadable_for_evaluation(trainer: L.Trainer, best: str | None, run_dir: Path) -> str | None:
+    """DeepSpeed cannot load a ZeRO stage 3 checkpoint folder into the engines of validate and test, which have no
+    optimizer to hold the weight shards (AttributeError: ... '_restore_from_bit16_weights'): gather it once into one
+    float32 file, which Lightning loads into the sharded model as full weights."""
+    if best is None or not getattr(trainer.strategy, "zero_stage_3", False):
+        return best
+    full_weights = run_dir / ".best-full-weights.ckpt"
+    if trainer.is_global_zero:
+        run_folder.single_file_checkpoint(Path(best), full_weights)
+    trainer.strategy.barrier()
+    trainer.strategy.load_full_weights = True
+    return str(full_weights)
 
 
 def _flat(tree: dict, prefix: str = "") -> dict:

@@ -60,6 +60,22 @@ class Seq2SeqModule(L.LightningModule):
         killed run spent past its last checkpoint is not in it: that work is done again)."""
         return self.seconds_before_resume + time.time() - self._clock_started
 
+    def setup(self, stage: str) -> None:
+        """ZeRO stage 3 across train.py's validate, fit, validate, test: each call wraps this module in a new DeepSpeed
+        engine, but the previous engine's parameter hooks stay on every submodule (Lightning strips them before an
+        inference engine only), and its teardown moved the buffers to the CPU, where a new engine leaves them once the
+        weights are already partitioned. Two engines' hooks break the first training forward ("IndexError: pop from an
+        empty deque"); CPU buffers (BERT's position ids) break the first embedding lookup."""
+        strategy = self.trainer.strategy
+        if not getattr(strategy, "zero_stage_3", False):
+            return
+        from lightning.pytorch.strategies.deepspeed import remove_module_hooks
+
+        remove_module_hooks(self)
+        for submodule in self.modules():
+            for name, buffer in submodule.named_buffers(recurse=False):
+                setattr(submodule, name, buffer.to(strategy.root_device))
+
     def loss(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         # The loss is ours, not EncoderDecoderModel's: its labels path rebuilds decoder masks from pad ids.
         with attention_kernels(self.cudnn_attention):
