@@ -283,6 +283,28 @@ def test_zero3_setup_drops_the_previous_engines_hooks_and_brings_buffers_back(ze
     assert all("positions" in layer._non_persistent_buffers_set for layer in module.model)
 
 
+@pytest.mark.parametrize("zero_stage_3", [True, False])
+def test_validate_and_test_after_fit_read_zero3_shards_as_one_full_weights_file(zero_stage_3, tmp_path, monkeypatch):
+    # DeepSpeed's engine for validate/test has no optimizer, so it cannot load a ZeRO-3 folder's weight shards.
+    from types import SimpleNamespace
+
+    from encdec import run_folder, train
+
+    gathered = []
+    monkeypatch.setattr(run_folder, "single_file_checkpoint",
+                        lambda checkpoint, scratch: gathered.append((checkpoint, scratch)) or scratch)
+    strategy = SimpleNamespace(zero_stage_3=zero_stage_3, load_full_weights=False, barrier=lambda: None)
+    trainer = SimpleNamespace(strategy=strategy, is_global_zero=True)
+    best = str(tmp_path / "checkpoints" / "best-step4.ckpt")
+    loaded = train._loadable_for_evaluation(trainer, best, tmp_path)
+    if zero_stage_3:
+        assert loaded == str(tmp_path / ".best-full-weights.ckpt")
+        assert gathered == [(Path(best), tmp_path / ".best-full-weights.ckpt")] and strategy.load_full_weights
+    else:
+        assert (loaded, gathered, strategy.load_full_weights) == (best, [], False)
+    assert train._loadable_for_evaluation(trainer, None, tmp_path) is None  # no checkpoint: the weights in memory
+
+
 def test_eval_reads_a_deepspeed_checkpoint_folder(checkpoint_file, tmp_path, monkeypatch):
     """eval.py/predict.py model_path=RUN/checkpoints/last.ckpt where last.ckpt is a DeepSpeed folder of shards."""
     import lightning.pytorch.utilities.deepspeed as lightning_deepspeed
