@@ -3,7 +3,9 @@
 #   1. bench/gpu_check.sh: training tokens/s and MFU, encdec vs Seq2SeqTrainer, bert2bert-base bf16 (train_gpu.json)
 #   2. bench/generation.py --device cuda: greedy and beam-4, encdec's summarize vs plain generate (generation_gpu.json)
 #   3. bench/gpu_smoke.sh with TRAINER=fsdp: train.py under Lightning's FSDPStrategy on one GPU, then eval.py
-#   4. the same with TRAINER=deepspeed_stage_2, when deepspeed imports (bench/gpu_wheels.sh builds it into .whl/)
+#   4. the same with TRAINER=deepspeed_stage_2 and deepspeed_stage_3, when deepspeed imports (bench/gpu_wheels.sh
+#      builds it into .whl/)
+#   DEVICES=N runs steps 3-4 on N GPUs of the machine (trainer.devices=N: real sharding, when a multi-GPU kind is lent)
 #   SKIP="1" BUDGET_S=560 bash bench/gpu_all.sh   # generation and both smokes only (~4-5 min)
 # Each step has its own time limit; a failing step is logged and the next one still runs.
 #   BUDGET_S=540 bash bench/gpu_all.sh      # run(command=..., carry=[".whl"], timeout_s=580)
@@ -41,7 +43,7 @@ if [[ $SKIP != *" 2 "* ]]; then
         [ "$limit" -lt 20 ] && { log "2. generation $mode: no time left"; continue; }
         log "2. generation $mode (${limit}s)"
         timeout --kill-after=5 "$limit" "$PY" bench/generation.py --device cuda --model bert2bert-base --data synthetic \
-            --mode "$mode" --documents 64 --batch-sizes 8,16,64 --rounds 1 --no-single > "$OUTDIR/generation_$mode.log" 2>&1
+            --mode "$mode" --documents 64 --batch-sizes 8,16,64 --budgets 8192,32768 --rounds 1 --no-single > "$OUTDIR/generation_$mode.log" 2>&1
         log "   exit $?"
         tail -8 "$OUTDIR/generation_$mode.log"
     done
@@ -51,19 +53,21 @@ DEEPSPEED=0
 [[ $SKIP != *" 4 "* ]] && "$PY" -c "import deepspeed" >/dev/null 2>&1 && DEEPSPEED=1
 if [[ $SKIP != *" 3 "* ]]; then
     limit=$(( $(left) - 5 ))
-    [ "$DEEPSPEED" = 1 ] && limit=$(( ($(left) - 10) / 2 ))
-    log "3. train.py trainer=fsdp on one GPU, then eval.py (${limit}s)"
+    [ "$DEEPSPEED" = 1 ] && limit=$(( ($(left) - 10) / 3 ))
+    log "3. train.py trainer=fsdp on ${DEVICES:-1} GPU(s), then eval.py (${limit}s)"
     TRAINER=fsdp OUT="$OUTDIR" timeout --kill-after=5 "$limit" bash bench/gpu_smoke.sh > "$OUTDIR/fsdp_smoke.log" 2>&1
     log "   exit $?"
     grep -E "ROUGE|SMOKE|Error|error" "$OUTDIR/fsdp_smoke.log" | tail -8
 fi
 if [ "$DEEPSPEED" = 1 ]; then
-    limit=$(( $(left) - 5 ))
-    log "4. train.py trainer=deepspeed_stage_2 on one GPU, then eval.py (${limit}s)"
-    TRAINER=deepspeed_stage_2 OUT="$OUTDIR" timeout --kill-after=5 "$limit" bash bench/gpu_smoke.sh \
-        > "$OUTDIR/deepspeed_smoke.log" 2>&1
-    log "   exit $?"
-    grep -E "ROUGE|SMOKE|Error|error" "$OUTDIR/deepspeed_smoke.log" | tail -8
+    for stage in 2 3; do
+        limit=$(( stage == 2 ? ($(left) - 10) / 2 : $(left) - 5 ))
+        log "4. train.py trainer=deepspeed_stage_$stage on ${DEVICES:-1} GPU(s), then eval.py (${limit}s)"
+        TRAINER=deepspeed_stage_$stage OUT="$OUTDIR" timeout --kill-after=5 "$limit" bash bench/gpu_smoke.sh \
+            > "$OUTDIR/deepspeed${stage}_smoke.log" 2>&1
+        log "   exit $?"
+        grep -E "ROUGE|SMOKE|Error|error" "$OUTDIR/deepspeed${stage}_smoke.log" | tail -8
+    done
 elif [[ $SKIP != *" 4 "* ]]; then
     log "4. deepspeed does not import here: no DeepSpeed smoke (bash bench/gpu_wheels.sh, then carry .whl)"
 fi

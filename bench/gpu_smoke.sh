@@ -3,6 +3,8 @@
 # generation, checkpoints, hf_model export) then eval.py on the run folder, with no packaged model or data (the device
 # image has neither): random 2x128 BERT encoder/decoder over bench's generated vocabulary, 64 generated rows.
 #   bash bench/gpu_smoke.sh            # TRAINER=cpu bash bench/gpu_smoke.sh for a dry run here
+#   TRAINER=deepspeed_stage_3 DEVICES=2 bash bench/gpu_smoke.sh   # several GPUs (TRAINER=ddp DEVICES=2 with
+#                                                                 # TRAINER_ACCELERATOR=cpu: a gloo dry run here)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export PYTHONPATH="$PWD/src:$PWD/bench${PYTHONPATH:+:$PYTHONPATH}" HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
@@ -23,11 +25,12 @@ ARGS=(encoder=auto "encoder.pretrained=$FOLDER" decoder=auto "decoder.pretrained
 for kv in $SIDE; do ARGS+=("$(echo "encoder.$kv" | sed "s#encoder.+#+encoder.#")" "$(echo "decoder.$kv" | sed "s#decoder.+#+decoder.#")"); done
 "$PY" train.py "${ARGS[@]}" "trainer=${TRAINER:-gpu}" trainer.max_steps=8 trainer.max_epochs=2 data=files \
     "data.train_file=$WORK/train.jsonl" "data.validation_file=$WORK/validation.jsonl" data.max_source_length=128 \
-    data.max_target_length=16 data.batch_size=16 generation.max_new_tokens=8 logger=csv "hydra.run.dir=$WORK/run"
+    data.max_target_length=16 data.batch_size=16 generation.max_new_tokens=8 logger=csv "hydra.run.dir=$WORK/run" \
+    ${DEVICES:+trainer.devices=$DEVICES} ${TRAINER_ACCELERATOR:+trainer.accelerator=$TRAINER_ACCELERATOR}
 ls "$WORK/run" "$WORK/run/hf_model" "$WORK/run/figures"
 cat "$WORK/run/metrics.json"
 "$PY" eval.py "model_path=$WORK/run" data=files "data.train_file=$WORK/train.jsonl" \
     "data.validation_file=$WORK/validation.jsonl" split=validation data.max_source_length=128 \
-    "device=$([ "${TRAINER:-gpu}" = cpu ] && echo cpu || echo cuda)" "hydra.run.dir=$WORK/eval"
+    "device=$([ "${TRAINER:-gpu}" = cpu ] || [ "${TRAINER_ACCELERATOR:-}" = cpu ] && echo cpu || echo cuda)" "hydra.run.dir=$WORK/eval"
 [ -n "${OUT:-}" ] && cp "$WORK/run/metrics.json" "$OUT/smoke_metrics_${TRAINER:-gpu}.json" || true
 echo "GPU SMOKE OK"
