@@ -3,6 +3,7 @@
 # generation, checkpoints, hf_model export) then eval.py on the run folder, with no packaged model or data (the device
 # image has neither): random 2x128 BERT encoder/decoder over bench's generated vocabulary, 64 generated rows.
 #   bash bench/gpu_smoke.sh            # TRAINER=cpu bash bench/gpu_smoke.sh for a dry run here
+#   RESUME=1 bash bench/gpu_smoke.sh   # SIGTERM after the first checkpoint, then resume=RUN to the end
 #   TRAINER=deepspeed_stage_3 DEVICES=2 bash bench/gpu_smoke.sh   # several GPUs (TRAINER=ddp DEVICES=2 with
 #                                                                 # TRAINER_ACCELERATOR=cpu: a gloo dry run here)
 set -euo pipefail
@@ -23,10 +24,26 @@ PYEOF
 SIDE="init=random +overrides.hidden_size=128 +overrides.num_hidden_layers=2 +overrides.num_attention_heads=2 +overrides.intermediate_size=256"
 ARGS=(encoder=auto "encoder.pretrained=$FOLDER" decoder=auto "decoder.pretrained=$FOLDER")
 for kv in $SIDE; do ARGS+=("$(echo "encoder.$kv" | sed "s#encoder.+#+encoder.#")" "$(echo "decoder.$kv" | sed "s#decoder.+#+decoder.#")"); done
-"$PY" train.py "${ARGS[@]}" "trainer=${TRAINER:-gpu}" trainer.max_steps=8 trainer.max_epochs=2 data=files \
+TRAIN=("$PY" train.py "${ARGS[@]}" "trainer=${TRAINER:-gpu}" data=files \
     "data.train_file=$WORK/train.jsonl" "data.validation_file=$WORK/validation.jsonl" data.max_source_length=128 \
     data.max_target_length=16 data.batch_size=16 generation.max_new_tokens=8 logger=csv "hydra.run.dir=$WORK/run" \
-    ${DEVICES:+trainer.devices=$DEVICES} ${TRAINER_ACCELERATOR:+trainer.accelerator=$TRAINER_ACCELERATOR}
+    ${DEVICES:+trainer.devices=$DEVICES} ${TRAINER_ACCELERATOR:+trainer.accelerator=$TRAINER_ACCELERATOR})
+if [ -z "${RESUME:-}" ]; then
+    "${TRAIN[@]}" trainer.max_steps=8 trainer.max_epochs=2
+else
+    # A scheduler's preemption: SIGTERM once the first checkpoint exists (Lightning stops after the current batch),
+    # exit 143, then resume=RUN trains on to the configured end in the same folder.
+    "${TRAIN[@]}" trainer.max_steps=16 trainer.max_epochs=4 &
+    pid=$!
+    until [ -e "$WORK/run/checkpoints/last.ckpt" ] || ! kill -0 "$pid" 2>/dev/null; do sleep 0.5; done
+    kill -TERM "$pid" 2>/dev/null
+    status=0; wait "$pid" || status=$?
+    [ "$status" = 143 ] || { echo "SMOKE FAIL: exit $status after SIGTERM, expected 143"; exit 1; }
+    ls "$WORK/run/checkpoints"
+    "$PY" train.py "resume=$WORK/run"
+    "$PY" -c "import json, sys; steps = json.load(open(sys.argv[1]))['train/steps']; print('resumed to step', steps)
+assert steps == 16, f'train/steps {steps}, expected 16'" "$WORK/run/metrics.json"
+fi
 ls "$WORK/run" "$WORK/run/hf_model" "$WORK/run/figures"
 cat "$WORK/run/metrics.json"
 "$PY" eval.py "model_path=$WORK/run" data=files "data.train_file=$WORK/train.jsonl" \

@@ -212,3 +212,67 @@ def test_tensorboard_hides_the_killed_runs_events_past_the_checkpoint(tmp_path):
                              "name": "tensorboard", "version": ""})
     assert _logger(spec, tmp_path, tmp_path / "last.ckpt")._kwargs == {"purge_step": 6}
     assert _logger(spec, tmp_path, None)._kwargs == {}
+
+
+@pytest.mark.parametrize("max_steps", [16, -1])
+def test_an_epoch_end_checkpoint_resumes_into_the_next_epoch(tmp_path, max_steps):
+    # ModelCheckpoint saves after the epoch's end when validation runs at each epoch's end; with max_steps set,
+    # Lightning 2.6 resumes that checkpoint one epoch short: 12 steps of 16 here. LinkedLastCheckpoint saves when the
+    # validation ends.
+    import lightning as L
+    from lightning.pytorch.demos.boring_classes import BoringModel
+
+    from encdec.lit.checkpoint_io import LinkedLastCheckpoint
+
+    rows = torch.randn(8, 32, generator=torch.Generator().manual_seed(0))
+
+    class Model(BoringModel):
+        def training_step(self, batch, batch_idx):
+            self.trained.append((self.current_epoch, batch_idx))
+            return super().training_step(batch, batch_idx)
+
+        def validation_step(self, batch, batch_idx):
+            self.validated += 1
+            self.log("val_loss", super().validation_step(batch, batch_idx)["x"])
+
+        def train_dataloader(self):
+            return torch.utils.data.DataLoader(rows, batch_size=2)  # 4 steps an epoch
+
+        def val_dataloader(self):
+            return torch.utils.data.DataLoader(rows[:4], batch_size=2)
+
+    def fit(resume_from=None):
+        torch.manual_seed(0)
+        model = Model()
+        model.trained, model.validated = [], 0
+        checkpoints = LinkedLastCheckpoint(dirpath=tmp_path, monitor="val_loss", save_top_k=-1, filename="{step}")
+        trainer = L.Trainer(max_epochs=4, max_steps=max_steps, callbacks=[checkpoints], logger=False,
+                            enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0)
+        trainer.fit(model, ckpt_path=resume_from)
+        return model, trainer
+
+    uninterrupted, trainer = fit()
+    resumed, resumed_trainer = fit(resume_from=tmp_path / "step=4.ckpt")  # epoch 0's checkpoint
+    assert (trainer.global_step, resumed_trainer.global_step) == (16, 16)
+    assert resumed.trained == uninterrupted.trained[4:]
+    assert (uninterrupted.validated, resumed.validated) == (8, 6)  # 2 batches at each of 4 / 3 epoch ends
+    assert all(torch.equal(a, b) for a, b in zip(uninterrupted.parameters(), resumed.parameters()))
+    # the step loggers see: epoch 0's checkpoint continues the count instead of skipping one
+    assert resumed_trainer.fit_loop.epoch_loop._batches_that_stepped == trainer.fit_loop.epoch_loop._batches_that_stepped
+
+
+@pytest.mark.slow
+def test_killed_run_with_max_steps_resumes_bitwise_from_an_epoch_end_checkpoint(resume_data, tmp_path):
+    # Validation only at epoch ends (steps 7 and 14) and trainer.max_steps set: the kill comes right after the
+    # checkpoint of epoch 0's validation, the case Lightning 2.6 resumed one epoch short.
+    settings = [*SETTINGS, "trainer.max_steps=14", "trainer.val_check_interval=1.0", "checkpoint.every_n_steps=null",
+                *resume_data]
+    reference = tmp_path / "reference"
+    result = run_script("train.py", *settings, f"hydra.run.dir={reference}")
+    assert result.returncode == 0, result.stderr[-3000:]
+    run_dir = tmp_path / "run"
+    kill_after(run_dir, settings, "best-step7.ckpt")
+    result = run_script("train.py", f"resume={run_dir}")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert json.loads((run_dir / "metrics.json").read_text())["train/steps"] == 14
+    assert_same_run(reference, run_dir)

@@ -26,7 +26,8 @@ class LinkedLastCheckpoint(ModelCheckpoint):
     * Lightning 2.6 writes last.ckpt only when it writes a top-k checkpoint at the same step ("a last.ckpt copy
       whenever a checkpoint file gets saved"), so with the default save_top_k=1 it was always a byte-for-byte copy of
       the best, and a run killed after validations that did not improve resumed from the best step, losing the
-      steps since. Here last.ckpt is written at every validation (every epoch end where validation runs then).
+      steps since. Here last.ckpt is written at every validation (every epoch end where validation runs then),
+      when that validation ends, also at an epoch's end.
     * When a top-k checkpoint was written at the same step (the latest validation was the best so far), last.ckpt is
       a hard link to it instead of a second copy: half the disk and half the writing while a run keeps improving
       (2 GB per copy for SmolLM2 with its AdamW state). Not Lightning's `save_last="link"` symlink, which points at
@@ -49,6 +50,15 @@ class LinkedLastCheckpoint(ModelCheckpoint):
         super().on_train_epoch_end(trainer, pl_module)
         if self._should_save_on_train_epoch_end(trainer):
             self._save_latest(trainer)
+
+    def _should_save_on_train_epoch_end(self, trainer) -> bool:
+        # With validation at each epoch's end ModelCheckpoint saves after the epoch's end (on_train_epoch_end); save
+        # when that validation ends instead, the state Lightning 2.6 restores correctly: with trainer.max_steps set it
+        # resumes an on_train_epoch_end checkpoint one epoch short (12 of 16 steps for a 4-epoch run resumed after
+        # its first epoch). Without validation batches, the epoch's end stays.
+        if self._save_on_train_epoch_end is None and sum(_as_list(trainer.num_val_batches)) > 0:
+            return False
+        return super()._should_save_on_train_epoch_end(trainer)
 
     def _save_latest(self, trainer) -> None:
         # Skipped when anything was saved at this step already (then last.ckpt was written with it).
@@ -90,3 +100,7 @@ def _hard_link(target: Path, link: Path) -> bool:
         return False
     os.replace(tmp, link)
     return True
+
+
+def _as_list(batches) -> list:
+    return list(batches) if isinstance(batches, (list, tuple)) else [batches]
