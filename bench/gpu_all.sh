@@ -5,7 +5,8 @@
 #   3. bench/gpu_smoke.sh with TRAINER=fsdp: train.py under Lightning's FSDPStrategy on one GPU, then eval.py
 #   4. the same with TRAINER=deepspeed_stage_2 and deepspeed_stage_3, when deepspeed imports (bench/gpu_wheels.sh
 #      builds it into .whl/)
-#   DEVICES=N runs steps 3-4 on N GPUs of the machine (trainer.devices=N: real sharding, when a multi-GPU kind is lent)
+#   5. RESUME=1 bench/gpu_smoke.sh under deepspeed_stage_3 (trainer=gpu without deepspeed): SIGTERM, resume=RUN
+#   DEVICES=N runs steps 3-5 on N GPUs of the machine (trainer.devices=N: real sharding, when a multi-GPU kind is lent)
 #   SKIP="1" BUDGET_S=560 bash bench/gpu_all.sh   # generation and both smokes only (~4-5 min)
 # Each step has its own time limit; a failing step is logged and the next one still runs.
 #   BUDGET_S=540 bash bench/gpu_all.sh      # run(command=..., carry=[".whl"], timeout_s=580)
@@ -52,8 +53,8 @@ fi
 DEEPSPEED=0
 [[ $SKIP != *" 4 "* ]] && "$PY" -c "import deepspeed" >/dev/null 2>&1 && DEEPSPEED=1
 if [[ $SKIP != *" 3 "* ]]; then
-    limit=$(( $(left) - 5 ))
-    [ "$DEEPSPEED" = 1 ] && limit=$(( ($(left) - 10) / 3 ))
+    limit=$(( ($(left) - 10) / 2 ))
+    [ "$DEEPSPEED" = 1 ] && limit=$(( ($(left) - 10) / 4 ))
     log "3. train.py trainer=fsdp on ${DEVICES:-1} GPU(s), then eval.py (${limit}s)"
     TRAINER=fsdp OUT="$OUTDIR" timeout --kill-after=5 "$limit" bash bench/gpu_smoke.sh > "$OUTDIR/fsdp_smoke.log" 2>&1
     log "   exit $?"
@@ -61,7 +62,7 @@ if [[ $SKIP != *" 3 "* ]]; then
 fi
 if [ "$DEEPSPEED" = 1 ]; then
     for stage in 2 3; do
-        limit=$(( stage == 2 ? ($(left) - 10) / 2 : $(left) - 5 ))
+        limit=$(( ($(left) - 10) / (stage == 2 ? 3 : 2) ))
         log "4. train.py trainer=deepspeed_stage_$stage on ${DEVICES:-1} GPU(s), then eval.py (${limit}s)"
         TRAINER=deepspeed_stage_$stage OUT="$OUTDIR" timeout --kill-after=5 "$limit" bash bench/gpu_smoke.sh \
             > "$OUTDIR/deepspeed${stage}_smoke.log" 2>&1
@@ -70,5 +71,18 @@ if [ "$DEEPSPEED" = 1 ]; then
     done
 elif [[ $SKIP != *" 4 "* ]]; then
     log "4. deepspeed does not import here: no DeepSpeed smoke (bash bench/gpu_wheels.sh, then carry .whl)"
+fi
+if [[ $SKIP != *" 5 "* ]]; then
+    trainer=gpu; [ "$DEEPSPEED" = 1 ] && trainer=deepspeed_stage_3
+    limit=$(( $(left) - 5 ))
+    if [ "$limit" -lt 60 ]; then
+        log "5. resume smoke: no time left"
+    else
+        log "5. train.py trainer=$trainer stopped by SIGTERM after its first checkpoint, then resume=RUN (${limit}s)"
+        RESUME=1 TRAINER=$trainer OUT="$OUTDIR" timeout --kill-after=5 "$limit" bash bench/gpu_smoke.sh \
+            > "$OUTDIR/resume_smoke.log" 2>&1
+        log "   exit $?"
+        grep -E "ROUGE|SMOKE|resum|Error|error" "$OUTDIR/resume_smoke.log" | tail -8
+    fi
 fi
 log "done"
