@@ -179,6 +179,24 @@ def bert_base_dir() -> str:
     return str(folder)
 
 
+def llama_tiny_dir() -> str:
+    """A local folder holding a tiny Llama config (2 layers, 128 wide, 4 heads over 2 key/value heads, bert_base_dir's
+    vocabulary and WordPiece tokenizer): decoder=auto builds a random Llama-family decoder with encdec's added
+    cross-attention, with nothing downloaded (the GPU smoke's DECODER=llama)."""
+    from transformers import LlamaConfig
+
+    source = Path(bert_base_dir())
+    folder = Path(tempfile.gettempdir()) / "encdec-bench-llama-tiny"
+    if not (folder / "config.json").is_file() or not (folder / "tokenizer_config.json").is_file():
+        folder.mkdir(parents=True, exist_ok=True)
+        for name in ("vocab.txt", "tokenizer_config.json"):
+            (folder / name).write_bytes((source / name).read_bytes())
+        LlamaConfig(vocab_size=30522, hidden_size=128, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                    intermediate_size=256, max_position_embeddings=512, pad_token_id=0, bos_token_id=101,
+                    eos_token_id=102).save_pretrained(folder)
+    return str(folder)
+
+
 MODELS = {
     # The packaged MiniLM -> MiniLM (22M + 27M parameters, 6 layers, 384 wide).
     "minilm": (),

@@ -3,8 +3,8 @@
 #   1. bench/gpu_check.sh: training tokens/s and MFU, encdec vs Seq2SeqTrainer, bert2bert-base bf16 (train_gpu.json)
 #   2. bench/generation.py --device cuda: greedy and beam-4, encdec's summarize vs plain generate (generation_gpu.json)
 #   3. bench/gpu_smoke.sh with TRAINER=fsdp: train.py under Lightning's FSDPStrategy on one GPU, then eval.py
-#   4. the same with TRAINER=deepspeed_stage_2 and deepspeed_stage_3, when deepspeed imports (bench/gpu_wheels.sh
-#      builds it into .whl/)
+#   4. the same with TRAINER=deepspeed_stage_2, and deepspeed_stage_3 with a tiny Llama decoder (encdec's added
+#      cross-attention), when deepspeed imports (bench/gpu_wheels.sh builds it into .whl/)
 #   5. RESUME=1 bench/gpu_smoke.sh under deepspeed_stage_3 (trainer=gpu without deepspeed): SIGTERM, resume=RUN
 #   DEVICES=N runs steps 3-5 on N GPUs of the machine (trainer.devices=N: real sharding, when a multi-GPU kind is lent)
 #   SKIP="1" BUDGET_S=560 bash bench/gpu_all.sh   # generation and both smokes only (~4-5 min)
@@ -64,7 +64,9 @@ if [ "$DEEPSPEED" = 1 ]; then
     for stage in 2 3; do
         limit=$(( ($(left) - 10) / (stage == 2 ? 3 : 2) ))
         log "4. train.py trainer=deepspeed_stage_$stage on ${DEVICES:-1} GPU(s), then eval.py (${limit}s)"
-        TRAINER=deepspeed_stage_$stage OUT="$OUTDIR" timeout --kill-after=5 "$limit" bash bench/gpu_smoke.sh \
+        # ZeRO-3 with a Llama decoder: encdec's cross-attention blocks run as hooks, which DeepSpeed's wrapping strips.
+        decoder=bert; [ "$stage" = 3 ] && decoder=llama
+        DECODER=$decoder TRAINER=deepspeed_stage_$stage OUT="$OUTDIR" timeout --kill-after=5 "$limit" bash bench/gpu_smoke.sh \
             > "$OUTDIR/deepspeed${stage}_smoke.log" 2>&1
         log "   exit $?"
         grep -E "ROUGE|SMOKE|Error|error" "$OUTDIR/deepspeed${stage}_smoke.log" | tail -8

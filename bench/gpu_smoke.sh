@@ -4,6 +4,7 @@
 # image has neither): random 2x128 BERT encoder/decoder over bench's generated vocabulary, 64 generated rows.
 #   bash bench/gpu_smoke.sh            # TRAINER=cpu bash bench/gpu_smoke.sh for a dry run here
 #   RESUME=1 bash bench/gpu_smoke.sh   # SIGTERM after the first checkpoint, then resume=RUN to the end
+#   DECODER=llama bash bench/gpu_smoke.sh   # a Llama decoder: encdec's added cross-attention
 #   TRAINER=deepspeed_stage_3 DEVICES=2 bash bench/gpu_smoke.sh   # several GPUs (TRAINER=ddp DEVICES=2 with
 #                                                                 # TRAINER_ACCELERATOR=cpu: a gloo dry run here)
 set -euo pipefail
@@ -12,6 +13,9 @@ export PYTHONPATH="$PWD/src:$PWD/bench${PYTHONPATH:+:$PYTHONPATH}" HF_HUB_OFFLIN
 PY=${PYTHON:-python3}
 WORK=$(mktemp -d /tmp/encdec-gpu-smoke.XXXXXX)
 FOLDER=$("$PY" -c "import common; print(common.bert_base_dir())")
+# DECODER=llama: a tiny random Llama decoder with encdec's added (hook-run) cross-attention instead of the BERT one.
+DECODER_FOLDER=$FOLDER
+[ "${DECODER:-}" = llama ] && DECODER_FOLDER=$("$PY" -c "import common; print(common.llama_tiny_dir())")
 "$PY" - "$WORK" <<'PYEOF'
 import json, random, sys
 random.seed(0)
@@ -22,8 +26,13 @@ for split, n in (("train", 64), ("validation", 8)):
             f.write(json.dumps({"document": " ".join(words), "summary": " ".join(words[:8])}) + "\n")
 PYEOF
 SIDE="init=random +overrides.hidden_size=128 +overrides.num_hidden_layers=2 +overrides.num_attention_heads=2 +overrides.intermediate_size=256"
-ARGS=(encoder=auto "encoder.pretrained=$FOLDER" decoder=auto "decoder.pretrained=$FOLDER")
-for kv in $SIDE; do ARGS+=("$(echo "encoder.$kv" | sed "s#encoder.+#+encoder.#")" "$(echo "decoder.$kv" | sed "s#decoder.+#+decoder.#")"); done
+ARGS=(encoder=auto "encoder.pretrained=$FOLDER" decoder=auto "decoder.pretrained=$DECODER_FOLDER")
+for kv in $SIDE; do
+    ARGS+=("$(echo "encoder.$kv" | sed "s#encoder.+#+encoder.#")")
+    # The Llama folder's config is tiny already; only its weights are made random.
+    [ "${DECODER:-}" = llama ] && [ "$kv" != init=random ] && continue
+    ARGS+=("$(echo "decoder.$kv" | sed "s#decoder.+#+decoder.#")")
+done
 TRAIN=("$PY" train.py "${ARGS[@]}" "trainer=${TRAINER:-gpu}" data=files \
     "data.train_file=$WORK/train.jsonl" "data.validation_file=$WORK/validation.jsonl" data.max_source_length=128 \
     data.max_target_length=16 data.batch_size=16 generation.max_new_tokens=8 logger=csv "hydra.run.dir=$WORK/run" \
