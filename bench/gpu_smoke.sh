@@ -42,7 +42,8 @@ if [ -z "${RESUME:-}" ]; then
 else
     # A scheduler's preemption: SIGTERM once the first checkpoint exists (Lightning stops after the current batch),
     # exit 143, then resume=RUN trains on to the configured end in the same folder.
-    "${TRAIN[@]}" trainer.max_steps=16 trainer.max_epochs=4 &
+    # Enough epochs that max_steps=16 ends the run on any number of GPUs (64 rows, batches of 16 on each).
+    "${TRAIN[@]}" trainer.max_steps=16 "trainer.max_epochs=$(( 4 * ${DEVICES:-1} ))" &
     pid=$!
     until [ -e "$WORK/run/checkpoints/last.ckpt" ] || ! kill -0 "$pid" 2>/dev/null; do sleep 0.5; done
     kill -TERM "$pid" 2>/dev/null

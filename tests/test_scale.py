@@ -319,3 +319,19 @@ def test_eval_reads_a_deepspeed_checkpoint_folder(checkpoint_file, tmp_path, mon
     for model_path in (folder, tmp_path / "run"):  # the folder itself, and the run folder holding it
         model, _, _ = load_trained(model_path)
         assert all(torch.equal(model.state_dict()[k], v) for k, v in trained.state_dict().items())
+
+
+@pytest.mark.parametrize("rank, printed", [(0, True), (1, False)])
+def test_a_signal_stopping_every_rank_is_reported_once(monkeypatch, capsys, rank, printed):
+    import signal
+
+    from lightning.pytorch.utilities import rank_zero_only
+
+    from encdec.errors import Interrupted, exit_with
+
+    monkeypatch.setattr(rank_zero_only, "rank", rank, raising=False)
+    with pytest.raises(SystemExit) as stop:
+        exit_with(Interrupted("training stopped by SIGTERM at step 4; continue it with: python train.py resume=RUN",
+                              signal.SIGTERM))
+    assert stop.value.code == 143
+    assert ("training stopped by SIGTERM" in capsys.readouterr().err) is printed

@@ -166,16 +166,26 @@ class Seq2SeqModule(L.LightningModule):
             "seconds": self.seconds_worked(),
         }
         # Lightning restores loops, optimizer and scheduler; these make a resumed run continue bit for bit.
-        checkpoint["encdec"]["rng"] = {
+        rng = {
             "torch": torch.get_rng_state(),
             "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
             "numpy": _numpy_state_to_tensors(np.random.get_state()),
             "python": random.getstate(),
         }
+        checkpoint["encdec"]["rng"] = rng
+        if _world_size() > 1:
+            # Every rank draws its own dropout masks (batches of other shapes use up other amounts of the same
+            # seed's stream) but only rank 0 writes the file: keep each rank's state. Every rank runs this hook.
+            per_rank = [None] * _world_size()
+            torch.distributed.all_gather_object(per_rank, rng)
+            checkpoint["encdec"]["rng_per_rank"] = per_rank
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         saved = checkpoint.get("encdec", {})
         rng = saved.get("rng")
+        per_rank = saved.get("rng_per_rank") or []
+        if self._trainer is not None and len(per_rank) == self.trainer.world_size:
+            rng = per_rank[self.trainer.global_rank]
         if rng:
             torch.set_rng_state(rng["torch"])
             if rng["cuda"] and torch.cuda.is_available():
@@ -186,10 +196,17 @@ class Seq2SeqModule(L.LightningModule):
         # `processed`, not `completed`: step checkpoints are written in on_train_batch_end, before `completed` counts it.
         done = progress.get("current", {}).get("processed", 0)
         datamodule = self.trainer.datamodule if self._trainer is not None else None
-        if datamodule is not None and done and not progress.get("is_last_batch", False):
-            datamodule.resume_position = (checkpoint["epoch"], done)
+        position = None
+        if progress.get("is_last_batch", False):
+            # The epoch is done. Lightning may build the loader's iterator before it tells the sampler the new
+            # epoch (it does under DDP), which would replay the finished epoch's order: name the next epoch now.
+            position = (checkpoint["epoch"] + 1, 0)
+        elif done:
+            position = (checkpoint["epoch"], done)
+        if datamodule is not None and position is not None:
+            datamodule.resume_position = position
             if getattr(datamodule, "train_sampler", None) is not None:
-                datamodule.train_sampler.resume_at(checkpoint["epoch"], done)
+                datamodule.train_sampler.resume_at(*position)
         self.initial_metrics = saved.get("initial_metrics", self.initial_metrics)
         if self._trainer is not None and self.trainer.state.fn == TrainerFn.FITTING:
             # A resume (not validate/test loading the best checkpoint): count what the killed run had worked.
@@ -236,3 +253,8 @@ def _numpy_state_to_tensors(state) -> dict:
 def _numpy_state_from_tensors(saved: dict):
     keys = saved["keys"].numpy().astype(np.uint32)
     return saved["name"], keys, saved["position"], saved["has_gauss"], saved["cached_gaussian"]
+
+
+def _world_size() -> int:
+    distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
+    return torch.distributed.get_world_size() if distributed else 1
