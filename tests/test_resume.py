@@ -300,3 +300,25 @@ def test_two_process_ddp_run_stopped_by_sigterm_resumes_bitwise(tmp_path):
     result = run_script("train.py", f"resume={run_dir}", env={"OMP_NUM_THREADS": "1"})
     assert result.returncode == 0, result.stderr[-3000:]
     assert_same_run(reference, run_dir)
+
+
+@pytest.mark.parametrize("is_last_batch, processed, position", [(True, 7, (1, 0)), (False, 3, (0, 3)), (False, 0, None)])
+def test_a_checkpoint_names_where_the_batches_continue(is_last_batch, processed, position):
+    # After an epoch's last batch the next epoch starts from its own first batch: under DDP Lightning builds the
+    # loader's iterator before it sets the epoch, so the sampler must know it from the checkpoint.
+    from types import SimpleNamespace
+
+    from lightning.pytorch.trainer.states import TrainerFn
+
+    from encdec.lit.module import Seq2SeqModule
+
+    module = Seq2SeqModule(torch.nn.Linear(1, 1), None, optimizer=torch.optim.AdamW)
+    told = []
+    datamodule = SimpleNamespace(resume_position=None, train_sampler=SimpleNamespace(resume_at=lambda *at: told.append(at)))
+    module._trainer = SimpleNamespace(datamodule=datamodule, state=SimpleNamespace(fn=TrainerFn.FITTING),
+                                      world_size=1, global_rank=0)
+    progress = {"current": {"ready": processed, "completed": processed, "started": processed, "processed": processed},
+                "is_last_batch": is_last_batch}
+    module.on_load_checkpoint({"epoch": 0, "loops": {"fit_loop": {"epoch_loop.batch_progress": progress}}, "encdec": {}})
+    assert datamodule.resume_position == position
+    assert told == ([position] if position else [])
