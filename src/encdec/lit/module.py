@@ -124,7 +124,7 @@ class Seq2SeqModule(L.LightningModule):
         self._outputs[stage] = []
         if stage == "val" and not self.generate_in_validation:
             return
-        if self.trainer.world_size > 1:
+        if self._trainer is not None and self.trainer.world_size > 1:
             # Each rank generated its own share of the rows (EvalBatchSampler); all of them join this gather.
             gathered: list = [None] * self.trainer.world_size
             torch.distributed.all_gather_object(gathered, outputs)
@@ -173,10 +173,10 @@ class Seq2SeqModule(L.LightningModule):
             "python": random.getstate(),
         }
         checkpoint["encdec"]["rng"] = rng
-        if _world_size() > 1:
+        if self._trainer is not None and self.trainer.world_size > 1:
             # Every rank draws its own dropout masks (batches of other shapes use up other amounts of the same
             # seed's stream) but only rank 0 writes the file: keep each rank's state. Every rank runs this hook.
-            per_rank = [None] * _world_size()
+            per_rank = [None] * self.trainer.world_size
             torch.distributed.all_gather_object(per_rank, rng)
             checkpoint["encdec"]["rng_per_rank"] = per_rank
 
@@ -253,8 +253,3 @@ def _numpy_state_to_tensors(state) -> dict:
 def _numpy_state_from_tensors(saved: dict):
     keys = saved["keys"].numpy().astype(np.uint32)
     return saved["name"], keys, saved["position"], saved["has_gauss"], saved["cached_gaussian"]
-
-
-def _world_size() -> int:
-    distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
-    return torch.distributed.get_world_size() if distributed else 1
