@@ -36,6 +36,12 @@ def test_run_folder_contract(trained_run):
     assert metrics["train/steps"] == 2
     rows = [json.loads(line) for line in (run_dir / "predictions.jsonl").read_text().splitlines()]
     assert len(rows) == 2 and set(rows[0]) == {"document", "reference", "prediction"}
+    # The lead baselines of the same test rows, scored the same way, beside the model's.
+    from encdec.metrics import lead_baselines
+
+    assert {k: v for k, v in metrics.items() if k.startswith("baseline/")} == lead_baselines(
+        [r["document"] for r in rows], [r["reference"] for r in rows])
+    assert "lead-1" in result.stdout and "lead-3" in result.stdout and "above lead-1 in all three" in result.stdout
 
 
 def test_export_opens_in_plain_transformers(trained_run):
@@ -67,6 +73,8 @@ def test_eval_on_run_folder_export_and_checkpoint(trained_run, target, tmp_path)
     metrics = json.loads((out / "metrics.json").read_text())
     assert set(k for k in metrics if k.startswith("test/")) == {"test/rouge1", "test/rouge2", "test/rougeL", "test/rougeLsum"}
     assert json.loads(result.stdout)["test/rouge1"] == metrics["test/rouge1"]
+    assert {k for k in metrics if k.startswith("baseline/lead1/")} == {f"baseline/lead1/{n}" for n in ("rouge1", "rouge2", "rougeL", "rougeLsum")}
+    assert metrics["baseline/lead3/rouge1"] >= metrics["baseline/lead1/rouge1"] > 0
 
 
 def test_predict_one_summary_per_line(trained_run, tmp_path):

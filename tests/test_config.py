@@ -44,8 +44,10 @@ def test_every_option_composes(group, option):
 def test_optimizer_partials_build(option):
     import torch
 
+    from encdec.checks import optimizer_class_settings
+
     cfg = compose_config(f"optimizer={option}")
-    optimizer = hydra.utils.instantiate(cfg.optimizer)([torch.nn.Parameter(torch.zeros(2))])
+    optimizer = hydra.utils.instantiate(optimizer_class_settings(cfg))([torch.nn.Parameter(torch.zeros(2))])
     assert optimizer.param_groups[0]["lr"] == cfg.optimizer.lr
 
 

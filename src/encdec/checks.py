@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hydra
 import torch
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from encdec.data import check_data_settings
 from encdec.errors import EncdecError
@@ -41,14 +41,26 @@ def _check_checkpoint(checkpoint: DictConfig) -> None:
             raise EncdecError(f"checkpoint.{key}={value} must be an integer >= {lowest}" + (" or null" if lowest else ""))
 
 
+# encdec's own optimizer settings, taken out before the rest goes to the optimizer class.
+OWN_OPTIMIZER_KEYS = ("new_params_lr",)
+
+
+def optimizer_class_settings(cfg: DictConfig) -> DictConfig:
+    """`cfg.optimizer` without encdec's own keys: what the optimizer class takes."""
+    return OmegaConf.create({k: v for k, v in cfg.optimizer.items() if k not in OWN_OPTIMIZER_KEYS})
+
+
 def _check_optimizer(cfg: DictConfig) -> None:
     """The optimizer built on a stand-in parameter: torch's own range checks (lr, betas, eps, weight decay) run now."""
-    for key in ("lr", "weight_decay", "eps"):
+    for key in ("lr", "weight_decay", "eps", "new_params_lr"):
         value = cfg.optimizer.get(key)
         if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))):
             raise EncdecError(f"optimizer.{key}={value} must be a number")
+    if (cfg.optimizer.get("new_params_lr") or 1) <= 0:
+        raise EncdecError(f"optimizer.new_params_lr={cfg.optimizer.new_params_lr} must be positive, or null for optimizer.lr")
+    settings = optimizer_class_settings(cfg)
     # fused is left out: whether it applies depends on the device and precision (train.fused_optimizer_allowed).
-    factory = hydra.utils.instantiate(cfg.optimizer, **({"fused": None} if "fused" in cfg.optimizer else {}))
+    factory = hydra.utils.instantiate(settings, **({"fused": None} if "fused" in settings else {}))
     try:
         factory([torch.nn.Parameter(torch.zeros(1))])
     except (TypeError, ValueError, RuntimeError) as error:

@@ -15,7 +15,7 @@ from encdec.data import load_splits
 from encdec.errors import EncdecError
 from encdec.inference import apply_generation_overrides, load_trained, pick_device, summarize
 from encdec.lit.batching import check_token_budget
-from encdec.metrics import rouge
+from encdec.metrics import lead_baselines, rouge
 
 
 def evaluate(cfg: DictConfig) -> dict[str, float]:
@@ -33,6 +33,8 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
         max_tokens=budget,
     )
     metrics = {f"{cfg.split}/{name}": value for name, value in rouge(predictions, list(dataset["summary"])).items()}
+    if cfg.get("baselines", True):
+        metrics.update(lead_baselines(list(dataset["document"]), list(dataset["summary"])))
     out_dir = Path(HydraConfig.get().runtime.output_dir)
     rows = ({"document": d, "reference": r, "prediction": p} for d, r, p in zip(dataset["document"], dataset["summary"], predictions))
     run_folder.write_jsonl(out_dir / run_folder.PREDICTIONS, rows)

@@ -28,3 +28,21 @@ def rouge(predictions: list[str], references: list[str]) -> dict[str, float]:
         for name in ROUGE_TYPES:
             totals[name] += scores[name].fmeasure
     return {name: 100.0 * total / len(predictions) for name, total in totals.items()}
+
+
+LEAD_SENTENCES = (1, 3)
+
+
+def lead(document: str, sentences: int) -> str:
+    """The document's first `sentences` sentences, split as rougeLsum splits them."""
+    return " ".join([s for s in _SENTENCE_END.split(document.strip()) if s][:sentences])
+
+
+def lead_baselines(documents: list[str], references: list[str]) -> dict[str, float]:
+    """ROUGE of copying each document's first 1 and 3 sentences (`baseline/lead1/rouge2`, ...), scored exactly as
+    the model's predictions are. A model that does not beat these has not learned to summarize yet."""
+    scores = {}
+    for k in LEAD_SENTENCES:
+        copied = [lead(document, k) for document in documents]
+        scores.update({f"baseline/lead{k}/{name}": value for name, value in rouge(copied, references).items()})
+    return scores

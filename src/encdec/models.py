@@ -24,7 +24,7 @@ from transformers import (
     PreTrainedTokenizerBase,
 )
 
-from encdec import finetune, sources
+from encdec import finetune, sources, warm_start
 from encdec.errors import EncdecError
 
 log = logging.getLogger(__name__)
@@ -73,7 +73,8 @@ def _model_class(auto_class, config: PretrainedConfig, role: str):
         ) from None
 
 
-def build_encoder(side: DictConfig) -> PreTrainedModel:
+def build_encoder(side: DictConfig) -> tuple[PreTrainedModel, list[str]]:
+    """The encoder and the keys its checkpoint lacked (none for a random init)."""
     resolved, config = side_config(side, "encoder")
     if getattr(config, "is_encoder_decoder", False):
         raise EncdecError(
@@ -86,10 +87,11 @@ def build_encoder(side: DictConfig) -> PreTrainedModel:
     if "add_pooling_layer" in inspect.signature(model_class.__init__).parameters:
         kwargs["add_pooling_layer"] = False
     if side.init == "random":
-        return model_class(config, **kwargs)
-    return sources.load_from_hub_or_cache(
-        model_class.from_pretrained, resolved, "encoder.pretrained", config=config, **kwargs
+        return model_class(config, **kwargs), []
+    encoder, loading = sources.load_from_hub_or_cache(
+        model_class.from_pretrained, resolved, "encoder.pretrained", config=config, output_loading_info=True, **kwargs
     )
+    return encoder, loading["missing_keys"]
 
 
 def has_native_cross_attention(config: PretrainedConfig) -> bool:
@@ -98,7 +100,8 @@ def has_native_cross_attention(config: PretrainedConfig) -> bool:
     return native(config)
 
 
-def build_decoder(side: DictConfig, encoder_hidden_size: int) -> PreTrainedModel:
+def build_decoder(side: DictConfig, encoder_hidden_size: int) -> tuple[PreTrainedModel, list[str]]:
+    """The decoder with cross-attention, started as `decoder.cross_attention` says, and the keys its checkpoint lacked."""
     resolved, config = side_config(side, "decoder")
     if getattr(config, "is_encoder_decoder", False):
         # BART-like checkpoints: AutoModelForCausalLM maps them to their decoder-only *ForCausalLM class.
@@ -108,16 +111,48 @@ def build_decoder(side: DictConfig, encoder_hidden_size: int) -> PreTrainedModel
         config.is_decoder = True
         config.add_cross_attention = True
     model_class = _model_class(AutoModelForCausalLM, config, "decoder")
+    missing: list[str] = []
     if side.init == "random":
         lm = model_class(config)
     else:
-        lm = sources.load_from_hub_or_cache(model_class.from_pretrained, resolved, "decoder.pretrained", config=config)
-    if native:
-        return lm
-    from encdec.cross_attention import add_cross_attention
-
+        lm, loading = sources.load_from_hub_or_cache(
+            model_class.from_pretrained, resolved, "decoder.pretrained", config=config, output_loading_info=True
+        )
+        missing = loading["missing_keys"]
+        _start_missing_lm_head(lm, missing, side)
     xattn = as_dict(side.get("cross_attention"))
-    return add_cross_attention(lm, encoder_hidden_size=encoder_hidden_size, **xattn)
+    init, gate_init = xattn.pop("init", "random"), xattn.pop("gate_init", 0.0)
+    if init not in warm_start.CROSS_ATTENTION_INITS:
+        raise EncdecError(f"decoder.cross_attention.init={init}: use {' or '.join(warm_start.CROSS_ATTENTION_INITS)}")
+    if native:
+        decoder = lm
+    else:
+        from encdec.cross_attention import add_cross_attention
+
+        decoder = add_cross_attention(lm, encoder_hidden_size=encoder_hidden_size, **xattn)
+        warm_start.open_gates(decoder, float(gate_init))
+    if init == "self_attention" and side.init != "random":
+        copied = warm_start.cross_attention_from_self_attention(decoder, encoder_hidden_size)
+        log.info("decoder.cross_attention.init=self_attention: %d tensors copied from self-attention", copied)
+    return decoder, missing
+
+
+def _start_missing_lm_head(lm: PreTrainedModel, missing: list[str], side: DictConfig) -> None:
+    """Say so when the decoder checkpoint has no LM head (a sentence-embedding or encoder-only model): its output
+    transform is new, so the decoder starts as no language model. `decoder.lm_head_init=identity` starts a BERT-style
+    transform as the identity in front of the tied, pretrained embeddings."""
+    head = warm_start.missing_lm_head(lm, missing)
+    if not head:
+        return
+    how = side.get("lm_head_init", "random")
+    if how not in ("random", "identity"):
+        raise EncdecError(f"decoder.lm_head_init={how}: use identity or random")
+    started = how == "identity" and warm_start.identity_head_transform(lm)
+    log.warning(
+        "decoder.pretrained=%s has no LM head in its checkpoint (%s): the decoder starts as no language model; "
+        "its head %s", side.pretrained, ", ".join(sorted({k.rsplit(".", 1)[0] for k in head})),
+        "transform starts as the identity before the tied embeddings" if started else "starts random",
+    )
 
 
 def generation_ids(decoder_config: PretrainedConfig, tokenizer: PreTrainedTokenizerBase) -> dict[str, int]:
@@ -186,10 +221,14 @@ def build_model(cfg: DictConfig) -> tuple[EncoderDecoderModel, PreTrainedTokeniz
             )
         encoder_tokenizer.pad_token = fallback
     decoder_tokenizer = load_tokenizer(cfg.decoder, "decoder")
-    encoder = build_encoder(cfg.encoder)
-    decoder = build_decoder(cfg.decoder, encoder_hidden_size=encoder.config.hidden_size)
+    encoder, encoder_missing = build_encoder(cfg.encoder)
+    decoder, decoder_missing = build_decoder(cfg.decoder, encoder_hidden_size=encoder.config.hidden_size)
     check_vocab(decoder, decoder_tokenizer)
     model = EncoderDecoderModel(encoder=encoder, decoder=decoder)
+    new = warm_start.new_parameter_names(model, {"encoder.": encoder_missing, "decoder.": decoder_missing})
+    for name, parameter in model.named_parameters():
+        # Marked on the tensor itself, so the mark survives LoRA's wrapping and the optimizer can find the new ones.
+        parameter.encdec_new = name in new
     if cfg.model.get("share_weights", False):
         shared = share_encoder_decoder_weights(model)
         log.info("share_weights: decoder reuses %d encoder tensors", shared)

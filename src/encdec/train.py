@@ -24,7 +24,7 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf
 
 from encdec import run_folder
-from encdec.checks import check_run_settings
+from encdec.checks import check_run_settings, optimizer_class_settings
 from encdec.data import load_splits
 from encdec.errors import EncdecError, Interrupted
 from encdec.lit.checkpoint_io import AtomicCheckpointIO, LinkedLastCheckpoint
@@ -32,7 +32,7 @@ from encdec.lit.datamodule import SummarizationDataModule
 from encdec.lit.module import Seq2SeqModule
 from encdec.lit.resume import (ContinuedCSVHistory, StepCheckpoint, checkpoint_step, tensorboard_resume_arguments,
                                wandb_resume_arguments)
-from encdec.metrics import ROUGE_TYPES
+from encdec.metrics import LEAD_SENTENCES, ROUGE_TYPES, lead_baselines
 from encdec.finetune import count_parameters, merged_copy
 from encdec.inference import load_trained
 from encdec.models import build_model
@@ -79,6 +79,7 @@ def run(cfg: DictConfig) -> float | None:
         decoder_tokenizer,
         optimizer=_optimizer(cfg),
         scheduler=_scheduler(cfg),
+        new_params_lr=cfg.optimizer.get("new_params_lr"),
         run_config=OmegaConf.to_container(cfg, resolve=True),
         compile=bool(cfg.model.get("compile")),
         cudnn_attention=bool(cfg.model.get("cudnn_attention", False)),
@@ -135,7 +136,9 @@ def run(cfg: DictConfig) -> float | None:
         after = _rouge(trainer.validate(module, datamodule=datamodule, ckpt_path=evaluated, verbose=False), "val")
         say(f"validation ROUGE after training:  {_format(after)}" + (f" (best checkpoint {Path(best).name})" if best else ""))
         test = _rouge(trainer.test(module, datamodule=datamodule, ckpt_path=evaluated, verbose=False), "test")
+        baselines = lead_baselines(list(raw_splits["test"]["document"]), list(raw_splits["test"]["summary"]))
         say(f"test ROUGE: {_format(test)}")
+        say(_beside_baselines(test, baselines))
 
     # Under FSDP and DeepSpeed `model` holds only this rank's shards of the weights: export from the checkpoint that
     # test ran on (gathered into full float32 weights); with none, every rank first saves the current weights.
@@ -152,7 +155,7 @@ def run(cfg: DictConfig) -> float | None:
         )
         if export_from is not None and str(export_from) != best:  # a scratch file of ours
             shutil.rmtree(export_from) if export_from.is_dir() else export_from.unlink(missing_ok=True)
-        metrics = {**after, **test, **{f"initial/{k}": v for k, v in before.items()}}
+        metrics = {**after, **test, **{f"initial/{k}": v for k, v in before.items()}, **baselines}
         metrics.update({"train/steps": trainer.global_step, "time/seconds": round(module.seconds_worked(), 1)})
         run_folder.write_jsonl(run_dir / run_folder.PREDICTIONS, module.last_predictions.get("test", []))
         run_folder.write_json(run_dir / run_folder.METRICS, metrics)
@@ -288,6 +291,17 @@ def _rouge(results: list[dict[str, float]], stage: str) -> dict[str, float]:
     return {k: merged[k] for k in [f"{stage}/loss", *(f"{stage}/{r}" for r in ROUGE_TYPES)] if k in merged}
 
 
+def _beside_baselines(test: dict[str, float], baselines: dict[str, float]) -> str:
+    """One line a reader checks first: does the model beat copying the document's first sentences?"""
+    names = ("rouge1", "rouge2", "rougeL")
+    model = "/".join(f"{test.get(f'test/{n}', float('nan')):.2f}" for n in names)
+    leads = "   ".join(
+        f"lead-{k} " + "/".join(f"{baselines[f'baseline/lead{k}/{n}']:.2f}" for n in names) for k in LEAD_SENTENCES
+    )
+    lead1 = all(test.get(f"test/{n}", float("-inf")) > baselines[f"baseline/lead1/{n}"] for n in names)
+    return f"test ROUGE-1/2/L: model {model}   {leads}   ({'above' if lead1 else 'NOT above'} lead-1 in all three)"
+
+
 def _format(metrics: dict[str, float]) -> str:
     return "  ".join(f"{name.split('/')[-1]} {value:.2f}" for name, value in metrics.items())
 
@@ -295,9 +309,10 @@ def _format(metrics: dict[str, float]) -> str:
 def _optimizer(cfg: DictConfig):
     if cfg.optimizer.get("lr", 1) <= 0:
         raise EncdecError(f"optimizer.lr={cfg.optimizer.lr} must be positive")
-    if "fused" in cfg.optimizer and cfg.optimizer.fused is None:
-        return hydra.utils.instantiate(cfg.optimizer, fused=fused_optimizer_allowed(cfg))
-    return hydra.utils.instantiate(cfg.optimizer)
+    settings = optimizer_class_settings(cfg)
+    if "fused" in settings and settings.fused is None:
+        return hydra.utils.instantiate(settings, fused=fused_optimizer_allowed(cfg))
+    return hydra.utils.instantiate(settings)
 
 
 def fused_optimizer_allowed(cfg: DictConfig) -> bool:

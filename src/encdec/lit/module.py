@@ -30,6 +30,7 @@ class Seq2SeqModule(L.LightningModule):
         decoder_tokenizer: PreTrainedTokenizerBase,
         optimizer: Callable[..., torch.optim.Optimizer],
         scheduler: Callable[..., Any] | None = None,
+        new_params_lr: float | None = None,
         generate_in_validation: bool = True,
         run_config: dict | None = None,
         compile: bool = False,
@@ -44,6 +45,8 @@ class Seq2SeqModule(L.LightningModule):
         self.decoder_tokenizer = decoder_tokenizer
         self.optimizer_factory = optimizer
         self.scheduler_factory = scheduler
+        # Parameters no checkpoint provided (cross-attention, gates, a missing LM head) may learn at their own rate.
+        self.new_params_lr = new_params_lr
         self.generate_in_validation = generate_in_validation
         self.run_config = run_config
         # Validation metrics before any training, kept in checkpoints so a resumed run still reports them.
@@ -236,6 +239,12 @@ class Seq2SeqModule(L.LightningModule):
 
     def configure_optimizers(self):
         params = [p for p in self.model.parameters() if p.requires_grad]
+        new = [p for p in params if getattr(p, "encdec_new", False)]
+        if self.new_params_lr and new:
+            pretrained = [p for p in params if not getattr(p, "encdec_new", False)]
+            # Named groups: LearningRateMonitor logs each rate under its name (lr-AdamW/new).
+            params = [{"params": pretrained, "name": "pretrained"}, {"params": new, "lr": self.new_params_lr, "name": "new"}]
+            params = [group for group in params if group["params"]]
         optimizer = self.optimizer_factory(params)
         if self.scheduler_factory is None:
             return optimizer

