@@ -68,8 +68,11 @@ def test_added_blocks_take_queries_always_and_grouped_keys_when_the_widths_match
     assert float(block.attn_gate) == 0.5
 
 
-def test_new_parameters_are_what_no_checkpoint_provided():
-    model, _, _ = build_model(compose_config("decoder.cross_attention.init=random"))
+def test_new_parameters_are_what_no_checkpoint_provided(caplog):
+    with caplog.at_level("WARNING", logger="encdec.models"):
+        model, _, _ = build_model(compose_config("decoder.cross_attention.init=random"))
+    # Said at start: the packaged MiniLM is a sentence-embedding checkpoint, its decoder begins as no language model.
+    assert "has no LM head in its checkpoint (cls.predictions" in caplog.text and "starts as no language model" in caplog.text
     new = {name for name, parameter in model.named_parameters() if parameter.encdec_new}
     # MiniLM has no LM head and no cross-attention: both are new, every encoder and self-attention weight is not.
     assert any("crossattention" in n for n in new) and any("cls.predictions.transform" in n for n in new)

@@ -132,12 +132,10 @@ def open_gates(decoder: nn.Module, value: float) -> None:
 
 
 def missing_lm_head(decoder: PreTrainedModel, missing: list[str]) -> list[str]:
-    """The output-head tensors the decoder's checkpoint lacks (a sentence-embedding or encoder-only checkpoint)."""
-    head = decoder.get_output_embeddings()
-    head_names = {name for name, module in decoder.named_modules() if module is head}
-    # BERT's head is `cls.predictions` (a transform and the tied decoder); GPT-style heads are `lm_head`.
-    prefixes = tuple(n.rsplit(".", 1)[0] + "." for n in head_names if "." in n) + ("lm_head.", "cls.")
-    return [key for key in missing if key.startswith(prefixes) and not key.endswith("decoder.bias")]
+    """The output-head tensors the decoder's checkpoint lacks (a sentence-embedding or encoder-only checkpoint):
+    missing keys outside the base model (BERT's `cls.predictions.*`, a causal LM's untied `lm_head.*`)."""
+    base = decoder.base_model_prefix + "."
+    return [key for key in missing if not key.startswith(base)]
 
 
 @torch.no_grad()
