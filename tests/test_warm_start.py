@@ -147,3 +147,11 @@ def test_lead_copies_add_one_row_per_training_document_and_leave_evaluation_alon
     assert copied["train"]["document"][5:] == plain["train"]["document"]
     assert copied["validation"]["summary"] == plain["validation"]["summary"]
     assert copied["test"]["summary"] == plain["test"]["summary"]
+
+
+def test_warm_start_preset_keeps_its_levers_with_any_data():
+    cfg = compose_config("experiment=warm_start", "data=files", "data.train_file=t.jsonl", "data.validation_file=v.jsonl")
+    assert cfg.data.source == "files" and cfg.data.lead_copy_sentences == 3 and cfg.data.max_target_length == 96
+    assert cfg.decoder.name == "smollm2" and cfg.decoder.cross_attention.init == "self_attention"
+    assert cfg.decoder.cross_attention.gate_init == 0.5 and cfg.optimizer.new_params_lr == 1e-3
+    assert cfg.generation.no_repeat_ngram_size == 3
