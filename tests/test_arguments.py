@@ -50,7 +50,7 @@ def test_pass_through_follows_the_chosen_target():
 
 @pytest.mark.parametrize("args, message", [
     (["encoder=bret"], "encoder=bret: no such encoder option (did you mean encoder=bert?); choose from auto, bert, "
-                       "minilm, roberta, tiny"),
+                       "minilm, roberta, smollm2, tiny"),
     (["data.batchsize=4"], "data.batchsize is not a setting of data (did you mean data.batch_size=4?); to add a new "
                            "key on purpose write +data.batchsize=4"),
     (["trainer.max_step=3"], "trainer.max_step is not a setting of trainer (did you mean trainer.max_steps=3?); to add "
