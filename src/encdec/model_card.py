@@ -29,9 +29,7 @@ _GENERATION_KEYS = ("num_beams", "max_new_tokens", "min_new_tokens", "length_pen
 def render(model, run_config: DictConfig | None, metrics: dict | None, remote_code: bool) -> str:
     """The card's text. `run_config` is the training run's config (None for a model from elsewhere), `metrics` its
     metrics.json; `remote_code`: the export carries its decoder's modeling code (encdec's cross-attention)."""
-    config = OmegaConf.to_container(run_config, resolve=True) if run_config is not None else {}
-    encoder, decoder = config.get("encoder") or {}, config.get("decoder") or {}
-    data = config.get("data") or {}
+    encoder, decoder, data = (_section(run_config, key) for key in ("encoder", "decoder", "data"))
     encoder_name = _hub_name(encoder.get("pretrained")) or model.config.encoder.model_type
     decoder_family = getattr(getattr(model.decoder.config, "base_config", None), "model_type", None)
     decoder_name = _hub_name(decoder.get("pretrained")) or decoder_family or model.config.decoder.model_type
@@ -51,8 +49,8 @@ def render(model, run_config: DictConfig | None, metrics: dict | None, remote_co
     lines = [
         "---", yaml.safe_dump(metadata, sort_keys=False).strip(), "---", "",
         f"# {encoder_name} → {decoder_name} summarizer", "",
-        f"An encoder-decoder summarizer warm-started from **{encoder_name}** (encoder{_random(encoder)}) and "
-        f"**{decoder_name}** (decoder{_random(decoder)}, with {cross_attention}), fine-tuned with "
+        f"An encoder-decoder summarizer built from {_start(encoder_name, encoder)} as encoder and "
+        f"{_start(decoder_name, decoder)} as decoder (with {cross_attention}), fine-tuned with "
         f"encdec on **{dataset or data.get('name', 'unknown data')}**"
         + (f" for {metrics['train/steps']} steps." if metrics and "train/steps" in metrics else "."), "",
         *_scores(metrics or {}),
@@ -85,6 +83,13 @@ def run_folder_metrics(run_dir: Path | None) -> dict | None:
     return json.loads(path.read_text(encoding="utf-8")) if path is not None and path.is_file() else None
 
 
+def _section(run_config: DictConfig | None, key: str) -> dict:
+    """One group of the run's config, resolved alone: a saved config's logger paths name Hydra's run, gone now."""
+    if run_config is None or run_config.get(key) is None:
+        return {}
+    return OmegaConf.to_container(run_config[key], resolve=True)
+
+
 def _hub_name(source) -> str | None:
     if not source:
         return None
@@ -92,8 +97,8 @@ def _hub_name(source) -> str | None:
     return _HUB_NAMES.get(source, None if source.startswith(("package:", "/", ".", "~")) else source)
 
 
-def _random(side: dict) -> str:
-    return ", random initialisation" if side.get("init") == "random" else ""
+def _start(name: str, side: dict) -> str:
+    return f"**{name}**'s architecture with random weights" if side.get("init") == "random" else f"**{name}**"
 
 
 def _dataset(data: dict) -> str | None:
