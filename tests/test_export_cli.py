@@ -84,7 +84,8 @@ def test_push_to_hub_uploads_the_folder_when_a_token_is_present(tmp_path, monkey
     calls = []
     monkeypatch.setenv("HF_TOKEN", "hf_test_token")
     monkeypatch.setenv("HF_HUB_OFFLINE", "0")
-    monkeypatch.setattr(huggingface_hub.HfApi, "create_repo", lambda self, repo_id, **kw: calls.append(("create", repo_id, kw)))
+    monkeypatch.setattr(huggingface_hub.HfApi, "create_repo",
+                        lambda self, repo_id, **kw: calls.append(("create", repo_id, kw)))
     monkeypatch.setattr(huggingface_hub.HfApi, "upload_folder", lambda self, **kw: calls.append(("upload", kw)))
     assert push_to_hub(tmp_path, "me/tiny", "push_to_hub") == "https://huggingface.co/me/tiny"
     assert calls[0] == ("create", "me/tiny", {"repo_type": "model", "exist_ok": True})
@@ -106,8 +107,9 @@ def test_train_without_a_token_stops_before_training(tmp_path):
                         f"hydra.run.dir={run_dir}", env={"HF_TOKEN": "", "HF_HOME": str(tmp_path / "hf"),
                                                          "HF_HUB_OFFLINE": "0"})
     assert result.returncode == 2
-    assert error_lines(result.stderr) == ["encdec: error: export.push_to_hub=me/tiny needs a Hugging Face token with "
-                                          "write access: run `hf auth login` or set HF_TOKEN, or drop export.push_to_hub"]
+    assert error_lines(result.stderr) == [
+        "encdec: error: export.push_to_hub=me/tiny needs a Hugging Face token with write access: run `hf auth login` "
+        "or set HF_TOKEN, or drop export.push_to_hub"]
     assert "validation ROUGE" not in result.stdout and not run_dir.exists()
     assert time.monotonic() - started < 60
     bad_name = run_script("export.py", f"model_path={tmp_path}", "push_to_hub=me/not a name")
@@ -157,7 +159,8 @@ def test_export_py_rewrites_the_runs_hf_model_and_uploads_it(finished_run, tmp_p
     export = finished_run / run_folder.HF_MODEL
     assert f"exported {export}" in result.stdout and "uploaded https://huggingface.co/me/tiny" in result.stdout
     card = ModelCard.load(export / "README.md")
-    assert card.data.datasets == ["sobamchan/aclsum"] and "| lead-3 baseline (first three sentences) | 30.12" in card.text
+    assert card.data.datasets == ["sobamchan/aclsum"]
+    assert "| lead-3 baseline (first three sentences) | 30.12" in card.text
     recorded = [json.loads(line) for line in calls.read_text().splitlines()]
     assert [call["call"] for call in recorded] == ["create_repo", "upload_folder"]
     assert recorded[1]["repo_id"] == "me/tiny" and recorded[1]["folder_path"] == str(export)
@@ -168,7 +171,7 @@ def test_export_py_rewrites_the_runs_hf_model_and_uploads_it(finished_run, tmp_p
 
 
 @pytest.mark.parametrize("arguments, message", [
-    (["format=tflite"], "format=tflite is not an export format: use format=hf"),
+    (["format=tflite"], "format=tflite is not an export format: use format=hf or format=onnx"),
     (["model_path=/no/such/run"], "model_path=/no/such/run: no such file or folder"),
 ])
 def test_export_py_bad_input_is_one_line(finished_run, arguments, message):
@@ -184,6 +187,6 @@ def test_export_py_help_shows_usage_and_its_examples_compose():
     assert result.stdout.startswith("encdec export.py: ") and "Usage: python export.py" in result.stdout
     examples = [line.strip().split("  ")[0].split()[2:] for line in result.stdout.splitlines()
                 if line.strip().startswith("python export.py ")]
-    assert len(examples) == 2
+    assert len(examples) == 3
     for example in examples:
         checked_arguments(example, "export", ROOT / "conf")  # raises EncdecError on a bad example

@@ -9,7 +9,7 @@ import os
 import re
 from pathlib import Path
 
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 import encdec
 from encdec.errors import EncdecError
@@ -91,14 +91,18 @@ def push_to_hub(folder: Path, repo_id: str, key: str) -> str:
 
 
 def export(cfg: DictConfig) -> Path:
-    """`python export.py model_path=RUN [format=hf] [push_to_hub=ORG/NAME] [output_dir=FOLDER]`."""
+    """`python export.py model_path=RUN [format=hf|onnx] [push_to_hub=ORG/NAME] [output_dir=FOLDER]`."""
     from encdec import run_folder
     from encdec.evaluate import training_config
     from encdec.inference import load_trained
     from encdec.model_card import run_folder_metrics
 
-    if cfg.format not in ("hf",):
-        raise EncdecError(f"format={cfg.format} is not an export format: use format=hf")
+    if cfg.format not in ("hf", "onnx"):
+        raise EncdecError(f"format={cfg.format} is not an export format: use format=hf or format=onnx")
+    if cfg.format == "onnx":
+        from encdec.onnx_export import check_available
+
+        check_available()
     check_push_target(cfg.get("push_to_hub"), "push_to_hub")
     path = Path(str(cfg.model_path)).expanduser()
     if not path.exists():
@@ -106,12 +110,20 @@ def export(cfg: DictConfig) -> Path:
     run_dir = next((folder for folder in (path, path.parent, path.parent.parent)
                     if (folder / ".hydra" / "config.yaml").is_file()), None)
     target = Path(str(cfg.output_dir)).expanduser() if cfg.get("output_dir") else _default_target(path, run_dir)
+    if cfg.format == "onnx" and not cfg.get("output_dir"):
+        target = target.with_name("onnx")
     run_config = training_config(path)
     model, encoder_tokenizer, decoder_tokenizer = load_trained(path)
-    share_weights = bool(run_config is not None and run_config.get("model", {}).get("share_weights"))
     target.parent.mkdir(parents=True, exist_ok=True)
-    run_folder.export_hf_model(model, encoder_tokenizer, decoder_tokenizer, target, untie=share_weights,
-                               run_config=run_config, metrics=run_folder_metrics(run_dir))
+    if cfg.format == "onnx":
+        from encdec.onnx_export import export_onnx
+
+        max_source_length = OmegaConf.select(run_config, "data.max_source_length", default=None) if run_config else None
+        export_onnx(model, encoder_tokenizer, decoder_tokenizer, target, max_source_length or 512)
+    else:
+        share_weights = bool(run_config is not None and run_config.get("model", {}).get("share_weights"))
+        run_folder.export_hf_model(model, encoder_tokenizer, decoder_tokenizer, target, untie=share_weights,
+                                   run_config=run_config, metrics=run_folder_metrics(run_dir))
     print(f"exported {target}", flush=True)
     if cfg.get("push_to_hub"):
         print(f"uploaded {push_to_hub(target, cfg.push_to_hub, 'push_to_hub')}", flush=True)

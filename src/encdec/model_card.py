@@ -36,7 +36,8 @@ def render(model, run_config: DictConfig | None, metrics: dict | None, remote_co
     dataset = _dataset(data)
     metadata = {
         "base_model": [name for name in (_hub_name(side.get("pretrained")) for side in (encoder, decoder)
-                                         if side.get("init", "pretrained") == "pretrained") if name and _HUB_ID.match(name)],
+                                         if side.get("init", "pretrained") == "pretrained")
+                       if name and _HUB_ID.match(name)],
         "datasets": [dataset] if dataset and _HUB_ID.match(dataset) else [],
         "metrics": ["rouge"],
         "library_name": "transformers",

@@ -157,14 +157,13 @@ def write_jsonl(path: Path, rows: Iterable[dict[str, Any]]) -> None:
 
 def export_hf_model(model, encoder_tokenizer, decoder_tokenizer, target: Path, untie: bool = False,
                     run_config=None, metrics: dict | None = None) -> None:
-    """save_pretrained into a temporary sibling, then rename: a kill never leaves a half-written hf_model/.
+    """save_pretrained, atomically (see write_folder_atomic).
 
     The folder is self-contained: the encoder's tokenizer also at its top (what AutoTokenizer loads), the decoder's
     modeling code when encdec added its cross-attention, and a model card from `run_config` and `metrics`."""
     from encdec import export, model_card
 
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
-    try:
+    def fill(tmp: Path) -> None:
         state_dict = None
         if untie:
             # Shared encoder/decoder tensors are stored twice: plain transformers reloads them as equal copies.
@@ -177,6 +176,16 @@ def export_hf_model(model, encoder_tokenizer, decoder_tokenizer, target: Path, u
         if remote_code:
             export.write_remote_code(tmp)
         (tmp / "README.md").write_text(model_card.render(model, run_config, metrics, remote_code), encoding="utf-8")
+
+    write_folder_atomic(target, fill)
+
+
+def write_folder_atomic(target: Path, fill: Callable[[Path], None]) -> None:
+    """`fill` a temporary sibling, then rename it to `target`: a kill never leaves a half-written folder, and a
+    previous `target` is replaced only once the new one is whole. Modes follow the umask."""
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    try:
+        fill(tmp)
         _follow_umask(tmp)
         previous = None
         if target.exists():
