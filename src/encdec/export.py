@@ -12,9 +12,9 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 
 import encdec
+from encdec.cross_attention import MODEL_TYPE
 from encdec.errors import EncdecError
 
-DECODER_MODEL_TYPE = "encdec_cross_attention_decoder"
 REMOTE_CODE_ENTRY = "modeling_encdec"
 AUTO_MAP = {
     "AutoConfig": f"{REMOTE_CODE_ENTRY}.EncdecEncoderDecoderConfig",
@@ -27,7 +27,7 @@ _OTHER_ENCDEC_IMPORT = re.compile(r"^\s*(import encdec\b|from encdec\b)", re.MUL
 
 def needs_remote_code(model) -> bool:
     """Whether plain transformers lacks the decoder's classes (encdec added its cross-attention)."""
-    return getattr(model.config.decoder, "model_type", None) == DECODER_MODEL_TYPE
+    return getattr(model.config.decoder, "model_type", None) == MODEL_TYPE
 
 
 def write_remote_code(folder: Path) -> list[str]:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import logging
 import shutil
 import warnings
 from pathlib import Path
@@ -98,7 +99,8 @@ def export_onnx(model, encoder_tokenizer, decoder_tokenizer, target: Path, max_s
 
 
 def _export(module: nn.Module, args: tuple, path: Path, input_names, output_names, dynamic_shapes) -> None:
-    # The exporter reports each stage on stdout and warns about internals a user cannot act on.
+    # The exporter reports each stage on stdout and warns about internals a user cannot act on (torchvision ops).
+    logging.getLogger("torch.onnx").setLevel(logging.ERROR)
     with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
         warnings.simplefilter("ignore")
         torch.onnx.export(module.eval(), args, str(path), dynamo=True, input_names=input_names,
