@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import errno
 import json
+from types import SimpleNamespace
 
 import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from omegaconf import OmegaConf
-from transformers import AutoTokenizer
+from transformers import AutoTokenizer, GenerationConfig
 
 from conftest import compose_config
 from encdec import run_folder
@@ -22,6 +23,27 @@ from encdec.sources import resolve
 class DiskFull(OSError):
     def __init__(self):
         super().__init__(errno.ENOSPC, "No space left on device")
+
+
+class StubModel:
+    """Just enough of an EncoderDecoderModel for export_hf_model: a BERT decoder, config.json holding `text`."""
+
+    config = SimpleNamespace(encoder=SimpleNamespace(model_type="bert"), decoder=SimpleNamespace(model_type="bert"))
+    decoder = SimpleNamespace(config=config.decoder)
+    generation_config = GenerationConfig()
+
+    def __init__(self, text="{}", fail=False):
+        self.text, self.fail = text, fail
+
+    def save_pretrained(self, folder, state_dict=None):
+        (folder / "config.json").write_text(self.text)
+        if self.fail:
+            raise DiskFull()
+
+
+class StubTokenizer:
+    def save_pretrained(self, folder):
+        folder.mkdir(exist_ok=True)
 
 
 def test_full_disk_during_a_write_keeps_the_previous_file_whole(tmp_path):
@@ -54,18 +76,10 @@ def test_results_are_readable_by_the_group_as_umask_allows(tmp_path):
     import os
     import stat
 
-    class TinyModel:
-        def save_pretrained(self, folder, state_dict=None):
-            (folder / "config.json").write_text("{}")
-
-    class Tokenizer:
-        def save_pretrained(self, folder):
-            folder.mkdir()
-
     previous = os.umask(0o022)
     try:
         run_folder.write_json(tmp_path / "metrics.json", {"a": 1})
-        run_folder.export_hf_model(TinyModel(), Tokenizer(), Tokenizer(), tmp_path / "hf_model")
+        run_folder.export_hf_model(StubModel(), StubTokenizer(), StubTokenizer(), tmp_path / "hf_model")
     finally:
         os.umask(previous)
     assert stat.S_IMODE((tmp_path / "metrics.json").stat().st_mode) == 0o644
@@ -73,25 +87,12 @@ def test_results_are_readable_by_the_group_as_umask_allows(tmp_path):
 
 
 def test_export_replaces_a_previous_export_and_keeps_it_when_the_new_one_fails(tmp_path):
-    class Model:
-        def __init__(self, text, fail=False):
-            self.text, self.fail = text, fail
-
-        def save_pretrained(self, folder, state_dict=None):
-            (folder / "config.json").write_text(self.text)
-            if self.fail:
-                raise DiskFull()
-
-    class Tokenizer:
-        def save_pretrained(self, folder):
-            folder.mkdir()
-
     target = tmp_path / "hf_model"
-    run_folder.export_hf_model(Model("old"), Tokenizer(), Tokenizer(), target)
+    run_folder.export_hf_model(StubModel("old"), StubTokenizer(), StubTokenizer(), target)
     with pytest.raises(OSError):
-        run_folder.export_hf_model(Model("new", fail=True), Tokenizer(), Tokenizer(), target)
+        run_folder.export_hf_model(StubModel("new", fail=True), StubTokenizer(), StubTokenizer(), target)
     assert (target / "config.json").read_text() == "old"
-    run_folder.export_hf_model(Model("new"), Tokenizer(), Tokenizer(), target)
+    run_folder.export_hf_model(StubModel("new"), StubTokenizer(), StubTokenizer(), target)
     assert (target / "config.json").read_text() == "new"
     assert [p.name for p in tmp_path.iterdir()] == ["hf_model"]  # nothing moved aside is left behind
 

@@ -8,6 +8,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from encdec.data import check_data_settings
 from encdec.errors import EncdecError
+from encdec.export import check_push_target
 from encdec.metrics import ROUGE_TYPES
 
 MONITORED = ("val/loss", *(f"val/{name}" for name in ROUGE_TYPES))
@@ -18,6 +19,7 @@ def check_run_settings(cfg: DictConfig) -> None:
     if not isinstance(seed, int) or isinstance(seed, bool) or not 0 <= seed < 2**32:
         raise EncdecError(f"seed={seed} must be an integer from 0 to 4294967295")
     check_data_settings(cfg.data)
+    check_push_target(OmegaConf.select(cfg, "export.push_to_hub"), "export.push_to_hub")  # not after hours of training
     _check_checkpoint(cfg.checkpoint)
     _check_optimizer(cfg)
     rank = cfg.model.get("lora", {}).get("r", 0)

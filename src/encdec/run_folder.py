@@ -114,6 +114,15 @@ def write_atomic(path: Path, write: Callable[[IO], None], binary: bool = False) 
         raise
 
 
+def _follow_umask(folder: Path) -> None:
+    """Files and folders under `folder` get the modes the umask gives new ones (0644/0755 under 022), as a plain
+    open() would: mkdtemp makes the folder owner-only, and transformers writes model.safetensors through an
+    owner-only temporary file (0600)."""
+    mask = _umask()
+    for path in [folder, *folder.rglob("*")]:
+        os.chmod(path, (0o777 if path.is_dir() else 0o666) & ~mask)
+
+
 def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
@@ -146,18 +155,38 @@ def write_jsonl(path: Path, rows: Iterable[dict[str, Any]]) -> None:
     write_text_atomic(path, "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows))
 
 
-def export_hf_model(model, encoder_tokenizer, decoder_tokenizer, target: Path, untie: bool = False) -> None:
-    """save_pretrained into a temporary sibling, then rename: a kill never leaves a half-written hf_model/."""
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
-    try:
+def export_hf_model(model, encoder_tokenizer, decoder_tokenizer, target: Path, untie: bool = False,
+                    run_config=None, metrics: dict | None = None) -> None:
+    """save_pretrained, atomically (see write_folder_atomic).
+
+    The folder is self-contained: the encoder's tokenizer also at its top (what AutoTokenizer loads), the decoder's
+    modeling code when encdec added its cross-attention, and a model card from `run_config` and `metrics`."""
+    from encdec import export, model_card
+
+    def fill(tmp: Path) -> None:
         state_dict = None
         if untie:
             # Shared encoder/decoder tensors are stored twice: plain transformers reloads them as equal copies.
             state_dict = {name: tensor.detach().clone() for name, tensor in model.state_dict().items()}
         model.save_pretrained(tmp, state_dict=state_dict)
+        encoder_tokenizer.save_pretrained(tmp)
         encoder_tokenizer.save_pretrained(tmp / ENCODER_TOKENIZER)
         decoder_tokenizer.save_pretrained(tmp / DECODER_TOKENIZER)
-        os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes it owner-only
+        remote_code = export.needs_remote_code(model)
+        if remote_code:
+            export.write_remote_code(tmp)
+        (tmp / "README.md").write_text(model_card.render(model, run_config, metrics, remote_code), encoding="utf-8")
+
+    write_folder_atomic(target, fill)
+
+
+def write_folder_atomic(target: Path, fill: Callable[[Path], None]) -> None:
+    """`fill` a temporary sibling, then rename it to `target`: a kill never leaves a half-written folder, and a
+    previous `target` is replaced only once the new one is whole. Modes follow the umask."""
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    try:
+        fill(tmp)
+        _follow_umask(tmp)
         previous = None
         if target.exists():
             # Moved aside, not deleted, until the new export is in place: a kill in between loses neither.

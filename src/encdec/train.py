@@ -27,6 +27,7 @@ from encdec import run_folder
 from encdec.checks import check_run_settings, optimizer_class_settings
 from encdec.data import load_splits
 from encdec.errors import EncdecError, Interrupted
+from encdec.export import push_to_hub
 from encdec.lit.checkpoint_io import AtomicCheckpointIO, LinkedLastCheckpoint
 from encdec.lit.datamodule import SummarizationDataModule
 from encdec.lit.module import Seq2SeqModule
@@ -148,18 +149,20 @@ def run(cfg: DictConfig) -> float | None:
         if not evaluated:
             trainer.save_checkpoint(export_from, weights_only=True)
     if trainer.is_global_zero:
+        metrics = {**after, **test, **{f"initial/{k}": v for k, v in before.items()}, **baselines}
+        metrics.update({"train/steps": trainer.global_step, "time/seconds": round(module.seconds_worked(), 1)})
         run_folder.export_hf_model(
             merged_copy(model) if export_from is None else load_trained(export_from)[0],
             encoder_tokenizer, decoder_tokenizer, run_dir / run_folder.HF_MODEL,
-            untie=bool(cfg.model.get("share_weights")),
+            untie=bool(cfg.model.get("share_weights")), run_config=cfg, metrics=metrics,
         )
         if export_from is not None and str(export_from) != best:  # a scratch file of ours
             shutil.rmtree(export_from) if export_from.is_dir() else export_from.unlink(missing_ok=True)
-        metrics = {**after, **test, **{f"initial/{k}": v for k, v in before.items()}, **baselines}
-        metrics.update({"train/steps": trainer.global_step, "time/seconds": round(module.seconds_worked(), 1)})
         run_folder.write_jsonl(run_dir / run_folder.PREDICTIONS, module.last_predictions.get("test", []))
         run_folder.write_json(run_dir / run_folder.METRICS, metrics)
         say(f"run folder: {run_dir}")
+        if OmegaConf.select(cfg, "export.push_to_hub"):  # last: a failed upload leaves every result in place
+            say(f"uploaded {push_to_hub(run_dir / run_folder.HF_MODEL, cfg.export.push_to_hub, 'export.push_to_hub')}")
     return (after | test).get(cfg.get("optimized_metric") or "val/rouge2")
 
 

@@ -1,0 +1,142 @@
+"""What makes hf_model/ complete and self-contained beyond `save_pretrained` (the encoder's tokenizer at the top,
+the decoder's modeling code, a model card, permissions as the umask says), uploading it to the Hub, and
+`python export.py` (re-export a run, or push it)."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from pathlib import Path
+
+from omegaconf import DictConfig, OmegaConf
+
+import encdec
+from encdec.cross_attention import MODEL_TYPE
+from encdec.errors import EncdecError
+
+REMOTE_CODE_ENTRY = "modeling_encdec"
+AUTO_MAP = {
+    "AutoConfig": f"{REMOTE_CODE_ENTRY}.EncdecEncoderDecoderConfig",
+    "AutoModelForSeq2SeqLM": f"{REMOTE_CODE_ENTRY}.EncdecEncoderDecoderModel",
+}
+_ENCDEC_IMPORT = re.compile(r"^(\s*)from encdec\.(\w+) import", re.MULTILINE)
+_RELATIVE_IMPORT = re.compile(r"^\s*from \.(\w+) import", re.MULTILINE)
+_OTHER_ENCDEC_IMPORT = re.compile(r"^\s*(import encdec\b|from encdec\b)", re.MULTILINE)
+
+
+def needs_remote_code(model) -> bool:
+    """Whether plain transformers lacks the decoder's classes (encdec added its cross-attention)."""
+    return getattr(model.config.decoder, "model_type", None) == MODEL_TYPE
+
+
+def write_remote_code(folder: Path) -> list[str]:
+    """Copy `remote_modeling.py` as `modeling_encdec.py`, and every encdec module it imports (transitively) under its
+    own name with the imports made relative, then name the classes in config.json's `auto_map`. Copied at export
+    time, so an export always carries the code that trained it. Returns the file names written."""
+    package = Path(encdec.__file__).parent
+    pending, written = [("remote_modeling", REMOTE_CODE_ENTRY)], []
+    while pending:
+        module, name = pending.pop()
+        text = _ENCDEC_IMPORT.sub(r"\1from .\2 import", (package / f"{module}.py").read_text(encoding="utf-8"))
+        if _OTHER_ENCDEC_IMPORT.search(text):
+            raise RuntimeError(f"encdec/{module}.py imports encdec in a form the export cannot make relative "
+                               "(use `from encdec.MODULE import NAME`)")
+        (folder / f"{name}.py").write_text(text, encoding="utf-8")
+        written.append(f"{name}.py")
+        pending += [(needed, needed) for needed in _RELATIVE_IMPORT.findall(text)
+                    if f"{needed}.py" not in written and (needed, needed) not in pending]
+    config_path = folder / "config.json"
+    config = json.loads(config_path.read_text(encoding="utf-8"))
+    config["auto_map"] = AUTO_MAP
+    config_path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    return sorted(written)
+
+
+def check_push_target(repo_id, key: str) -> None:
+    """A Hub repository to upload to is checked before any work: its name, and that a token is there to upload
+    with (HF_TOKEN or `hf auth login`). Nothing to check when `repo_id` is empty."""
+    if not repo_id:
+        return
+    from huggingface_hub import get_token
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+    try:
+        validate_repo_id(str(repo_id))
+    except HFValidationError as error:
+        raise EncdecError(f"{key}={repo_id} is not a Hub repository name ({str(error).splitlines()[0]}): "
+                          "use ORG/NAME") from None
+    if os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on"):
+        raise EncdecError(f"{key}={repo_id} needs the Hub, but HF_HUB_OFFLINE is set: unset it, or drop {key}")
+    if get_token() is None:
+        raise EncdecError(f"{key}={repo_id} needs a Hugging Face token with write access: run `hf auth login` or "
+                          f"set HF_TOKEN, or drop {key}")
+
+
+def push_to_hub(folder: Path, repo_id: str, key: str) -> str:
+    """Upload `folder` as the model repository `repo_id` (made if missing); returns its URL."""
+    check_push_target(repo_id, key)
+    from huggingface_hub import HfApi
+
+    api = HfApi()
+    try:
+        api.create_repo(repo_id, repo_type="model", exist_ok=True)
+        api.upload_folder(folder_path=str(folder), repo_id=repo_id, repo_type="model",
+                          commit_message="Upload an encdec summarizer")
+    except Exception as error:  # noqa: BLE001 - HTTP, network and auth errors of huggingface_hub and httpx alike
+        first = next((line.strip() for line in str(error).splitlines() if line.strip()), type(error).__name__)
+        raise EncdecError(f"{key}={repo_id}: the upload failed ({type(error).__name__}: {first[:200]}); {folder} is "
+                          f"complete, upload it later with `hf upload {repo_id} {folder}`") from error
+    return f"https://huggingface.co/{repo_id}"
+
+
+def export(cfg: DictConfig) -> Path:
+    """`python export.py model_path=RUN [format=hf|onnx] [push_to_hub=ORG/NAME] [output_dir=FOLDER]`."""
+    from encdec import run_folder
+    from encdec.evaluate import training_config
+    from encdec.inference import load_trained
+    from encdec.model_card import run_folder_metrics
+
+    if cfg.format not in ("hf", "onnx"):
+        raise EncdecError(f"format={cfg.format} is not an export format: use format=hf or format=onnx")
+    if cfg.format == "onnx":
+        from encdec.onnx_export import check_available
+
+        check_available()
+    check_push_target(cfg.get("push_to_hub"), "push_to_hub")
+    path = Path(str(cfg.model_path)).expanduser()
+    if not path.exists():
+        raise EncdecError(f"model_path={path}: no such file or folder")
+    run_dir = next((folder for folder in (path, path.parent, path.parent.parent)
+                    if (folder / ".hydra" / "config.yaml").is_file()), None)
+    target = Path(str(cfg.output_dir)).expanduser() if cfg.get("output_dir") else _default_target(path, run_dir)
+    if cfg.format == "onnx" and not cfg.get("output_dir"):
+        target = target.with_name("onnx")
+    run_config = training_config(path)
+    model, encoder_tokenizer, decoder_tokenizer = load_trained(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    if cfg.format == "onnx":
+        from encdec.onnx_export import export_onnx
+
+        max_source_length = OmegaConf.select(run_config, "data.max_source_length", default=None) if run_config else None
+        export_onnx(model, encoder_tokenizer, decoder_tokenizer, target, max_source_length or 512)
+    else:
+        share_weights = bool(run_config is not None and run_config.get("model", {}).get("share_weights"))
+        run_folder.export_hf_model(model, encoder_tokenizer, decoder_tokenizer, target, untie=share_weights,
+                                   run_config=run_config, metrics=run_folder_metrics(run_dir))
+    print(f"exported {target}", flush=True)
+    if cfg.get("push_to_hub"):
+        print(f"uploaded {push_to_hub(target, cfg.push_to_hub, 'push_to_hub')}", flush=True)
+    return target
+
+
+def _default_target(path: Path, run_dir: Path | None) -> Path:
+    """A run folder's (or its hf_model/'s) export is rewritten in place; a checkpoint's needs output_dir."""
+    from encdec import run_folder
+
+    if path.is_dir() and path.name == run_folder.HF_MODEL:
+        return path
+    if run_dir is not None and path == run_dir:
+        return run_dir / run_folder.HF_MODEL
+    raise EncdecError(f"model_path={path} is not a run folder nor an hf_model/ export: give output_dir=FOLDER "
+                      "for its export")

