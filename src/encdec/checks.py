@@ -6,6 +6,7 @@ import hydra
 import torch
 from omegaconf import DictConfig
 
+from encdec.boundary import user_settings
 from encdec.data import check_data_settings
 from encdec.errors import EncdecError
 from encdec.metrics import ROUGE_TYPES
@@ -13,6 +14,7 @@ from encdec.metrics import ROUGE_TYPES
 MONITORED = ("val/loss", *(f"val/{name}" for name in ROUGE_TYPES))
 
 
+@user_settings("seed", "data", "checkpoint", "optimizer", "model", "scheduler")
 def check_run_settings(cfg: DictConfig) -> None:
     seed = cfg.get("seed")
     if not isinstance(seed, int) or isinstance(seed, bool) or not 0 <= seed < 2**32:
@@ -65,3 +67,15 @@ def _show(value) -> str:
 
     value = OmegaConf.to_container(value) if OmegaConf.is_config(value) else value
     return str(value).replace(" ", "")
+
+
+def check_generation_length(model) -> None:
+    """Decoding may not run the decoder past its learned positions: it would fail deep inside the forward pass
+    (a tensor size or index error) at the first validation, after the data and model are built."""
+    config = model.generation_config
+    steps = config.max_new_tokens if config.max_new_tokens is not None else config.max_length
+    positions = getattr(model.decoder.config, "max_position_embeddings", None)
+    if isinstance(steps, int) and isinstance(positions, int) and steps > positions:
+        key = "max_new_tokens" if config.max_new_tokens is not None else "max_length"
+        raise EncdecError(f"generation.{key}={steps} runs past the decoder's {positions} positions: "
+                          f"set generation.{key}<={positions}")

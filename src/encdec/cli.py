@@ -45,7 +45,7 @@ def command_line(argv: list[str], config_name: str, config_dir: Path) -> list[st
             # Hydra writes .hydra/ before the task runs: a folder holding results is refused before that.
             run_dir = Path(cfg.hydra.run.dir).expanduser().absolute()
             check_fresh(run_dir, resumable=config_name == "train")
-            _existing_before_run = next((folder for folder in run_dir.parents if folder.is_dir()), None)
+            _existing_before_run = next((folder for folder in (run_dir, *run_dir.parents) if folder.is_dir()), None)
     except EncdecError as error:
         exit_with(error)
     return [argv[0], *args]

@@ -1,0 +1,141 @@
+"""The boundary: a library's error while encdec builds from the user's settings is one line naming those settings;
+a bug in encdec keeps its traceback."""
+
+from __future__ import annotations
+
+import errno
+
+import pytest
+import torch
+
+import in_process
+from conftest import SMOKE
+from encdec.boundary import lightning_settings, user_settings
+from encdec.errors import EncdecError
+
+# SMOKE stopped after the first step, with one row to validate on: a run that builds takes about two seconds.
+FAST = (*SMOKE, "data.max_eval_samples=1", "data.max_test_samples=1")
+
+
+def train(tmp_path, *args: str) -> in_process.Outcome:
+    return in_process.run("train.py", *FAST, *args, cwd=tmp_path, stop_after_first_step=True)
+
+
+def test_library_error_while_building_is_one_line_naming_the_overrides(tmp_path):
+    outcome = train(tmp_path, "encoder=minilm", "decoder=tiny", "encoder.overrides.hidden_size=7")
+    assert outcome.code == 2, outcome.stderr[-3000:]
+    assert outcome.errors == ["encdec: error: encoder.overrides.hidden_size=7: The hidden size (7) is not a multiple "
+                              "of the number of attention heads (12)"]
+    assert "Traceback" not in outcome.stderr
+    assert in_process.files_under(tmp_path) == set()  # no half-made run folder
+
+
+def test_only_the_side_being_built_is_named(tmp_path):
+    outcome = train(tmp_path, "encoder=tiny", "decoder=tiny", "encoder.overrides.hidden_dropout_prob=0.2",
+                    "decoder.overrides.num_attention_heads=3")
+    assert outcome.code == 2, outcome.stderr[-3000:]
+    assert outcome.errors == ["encdec: error: decoder.overrides.num_attention_heads=3: The hidden size (64) is not a "
+                              "multiple of the number of attention heads (3)"]
+
+
+def test_lightning_checks_at_fit_are_named_as_trainer_settings(tmp_path):
+    # Found by the fuzzer: Lightning checks val_check_interval against the batches only when fit sets up the loop.
+    outcome = train(tmp_path, "encoder=tiny", "decoder=tiny", "trainer.val_check_interval=1000")
+    assert outcome.code == 2, outcome.stderr[-3000:]
+    [line] = outcome.errors
+    assert line.startswith("encdec: error: trainer.max_steps=2 trainer.max_epochs=1 trainer.log_every_n_steps=1 "
+                           "trainer.val_check_interval=1000: `val_check_interval` (1000) must be less than or equal "
+                           "to the number of the training batches (2).")
+    # The validation before training drew a heatmap; still no half-made run folder is left.
+    assert in_process.files_under(tmp_path) == set()
+
+
+@pytest.mark.parametrize("new_tokens, code", [(512, 0), (513, 2)])
+def test_decoding_stops_at_the_decoder_positions(tmp_path, new_tokens, code):
+    # Found by the fuzzer: generation.max_new_tokens=100000 failed in BERT's embeddings at the first validation.
+    outcome = train(tmp_path, "encoder=tiny", "decoder=tiny", f"generation.max_new_tokens={new_tokens}",
+                    "data.max_eval_samples=1", "callbacks=none")
+    assert outcome.code == code, outcome.stderr[-3000:]
+    if code:
+        assert outcome.errors == ["encdec: error: generation.max_new_tokens=513 runs past the decoder's 512 positions: "
+                                  "set generation.max_new_tokens<=512"]
+
+
+def test_a_bug_in_encdec_inside_a_build_step_keeps_its_traceback(tmp_path, monkeypatch):
+    from transformers import BertLMHeadModel
+
+    # check_vocab (encdec code, inside the model's build step) then reads an attribute the object lacks: a bug.
+    monkeypatch.setattr(BertLMHeadModel, "get_input_embeddings", lambda self: object())
+    outcome = train(tmp_path, "encoder=tiny", "decoder=tiny")
+    assert outcome.code == 1
+    assert outcome.errors == []
+    assert "Traceback" in outcome.stderr and "AttributeError: 'object' object has no attribute 'num_embeddings'" in outcome.stderr
+
+
+def test_an_error_outside_the_build_steps_keeps_its_traceback(tmp_path, monkeypatch):
+    import encdec.train
+
+    def failing_say(message):
+        if message.startswith("validation ROUGE before training"):
+            raise ValueError("a bug after the build steps")
+
+    monkeypatch.setattr(encdec.train, "say", failing_say)
+    outcome = train(tmp_path, "encoder=tiny", "decoder=tiny")
+    assert outcome.code == 1
+    assert outcome.errors == [] and "ValueError: a bug after the build steps" in outcome.stderr
+
+
+def test_user_and_library_errors_become_one_line():
+    with pytest.raises(EncdecError, match=r"^encoder: KeyError 'hidden'$"):
+        with user_settings("encoder"):
+            {}["hidden"]
+    with pytest.raises(EncdecError, match=r"^model: 'Linear' object has no attribute 'weigth'$"):
+        with user_settings("model"):
+            torch.nn.Linear(2, 2).weigth  # raised inside torch: a library's AttributeError is the user's input's
+    with pytest.raises(EncdecError, match=r"^optimizer: first line only$"):
+        with user_settings("optimizer"):
+            raise ValueError("first line only\nsecond line")
+
+
+def test_hydra_instantiation_errors_give_their_cause():
+    import hydra
+
+    with pytest.raises(EncdecError) as caught:
+        with user_settings("optimizer"):
+            hydra.utils.instantiate({"_target_": "torch.optim.AdamW", "params": [torch.zeros(1, requires_grad=True)],
+                                     "lr": -1.0})
+    assert str(caught.value) == "optimizer: Invalid learning rate: -1.0"
+
+
+@pytest.mark.parametrize("error", [AssertionError("invariant"), NameError("name 'x' is not defined"),
+                                   AttributeError("no attribute"), NotImplementedError("todo")])
+def test_programming_errors_raised_in_encdec_pass_through(error):
+    with pytest.raises(type(error)):
+        with user_settings("encoder"):
+            _raise_in_encdec(error)
+
+
+def _raise_in_encdec(error: BaseException) -> None:
+    """Raise `error` from a frame whose file is encdec's source, as a bug in encdec would."""
+    from encdec import boundary
+
+    code = compile("raise error", boundary.__file__, "exec")
+    exec(code, {"error": error})
+
+
+@pytest.mark.parametrize("error", [OSError(errno.ENOSPC, "No space left on device"), MemoryError(), KeyboardInterrupt()])
+def test_a_full_disk_memory_and_interrupts_pass_through(error):
+    with pytest.raises(type(error)):
+        with user_settings("data"):
+            raise error
+
+
+def test_lightning_settings_convert_only_what_lightning_raises():
+    from lightning.pytorch.trainer.setup import _determine_batch_limits
+
+    with pytest.raises(ValueError, match="not lightning"):
+        with lightning_settings():
+            raise ValueError("not lightning")
+    with pytest.raises(EncdecError, match=r"^trainer: You have passed invalid value -1 for limit_train_batches"):
+        with lightning_settings():
+            _determine_batch_limits(-1, "limit_train_batches")
