@@ -12,6 +12,7 @@ import importlib.util
 import io
 import os
 import sys
+import traceback
 from dataclasses import dataclass
 from pathlib import Path
 from unittest import mock
@@ -73,6 +74,9 @@ def run(script: str, *args: str, cwd: Path, stdin: bytes = b"", stop_after_first
                 code = stop.code if isinstance(stop.code, int) else (0 if stop.code is None else 1)
             except FirstStepDone:
                 code = 0
+            except Exception:  # noqa: BLE001 - what Hydra lets through: as Python reports an uncaught exception
+                traceback.print_exc()
+                code = 1
     finally:
         GlobalHydra.instance().clear()
         os.chdir(previous_cwd)

@@ -61,6 +61,20 @@ def test_decoding_stops_at_the_decoder_positions(tmp_path, new_tokens, code):
                                   "set generation.max_new_tokens<=512"]
 
 
+@pytest.mark.parametrize("run_dir, reason", [("/proc/encdec-run", " (No such file or directory at /proc/encdec-run);"),
+                                             ("{file}/run", ": {file} is a file;")])
+def test_a_run_folder_that_cannot_be_made_is_one_line(tmp_path, run_dir, reason):
+    # Found by the fuzzer: Hydra makes the run folder before encdec runs, and failed there with a traceback.
+    file = tmp_path / "notes.txt"
+    file.write_text("mine")
+    run_dir, reason = run_dir.format(file=file), reason.format(file=file)
+    outcome = train(tmp_path, "encoder=tiny", "decoder=tiny", f"hydra.run.dir={run_dir}")
+    assert outcome.code == 2
+    assert outcome.errors == [f"encdec: error: hydra.run.dir={run_dir} cannot be made{reason} choose a folder you "
+                              "can write to"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt"] and file.read_text() == "mine"
+
+
 def test_a_bug_in_encdec_inside_a_build_step_keeps_its_traceback(tmp_path, monkeypatch):
     from transformers import BertLMHeadModel
 
