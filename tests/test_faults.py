@@ -10,6 +10,7 @@ import sys
 import zipfile
 
 import pytest
+import torch
 import yaml
 
 import fault_points
@@ -153,3 +154,23 @@ def test_sweep_killed_at_every_optuna_db_commit_reruns_whole(app, tmp_path):  # 
             assert_sweep_whole(app, sweep)
         commits = n
     pytest.fail("more than 200 commits")
+
+
+def test_resume_removes_what_killed_writes_left(tmp_path):
+    from omegaconf import OmegaConf
+
+    from encdec.run_folder import resume_point
+
+    run_dir = tmp_path / "run"
+    (run_dir / ".hydra").mkdir(parents=True)
+    OmegaConf.save(OmegaConf.create({"seed": 0}), run_dir / ".hydra" / "config.yaml")
+    (run_dir / "checkpoints").mkdir()
+    whole = run_dir / "checkpoints" / "step2.ckpt"
+    torch.save({"state_dict": {}}, whole)
+    left = [run_dir / "checkpoints" / ".last.ckpt.k2j4.tmp", run_dir / ".metrics.json.x1.tmp", run_dir / ".hf_model.q9"]
+    left[0].write_bytes(b"half a checkpoint")
+    left[1].write_text("{")
+    (left[2] / "encoder_tokenizer").mkdir(parents=True)
+    assert resume_point(run_dir)[1] == whole
+    assert not any(path.exists() for path in left)
+    assert sorted(p.name for p in run_dir.rglob("*")) == [".hydra", "checkpoints", "config.yaml", "step2.ckpt"]

@@ -241,3 +241,26 @@ def test_predict_command_lines_keep_the_promise(fuzz_root, trained, drawn):
 def test_many_command_lines_keep_the_promise(fuzz_root, trained, script_args):
     script, args, stdin = script_args
     check_promise(script, args, Workspace(fuzz_root, trained if script != "train.py" else None), stdin)
+
+
+# ------------------------------------------------------------------------------------------ what the fuzzer found
+
+
+@pytest.mark.parametrize("args, line", [
+    (["batch_size=false"], "batch_size=False must be a positive integer"),
+    (["max_source_length=-1"], "max_source_length=-1 must be a positive integer or null (the training run's "
+                               "data.max_source_length)"),
+])
+def test_found_predict_sizes_are_checked(fuzz_root, trained, args, line):
+    # batch_size=false ended in a ValueError traceback from the batch sampler, after the model had loaded.
+    outcome = in_process.run("predict.py", f"model_path={trained}", "input=-", *args, cwd=fuzz_root, stdin=b"a text\n")
+    assert (outcome.code, outcome.errors) == (2, [f"encdec: error: {line}"])
+
+
+def test_found_a_required_key_is_named_as_such(fuzz_root):
+    # The boundary had turned OmegaConf's MissingMandatoryValue into "encoder=tiny encoder=auto: Missing mandatory
+    # value: encoder.pretrained"; cli.guarded's line says how to set it.
+    outcome = in_process.run("train.py", *TRAIN_BASE, "encoder=auto", f"hydra.run.dir={fuzz_root / 'run'}",
+                             cwd=fuzz_root)
+    assert (outcome.code, outcome.errors) == (2, ["encdec: error: encoder.pretrained is required: pass "
+                                                  "encoder.pretrained=VALUE on the command line"])

@@ -33,6 +33,8 @@ import os
 from pathlib import Path
 from typing import Callable, Iterator
 
+from omegaconf.errors import MissingMandatoryValue
+
 from encdec.errors import EncdecError
 
 ENCDEC_SOURCE = Path(__file__).resolve().parent
@@ -53,7 +55,7 @@ def user_settings(*groups: str) -> Iterator[None]:
     _depth += 1
     try:
         yield
-    except EncdecError:
+    except (EncdecError, MissingMandatoryValue):  # cli.guarded says which key is required and how to pass it
         raise
     except Exception as error:  # noqa: BLE001 - which are the user's is decided in is_user_error
         if not is_user_error(error) or os.environ.get("ENCDEC_TRACEBACK", "") not in ("", "0"):
@@ -144,6 +146,8 @@ def settings_named(groups: tuple[str, ...]) -> str:
         key = override.lstrip("+~").split("=", 1)[0]
         return key == group or key.startswith(group + ".")
 
+    last = {o.lstrip("+~").split("=", 1)[0]: o for o in overrides}  # Hydra applies the last of a key's overrides
+    overrides = [o for o in overrides if last[o.lstrip("+~").split("=", 1)[0]] is o]
     named = []
     for group in groups:
         given = [o.lstrip("+") for o in overrides if within(o, group)]

@@ -79,3 +79,14 @@ def check_generation_length(model) -> None:
         key = "max_new_tokens" if config.max_new_tokens is not None else "max_length"
         raise EncdecError(f"generation.{key}={steps} runs past the decoder's {positions} positions: "
                           f"set generation.{key}<={positions}")
+
+
+def check_predict_sizes(cfg: DictConfig) -> None:
+    """predict.py's batch_size and max_source_length (eval.py's are data.* keys, checked with the data settings)."""
+    for key, nullable in (("batch_size", False), ("max_source_length", True)):
+        value = cfg.get(key)
+        if value is None and nullable:
+            continue
+        if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+            or_null = " or null (the training run's data.max_source_length)" if nullable else ""
+            raise EncdecError(f"{key}={value} must be a positive integer{or_null}")
