@@ -10,12 +10,11 @@ import sys
 import zipfile
 
 import pytest
-import torch
 import yaml
 
 import fault_points
 import in_process
-from conftest import ROOT, run_script, script_environment
+from conftest import ROOT, run_folder_with_a_checkpoint, run_script, script_environment
 from test_resume import SETTINGS, assert_same_run, resume_data, uninterrupted  # noqa: F401 (fixtures)
 from test_sweeps import app, trials  # noqa: F401 (fixture)
 
@@ -157,16 +156,9 @@ def test_sweep_killed_at_every_optuna_db_commit_reruns_whole(app, tmp_path):  # 
 
 
 def test_resume_removes_what_killed_writes_left(tmp_path):
-    from omegaconf import OmegaConf
-
     from encdec.run_folder import resume_point
 
-    run_dir = tmp_path / "run"
-    (run_dir / ".hydra").mkdir(parents=True)
-    OmegaConf.save(OmegaConf.create({"seed": 0}), run_dir / ".hydra" / "config.yaml")
-    (run_dir / "checkpoints").mkdir()
-    whole = run_dir / "checkpoints" / "step2.ckpt"
-    torch.save({"state_dict": {}}, whole)
+    run_dir, whole = run_folder_with_a_checkpoint(tmp_path, {"state_dict": {}})
     left = [run_dir / "checkpoints" / ".last.ckpt.k2j4.tmp", run_dir / ".metrics.json.x1.tmp", run_dir / ".hf_model.q9"]
     left[0].write_bytes(b"half a checkpoint")
     left[1].write_text("{")
