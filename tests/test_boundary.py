@@ -75,6 +75,33 @@ def test_a_run_folder_that_cannot_be_made_is_one_line(tmp_path, run_dir, reason)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt"] and file.read_text() == "mine"
 
 
+@pytest.mark.parametrize("override, line", [
+    ("encoder.overrides.vocab_size=7", "encoder.overrides.vocab_size=7: the encoder embeds 7 tokens but its tokenizer "
+                                       "has 30522: give the encoder at least as many (or its own tokenizer)"),
+    ("decoder.overrides.type_vocab_size=0", "decoder.overrides.type_vocab_size=0: index_select(): self indexing axis "
+                                            "dim should be positive"),
+])
+def test_settings_that_fail_only_when_the_model_runs_fail_while_it_is_built(tmp_path, override, line):
+    # Found by the fuzzer: these built, then failed with an IndexError traceback in the first validation.
+    outcome = train(tmp_path, "encoder=tiny", "decoder=tiny", override)
+    assert (outcome.code, outcome.errors) == (2, [f"encdec: error: {line}"])
+    assert "Traceback" not in outcome.stderr
+
+
+def test_the_check_forward_pass_leaves_the_model_as_it_was():
+    from conftest import compose_config
+    from encdec.checks import check_forward_pass
+    from encdec.models import build_model
+
+    cfg = compose_config("encoder=tiny", "decoder=tiny")
+    model, encoder_tokenizer, decoder_tokenizer = build_model(cfg)
+    weights = {name: tensor.clone() for name, tensor in model.state_dict().items()}
+    random_state = torch.get_rng_state()
+    check_forward_pass(model, encoder_tokenizer, decoder_tokenizer, cfg)
+    assert model.training and torch.equal(torch.get_rng_state(), random_state)
+    assert all(torch.equal(tensor, weights[name]) for name, tensor in model.state_dict().items())
+
+
 def test_a_bug_in_encdec_inside_a_build_step_keeps_its_traceback(tmp_path, monkeypatch):
     from transformers import BertLMHeadModel
 

@@ -42,7 +42,8 @@ EVAL_BASE = ("data.max_test_samples=2", "data.max_eval_samples=2", "data.max_tra
 
 WRONG_VALUES = ["0", "1", "2", "3", "7", "-1", "-7", "0.5", "-0.5", "1.5", "1e-9", "1e30", "-1e30", "nan", "inf", "-inf",
                 str(2**40), str(10**18), "true", "false", "null", "''", "' '", "abc", "[]", "[1,2]", "{a:1}", "ünïcødé",
-                "日本語", "😀", "'a b'", "${oops}", "/nonexistent/x.jsonl", "{folder}", "{file}", "{text}"]
+                "日本語", "😀", "'ünïcødé 日本語 😀'", "'a b'", "${oops}", "/nonexistent/x.jsonl", "{folder}", "{file}",
+                "{text}"]
 HUGE = {str(2**40), str(10**18), "1e30", "inf"}
 # Values that run (see the docstring) rather than fail, at a cost no test can pay.
 COSTLY = {
@@ -120,7 +121,7 @@ def train_command_lines(draw):
     chosen = draw(st.lists(group_choice(TRAIN_GROUPS), max_size=2))
     settings_ = draw(st.lists(setting(keys("train")), max_size=3))
     overrides = draw(st.lists(model_override(), max_size=3))
-    run_dir = draw(st.sampled_from(["{work}/run"] * 8 + ["{file}", "{work}/ünï/日本 run", "/proc/encdec-run"]))
+    run_dir = draw(st.sampled_from(["{work}/run"] * 8 + ["{file}", "'{work}/ünï/日本 run'", "/proc/encdec-run"]))
     return [*TRAIN_BASE, *chosen, *settings_, *overrides, f"hydra.run.dir={run_dir}"]
 
 

@@ -138,24 +138,18 @@ def library_message(error: BaseException) -> str:
 
 
 def settings_named(groups: tuple[str, ...]) -> str:
-    """The command line's overrides of `groups` (`encoder.overrides.hidden_size=7`; `encoder=minilm` only when it set
-    no key inside the group), in their order; else the groups' choices (`encoder=minilm`); "" when neither exists."""
+    """What the command line set in `groups`, in its order: the keys (`encoder.overrides.hidden_size=7`); when it set
+    none, its choices of them (`encoder=minilm`); when none, Hydra's choices; "" when there is nothing to name."""
     overrides, choices = _command_line()
 
-    def within(override: str, group: str) -> bool:
-        key = override.lstrip("+~").split("=", 1)[0]
-        return key == group or key.startswith(group + ".")
+    def key(override: str) -> str:
+        return override.lstrip("+~").split("=", 1)[0]
 
-    last = {o.lstrip("+~").split("=", 1)[0]: o for o in overrides}  # Hydra applies the last of a key's overrides
-    overrides = [o for o in overrides if last[o.lstrip("+~").split("=", 1)[0]] is o]
-    named = []
-    for group in groups:
-        given = [o.lstrip("+") for o in overrides if within(o, group)]
-        keys = [o for o in given if o.lstrip("~").split("=", 1)[0] != group]
-        if keys or given:
-            named += keys or given
-        elif choices.get(group):
-            named.append(f"{group}={choices[group]}")
+    last = {key(o): o for o in overrides}  # Hydra applies the last of a key's overrides
+    given = [o.lstrip("+") for o in overrides if last[key(o)] is o
+             and any(key(o) == group or key(o).startswith(group + ".") for group in groups)]
+    keys = [o for o in given if key(o) not in groups]
+    named = keys or given or [f"{group}={choices[group]}" for group in groups if choices.get(group)]
     return " ".join(named)
 
 

@@ -90,3 +90,24 @@ def check_predict_sizes(cfg: DictConfig) -> None:
         if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
             or_null = " or null (the training run's data.max_source_length)" if nullable else ""
             raise EncdecError(f"{key}={value} must be a positive integer{or_null}")
+
+
+def check_forward_pass(model, encoder_tokenizer, decoder_tokenizer, cfg: DictConfig) -> None:
+    """The built model run once on two tokens, each tokenizer's highest id among them: settings that only fail when
+    the model runs (embeddings smaller than the tokenizer, encoder.overrides.type_vocab_size=0, ...) fail here, in the
+    model's build step, not in the first validation. Evaluation mode and no gradients: no randomness is drawn."""
+    embeddings = model.encoder.get_input_embeddings().num_embeddings
+    if len(encoder_tokenizer) > embeddings:
+        size = cfg.encoder.get("overrides", {}).get("vocab_size")
+        culprit = f"encoder.overrides.vocab_size={size}" if size is not None else f"encoder.tokenizer={encoder_tokenizer.name_or_path}"
+        raise EncdecError(f"{culprit}: the encoder embeds {embeddings} tokens but its tokenizer has "
+                          f"{len(encoder_tokenizer)}: give the encoder at least as many (or its own tokenizer)")
+    source = torch.tensor([[encoder_tokenizer.pad_token_id or 0, len(encoder_tokenizer) - 1]])
+    target = torch.tensor([[model.config.decoder_start_token_id, len(decoder_tokenizer) - 1]])
+    training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            model(input_ids=source, attention_mask=torch.ones_like(source), decoder_input_ids=target, use_cache=False)
+    finally:
+        model.train(training)

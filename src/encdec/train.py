@@ -25,7 +25,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from encdec import run_folder
 from encdec.boundary import lightning_settings, user_settings
-from encdec.checks import check_run_settings
+from encdec.checks import check_forward_pass, check_run_settings
 from encdec.data import load_splits
 from encdec.errors import EncdecError, Interrupted
 from encdec.lit.checkpoint_io import AtomicCheckpointIO, LinkedLastCheckpoint
@@ -60,6 +60,7 @@ def run(cfg: DictConfig) -> float | None:
     raw_splits = load_splits(cfg.data)
     with user_settings("encoder", "decoder", "model", "generation"):
         model, encoder_tokenizer, decoder_tokenizer = build_model(cfg)
+        check_forward_pass(model, encoder_tokenizer, decoder_tokenizer, cfg)
     total, trainable = count_parameters(model)
     say(f"model: {cfg.encoder.name} -> {cfg.decoder.name}: {total / 1e6:.1f}M parameters, {trainable / 1e6:.1f}M trainable")
 
