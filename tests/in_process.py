@@ -60,6 +60,7 @@ def run(script: str, *args: str, cwd: Path, stdin: bytes = b"", stop_after_first
     stopper = mock.patch.object(Seq2SeqModule, "on_train_batch_end", _stop, create=True) if stop_after_first_step \
         else contextlib.nullcontext()
     previous_cwd, previous_argv, previous_stdin = Path.cwd(), sys.argv, sys.stdin
+    previous_environment = dict(os.environ)  # Lightning's seed_everything and encdec's quiet_third_party set some
     code = 0
     _keep_absl_off_the_test_streams()
     try:
@@ -81,6 +82,8 @@ def run(script: str, *args: str, cwd: Path, stdin: bytes = b"", stop_after_first
         GlobalHydra.instance().clear()
         os.chdir(previous_cwd)
         sys.argv, sys.stdin = previous_argv, previous_stdin
+        os.environ.clear()
+        os.environ.update(previous_environment)
         _close_file_handlers()
     return Outcome(code, out.getvalue(), err.getvalue())
 

@@ -102,6 +102,12 @@ def test_the_check_forward_pass_leaves_the_model_as_it_was():
     assert all(torch.equal(tensor, weights[name]) for name, tensor in model.state_dict().items())
 
 
+def test_model_switches_take_only_booleans(tmp_path):
+    # Found by the fuzzer: model.compile=1.5 was read as true and compiled the model (minutes of g++ on a CPU).
+    outcome = train(tmp_path, "encoder=tiny", "decoder=tiny", "model.compile=1.5")
+    assert (outcome.code, outcome.errors) == (2, ["encdec: error: model.compile=1.5: use true or false"])
+
+
 def test_a_bug_in_encdec_inside_a_build_step_keeps_its_traceback(tmp_path, monkeypatch):
     from transformers import BertLMHeadModel
 

@@ -12,6 +12,9 @@ from encdec.errors import EncdecError
 from encdec.metrics import ROUGE_TYPES
 
 MONITORED = ("val/loss", *(f"val/{name}" for name in ROUGE_TYPES))
+# Read as truthy by their users: model.compile=1.5 would compile (minutes on a CPU) instead of being refused.
+MODEL_SWITCHES = ("share_weights", "freeze_encoder", "freeze_decoder", "gradient_checkpointing", "compile",
+                  "cudnn_attention")
 
 
 @user_settings("seed", "data", "checkpoint", "optimizer", "model", "scheduler")
@@ -22,6 +25,10 @@ def check_run_settings(cfg: DictConfig) -> None:
     check_data_settings(cfg.data)
     _check_checkpoint(cfg.checkpoint)
     _check_optimizer(cfg)
+    for key in MODEL_SWITCHES:
+        value = cfg.model.get(key)
+        if value is not None and not isinstance(value, bool):
+            raise EncdecError(f"model.{key}={value}: use true or false")
     rank = cfg.model.get("lora", {}).get("r", 0)
     if isinstance(rank, bool) or not isinstance(rank, int) or rank < 0:
         raise EncdecError(f"model.lora.r={rank} must be an integer >= 0 (0 turns LoRA off)")
