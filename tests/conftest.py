@@ -79,3 +79,17 @@ def tiny_files(tmp_path):
         "validation": write_jsonl(tmp_path / "val.jsonl", rows[8:10]),
         "test": write_jsonl(tmp_path / "test.jsonl", rows[10:]),
     }
+
+
+def run_folder_with_a_checkpoint(tmp_path: Path, state: dict) -> tuple[Path, Path]:
+    """A run folder as a killed run leaves it: its saved config and one whole step checkpoint holding `state`."""
+    import torch
+    from omegaconf import OmegaConf
+
+    run_dir = tmp_path / "run"
+    (run_dir / ".hydra").mkdir(parents=True)
+    OmegaConf.save(OmegaConf.create({"seed": 0}), run_dir / ".hydra" / "config.yaml")
+    (run_dir / "checkpoints").mkdir()
+    checkpoint = run_dir / "checkpoints" / "step2.ckpt"
+    torch.save(state, checkpoint)
+    return run_dir, checkpoint

@@ -334,17 +334,11 @@ def test_truncated_checkpoint_is_refused(trained_run, tmp_path):
 def test_resume_refuses_a_truncated_newest_checkpoint(tmp_path):
     import torch
 
-    from omegaconf import OmegaConf
-
+    from conftest import run_folder_with_a_checkpoint
     from encdec.errors import EncdecError
     from encdec.run_folder import resume_point
 
-    run_dir = tmp_path / "run"
-    (run_dir / ".hydra").mkdir(parents=True)
-    OmegaConf.save(OmegaConf.create({"seed": 0}), run_dir / ".hydra" / "config.yaml")
-    (run_dir / "checkpoints").mkdir()
-    whole = run_dir / "checkpoints" / "step2.ckpt"
-    torch.save({"state_dict": {"w": torch.zeros(1000)}}, whole)
+    run_dir, whole = run_folder_with_a_checkpoint(tmp_path, {"state_dict": {"w": torch.zeros(1000)}})
     assert resume_point(run_dir)[1] == whole
     cut = run_dir / "checkpoints" / "last.ckpt"
     cut.write_bytes(whole.read_bytes()[:3000])  # written after step2.ckpt: the newest

@@ -6,14 +6,19 @@ import hydra
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from encdec.boundary import user_settings
 from encdec.data import check_data_settings
 from encdec.errors import EncdecError
 from encdec.export import check_push_target
 from encdec.metrics import ROUGE_TYPES
 
 MONITORED = ("val/loss", *(f"val/{name}" for name in ROUGE_TYPES))
+# Read as truthy by their users: model.compile=1.5 would compile (minutes on a CPU) instead of being refused.
+MODEL_SWITCHES = ("share_weights", "freeze_encoder", "freeze_decoder", "gradient_checkpointing", "compile",
+                  "cudnn_attention")
 
 
+@user_settings("seed", "data", "checkpoint", "optimizer", "model", "scheduler")
 def check_run_settings(cfg: DictConfig) -> None:
     seed = cfg.get("seed")
     if not isinstance(seed, int) or isinstance(seed, bool) or not 0 <= seed < 2**32:
@@ -22,6 +27,10 @@ def check_run_settings(cfg: DictConfig) -> None:
     check_push_target(OmegaConf.select(cfg, "export.push_to_hub"), "export.push_to_hub")  # not after hours of training
     _check_checkpoint(cfg.checkpoint)
     _check_optimizer(cfg)
+    for key in MODEL_SWITCHES:
+        value = cfg.model.get(key)
+        if value is not None and not isinstance(value, bool):
+            raise EncdecError(f"model.{key}={value}: use true or false")
     rank = cfg.model.get("lora", {}).get("r", 0)
     if isinstance(rank, bool) or not isinstance(rank, int) or rank < 0:
         raise EncdecError(f"model.lora.r={rank} must be an integer >= 0 (0 turns LoRA off)")
@@ -79,3 +88,47 @@ def _show(value) -> str:
 
     value = OmegaConf.to_container(value) if OmegaConf.is_config(value) else value
     return str(value).replace(" ", "")
+
+
+def check_generation_length(model) -> None:
+    """Decoding may not run the decoder past its learned positions: it would fail deep inside the forward pass
+    (a tensor size or index error) at the first validation, after the data and model are built."""
+    config = model.generation_config
+    steps = config.max_new_tokens if config.max_new_tokens is not None else config.max_length
+    positions = getattr(model.decoder.config, "max_position_embeddings", None)
+    if isinstance(steps, int) and isinstance(positions, int) and steps > positions:
+        key = "max_new_tokens" if config.max_new_tokens is not None else "max_length"
+        raise EncdecError(f"generation.{key}={steps} runs past the decoder's {positions} positions: "
+                          f"set generation.{key}<={positions}")
+
+
+def check_predict_sizes(cfg: DictConfig) -> None:
+    """predict.py's batch_size and max_source_length (eval.py's are data.* keys, checked with the data settings)."""
+    for key, nullable in (("batch_size", False), ("max_source_length", True)):
+        value = cfg.get(key)
+        if value is None and nullable:
+            continue
+        if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+            or_null = " or null (the training run's data.max_source_length)" if nullable else ""
+            raise EncdecError(f"{key}={value} must be a positive integer{or_null}")
+
+
+def check_forward_pass(model, encoder_tokenizer, decoder_tokenizer, cfg: DictConfig) -> None:
+    """The built model run once on two tokens, each tokenizer's highest id among them: settings that only fail when
+    the model runs (embeddings smaller than the tokenizer, encoder.overrides.type_vocab_size=0, ...) fail here, in the
+    model's build step, not in the first validation. Evaluation mode and no gradients: no randomness is drawn."""
+    embeddings = model.encoder.get_input_embeddings().num_embeddings
+    if len(encoder_tokenizer) > embeddings:
+        size = cfg.encoder.get("overrides", {}).get("vocab_size")
+        culprit = f"encoder.overrides.vocab_size={size}" if size is not None else f"encoder.tokenizer={encoder_tokenizer.name_or_path}"
+        raise EncdecError(f"{culprit}: the encoder embeds {embeddings} tokens but its tokenizer has "
+                          f"{len(encoder_tokenizer)}: give the encoder at least as many (or its own tokenizer)")
+    source = torch.tensor([[encoder_tokenizer.pad_token_id or 0, len(encoder_tokenizer) - 1]])
+    target = torch.tensor([[model.config.decoder_start_token_id, len(decoder_tokenizer) - 1]])
+    training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            model(input_ids=source, attention_mask=torch.ones_like(source), decoder_input_ids=target, use_cache=False)
+    finally:
+        model.train(training)

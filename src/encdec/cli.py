@@ -15,7 +15,7 @@ from omegaconf.errors import MissingMandatoryValue, OmegaConfBaseException
 
 from encdec.arguments import checked_arguments
 from encdec.errors import EncdecError, exit_with
-from encdec.run_folder import check_fresh
+from encdec.run_folder import check_creatable, check_fresh
 
 
 def quiet_third_party() -> None:
@@ -45,7 +45,8 @@ def command_line(argv: list[str], config_name: str, config_dir: Path) -> list[st
             # Hydra writes .hydra/ before the task runs: a folder holding results is refused before that.
             run_dir = Path(cfg.hydra.run.dir).expanduser().absolute()
             check_fresh(run_dir, resumable=config_name == "train")
-            _existing_before_run = next((folder for folder in run_dir.parents if folder.is_dir()), None)
+            _existing_before_run = next((folder for folder in (run_dir, *run_dir.parents) if folder.is_dir()), None)
+            check_creatable(run_dir, _existing_before_run)
     except EncdecError as error:
         exit_with(error)
     return [argv[0], *args]

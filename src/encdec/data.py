@@ -13,6 +13,7 @@ import datasets
 from omegaconf import DictConfig
 
 from encdec import sources
+from encdec.boundary import user_settings
 from encdec.errors import EncdecError
 from encdec.metrics import lead
 from encdec.lit.batching import check_token_budget
@@ -25,6 +26,7 @@ ACLSUM_SECTIONS = ("abstract", "introduction", "conclusion")
 ACLSUM_ASPECTS = ("challenge", "approach", "outcome")
 
 
+@user_settings("data")
 def load_splits(data: DictConfig) -> dict[str, datasets.Dataset]:
     """train/validation/test splits with `document` and `summary` columns, bad rows handled per `data.empty_rows`."""
     check_data_settings(data)

@@ -42,11 +42,19 @@ def _global_rank() -> int:
 
 
 def remove_fresh_run_dir(run_dir: Path, existing: Path | None = None) -> None:
-    """Remove a run folder that holds nothing but what Hydra wrote for this very run, and the empty folders above it
-    that Hydra made for it: those below `existing` (the deepest folder on its path that was there before the run),
-    or, when that is unknown, its empty parent (outputs/<date>/)."""
+    """Remove a run folder that holds nothing but what Hydra wrote for this very run, or, when this run made the
+    folder (`existing`, the deepest folder on its path that was there before the run, lies above it), none of a run's
+    results (figures or curves of the validation before training stay no more than .hydra/ does); and the empty
+    folders above it that Hydra made for it: those below `existing`, or, when that is unknown, its empty parent
+    (outputs/<date>/)."""
+    from encdec.run_folder import PRODUCTS
+
     hydra_made = {".hydra", "train.log", "eval.log", "predict.log"}
-    if not (run_dir.is_dir() and all(child.name in hydra_made for child in run_dir.iterdir())):
+    if not run_dir.is_dir():
+        return
+    children = [child.name for child in run_dir.iterdir()]
+    made_by_this_run = existing is not None and existing in run_dir.parents
+    if not (all(name in hydra_made for name in children) or (made_by_this_run and not set(children) & set(PRODUCTS))):
         return
     shutil.rmtree(run_dir, ignore_errors=True)
     made = [run_dir.parent]

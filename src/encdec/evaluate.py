@@ -11,6 +11,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from encdec import run_folder
 from encdec.arguments import override_key
+from encdec.checks import check_predict_sizes
 from encdec.data import load_splits
 from encdec.errors import EncdecError
 from encdec.inference import apply_generation_overrides, load_trained, pick_device, summarize
@@ -95,6 +96,7 @@ def predict(cfg: DictConfig) -> None:
     if not any(line.strip() for line in lines):
         raise EncdecError(f"input={cfg.input} is empty: give one document per line")
     budget = check_token_budget("max_tokens_per_batch", cfg.get("max_tokens_per_batch"))
+    check_predict_sizes(cfg)
     device = pick_device(cfg.device)
     max_source_length = cfg.max_source_length
     if max_source_length is None:

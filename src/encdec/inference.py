@@ -14,12 +14,14 @@ from transformers.generation import utils as generation_utils
 
 import encdec.cross_attention  # noqa: F401  (registers encdec's decoders with transformers' Auto classes)
 from encdec import run_folder
+from encdec.boundary import user_settings
 from encdec.errors import EncdecError
 from encdec.finetune import add_lora, merged_copy
 from encdec.lit.batching import EvalBatchSampler
 from encdec.models import attention_kernels, configure_generation, load_tokenizer
 
 
+@user_settings("model_path")
 def load_trained(path: str | Path) -> tuple[EncoderDecoderModel, PreTrainedTokenizerBase, PreTrainedTokenizerBase]:
     path = Path(str(path)).expanduser()
     if not path.exists():
@@ -118,6 +120,7 @@ def _tied_names(model) -> set[str]:
     return names | {f"decoder.{k}" for k in getattr(model.decoder, "all_tied_weights_keys", {})}
 
 
+@user_settings("generation")
 def apply_generation_overrides(model: EncoderDecoderModel, decoder_tokenizer, generation: DictConfig | None) -> None:
     """A `generation=` choice on the command line replaces the decoding settings saved with the model."""
     if generation:

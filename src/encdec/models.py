@@ -25,6 +25,8 @@ from transformers import (
 )
 
 from encdec import finetune, sources, warm_start
+from encdec.boundary import for_role, user_settings
+from encdec.checks import check_generation_length
 from encdec.errors import EncdecError
 
 log = logging.getLogger(__name__)
@@ -55,6 +57,7 @@ def side_config(side: DictConfig, role: str) -> tuple[str, PretrainedConfig]:
     return resolved, config
 
 
+@for_role
 def load_tokenizer(side: DictConfig, role: str) -> PreTrainedTokenizerBase:
     source = side.get("tokenizer") or side.pretrained
     resolved = sources.resolve(source, f"{role}.tokenizer" if side.get("tokenizer") else f"{role}.pretrained")
@@ -73,6 +76,7 @@ def _model_class(auto_class, config: PretrainedConfig, role: str):
         ) from None
 
 
+@user_settings("encoder")
 def build_encoder(side: DictConfig) -> tuple[PreTrainedModel, list[str]]:
     """The encoder and the keys its checkpoint lacked (none for a random init)."""
     resolved, config = side_config(side, "encoder")
@@ -100,6 +104,7 @@ def has_native_cross_attention(config: PretrainedConfig) -> bool:
     return native(config)
 
 
+@user_settings("decoder")
 def build_decoder(side: DictConfig, encoder_hidden_size: int) -> tuple[PreTrainedModel, list[str]]:
     """The decoder with cross-attention, started as `decoder.cross_attention` says, and the keys its checkpoint lacked."""
     resolved, config = side_config(side, "decoder")
@@ -342,3 +347,4 @@ def configure_generation(model: EncoderDecoderModel, decoder_tokenizer, generati
         model.generation_config.validate(strict=True)
     except ValueError as error:
         raise EncdecError(f"generation: {' '.join(str(error).split())[:300]}") from error
+    check_generation_length(model)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import io
 import json
 import os
@@ -34,6 +35,23 @@ def check_fresh(run_dir: Path, resumable: bool = True) -> None:
         )
 
 
+def check_creatable(run_dir: Path, existing: Path | None) -> None:
+    """Hydra makes the run folder before encdec runs, and fails with a traceback where it cannot: try the first
+    folder it would make (and remove it at once), so that case is one line too."""
+    if existing is None or existing == run_dir:
+        return
+    first_missing = run_dir.relative_to(existing).parts[0]
+    if (existing / first_missing).exists():
+        raise EncdecError(f"hydra.run.dir={run_dir} cannot be made: {existing / first_missing} is a file; "
+                          "choose a folder you can write to")
+    try:
+        (existing / first_missing).mkdir()
+        (existing / first_missing).rmdir()
+    except OSError as error:
+        raise EncdecError(f"hydra.run.dir={run_dir} cannot be made ({error.strerror} at {existing / first_missing}); "
+                          "choose a folder you can write to") from None
+
+
 def saved_config(run_dir: Path, culprit: str):
     """The config Hydra saved for the run in `run_dir`; an unreadable one is one line starting with `culprit`."""
     from omegaconf import OmegaConf
@@ -53,6 +71,7 @@ def resume_point(run_dir: Path):
         raise EncdecError(f"resume={run_dir} is the output of {cfg.task_name}.py, not a training run: give a train.py run folder")
     if (run_dir / METRICS).exists():
         raise EncdecError(f"resume={run_dir}: this run already finished (metrics.json exists); start a new run instead")
+    remove_stale_temporaries(run_dir)
     checkpoints = sorted((run_dir / CHECKPOINTS).glob("*.ckpt"), key=_modified)
     if not checkpoints:
         raise EncdecError(f"resume={run_dir}: no checkpoint in {run_dir / CHECKPOINTS}; start a new run instead")
@@ -109,8 +128,9 @@ def write_atomic(path: Path, write: Callable[[IO], None], binary: bool = False) 
         os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes it owner-only; results are for the whole group to read
         os.replace(tmp, path)
         _fsync_dir(path.parent)
-    except BaseException:
+    except BaseException as error:
         Path(tmp).unlink(missing_ok=True)
+        _raise_naming(error, path)
         raise
 
 
@@ -121,6 +141,22 @@ def _follow_umask(folder: Path) -> None:
     mask = _umask()
     for path in [folder, *folder.rglob("*")]:
         os.chmod(path, (0o777 if path.is_dir() else 0o666) & ~mask)
+
+
+def _raise_naming(error: BaseException, path: Path) -> None:
+    """A full disk as `write()` reports it names no file: raised again naming the one being written (for the user's
+    error line); any other error is left as it is."""
+    if isinstance(error, OSError) and error.errno == errno.ENOSPC and not error.filename:
+        raise OSError(errno.ENOSPC, error.strerror or os.strerror(errno.ENOSPC), str(path)) from error
+
+
+def remove_stale_temporaries(run_dir: Path) -> list[Path]:
+    """What a write killed before its rename left behind (`.NAME.*.tmp` files, `.hf_model.*` folders): never read,
+    since no name of the run folder points at them, but a checkpoint's worth of disk each. Returns what it removed."""
+    stale = [*run_dir.glob(f"{CHECKPOINTS}/.*.tmp"), *run_dir.glob(".*.tmp"), *run_dir.glob(f".{HF_MODEL}.*")]
+    for path in stale:
+        shutil.rmtree(path, ignore_errors=True) if path.is_dir() else path.unlink(missing_ok=True)
+    return stale
 
 
 def _umask() -> int:
@@ -196,6 +232,7 @@ def write_folder_atomic(target: Path, fill: Callable[[Path], None]) -> None:
         _fsync_dir(target.parent)
         if previous is not None:
             shutil.rmtree(previous, ignore_errors=True)
-    except BaseException:
+    except BaseException as error:
         shutil.rmtree(tmp, ignore_errors=True)
+        _raise_naming(error, target)
         raise

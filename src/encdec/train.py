@@ -24,7 +24,8 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf
 
 from encdec import run_folder
-from encdec.checks import check_run_settings, optimizer_class_settings
+from encdec.boundary import lightning_settings, user_settings
+from encdec.checks import check_forward_pass, check_run_settings, optimizer_class_settings
 from encdec.data import load_splits
 from encdec.errors import EncdecError, Interrupted
 from encdec.export import push_to_hub
@@ -58,7 +59,9 @@ def run(cfg: DictConfig) -> float | None:
 
     # Data first: a missing file or column fails in seconds, before a model of gigabytes downloads or loads.
     raw_splits = load_splits(cfg.data)
-    model, encoder_tokenizer, decoder_tokenizer = build_model(cfg)
+    with user_settings("encoder", "decoder", "model", "generation"):
+        model, encoder_tokenizer, decoder_tokenizer = build_model(cfg)
+        check_forward_pass(model, encoder_tokenizer, decoder_tokenizer, cfg)
     total, trainable = count_parameters(model)
     say(f"model: {cfg.encoder.name} -> {cfg.decoder.name}: {total / 1e6:.1f}M parameters, {trainable / 1e6:.1f}M trainable")
 
@@ -126,7 +129,7 @@ def run(cfg: DictConfig) -> float | None:
 
     for logger in trainer.loggers:
         logger.log_hyperparams(_flat(OmegaConf.to_container(cfg, resolve=True)))
-    with _interruption_named(trainer, run_dir):
+    with _interruption_named(trainer, run_dir), lightning_settings():
         if resume_from is None:
             module.initial_metrics = _rouge(trainer.validate(module, datamodule=datamodule, verbose=False), "val")
             say(f"validation ROUGE before training: {_format(module.initial_metrics)}")
@@ -222,6 +225,7 @@ def _strategy(cfg: DictConfig) -> tuple[str, str | None]:
     return name, next((kind for kind in ("deepspeed", "fsdp") if kind in name.lower()), None)
 
 
+@user_settings("trainer")
 def _check_strategy(cfg: DictConfig) -> None:
     """What Lightning would refuse only mid-run, or in words that do not name encdec's fix, as one line up front."""
     import importlib.util
@@ -243,6 +247,7 @@ def _check_strategy(cfg: DictConfig) -> None:
         )
 
 
+@user_settings("trainer")
 def _check_shared_run_dir(cfg: DictConfig) -> None:
     """Every node runs Hydra itself, and the default run folder is named by each node's clock: without one folder
     given for all, rank 0's node would hold the run and the others stray folders (DeepSpeed shards among them)."""
@@ -269,6 +274,7 @@ def _checkpoint_plugins(cfg: DictConfig) -> list:
     return [] if kind == "deepspeed" or fsdp_sharded else [AtomicCheckpointIO()]
 
 
+@user_settings("logger")
 def _logger(spec: DictConfig, run_dir: Path, resume_from: Path | None):
     target = str(spec.get("_target_", ""))
     if resume_from is not None and target.endswith("WandbLogger"):
@@ -309,6 +315,7 @@ def _format(metrics: dict[str, float]) -> str:
     return "  ".join(f"{name.split('/')[-1]} {value:.2f}" for name, value in metrics.items())
 
 
+@user_settings("optimizer")
 def _optimizer(cfg: DictConfig):
     if cfg.optimizer.get("lr", 1) <= 0:
         raise EncdecError(f"optimizer.lr={cfg.optimizer.lr} must be positive")
@@ -328,6 +335,7 @@ def fused_optimizer_allowed(cfg: DictConfig) -> bool:
     return not (scaled and clipping) and _strategy(cfg)[1] != "deepspeed"
 
 
+@user_settings("scheduler")
 def _scheduler(cfg: DictConfig):
     if not cfg.get("scheduler"):
         return None

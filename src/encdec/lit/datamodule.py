@@ -16,6 +16,7 @@ from omegaconf import DictConfig
 from torch.utils.data import DataLoader
 from transformers import PreTrainedTokenizerBase
 
+from encdec.boundary import user_settings
 from encdec.data import check_data_settings, load_splits
 from encdec.lit.batching import EvalBatchSampler, TokenBudgetBatchSampler, dataset_lengths
 from encdec.errors import EncdecError
@@ -133,6 +134,7 @@ class SummarizationDataModule(L.LightningDataModule):
             if limit is not None and value > limit:
                 raise EncdecError(f"data.{key}={value} exceeds the model's {limit} positions: set data.{key}<={limit}")
 
+    @user_settings("data")
     def prepare(self, raw_splits: dict[str, datasets.Dataset] | None = None) -> None:
         """Load (unless given `raw_splits`, what load_splits returned) and tokenize every split now, so bad data fails
         before any training starts."""

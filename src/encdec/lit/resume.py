@@ -75,7 +75,8 @@ class ContinuedCSVHistory(L.Callback):
             if id(logger) not in self._saved:
                 continue
             header, rows = self._saved.pop(id(logger))
-            kept = [row for row in rows if _covered(row, header, trainer.global_step)]
+            stepped = trainer.fit_loop.epoch_loop._batches_that_stepped  # the step count its logs used, as restored
+            kept = [row for row in rows if _covered(row, header, trainer.global_step, stepped)]
             writer = logger.experiment
             with open(writer.metrics_file_path, "w", newline="", encoding="utf-8") as handle:
                 table = csv.DictWriter(handle, fieldnames=header)
@@ -85,14 +86,27 @@ class ContinuedCSVHistory(L.Callback):
             writer.metrics_keys = list(header)
 
 
-def _covered(row: dict[str, str], header: list[str], step: int) -> bool:
-    """Rows of steps before the checkpoint's, and the validation that ran at its step (the resumed run does not
-    repeat that validation; it does repeat the training rows of that step)."""
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        # Resumed from a checkpoint of the last step, fit runs no batch, so Lightning's logging step stays one behind
+        # (a checkpoint saved when a batch ends holds the count before that batch's increment): the validation and
+        # test after fit would log at step N-1, not N as in the run never stopped.
+        loop = trainer.fit_loop.epoch_loop
+        loop._batches_that_stepped = max(loop._batches_that_stepped, trainer.global_step)
+
+
+def _covered(row: dict[str, str], header: list[str], step: int, stepped: int) -> bool:
+    """Training rows of steps before the checkpoint's (the resumed run repeats that step's), and validation rows
+    logged up to `stepped`, the logging step the checkpoint restored: a validation in the middle of an epoch logs at
+    its step - 1, one at an epoch's end at its step, so a validation row at the checkpoint's step belongs to the
+    checkpoint only when it was saved after an epoch-end validation (a kill while the next validation's best
+    checkpoint was written left that validation's row, which the resumed run logs again)."""
     try:
         logged_at = int(float(row.get("step") or ""))
     except ValueError:
         return False
-    return logged_at < step or (logged_at == step and any(row.get(k) for k in header if k.startswith("val/")))
+    if any(row.get(k) for k in header if k.startswith("val/")):
+        return logged_at <= stepped
+    return logged_at < step
 
 
 def checkpoint_step(path: Path) -> int | None:
