@@ -190,3 +190,8 @@ def test_export_py_help_shows_usage_and_its_examples_compose():
     assert len(examples) == 3
     for example in examples:
         checked_arguments(example, "export", ROOT / "conf")  # raises EncdecError on a bad example
+
+
+def test_model_card_names_a_model_used_on_both_sides_once(tiny_model, tmp_path):
+    card = card_of(model_card.render(tiny_model, compose_config(), METRICS, remote_code=False), tmp_path)  # MiniLM -> MiniLM
+    assert card.data.base_model == ["sentence-transformers/all-MiniLM-L6-v2"]

@@ -35,9 +35,11 @@ def render(model, run_config: DictConfig | None, metrics: dict | None, remote_co
     decoder_name = _hub_name(decoder.get("pretrained")) or decoder_family or model.config.decoder.model_type
     dataset = _dataset(data)
     metadata = {
-        "base_model": [name for name in (_hub_name(side.get("pretrained")) for side in (encoder, decoder)
-                                         if side.get("init", "pretrained") == "pretrained")
-                       if name and _HUB_ID.match(name)],
+        # One entry per model: MiniLM -> MiniLM (or BERTShare) warm-starts both sides from the same checkpoint.
+        "base_model": list(dict.fromkeys(
+            name for name in (_hub_name(side.get("pretrained")) for side in (encoder, decoder)
+                              if side.get("init", "pretrained") == "pretrained")
+            if name and _HUB_ID.match(name))),
         "datasets": [dataset] if dataset and _HUB_ID.match(dataset) else [],
         "metrics": ["rouge"],
         "library_name": "transformers",
