@@ -63,9 +63,9 @@ def test_added_blocks_take_queries_always_and_grouped_keys_when_the_widths_match
     else:
         assert block.k_proj.weight.shape == (32, 24)  # reads the encoder's width: nothing to copy from
     # Gates stay closed: at step 0 the logits are the pretrained LM's, whatever the blocks start as.
-    assert float(block.attn_gate) == 0.0
+    assert block.attn_gate.item() == 0.0
     open_gates(decoder, 0.5)
-    assert float(block.attn_gate) == 0.5
+    assert block.attn_gate.item() == 0.5
 
 
 def test_new_parameters_are_what_no_checkpoint_provided(caplog):
