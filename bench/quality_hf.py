@@ -55,8 +55,8 @@ def worker(spec: dict) -> None:
         per_device_train_batch_size=cfg.data.batch_size, per_device_eval_batch_size=cfg.data.eval_batch_size,
         max_steps=spec["steps"], learning_rate=cfg.optimizer.lr, weight_decay=cfg.optimizer.weight_decay,
         max_grad_norm=cfg.trainer.gradient_clip_val, lr_scheduler_type="linear",
-        warmup_steps=cfg.scheduler.num_warmup_steps, optim="adamw_torch", eval_strategy="steps",
-        eval_steps=spec["eval_every"], save_strategy="no", logging_strategy="no", report_to=[], disable_tqdm=True,
+        warmup_steps=cfg.scheduler.num_warmup_steps, optim="adamw_torch", eval_strategy="no",
+        save_strategy="no", logging_strategy="no", report_to=[], disable_tqdm=True,
         predict_with_generate=True, generation_max_length=None, use_cpu=device == "cpu", seed=cfg.seed,
         dataloader_num_workers=0, **({"generation_num_beams": 1} if "generation_num_beams" in fields else {}),
     )
@@ -71,9 +71,9 @@ def worker(spec: dict) -> None:
                       "loss": metrics["eval_loss"]})
 
     class EvaluateInCurve(TrainerCallback):
+        # Evaluated here rather than by eval_strategy, so each point carries the step and training seconds it follows.
         def on_step_end(self, args, state, control, **kwargs):
             if state.global_step % spec["eval_every"] == 0 or state.global_step == state.max_steps:
-                control.should_evaluate = False
                 evaluate(state.global_step)
 
     trainer.add_callback(EvaluateInCurve())
