@@ -93,3 +93,14 @@ def run_folder_with_a_checkpoint(tmp_path: Path, state: dict) -> tuple[Path, Pat
     checkpoint = run_dir / "checkpoints" / "step2.ckpt"
     torch.save(state, checkpoint)
     return run_dir, checkpoint
+
+
+@pytest.fixture(scope="module")
+def single_thread():
+    """Models this small only pay synchronisation costs for intra-op threads, badly so on a busy 2-core machine."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -36,7 +36,10 @@ ALL_FAMILIES = ADDED_FAMILIES + NATIVE_FAMILIES
 NATIVE_CROSS_ATTENTION_NAMES = ("crossattention", "encoder_attn", "enc_to_dec_proj")
 
 # EncoderDecoderModel warns about its v4.12 loss change on every labelled forward (DESIGN.md: noise, not a fault).
-pytestmark = pytest.mark.filterwarnings("ignore:Version v4.12.0 introduces:FutureWarning")
+pytestmark = [
+    pytest.mark.filterwarnings("ignore:Version v4.12.0 introduces:FutureWarning"),
+    pytest.mark.usefixtures("single_thread"),
+]
 
 ENCODER_WIDTH = 24  # differs from the decoders' 32, so the encoder-width path is always exercised
 ENCODER_VOCAB = 100
@@ -44,13 +47,6 @@ DECODER_START, PAD, EOS = 1, 0, 2
 SOURCE_LENGTH = 7  # longer than the tiny configs' sliding window (4)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def single_thread():
-    # Models this small only pay synchronisation costs for intra-op threads, badly so on a busy 2-core machine.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def tiny_encoder() -> BertModel:

@@ -24,13 +24,16 @@ from transformers import (
     PreTrainedTokenizerBase,
 )
 
-from encdec import finetune, sources, warm_start
+from encdec import finetune, prefix_attention, sources, warm_start
 from encdec.boundary import for_role, user_settings
 from encdec.checks import check_generation_length
 from encdec.errors import EncdecError
 
 log = logging.getLogger(__name__)
 
+# gated: cross-attention modules (the decoder's own, or encdec's gated blocks); prefix: the decoder's self-attention
+# reads the encoder's keys and values layer by layer (encdec.prefix_attention)
+CROSS_ATTENTION_KINDS = ("gated", "prefix")
 # Families whose position ids are derived from `input_ids != padding_idx`: a start token equal to pad breaks them.
 PADDING_IDX_POSITIONS = {"roberta", "xlm-roberta", "camembert", "xlm-roberta-xl", "data2vec-text"}
 
@@ -105,13 +108,30 @@ def has_native_cross_attention(config: PretrainedConfig) -> bool:
 
 
 @user_settings("decoder")
-def build_decoder(side: DictConfig, encoder_hidden_size: int) -> tuple[PreTrainedModel, list[str]]:
-    """The decoder with cross-attention, started as `decoder.cross_attention` says, and the keys its checkpoint lacked."""
+def cross_attention_kind(side: DictConfig, encoder_config: PretrainedConfig) -> str:
+    """`decoder.cross_attention.kind`, with auto resolved: prefix when the encoder is the decoder's own decoder-only
+    architecture and sizes (it can hand over the keys and values the decoder's self-attention reads), else gated."""
+    kind = (side.get("cross_attention") or {}).get("kind", "gated")
+    if kind not in (*CROSS_ATTENTION_KINDS, "auto"):
+        raise EncdecError(f"decoder.cross_attention.kind={kind}: use auto, {' or '.join(CROSS_ATTENTION_KINDS)}")
+    if kind == "auto":
+        problem = prefix_attention.pairing_problem(encoder_config, side_config(side, "decoder")[1])
+        kind = "gated" if problem else "prefix"
+        log.info("decoder.cross_attention.kind=auto: %s", f"gated ({problem})" if problem else
+                 "prefix (encoder and decoder are one decoder-only architecture: the decoder's self-attention reads "
+                 "the encoder's keys and values, layer by layer)")
+    return kind
+
+
+@user_settings("decoder")
+def build_decoder(side: DictConfig, encoder_hidden_size: int, kind: str = "gated") -> tuple[PreTrainedModel, list[str]]:
+    """The decoder with cross-attention, started as `decoder.cross_attention` says, and the keys its checkpoint lacked.
+    With `kind="prefix"` it is the plain causal LM, for `prefix_attention.pair` to wrap with its encoder."""
     resolved, config = side_config(side, "decoder")
     if getattr(config, "is_encoder_decoder", False):
         # BART-like checkpoints: AutoModelForCausalLM maps them to their decoder-only *ForCausalLM class.
         config.is_encoder_decoder = False
-    native = has_native_cross_attention(config)
+    native = kind == "gated" and has_native_cross_attention(config)
     if native:
         config.is_decoder = True
         config.add_cross_attention = True
@@ -127,8 +147,11 @@ def build_decoder(side: DictConfig, encoder_hidden_size: int) -> tuple[PreTraine
         _start_missing_lm_head(lm, missing, side)
     xattn = as_dict(side.get("cross_attention"))
     init, gate_init = xattn.pop("init", "random"), xattn.pop("gate_init", 0.0)
+    xattn.pop("kind", None)
     if init not in warm_start.CROSS_ATTENTION_INITS:
         raise EncdecError(f"decoder.cross_attention.init={init}: use {' or '.join(warm_start.CROSS_ATTENTION_INITS)}")
+    if kind == "prefix":
+        return lm, missing  # build_model pairs it with the encoder (prefix_attention.pair)
     if native:
         decoder = lm
     else:
@@ -189,10 +212,11 @@ def generation_ids(decoder_config: PretrainedConfig, tokenizer: PreTrainedTokeni
 def share_encoder_decoder_weights(model: EncoderDecoderModel) -> int:
     """BERTShare / RoBERTaShare: the decoder reuses every encoder parameter with the same name and shape."""
     encoder, decoder = model.encoder, model.decoder
-    if encoder.config.model_type != decoder.config.model_type:
+    families = [getattr(side.config, "base_config", side.config).model_type for side in (encoder, decoder)]
+    if families[0] != families[1]:
         raise EncdecError(
             f"model.share_weights=true needs the same architecture on both sides, got encoder "
-            f"'{encoder.config.model_type}' and decoder '{decoder.config.model_type}': pick matching presets"
+            f"'{families[0]}' and decoder '{families[1]}': pick matching presets"
         )
     decoder_base = decoder.base_model
     decoder_params = dict(decoder_base.named_parameters())
@@ -227,7 +251,13 @@ def build_model(cfg: DictConfig) -> tuple[EncoderDecoderModel, PreTrainedTokeniz
         encoder_tokenizer.pad_token = fallback
     decoder_tokenizer = load_tokenizer(cfg.decoder, "decoder")
     encoder, encoder_missing = build_encoder(cfg.encoder)
-    decoder, decoder_missing = build_decoder(cfg.decoder, encoder_hidden_size=encoder.config.hidden_size)
+    kind = cross_attention_kind(cfg.decoder, encoder.config)
+    decoder, decoder_missing = build_decoder(cfg.decoder, encoder_hidden_size=encoder.config.hidden_size, kind=kind)
+    if kind == "prefix":
+        encoder, decoder = prefix_attention.pair(encoder, decoder)
+        # the wrappers keep the loaded models under `model.` and `lm.`
+        encoder_missing = [f"model.{key}" for key in encoder_missing]
+        decoder_missing = [f"lm.{key}" for key in decoder_missing]
     check_vocab(decoder, decoder_tokenizer)
     model = EncoderDecoderModel(encoder=encoder, decoder=decoder)
     new = warm_start.new_parameter_names(model, {"encoder.": encoder_missing, "decoder.": decoder_missing})

@@ -137,7 +137,8 @@ def run(cfg: DictConfig) -> float | None:
         before = module.initial_metrics
         best = checkpoint.best_model_path or None
         evaluated = _loadable_for_evaluation(trainer, best, run_dir)
-        after = _rouge(trainer.validate(module, datamodule=datamodule, ckpt_path=evaluated, verbose=False), "val")
+        after = _final_validation(trainer, best) or _rouge(
+            trainer.validate(module, datamodule=datamodule, ckpt_path=evaluated, verbose=False), "val")
         say(f"validation ROUGE after training:  {_format(after)}" + (f" (best checkpoint {Path(best).name})" if best else ""))
         test = _rouge(trainer.test(module, datamodule=datamodule, ckpt_path=evaluated, verbose=False), "test")
         baselines = lead_baselines(list(raw_splits["test"]["document"]), list(raw_splits["test"]["summary"]))
@@ -184,6 +185,15 @@ def _interruption_named(trainer: L.Trainer, run_dir: Path):
         else:
             then = "no checkpoint was written yet, so there is nothing to resume: start it again"
         raise Interrupted(f"training stopped by {name} at step {trainer.global_step}; {then}", number) from None
+
+
+def _final_validation(trainer: L.Trainer, best: str | None) -> dict[str, float] | None:
+    """The last validation's scores when the best checkpoint was saved right after it, at the step training ended:
+    those are the weights `validate` would load, and validating them again would only repeat the same generation."""
+    if best is None or Path(best).name != f"best-step{trainer.global_step}.ckpt":
+        return None
+    scores = _rouge([{k: v for k, v in trainer.callback_metrics.items() if k.startswith("val/")}], "val")
+    return scores if "val/rouge2" in scores else None
 
 
 def _loadable_for_evaluation(trainer: L.Trainer, best: str | None, run_dir: Path) -> str | None:

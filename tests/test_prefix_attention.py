@@ -1,0 +1,130 @@
+"""Layer-aligned (prefix) cross-attention: the pair computes the pretrained LM on [source; summary] at step 0."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from transformers import AutoModel, AutoModelForCausalLM, BertConfig, BertModel, EncoderDecoderModel
+
+from encdec.cross_attention import tiny_causal_lm_config
+from encdec.errors import EncdecError
+from encdec.prefix_attention import PrefixDecoderForCausalLM, PrefixEncoderModel, pair
+
+FAMILIES = ["llama", "qwen2", "gpt2", "gemma"]
+START, PAD, EOS = 1, 0, 2
+
+
+pytestmark = pytest.mark.usefixtures("single_thread")
+
+
+def lm_of(family: str):
+    torch.manual_seed(0)
+    config = tiny_causal_lm_config(family)
+    if hasattr(config, "use_sliding_window"):
+        config.use_sliding_window = False
+    return AutoModelForCausalLM.from_config(config).eval()
+
+
+def compose(lm) -> EncoderDecoderModel:
+    base = AutoModel.from_config(lm.config)
+    base.load_state_dict(lm.base_model.state_dict())
+    encoder, decoder = pair(base, copy.deepcopy(lm))
+    model = EncoderDecoderModel(encoder=encoder, decoder=decoder)
+    for config in (model.config, model.generation_config):
+        config.decoder_start_token_id, config.pad_token_id, config.eos_token_id = START, PAD, EOS
+    return model.eval()
+
+
+def batch():
+    generator = torch.Generator().manual_seed(3)
+    input_ids = torch.randint(3, 128, (3, 7), generator=generator)
+    attention_mask = torch.ones_like(input_ids)
+    attention_mask[1, 4:] = 0  # right-padded source
+    attention_mask[2, 6:] = 0
+    decoder_input_ids = torch.randint(3, 128, (3, 5), generator=generator)
+    decoder_input_ids[:, 0] = START
+    decoder_attention_mask = torch.ones_like(decoder_input_ids)
+    decoder_attention_mask[0, 3:] = 0
+    return input_ids, attention_mask, decoder_input_ids, decoder_attention_mask
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_step_zero_equals_the_lm_reading_source_then_summary(family):
+    lm = lm_of(family)
+    model = compose(lm)
+    input_ids, attention_mask, decoder_input_ids, decoder_attention_mask = batch()
+    with torch.no_grad():
+        logits = model(input_ids=input_ids, attention_mask=attention_mask, decoder_input_ids=decoder_input_ids,
+                       decoder_attention_mask=decoder_attention_mask).logits
+        for row in range(3):
+            source = input_ids[row, attention_mask[row].bool()]
+            target = decoder_input_ids[row, decoder_attention_mask[row].bool()]
+            alone = lm(input_ids=torch.cat([source, target])[None]).logits[0, len(source):]
+            torch.testing.assert_close(logits[row, : len(target)], alone, atol=2e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("family", ["llama", "gpt2"])
+def test_generation_equals_the_lm_continuing_the_source(family):
+    lm = lm_of(family)
+    model = compose(lm)
+    input_ids, attention_mask, *_ = batch()
+    with torch.no_grad():
+        greedy = model.generate(input_ids=input_ids, attention_mask=attention_mask, max_new_tokens=6, min_new_tokens=6)
+        uncached = model.generate(input_ids=input_ids, attention_mask=attention_mask, max_new_tokens=6,
+                                  min_new_tokens=6, use_cache=False)
+        beams = model.generate(input_ids=input_ids, attention_mask=attention_mask, max_new_tokens=6, num_beams=3)
+        for row in range(3):
+            source = input_ids[row, attention_mask[row].bool()]
+            prompt = torch.cat([source, torch.tensor([START])])[None]
+            alone = lm.generate(input_ids=prompt, max_new_tokens=6, min_new_tokens=6, do_sample=False,
+                                pad_token_id=PAD, eos_token_id=EOS)
+            assert torch.equal(greedy[row], alone[0, len(source):]), row
+            alone_beams = lm.generate(input_ids=prompt, max_new_tokens=6, num_beams=3, do_sample=False,
+                                      pad_token_id=PAD, eos_token_id=EOS)[0, len(source):]
+            assert torch.equal(beams[row, : len(alone_beams)], alone_beams), row
+    assert torch.equal(greedy, uncached)
+
+
+def test_training_moves_both_sides_and_the_loss_falls():
+    model = compose(lm_of("llama")).train()
+    input_ids, attention_mask, decoder_input_ids, decoder_attention_mask = batch()
+    labels = torch.cat([decoder_input_ids[:, 1:], torch.full((3, 1), EOS)], dim=1)
+    labels[decoder_attention_mask == 0] = -100
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    losses = []
+    for _ in range(8):
+        loss = model(input_ids=input_ids, attention_mask=attention_mask, decoder_input_ids=decoder_input_ids,
+                     decoder_attention_mask=decoder_attention_mask, labels=labels).loss
+        loss.backward()
+        if not losses:
+            encoder_grad = model.encoder.model.layers[0].self_attn.k_proj.weight.grad
+            assert encoder_grad is not None and encoder_grad.abs().sum() > 0  # the source's keys learn too
+        optimizer.step()
+        optimizer.zero_grad()
+        losses.append(loss.item())
+    assert losses[-1] < 0.5 * losses[0], losses
+
+
+def test_save_and_reload_gives_the_same_logits(tmp_path):
+    model = compose(lm_of("llama"))
+    input_ids, attention_mask, decoder_input_ids, decoder_attention_mask = batch()
+    model.save_pretrained(tmp_path)
+    reloaded = EncoderDecoderModel.from_pretrained(tmp_path).eval()
+    assert isinstance(reloaded.encoder, PrefixEncoderModel) and isinstance(reloaded.decoder, PrefixDecoderForCausalLM)
+    with torch.no_grad():
+        kwargs = dict(input_ids=input_ids, attention_mask=attention_mask, decoder_input_ids=decoder_input_ids,
+                      decoder_attention_mask=decoder_attention_mask)
+        assert torch.equal(model(**kwargs).logits, reloaded(**kwargs).logits)
+
+
+def test_pairs_that_cannot_share_keys_and_values_are_refused():
+    lm = lm_of("llama")
+    deeper = AutoModel.from_config(tiny_causal_lm_config("llama", num_hidden_layers=3))
+    with pytest.raises(EncdecError, match="encoder has model_type=llama, num_hidden_layers=3"):
+        pair(deeper, lm)
+    bert = BertModel(BertConfig(vocab_size=128, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                                intermediate_size=64))
+    with pytest.raises(EncdecError, match="the encoder is .bert.; use decoder.cross_attention.kind=gated"):
+        pair(bert, lm)
