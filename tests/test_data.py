@@ -85,7 +85,7 @@ def test_empty_rows_are_skipped_and_counted(tmp_path, tiny_files):
 def test_aclsum_is_flattened_into_document_and_summary():
     from encdec.data import load_splits
 
-    splits = load_splits(compose_config().data)
+    splits = load_splits(compose_config("data.lead_copy_sentences=0").data)
     assert {k: len(v) for k, v in splits.items()} == {"train": 100, "validation": 50, "test": 100}
     first = splits["train"][0]
     assert first["document"].startswith("In this paper , we explore correlation of dependency relation paths")

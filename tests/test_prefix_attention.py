@@ -128,3 +128,25 @@ def test_pairs_that_cannot_share_keys_and_values_are_refused():
                                 intermediate_size=64))
     with pytest.raises(EncdecError, match="the encoder is .bert.; use decoder.cross_attention.kind=gated"):
         pair(bert, lm)
+
+
+TINY_LLAMA = ["init=random", "overrides.hidden_size=64", "overrides.num_hidden_layers=2", "overrides.head_dim=16",
+              "overrides.num_attention_heads=4", "overrides.num_key_value_heads=2", "overrides.intermediate_size=128"]
+
+
+def test_train_py_pairs_one_llm_on_both_sides_through_keys_and_values(tmp_path):
+    """The default pairing (SmolLM2 on both sides, kind=auto) as a tiny random Llama: prefix, encoder frozen."""
+    from conftest import SMOKE, run_script
+
+    run_dir = tmp_path / "run"
+    sides = [f"{side}.{setting}" for side in ("encoder", "decoder") for setting in TINY_LLAMA]
+    result = run_script("train.py", *SMOKE, *sides, f"hydra.run.dir={run_dir}")
+    assert result.returncode == 0, result.stderr[-3000:]
+    log = (run_dir / "train.log").read_text() + result.stdout + result.stderr
+    assert "decoder.cross_attention.kind=auto: prefix" in log
+    assert "model.freeze_encoder=null: the encoder is frozen" in log
+    model = EncoderDecoderModel.from_pretrained(run_dir / "hf_model")
+    assert isinstance(model.encoder, PrefixEncoderModel) and isinstance(model.decoder, PrefixDecoderForCausalLM)
+    assert not any(name.startswith("enc_to_dec_proj") for name, _ in model.named_parameters())
+    # no parameter was added: the encoder's base model and the decoder's LM (its head tied to its embeddings)
+    assert len(list(model.parameters())) == 2 * len(list(model.encoder.model.parameters()))

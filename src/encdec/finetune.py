@@ -18,8 +18,9 @@ def is_cross_attention(name: str) -> bool:
     return "cross_attention_blocks" in name or any(fragment in name for fragment in NATIVE_CROSS_ATTENTION)
 
 
-def apply(model: EncoderDecoderModel, model_cfg: DictConfig) -> None:
-    if model_cfg.get("freeze_encoder", False):
+def apply(model: EncoderDecoderModel, model_cfg: DictConfig, freeze_encoder: bool | None = None) -> None:
+    """`freeze_encoder`: model.freeze_encoder with its null (auto) already resolved by the caller."""
+    if model_cfg.get("freeze_encoder") if freeze_encoder is None else freeze_encoder:
         for param in model.encoder.parameters():
             param.requires_grad_(False)
     if model_cfg.get("freeze_decoder", False):
