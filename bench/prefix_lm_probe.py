@@ -2,7 +2,7 @@
 
 Cross-attention that reads the encoder layer by layer, with the decoder-only LLM on both sides, computes exactly this
 at initialisation (the source's keys and values are the ones the LM's own self-attention would see), so this probe
-shows what such a lever could reach on the same data, budget and decoding as `experiment=warm_start` before it is
+shows what such a lever could reach on the same data, budget and decoding as `experiment=warm_start_gated` before it is
 built into encdec: same 100 aclsum papers plus lead copies, 192 source and 96 summary tokens, batch 8, AdamW 1e-4
 with 10 warmup steps and linear decay, clipping 1.0, greedy decoding without repeated trigrams.
 
@@ -39,7 +39,7 @@ def main() -> None:
     path = resolve(SMOLLM2, "decoder.pretrained")
     tokenizer = AutoTokenizer.from_pretrained(path)
     lm = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
-    data = common.compose("experiment=warm_start", f"data.lead_copy_sentences={args.lead_copies}").data
+    data = common.compose("experiment=warm_start_gated", f"data.lead_copy_sentences={args.lead_copies}").data
     splits = load_splits(data)
     separator = tokenizer("\nSummary:", add_special_tokens=False)["input_ids"]
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id

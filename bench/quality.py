@@ -2,7 +2,7 @@
 warm-start lever, and HF `Seq2SeqTrainer` on the same model, data and steps (the anchor).
 
     python bench/quality.py                                   # every lever, aclsum, CPU: bench/results/quality_cpu.json
-    python bench/quality.py --levers default,warm_start,hf-seq2seqtrainer --steps 39 --eval-every 13
+    python bench/quality.py --levers default,prefix+trained_encoder,hf-seq2seqtrainer --steps 25 --eval-every 5
     python bench/quality.py --device cuda --results quality_gpu.json
 
 Each encdec curve is one `train.py` run (the user's recipe, validation every --eval-every steps on aclsum's
@@ -25,31 +25,37 @@ from pathlib import Path
 
 import common
 
-# encdec's defaults, pinned so the "default" curve stays today's even if a default changes: random cross-attention
-# and LM head, one learning rate, 48 summary tokens.
+# encdec's defaults before the prefix pair became the quickstart, pinned so those curves stay what they measured: random
+# cross-attention and LM head, one learning rate, 48 summary tokens, no lead copies, the encoder trained.
 BEFORE = ("decoder.cross_attention.init=random", "decoder.lm_head_init=random", "data.max_target_length=48",
-          "generation.no_repeat_ngram_size=0")
+          "generation.no_repeat_ngram_size=0", "data.lead_copy_sentences=0", "decoder.cross_attention.kind=gated")
 XATTN = ("decoder.cross_attention.init=self_attention",)
 LEVERS: dict[str, tuple[str, tuple[str, ...]]] = {
-    "default": ("MiniLM -> MiniLM, what `python train.py` runs", ("experiment=quickstart", *BEFORE)),
+    "default": ("SmolLM2 prefix pair, encoder frozen, what `python train.py` runs", ("experiment=quickstart",)),
+    "prefix+trained_encoder": ("SmolLM2 prefix pair with the encoder trained too",
+                               ("experiment=quickstart", "model.freeze_encoder=false")),
+    "prefix-lead_copies": ("SmolLM2 prefix pair without lead copies",
+                           ("experiment=quickstart", "data.lead_copy_sentences=0")),
+    "minilm-minilm": ("MiniLM -> MiniLM, what `python train.py` ran before the prefix pair",
+                      ("experiment=quickstart", "encoder=minilm", "decoder=minilm", *BEFORE)),
     "minilm+new_lr": ("MiniLM -> MiniLM, default + new parameters at lr 1e-3",
-                      ("experiment=quickstart", *BEFORE, "optimizer.new_params_lr=1e-3")),
+                      ("experiment=quickstart", "encoder=minilm", "decoder=minilm", *BEFORE, "optimizer.new_params_lr=1e-3")),
     "minilm+levers": ("MiniLM -> MiniLM, default + lr 1e-3 + cross-attention from self-attention + identity head",
-                      ("experiment=quickstart", *BEFORE, *XATTN, "decoder.lm_head_init=identity",
+                      ("experiment=quickstart", "encoder=minilm", "decoder=minilm", *BEFORE, *XATTN, "decoder.lm_head_init=identity",
                        "optimizer.new_params_lr=1e-3")),
     "smollm2-before": ("MiniLM -> SmolLM2, closed gates, one learning rate, 48 tokens",
-                       ("experiment=quickstart", "decoder=smollm2", *BEFORE)),
+                       ("experiment=quickstart", "encoder=minilm", "decoder=smollm2", *BEFORE)),
     "smollm2+new_lr": ("MiniLM -> SmolLM2, new parameters at lr 1e-3",
-                       ("experiment=quickstart", "decoder=smollm2", *BEFORE, "optimizer.new_params_lr=1e-3")),
+                       ("experiment=quickstart", "encoder=minilm", "decoder=smollm2", *BEFORE, "optimizer.new_params_lr=1e-3")),
     "smollm2+xattn_init": ("MiniLM -> SmolLM2, lr 1e-3 + cross-attention queries from self-attention",
-                           ("experiment=quickstart", "decoder=smollm2", *BEFORE, "optimizer.new_params_lr=1e-3", *XATTN)),
+                           ("experiment=quickstart", "encoder=minilm", "decoder=smollm2", *BEFORE, "optimizer.new_params_lr=1e-3", *XATTN)),
     "smollm2+lr3e-3": ("MiniLM -> SmolLM2, cross-attention from self-attention, new parameters at lr 3e-3",
-                       ("experiment=quickstart", "decoder=smollm2", *BEFORE, *XATTN, "optimizer.new_params_lr=3e-3")),
+                       ("experiment=quickstart", "encoder=minilm", "decoder=smollm2", *BEFORE, *XATTN, "optimizer.new_params_lr=3e-3")),
     "smollm2+gate": ("MiniLM -> SmolLM2, cross-attention from self-attention, lr 1e-3, gates start at 0.5",
-                     ("experiment=quickstart", "decoder=smollm2", *BEFORE, *XATTN, "optimizer.new_params_lr=1e-3",
+                     ("experiment=quickstart", "encoder=minilm", "decoder=smollm2", *BEFORE, *XATTN, "optimizer.new_params_lr=1e-3",
                       "decoder.cross_attention.gate_init=0.5")),
     "smollm2+len96": ("MiniLM -> SmolLM2, cross-attention from self-attention, lr 1e-3, 96 tokens, no repeated trigrams",
-                      ("experiment=quickstart", "decoder=smollm2", *BEFORE, *XATTN, "optimizer.new_params_lr=1e-3",
+                      ("experiment=quickstart", "encoder=minilm", "decoder=smollm2", *BEFORE, *XATTN, "optimizer.new_params_lr=1e-3",
                        "data.max_target_length=96", "generation.no_repeat_ngram_size=3")),
     "smollm2-smollm2": ("SmolLM2 -> SmolLM2 (causal LLM as encoder: keys/values from self-attention too), lr 1e-3",
                         ("experiment=quickstart", "decoder=smollm2", "encoder=smollm2", *BEFORE, *XATTN,
@@ -57,8 +63,8 @@ LEVERS: dict[str, tuple[str, tuple[str, ...]]] = {
     "smollm2-smollm2+frozen": ("SmolLM2 -> SmolLM2 with the encoder frozen (a third less compute per step)",
                                ("experiment=quickstart", "decoder=smollm2", "encoder=smollm2", *BEFORE, *XATTN,
                                 "optimizer.new_params_lr=1e-3", "model.freeze_encoder=true")),
-    "warm_start": ("experiment=warm_start: the combination that measured best (+ lead copies, gates 0.5, 96 tokens)",
-                   ("experiment=warm_start",)),
+    "warm_start_gated": ("experiment=warm_start_gated: the best gated combination (+ lead copies, gates 0.5, 96 tokens)",
+                         ("experiment=warm_start_gated",)),
 }
 HF_ANCHOR = "hf-seq2seqtrainer"
 

@@ -28,6 +28,7 @@ SMOKE = (
     "data.max_eval_samples=2",
     "data.max_test_samples=2",
     "data.batch_size=2",
+    "data.lead_copy_sentences=0",
     "data.max_source_length=32",
     "data.max_target_length=8",
     "logger=none",

@@ -373,7 +373,7 @@ def test_summarize_returns_summaries_in_input_order():
         def batch_decode(self, generated, **kwargs):
             return [f" {int(row[0])} " for row in generated]
 
-    encoder_tokenizer = AutoTokenizer.from_pretrained(resolve(compose_config().encoder.pretrained, "encoder.pretrained"))
+    encoder_tokenizer = AutoTokenizer.from_pretrained(resolve(compose_config("encoder=minilm").encoder.pretrained, "encoder.pretrained"))
     documents = ["alpha beta", "alpha beta gamma delta epsilon", "alpha", "alpha beta gamma"]
     expected = [str(len(encoder_tokenizer(d)["input_ids"])) for d in documents]
     assert expected == ["4", "7", "3", "5"]

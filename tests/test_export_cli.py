@@ -193,5 +193,5 @@ def test_export_py_help_shows_usage_and_its_examples_compose():
 
 
 def test_model_card_names_a_model_used_on_both_sides_once(tiny_model, tmp_path):
-    card = card_of(model_card.render(tiny_model, compose_config(), METRICS, remote_code=False), tmp_path)  # MiniLM -> MiniLM
+    card = card_of(model_card.render(tiny_model, compose_config("encoder=minilm", "decoder=minilm"), METRICS, remote_code=False), tmp_path)  # MiniLM -> MiniLM
     assert card.data.base_model == ["sentence-transformers/all-MiniLM-L6-v2"]

@@ -150,3 +150,29 @@ def test_train_py_pairs_one_llm_on_both_sides_through_keys_and_values(tmp_path):
     assert not any(name.startswith("enc_to_dec_proj") for name, _ in model.named_parameters())
     # no parameter was added: the encoder's base model and the decoder's LM (its head tied to its embeddings)
     assert len(list(model.parameters())) == 2 * len(list(model.encoder.model.parameters()))
+
+
+def test_kind_auto_picks_prefix_only_for_one_architecture_and_bad_kinds_are_refused():
+    from conftest import compose_config
+
+    from encdec.models import build_model, cross_attention_kind, encoder_frozen, side_config
+
+    tiny_llama = [f"{side}.{setting}" for side in ("encoder", "decoder") for setting in TINY_LLAMA]
+    llama_pair = compose_config(*tiny_llama)
+    mixed = compose_config("encoder=tiny", *(f"decoder.{setting}" for setting in TINY_LLAMA))
+    llama_config = side_config(llama_pair.encoder, "encoder")[1]
+    assert cross_attention_kind(llama_pair.decoder, llama_config) == "prefix"
+    assert cross_attention_kind(mixed.decoder, BertConfig()) == "gated"
+    deeper = side_config(compose_config(*tiny_llama, "encoder.overrides.num_hidden_layers=3").encoder, "encoder")[1]
+    assert cross_attention_kind(llama_pair.decoder, deeper) == "gated"
+    assert encoder_frozen(llama_pair.model, "prefix") and not encoder_frozen(llama_pair.model, "gated")
+    assert not encoder_frozen(compose_config(*tiny_llama, "model.freeze_encoder=false").model, "prefix")
+    model, _, _ = build_model(llama_pair)
+    assert isinstance(model.decoder, PrefixDecoderForCausalLM)
+    assert not any(p.requires_grad for p in model.encoder.parameters())
+    assert all(p.requires_grad for p in model.decoder.parameters())
+    with pytest.raises(EncdecError, match=r"decoder.cross_attention.kind=bogus: use auto, gated or prefix"):
+        build_model(compose_config(*tiny_llama, "decoder.cross_attention.kind=bogus"))
+    with pytest.raises(EncdecError, match=r"kind=prefix: it needs a decoder-only LM .* the encoder is 'bert'"):
+        build_model(compose_config("encoder=tiny", *(f"decoder.{s}" for s in TINY_LLAMA),
+                                   "decoder.cross_attention.kind=prefix"))

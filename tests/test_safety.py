@@ -150,7 +150,7 @@ def test_no_secret_in_saved_config(monkeypatch):
 
 @pytest.fixture(scope="module")
 def pipeline():
-    cfg = compose_config("data.max_source_length=32", "data.max_target_length=8")
+    cfg = compose_config("encoder=minilm", "data.max_source_length=32", "data.max_target_length=8")
     tokenizer = AutoTokenizer.from_pretrained(resolve(cfg.encoder.pretrained, "encoder.pretrained"))
     return cfg, SummarizationDataModule(cfg.data, tokenizer, tokenizer, decoder_start_token_id=tokenizer.cls_token_id)
 

@@ -70,7 +70,7 @@ def test_added_blocks_take_queries_always_and_grouped_keys_when_the_widths_match
 
 def test_new_parameters_are_what_no_checkpoint_provided(caplog):
     with caplog.at_level("WARNING", logger="encdec.models"):
-        model, _, _ = build_model(compose_config("decoder.cross_attention.init=random"))
+        model, _, _ = build_model(compose_config("encoder=minilm", "decoder=minilm", "decoder.cross_attention.init=random"))
     # Said at start: the packaged MiniLM is a sentence-embedding checkpoint, its decoder begins as no language model.
     assert "has no LM head in its checkpoint (cls.predictions" in caplog.text and "starts as no language model" in caplog.text
     new = {name for name, parameter in model.named_parameters() if parameter.encdec_new}
@@ -140,7 +140,7 @@ def test_lead_is_the_first_sentences_and_baselines_score_them_as_predictions():
 def test_lead_copies_add_one_row_per_training_document_and_leave_evaluation_alone():
     from encdec.data import load_splits
 
-    plain = load_splits(compose_config("data.max_train_samples=5").data)
+    plain = load_splits(compose_config("data.max_train_samples=5", "data.lead_copy_sentences=0").data)
     copied = load_splits(compose_config("data.max_train_samples=5", "data.lead_copy_sentences=2").data)
     assert len(copied["train"]) == 10 and copied["train"]["summary"][:5] == plain["train"]["summary"]
     assert copied["train"]["summary"][5:] == [lead(d, 2) for d in plain["train"]["document"]]
@@ -150,8 +150,14 @@ def test_lead_copies_add_one_row_per_training_document_and_leave_evaluation_alon
 
 
 def test_warm_start_preset_keeps_its_levers_with_any_data():
-    cfg = compose_config("experiment=warm_start", "data=files", "data.train_file=t.jsonl", "data.validation_file=v.jsonl")
-    assert cfg.data.source == "files" and cfg.data.lead_copy_sentences == 3 and cfg.data.max_target_length == 96
-    assert cfg.decoder.name == "smollm2" and cfg.decoder.cross_attention.init == "self_attention"
-    assert cfg.decoder.cross_attention.gate_init == 0.5 and cfg.optimizer.new_params_lr == 1e-3
+    files = ("data=files", "data.train_file=t.jsonl", "data.validation_file=v.jsonl")
+    cfg = compose_config("experiment=warm_start", *files)
+    assert cfg.data.source == "files" and cfg.data.lead_copy_sentences == 3
+    assert cfg.encoder.name == cfg.decoder.name == "smollm2" and cfg.decoder.cross_attention.kind == "prefix"
+    assert cfg.model.freeze_encoder is True and cfg.trainer.max_epochs == 1
     assert cfg.generation.no_repeat_ngram_size == 3
+    gated = compose_config("experiment=warm_start_gated", *files)
+    assert gated.data.source == "files" and gated.data.lead_copy_sentences == 3 and gated.data.max_target_length == 96
+    assert gated.encoder.name == "minilm" and gated.decoder.name == "smollm2"
+    assert gated.decoder.cross_attention.kind == "gated" and gated.decoder.cross_attention.init == "self_attention"
+    assert gated.decoder.cross_attention.gate_init == 0.5 and gated.optimizer.new_params_lr == 1e-3

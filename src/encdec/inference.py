@@ -13,6 +13,7 @@ from transformers.cache_utils import DynamicCache, EncoderDecoderCache
 from transformers.generation import utils as generation_utils
 
 import encdec.cross_attention  # noqa: F401  (registers encdec's decoders with transformers' Auto classes)
+import encdec.prefix_attention  # noqa: F401  (and the prefix pair's encoder and decoder)
 from encdec import run_folder
 from encdec.boundary import user_settings
 from encdec.errors import EncdecError

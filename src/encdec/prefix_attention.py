@@ -26,7 +26,6 @@ import torch
 from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, GenerationMixin, PreTrainedModel
 from transformers.cache_utils import Cache, DynamicCache, EncoderDecoderCache
 from transformers.modeling_outputs import BaseModelOutput, CausalLMOutputWithCrossAttentions
-
 from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING, MODEL_FOR_MASKED_LM_MAPPING
 
 from encdec.cross_attention import CrossAttentionDecoderConfig
@@ -39,7 +38,8 @@ DECODER_TYPE = "encdec_prefix_decoder"
 
 class PrefixEncoderConfig(CrossAttentionDecoderConfig):
     """Config of a decoder-only LM run as an encoder that hands over its per-layer keys and values (`base_config`:
-    the LM's config, its fields mirrored at top level)."""
+    the LM's config, its fields mirrored at top level, as for encdec's gated decoder, whose unused `cross_attention_*`
+    fields it inherits)."""
 
     model_type = ENCODER_TYPE
     is_decoder: bool = False
