@@ -183,3 +183,16 @@ def test_encdec_help_lists_the_commands_and_every_groups_options(tmp_path):
     conf = ROOT / "conf"
     for group in (folder for folder in conf.iterdir() if folder.is_dir() and folder.name != "hydra"):
         assert f"  {group.name:<15}{', '.join(sorted(path.stem for path in group.glob('*.yaml')))}" in stdout
+
+
+def test_encdec_report_compares_run_folders(tmp_path):
+    code, stdout, _ = run_console("report", "--help", cwd=tmp_path)
+    assert code == 0 and stdout.startswith("usage: encdec report ")
+    run_dir = tmp_path / "outputs" / "2026-01-01" / "00-00-00"
+    (run_dir / ".hydra").mkdir(parents=True)
+    OmegaConf.save(OmegaConf.create({"seed": 1}), run_dir / ".hydra" / "config.yaml")
+    (run_dir / "metrics.json").write_text(json.dumps({"val/rouge2": 3.5, "test/rouge2": 2.5, "train/steps": 4}))
+    code, stdout, stderr = run_console("report", "outputs", cwd=tmp_path)
+    assert code == 0, stderr
+    report = tmp_path / stdout.split("report: ", 1)[1].splitlines()[0]  # relative to the folder it ran in
+    assert report.is_relative_to(tmp_path) and "3.5" in report.read_text()

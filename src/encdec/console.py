@@ -53,7 +53,7 @@ def main(argv: Sequence[str] | None = None) -> int | None:
         # Plain argparse, no Hydra: report reads run folders, not configs.
         from encdec.report import main as report
 
-        return report(args)
+        return report(args, prog="encdec report")
     try:
         conf = config_dir()
     except EncdecError as error:
