@@ -67,6 +67,25 @@ def test_module_trains_on_a_users_own_dataloader_and_validates_without_encdecs_d
     assert references == [" ".join(WORDS[(i * 3 + j * 7) % len(WORDS)] for j in range(3)) for i in range(4)]
 
 
+def test_validation_scores_against_the_batchs_own_summary_texts(tiny):
+    """A batch that carries its reference texts is scored against them (untruncated, cased), not decoded labels."""
+    model, encoder_tokenizer, decoder_tokenizer = tiny
+    rows = plain_rows(encoder_tokenizer, decoder_tokenizer, 3)
+    texts = ["Alpha Beta, the first.", "Delta!", "Kappa Lambda Sigma Omega Theta"]
+    collate = DataCollatorForSeq2Seq(encoder_tokenizer, label_pad_token_id=-100)
+
+    def with_texts(batch_rows):
+        return {**collate([row for row, _ in batch_rows]), "summary": [text for _, text in batch_rows]}
+
+    loader = torch.utils.data.DataLoader(list(zip(rows, texts)), batch_size=2, collate_fn=with_texts)
+    module = encdec.Seq2SeqModule(model, decoder_tokenizer)
+    trainer = L.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False)
+    metrics = trainer.validate(module, dataloaders=loader, verbose=False)[0]
+    assert [row["reference"] for row in module.last_predictions["val"]] == texts
+    assert {"val/loss", "val/rouge2"} <= set(metrics)
+    model.train()
+
+
 def test_shifted_labels_give_the_loss_of_encdecs_own_decoder_inputs(tiny):
     model, encoder_tokenizer, decoder_tokenizer = tiny
     model.eval()  # no dropout: the two losses must agree exactly
