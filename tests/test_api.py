@@ -86,6 +86,25 @@ def test_validation_scores_against_the_batchs_own_summary_texts(tiny):
     model.train()
 
 
+def test_encdecs_datamodule_in_a_users_own_trainer():
+    torch.manual_seed(0)
+    model, encoder_tokenizer, decoder_tokenizer = encdec.build_model("tiny", "tiny", generation={"max_new_tokens": 4})
+    datamodule = encdec.datamodule(model, encoder_tokenizer, decoder_tokenizer, data="aclsum", batch_size=2,
+                                   max_train_samples=4, max_eval_samples=2, max_test_samples=2, max_source_length=32,
+                                   max_target_length=8)
+    module = encdec.Seq2SeqModule(model, decoder_tokenizer)
+    trainer = L.Trainer(max_steps=2, accelerator="cpu", logger=False, enable_checkpointing=False,
+                        enable_progress_bar=False, enable_model_summary=False)
+    trainer.fit(module, datamodule=datamodule)
+    assert trainer.global_step == 2
+    metrics = trainer.test(module, datamodule=datamodule, verbose=False)[0]
+    assert {"test/loss", "test/rouge2"} <= set(metrics)
+    rows = module.last_predictions["test"]
+    # The references are aclsum's untruncated summaries, as train.py scores them.
+    assert [row["reference"] for row in rows] == list(datamodule.raw["test"]["summary"])
+    assert all(len(decoder_tokenizer(row["reference"])["input_ids"]) > 8 for row in rows)
+
+
 def test_shifted_labels_give_the_loss_of_encdecs_own_decoder_inputs(tiny):
     model, encoder_tokenizer, decoder_tokenizer = tiny
     model.eval()  # no dropout: the two losses must agree exactly
