@@ -63,7 +63,7 @@ def fresh_venv_with_the_wheel(tmp_path: Path) -> Path:
     isolation = [] if int(setuptools.__version__.split(".")[0]) >= 77 else ["--use-pep517"]
     no_isolation = ["--no-build-isolation"] if not isolation else []
     # No PYTHONPATH: pip would take a checkout's src/ on it for an installed encdec and install nothing.
-    environment = {**os.environ, "PYTHONPATH": ""}
+    environment = {**os.environ, "PYTHONPATH": "", "PIP_DISABLE_PIP_VERSION_CHECK": "1", "PIP_NO_INPUT": "1"}
     build = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", *no_isolation, "-q", "-w", str(dist),
                             str(ROOT)], capture_output=True, text=True, timeout=300, env=environment)
     assert build.returncode == 0, build.stderr[-3000:]

@@ -11,7 +11,9 @@ bad one is the same one-line EncdecError the command line gives.
 
 from __future__ import annotations
 
+import contextlib
 import difflib
+import logging
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -159,7 +161,22 @@ def summarize(model_path: str | Path, texts: Sequence[str], *, batch_size: int =
     if max_source_length is None:
         trained = training_config(model_path)
         max_source_length = OmegaConf.select(trained, "data.max_source_length", default=None) if trained else None
-    model, encoder_tokenizer, decoder_tokenizer = load_trained(model_path)
+    with _quiet_load_report():
+        model, encoder_tokenizer, decoder_tokenizer = load_trained(model_path)
     apply_generation_overrides(model, decoder_tokenizer, OmegaConf.create(generation) if generation else None)
     return generate(model, encoder_tokenizer, decoder_tokenizer, list(texts), batch_size=batch_size,
                     max_source_length=max_source_length or 512, device=pick_device(device), progress=False)
+
+
+@contextlib.contextmanager
+def _quiet_load_report():
+    """transformers reports the encoder's pooler as missing from every export: encdec builds encoders without one
+    (unused in seq2seq), and `from_pretrained` adds it back. The command line hides the report (cli.quiet_third_party);
+    a library must not change its caller's logging for good, so here it is hidden only while loading."""
+    logger = logging.getLogger("transformers")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
