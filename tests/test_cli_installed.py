@@ -16,6 +16,7 @@ import pytest
 from omegaconf import OmegaConf
 
 from conftest import ROOT, SMOKE, error_lines, script_environment
+from in_process import _close_file_handlers, _keep_absl_off_the_test_streams
 
 # A complete run folder: what train.py writes when a run ends well.
 RUN_FOLDER = (".hydra/config.yaml", "hf_model/config.json", "hf_model/model.safetensors", "metrics.json",
@@ -25,7 +26,7 @@ RUN_FOLDER = (".hydra/config.yaml", "hf_model/config.json", "hf_model/model.safe
 def encdec_module(*args: str, cwd: Path, timeout: int = 600) -> subprocess.CompletedProcess:
     """`python -m encdec ARGS` in `cwd`: the installed command of this checkout (editable install or PYTHONPATH)."""
     return subprocess.run([sys.executable, "-m", "encdec", *args], cwd=cwd, capture_output=True, text=True,
-                          timeout=timeout, env=script_environment())
+                          stdin=subprocess.DEVNULL, timeout=timeout, env=script_environment())
 
 
 def run_console(*args: str, cwd: Path) -> tuple[int, str, str]:
@@ -35,6 +36,7 @@ def run_console(*args: str, cwd: Path) -> tuple[int, str, str]:
 
     out, err, previous = io.StringIO(), io.StringIO(), Path.cwd()
     code = 0
+    _keep_absl_off_the_test_streams()  # Hydra's logging setup would close absl's stream: pytest's capture file
     try:
         os.chdir(cwd)
         with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
@@ -44,6 +46,7 @@ def run_console(*args: str, cwd: Path) -> tuple[int, str, str]:
                 code = stop.code if isinstance(stop.code, int) else (0 if stop.code is None else 1)
     finally:
         os.chdir(previous)
+        _close_file_handlers()
     return code, out.getvalue(), err.getvalue()
 
 
@@ -94,8 +97,8 @@ def test_the_wheel_installs_a_command_that_trains_from_an_empty_folder(tmp_path)
 
     smoke = [arg for arg in SMOKE if not arg.startswith(("trainer.max_steps=", "trainer.max_epochs="))]
     result = subprocess.run([str(venv / "bin" / "encdec"), "train", "encoder=tiny", "decoder=tiny", *smoke,
-                             "trainer.max_steps=3", "trainer.max_epochs=2"], cwd=empty, capture_output=True, text=True, timeout=600,
-                            env=environment)
+                             "trainer.max_steps=3", "trainer.max_epochs=2"], cwd=empty, capture_output=True, text=True,
+                            stdin=subprocess.DEVNULL, timeout=600, env=environment)
     assert result.returncode == 0, result.stderr[-3000:]
     (run_dir,) = (empty / "outputs").glob("*/*")  # outputs/<date>/<time> under the current folder
     assert_complete_run(run_dir)
