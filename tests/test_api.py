@@ -201,6 +201,28 @@ def test_tpu_preset_composes_static_shapes_and_names_a_missing_torch_xla():
         check_run_settings(cfg)
 
 
+def batch_shapes(cfg, model, encoder_tokenizer, decoder_tokenizer) -> set[tuple]:
+    from encdec.lit.datamodule import SummarizationDataModule
+
+    datamodule = SummarizationDataModule(cfg.data, encoder_tokenizer, decoder_tokenizer,
+                                         decoder_start_token_id=model.config.decoder_start_token_id)
+    datamodule.prepare()
+    loaders = (datamodule.train_dataloader(), datamodule.val_dataloader())
+    return {(name, *batch[name].shape) for loader in loaders for batch in loader for name in ("input_ids", "labels")}
+
+
+def test_tpu_presets_data_settings_give_a_handful_of_shapes(tiny):
+    """XLA compiles a graph per shape: over a training epoch and a validation pass of aclsum, trainer=tpu's batches
+    take a few shapes (widths rounded to 64, fixed evaluation rows) where the dynamic default takes many."""
+    limits = ("encoder=tiny", "decoder=tiny", "data.max_train_samples=64", "data.max_eval_samples=32",
+              "data.max_source_length=512", "data.max_target_length=256")
+    static = batch_shapes(compose_config("trainer=tpu", *limits), *tiny)
+    dynamic = batch_shapes(compose_config(*limits), *tiny)
+    assert all(width % 64 == 0 for _, _, width in static), static
+    assert {rows for _, rows, _ in static} == {8, 16}  # data.batch_size and data.eval_batch_size, nothing else
+    assert len(static) < len(dynamic) / 2, (static, dynamic)
+
+
 def test_static_cache_generation_matches_the_dynamic_one(tiny):
     """trainer=tpu decodes with a static cache (fixed shapes for XLA): the summaries must not change."""
     model, encoder_tokenizer, decoder_tokenizer = tiny
