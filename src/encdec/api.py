@@ -44,7 +44,7 @@ def build_model(encoder: str | dict = "minilm", decoder: str | dict = "minilm", 
     from encdec.models import build_model as build
 
     cfg = compose(encoder=encoder, decoder=decoder, generation=generation, **options)
-    with user_settings("encoder", "decoder", "model", "generation"):
+    with user_settings("encoder", "decoder", "model", "generation"), _quiet_load_report():
         return build(cfg)
 
 
@@ -170,9 +170,10 @@ def summarize(model_path: str | Path, texts: Sequence[str], *, batch_size: int =
 
 @contextlib.contextmanager
 def _quiet_load_report():
-    """transformers reports the encoder's pooler as missing from every export: encdec builds encoders without one
-    (unused in seq2seq), and `from_pretrained` adds it back. The command line hides the report (cli.quiet_third_party);
-    a library must not change its caller's logging for good, so here it is hidden only while loading."""
+    """transformers' load report lists what encdec leaves out or adds on purpose: the encoder's pooler (unused in
+    seq2seq; missing from every export), the new cross-attention (missing from a pretrained decoder). The command line
+    hides it (cli.quiet_third_party); a library must not change its caller's logging for good, so here it is hidden
+    only while loading."""
     logger = logging.getLogger("transformers")
     level = logger.level
     logger.setLevel(logging.ERROR)
