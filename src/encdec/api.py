@@ -95,7 +95,7 @@ def _preset(value: str | dict | None, group: str) -> tuple[str | None, dict]:
     raise EncdecError(f"{group}={value!r}: give a preset name or a dict of {group} settings")
 
 
-def _option_key(name: str, cfg: DictConfig) -> tuple[str, dict]:
+def _option_key(name: str, cfg: DictConfig) -> tuple[str, str]:
     """build_model's keyword `name` as (group, key): encoder_init -> (encoder, init), lora -> (model, lora)."""
     role, _, key = name.partition("_")
     if role in ("encoder", "decoder") and key in SIDE_OPTIONS:
