@@ -1,9 +1,44 @@
 """encdec: warm-start encoder-decoder models from any pretrained encoder and decoder, on Lightning + Hydra.
 
-Importing encdec registers its cross-attention decoders with transformers' Auto classes, so exported models whose
-decoder got encdec's cross-attention load with plain `EncoderDecoderModel.from_pretrained`.
+Importing encdec registers its cross-attention decoders and its prefix pair's encoder and decoder with transformers'
+Auto classes, so exported models that use them load with plain `EncoderDecoderModel.from_pretrained`.
+
+The Python API (README "From Python"), imported on first use:
+
+    build_model(encoder, decoder, **options) -> (EncoderDecoderModel, encoder tokenizer, decoder tokenizer)
+    datamodule(model, encoder_tokenizer, decoder_tokenizer, data="aclsum", **settings) -> SummarizationDataModule
+    Seq2SeqModule(model, decoder_tokenizer)    the LightningModule; trains on ordinary input_ids/labels batches too
+    summarize(model_path, texts, **generation) -> summaries
+    compose(encoder, decoder, data=..., **options) -> the training config those build from
+    EncdecError                                  what every user error raises: one line naming the culprit and fix
 """
 
-from encdec import cross_attention  # noqa: F401  (registers the Auto classes)
+from encdec import cross_attention, prefix_attention  # noqa: F401  (register the Auto classes)
 
 __version__ = "0.1.0"
+
+# name -> module that defines it; loaded by __getattr__ so `import encdec` does not import Lightning.
+_API = {
+    "build_model": "encdec.api",
+    "compose": "encdec.api",
+    "datamodule": "encdec.api",
+    "summarize": "encdec.api",
+    "Seq2SeqModule": "encdec.lit.module",
+    "SummarizationDataModule": "encdec.lit.datamodule",
+    "EncdecError": "encdec.errors",
+}
+__all__ = sorted(_API)
+
+
+def __getattr__(name: str):
+    if name not in _API:
+        raise AttributeError(f"module 'encdec' has no attribute {name!r}")
+    import importlib
+
+    value = getattr(importlib.import_module(_API[name]), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_API})

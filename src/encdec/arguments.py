@@ -24,8 +24,11 @@ from encdec.errors import EncdecError
 PASS_THROUGH = ("trainer", "optimizer", "generation", "encoder.overrides", "decoder.overrides")
 MULTIRUN_FLAGS = {"-m", "--multirun"}
 # Hydra flags that leave composition alone (the ones taking a value consume the next argument); with any other
-# (--help, --config-dir, --info, ...) the command line is Hydra's business alone.
+# (--help, --info, ...) the command line is Hydra's business alone.
 VIEW_FLAGS = {"--cfg": 1, "-c": 1, "--package": 1, "-p": 1, "--resolve": 0}
+# The user's own config folder, searched after the packaged one (Hydra's order: a name both hold is the packaged file),
+# so new names add groups and presets: checked here with it, passed on to Hydra as given.
+CONFIG_DIR_FLAGS = ("--config-dir", "-cd")
 
 
 def checked_arguments(args: list[str], config_name: str, config_dir: Path,
@@ -39,6 +42,7 @@ def checked_arguments(args: list[str], config_name: str, config_dir: Path,
     flags, args = _split_flags(list(args))
     if flags is None:
         return args, None
+    config_dir = (Path(config_dir), *_user_config_dirs(flags))
     multirun = any(flag in MULTIRUN_FLAGS for flag in flags)
     cfg = None
     for _ in range(len(args) + 1):
@@ -75,6 +79,11 @@ def _split_flags(tokens: list[str]) -> tuple[list[str] | None, list[str]]:
         token = tokens.pop(0)
         if token in MULTIRUN_FLAGS:
             flags.append(token)
+        elif token.startswith(tuple(flag + "=" for flag in CONFIG_DIR_FLAGS)):
+            flags.append(token)
+        elif token in CONFIG_DIR_FLAGS:
+            flags += [token, *tokens[:1]]
+            del tokens[:1]
         elif token in VIEW_FLAGS:
             flags += [token, *tokens[: VIEW_FLAGS[token]]]
             del tokens[: VIEW_FLAGS[token]]
@@ -85,14 +94,40 @@ def _split_flags(tokens: list[str]) -> tuple[list[str] | None, list[str]]:
     return flags, overrides
 
 
-def _compose(config_name: str, config_dir: Path, overrides: list[str]) -> DictConfig:
-    from hydra import compose, initialize_config_dir
+def _user_config_dirs(flags: list[str]) -> list[Path]:
+    """The folders of --config-dir/-cd DIR (or --config-dir=DIR), absolute; one that is not a folder is one line."""
+    folders = []
+    for i, flag in enumerate(flags):
+        name, _, value = flag.partition("=")
+        if name not in CONFIG_DIR_FLAGS:
+            continue
+        value = value if "=" in flag else (flags[i + 1] if i + 1 < len(flags) else "")
+        folder = Path(value).expanduser().absolute()
+        if not value or not folder.is_dir():
+            raise EncdecError(f"{name} {value}: no such folder; give the folder that holds your own groups "
+                              "(data/mydata.yaml, experiment/myrun.yaml, ...)")
+        folders.append(folder)
+    return folders
+
+
+def _compose(config_name: str, config_dir: Path | tuple[Path, ...], overrides: list[str]) -> DictConfig:
+    """The config Hydra would compose from `config_dir` (or a tuple: encdec's folder, then the user's --config-dir)."""
+    from hydra import compose, version
+    from hydra._internal.hydra import Hydra
+    from hydra._internal.utils import create_config_search_path
+    from hydra.core.config_search_path import SearchPathQuery
     from hydra.core.global_hydra import GlobalHydra
 
+    primary, *users = config_dir if isinstance(config_dir, tuple) else (config_dir,)
     GlobalHydra.instance().clear()
     try:
-        with initialize_config_dir(config_dir=str(config_dir), version_base="1.3", job_name=config_name):
-            return compose(config_name, overrides=overrides, return_hydra_config=True)
+        # As hydra.initialize_config_dir, plus the search path Hydra's --config-dir builds (its utils.add_conf_dir).
+        version.setbase("1.3")
+        search_path = create_config_search_path(str(primary))
+        for folder in users:
+            search_path.prepend(provider="command-line", path=f"file://{folder}", anchor=SearchPathQuery(provider="schema"))
+        Hydra.create_main_hydra2(task_name=config_name, config_search_path=search_path)
+        return compose(config_name, overrides=overrides, return_hydra_config=True)
     finally:
         GlobalHydra.instance().clear()
 

@@ -27,6 +27,7 @@ def check_run_settings(cfg: DictConfig) -> None:
     check_push_target(OmegaConf.select(cfg, "export.push_to_hub"), "export.push_to_hub")  # not after hours of training
     _check_checkpoint(cfg.checkpoint)
     _check_optimizer(cfg)
+    _check_xla(cfg)
     for key in MODEL_SWITCHES:
         value = cfg.model.get(key)
         if value is not None and not isinstance(value, bool):
@@ -39,6 +40,18 @@ def check_run_settings(cfg: DictConfig) -> None:
         warmup = scheduler.get("num_warmup_steps")
         if warmup is not None and (not isinstance(warmup, int) or warmup < 0):
             raise EncdecError(f"scheduler.num_warmup_steps={warmup} must be an integer >= 0")
+
+
+def _check_xla(cfg: DictConfig) -> None:
+    """trainer=tpu without torch_xla would fail only when the Trainer is built, after the model has loaded."""
+    import importlib.util
+
+    accelerator = str(OmegaConf.select(cfg, "trainer.accelerator"))
+    if accelerator in ("tpu", "xla") and importlib.util.find_spec("torch_xla") is None:
+        raise EncdecError(
+            f"trainer.accelerator={accelerator} needs torch_xla, which is not installed: on a TPU VM install the "
+            f"torch and torch_xla pair README \"TPU\" names (this torch is {torch.__version__})"
+        )
 
 
 def _check_checkpoint(checkpoint: DictConfig) -> None:

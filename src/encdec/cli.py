@@ -31,11 +31,18 @@ def quiet_third_party() -> None:
 # The deepest folder on the run folder's path that existed before Hydra made the rest: a run that fails on bad input
 # removes what Hydra made below it (outputs/ included, on a first run) and nothing above.
 _existing_before_run: Path | None = None
+# How the user started this run, for messages that give a command to run next: `python train.py` or `encdec train`.
+_invoked_as = "python train.py"
+
+
+def invoked_as() -> str:
+    return _invoked_as
 
 
 def command_line(argv: list[str], config_name: str, config_dir: Path) -> list[str]:
     """sys.argv for Hydra: `resume=` expanded (train.py), pass-through keys added, any mistake one line and exit 2."""
-    global _existing_before_run
+    global _existing_before_run, _invoked_as
+    _invoked_as = argv[0] if argv[0].startswith("encdec ") else f"python {Path(argv[0]).name}"
     expanded = resume_arguments(argv) if config_name == "train" else argv
     resuming, argv = expanded is not argv, expanded
     try:

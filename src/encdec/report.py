@@ -382,9 +382,9 @@ class _Parser(argparse.ArgumentParser):
         sys.exit(2)
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(prog: str = "report.py") -> argparse.ArgumentParser:
     parser = _Parser(
-        prog="report.py",
+        prog=prog,
         description="Write report.md (a table of runs) and val_rouge.png (validation ROUGE-2 against step).",
         epilog="--out defaults to the first PATH when it is a sweep folder (not itself a run), else the current folder.",
     )
@@ -427,8 +427,8 @@ def report(paths: Sequence[Path], out: Path | None = None, title: str | None = N
     return target, png
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+def main(argv: Sequence[str] | None = None, prog: str = "report.py") -> int:
+    args = build_parser(prog).parse_args(argv)
     try:
         markdown_path, png = report(args.paths, args.out, args.title)
     except ReportError as error:

@@ -26,6 +26,7 @@ from omegaconf import DictConfig, OmegaConf
 from encdec import run_folder
 from encdec.boundary import lightning_settings, user_settings
 from encdec.checks import check_forward_pass, check_run_settings, optimizer_class_settings
+from encdec.cli import invoked_as
 from encdec.data import load_splits
 from encdec.errors import EncdecError, Interrupted
 from encdec.export import push_to_hub
@@ -181,7 +182,7 @@ def _interruption_named(trainer: L.Trainer, run_dir: Path):
             raise
         name, number = ("SIGTERM", signal.SIGTERM) if isinstance(stop, SIGTERMException) else ("Ctrl-C", signal.SIGINT)
         if any((run_dir / run_folder.CHECKPOINTS).glob("*.ckpt")):
-            then = f"continue it with: python train.py resume={run_dir}"
+            then = f"continue it with: {invoked_as()} resume={run_dir}"
         else:
             then = "no checkpoint was written yet, so there is nothing to resume: start it again"
         raise Interrupted(f"training stopped by {name} at step {trainer.global_step}; {then}", number) from None

@@ -129,6 +129,9 @@ class SummarizationDataModule(L.LightningDataModule):
 
     def _check_lengths(self, max_source_positions, max_target_positions) -> None:
         check_data_settings(self.data)
+        multiple = self.data.get("pad_to_multiple_of")
+        if multiple is not None and (isinstance(multiple, bool) or not isinstance(multiple, int) or multiple <= 0):
+            raise EncdecError(f"data.pad_to_multiple_of={multiple} must be a positive integer, or null for no rounding")
         for key, limit in (("max_source_length", max_source_positions), ("max_target_length", max_target_positions)):
             value = self.data[key]
             if limit is not None and value > limit:
@@ -186,8 +189,8 @@ class SummarizationDataModule(L.LightningDataModule):
     def collate(self, rows: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
         source_pad = self.encoder_tokenizer.pad_token_id
         target_pad = self.decoder_tokenizer.pad_token_id
-        source_width = max(len(r["input_ids"]) for r in rows)
-        target_width = max(len(r["labels"]) for r in rows)
+        source_width = self._padded_width(max(len(r["input_ids"]) for r in rows), self.data.max_source_length)
+        target_width = self._padded_width(max(len(r["labels"]) for r in rows), self.data.max_target_length)
         batch = len(rows)
         input_ids = torch.full((batch, source_width), source_pad, dtype=torch.long)
         attention_mask = torch.zeros((batch, source_width), dtype=torch.long)
@@ -211,6 +214,14 @@ class SummarizationDataModule(L.LightningDataModule):
             "labels": labels,
             "index": torch.tensor([r["index"] for r in rows], dtype=torch.long),
         }
+
+    def _padded_width(self, longest: int, limit: int) -> int:
+        """`longest` rounded up to data.pad_to_multiple_of (never past the length limit): XLA compiles one graph per
+        shape, so trainer=tpu pads to a handful of widths instead of one per batch. The extra columns are masked."""
+        multiple = self.data.get("pad_to_multiple_of")
+        if not multiple:
+            return longest
+        return max(longest, min(-(-longest // multiple) * multiple, limit))
 
     def _loader(self, split: str, shuffle: bool) -> DataLoader:
         dataset = self.tokenized[split].select_columns(["input_ids", "labels"])

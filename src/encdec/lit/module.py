@@ -1,9 +1,15 @@
-"""The LightningModule: teacher-forced loss for training, generation + ROUGE for validation and test."""
+"""The LightningModule: teacher-forced loss for training, generation + ROUGE for validation and test.
+
+It trains on encdec's own batches (SummarizationDataModule) and on ordinary ones from the user's DataLoader or
+transformers' DataCollatorForSeq2Seq: `input_ids`, `attention_mask`, `labels` (-100 where ignored), optionally
+`decoder_input_ids` / `decoder_attention_mask`.
+"""
 
 from __future__ import annotations
 
 from typing import Any, Callable
 
+import functools
 import random
 import time
 
@@ -15,6 +21,7 @@ from lightning.pytorch.plugins.precision import MixedPrecision
 from lightning.pytorch.strategies import DeepSpeedStrategy, FSDPStrategy
 from lightning.pytorch.trainer.states import TrainerFn
 from transformers import EncoderDecoderModel, PreTrainedTokenizerBase
+from transformers.models.encoder_decoder.modeling_encoder_decoder import shift_tokens_right
 
 from encdec.errors import EncdecError
 from encdec.inference import generate_texts
@@ -28,7 +35,7 @@ class Seq2SeqModule(L.LightningModule):
         self,
         model: EncoderDecoderModel,
         decoder_tokenizer: PreTrainedTokenizerBase,
-        optimizer: Callable[..., torch.optim.Optimizer],
+        optimizer: Callable[..., torch.optim.Optimizer] | None = None,
         scheduler: Callable[..., Any] | None = None,
         new_params_lr: float | None = None,
         generate_in_validation: bool = True,
@@ -43,7 +50,8 @@ class Seq2SeqModule(L.LightningModule):
         self._compiled_forward = torch.compile(model.forward, dynamic=True) if compile else None
         self.cudnn_attention = cudnn_attention
         self.decoder_tokenizer = decoder_tokenizer
-        self.optimizer_factory = optimizer
+        # Without one, the optimizer=adamw preset's (lr 1e-4): a user's own Lightning script needs to pass nothing.
+        self.optimizer_factory = optimizer or functools.partial(torch.optim.AdamW, lr=1e-4)
         self.scheduler_factory = scheduler
         # Parameters no checkpoint provided (cross-attention, gates, a missing LM head) may learn at their own rate.
         self.new_params_lr = new_params_lr
@@ -55,6 +63,8 @@ class Seq2SeqModule(L.LightningModule):
         self.seconds_before_resume = 0.0
         self._clock_started = time.time()
         self._outputs: dict[str, list[tuple[int, str]]] = {"val": [], "test": []}
+        # Ordinary batches carry their references (texts, or labels to decode) instead of an index into datamodule.raw.
+        self._rows: dict[str, list[dict[str, str]]] = {"val": [], "test": []}
         # stage -> [{"document", "reference", "prediction"}], in data order, for predictions.jsonl and loggers
         self.last_predictions: dict[str, list[dict[str, str]]] = {}
 
@@ -81,19 +91,34 @@ class Seq2SeqModule(L.LightningModule):
 
     def loss(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         # The loss is ours, not EncoderDecoderModel's: its labels path rebuilds decoder masks from pad ids.
+        decoder_input_ids, decoder_attention_mask = self._decoder_inputs(batch)
         with attention_kernels(self.cudnn_attention):
             logits = (self._compiled_forward or self.model)(
                 input_ids=batch["input_ids"],
-                attention_mask=batch["attention_mask"],
-                decoder_input_ids=batch["decoder_input_ids"],
-                decoder_attention_mask=batch["decoder_attention_mask"],
+                attention_mask=batch.get("attention_mask"),
+                decoder_input_ids=decoder_input_ids,
+                decoder_attention_mask=decoder_attention_mask,
                 use_cache=False,
             ).logits
         return F.cross_entropy(logits.float().flatten(0, 1), batch["labels"].flatten(), ignore_index=IGNORE_INDEX)
 
+    def _decoder_inputs(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The batch's decoder inputs, or, as EncoderDecoderModel does with labels alone, the labels shifted right
+        behind the start token (-100 read as pad). No mask then: causal attention keeps each kept position's view
+        the same, and the padded positions after a summary's end are ignored by the loss."""
+        if batch.get("decoder_input_ids") is not None:
+            return batch["decoder_input_ids"], batch.get("decoder_attention_mask")
+        config = self.model.config
+        if config.decoder_start_token_id is None or config.pad_token_id is None:
+            raise EncdecError("the batch has labels but no decoder_input_ids, and model.config has no "
+                              "decoder_start_token_id/pad_token_id to shift them with: build the model with "
+                              "encdec.build_model, or put decoder_input_ids in the batch")
+        return shift_tokens_right(batch["labels"], config.pad_token_id, config.decoder_start_token_id), None
+
     def training_step(self, batch, batch_idx):
         loss = self.loss(batch)
-        if not torch.isfinite(loss):
+        # Not on XLA: reading the loss on the host every step would end each step's lazy graph there (trainer=tpu).
+        if loss.device.type != "xla" and not torch.isfinite(loss):
             # Stop before the optimizer spreads NaN into the weights; checkpoints on disk are from good steps.
             raise EncdecError(
                 f"training loss became {loss.item()} at step {self.global_step}: lower optimizer.lr, keep "
@@ -107,8 +132,34 @@ class Seq2SeqModule(L.LightningModule):
         self.log(f"{stage}/loss", self.loss(batch), prog_bar=True, batch_size=size, sync_dist=True)
         if stage == "val" and not self.generate_in_validation:
             return
-        predictions = self.generate(batch["input_ids"], batch["attention_mask"], **self._generation_sync())
-        self._outputs[stage].extend(zip(batch["index"].tolist(), predictions))
+        if "index" in batch and self._raw_splits() is not None:
+            predictions = self.generate(batch["input_ids"], batch.get("attention_mask"), **self._generation_sync())
+            self._outputs[stage].extend(zip(batch["index"].tolist(), predictions))
+            return
+        references = self._references(batch)
+        if references is None:
+            return  # nothing to score against: the loss is all this batch reports
+        predictions = self.generate(batch["input_ids"], batch.get("attention_mask"), **self._generation_sync())
+        documents = batch.get("document") or [""] * len(predictions)
+        self._rows[stage].extend({"document": document, "reference": reference, "prediction": prediction}
+                                 for document, reference, prediction in zip(documents, references, predictions))
+
+    def _raw_splits(self) -> dict | None:
+        """encdec's SummarizationDataModule keeps the untruncated texts that its batches' `index` points into."""
+        datamodule = self.trainer.datamodule if self._trainer is not None else None
+        return getattr(datamodule, "raw", None) or None
+
+    def _references(self, batch) -> list[str] | None:
+        """An ordinary batch's reference summaries: its `summary` texts, else its labels decoded."""
+        texts = batch.get("summary")
+        if isinstance(texts, (list, tuple)) and all(isinstance(text, str) for text in texts):
+            return list(texts)
+        labels = batch.get("labels")
+        if labels is None or self.decoder_tokenizer is None or self.decoder_tokenizer.pad_token_id is None:
+            return None
+        labels = labels.masked_fill(labels == IGNORE_INDEX, self.decoder_tokenizer.pad_token_id)
+        texts = self.decoder_tokenizer.batch_decode(labels, skip_special_tokens=True, clean_up_tokenization_spaces=True)
+        return [text.strip() for text in texts]
 
     def validation_step(self, batch, batch_idx):
         self._eval_step(batch, "val")
@@ -123,25 +174,27 @@ class Seq2SeqModule(L.LightningModule):
         self._log_rouge("test")
 
     def _log_rouge(self, stage: str) -> None:
-        outputs = self._outputs[stage]
-        self._outputs[stage] = []
+        outputs, rows = self._outputs[stage], self._rows[stage]
+        self._outputs[stage], self._rows[stage] = [], []
         if stage == "val" and not self.generate_in_validation:
             return
         if self._trainer is not None and self.trainer.world_size > 1:
             # Each rank generated its own share of the rows (EvalBatchSampler); all of them join this gather.
             gathered: list = [None] * self.trainer.world_size
-            torch.distributed.all_gather_object(gathered, outputs)
-            outputs = sorted({item[0]: item for part in gathered for item in part}.values())
+            torch.distributed.all_gather_object(gathered, (outputs, rows))
+            outputs = sorted({item[0]: item for part in gathered for item in part[0]}.values())
+            rows = [row for part in gathered for row in part[1]]
         else:
             outputs = sorted(outputs)
-        if not outputs:
+        if outputs:
+            # References are the untruncated summaries, as in published ROUGE numbers.
+            raw = self._raw_splits()["validation" if stage == "val" else "test"]
+            rows = [
+                {"document": raw[i]["document"], "reference": raw[i]["summary"], "prediction": prediction}
+                for i, prediction in outputs
+            ]
+        if not rows:
             return
-        # References are the untruncated summaries, as in published ROUGE numbers.
-        raw = self.trainer.datamodule.raw["validation" if stage == "val" else "test"]
-        rows = [
-            {"document": raw[i]["document"], "reference": raw[i]["summary"], "prediction": prediction}
-            for i, prediction in outputs
-        ]
         self.last_predictions[stage] = rows
         scores = rouge([r["prediction"] for r in rows], [r["reference"] for r in rows])
         for name, value in scores.items():
