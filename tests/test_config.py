@@ -58,7 +58,7 @@ def test_defaults_are_the_offline_quickstart():
     assert cfg.encoder.pretrained == cfg.decoder.pretrained == smollm2
     # a prefix pair with its encoder frozen, once decoder.cross_attention.kind and model.freeze_encoder resolve
     assert cfg.decoder.cross_attention.kind == "auto" and cfg.model.freeze_encoder is None
-    assert cfg.data.source == "aclsum" and cfg.data.lead_copy_sentences == 3 and cfg.trainer.max_epochs == 1
+    assert cfg.data.source == "aclsum" and cfg.data.lead_copy_sentences == 0 and cfg.trainer.max_epochs == 2
     for group in ("encoder", "decoder", "data", "model", "trainer", "generation", "optimizer"):
         assert OmegaConf.to_container(cfg[group]) == OmegaConf.to_container(quick[group]), group
 

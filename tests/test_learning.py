@@ -89,10 +89,10 @@ def test_rougelsum_takes_prediction_and_reference_in_that_order():
     assert round(rouge([reference], [prediction])["rougeLsum"], 4) == round(200 / 3, 4)
 
 
-@pytest.mark.slow  # the whole quickstart: ~6 minutes on 2 cores
+@pytest.mark.slow  # the whole quickstart: ~7 minutes on 2 cores
 def test_quickstart_learns_past_its_floor(tmp_path):
     """`python train.py` as README runs it ends above copying each paper's first sentence in ROUGE-1, -2 and -L (it
-    measured 37.70/12.87/23.99 against lead-1's 22.06/7.78/15.72): a change that breaks learning (an optimizer group left
+    measured 44.86/16.63/30.55 against lead-1's 22.06/7.78/15.72 and lead-3's 40.44/15.00/25.75): a change that breaks learning (an optimizer group left
     out, a label shift, a decoder that stops reading the source) falls below lead-1 or barely moves from step 0."""
     run_dir = tmp_path / "quickstart"
     result = run_script("train.py", "logger=csv", "callbacks=none", f"hydra.run.dir={run_dir}", timeout=1500)
@@ -100,6 +100,6 @@ def test_quickstart_learns_past_its_floor(tmp_path):
     metrics = json.loads((run_dir / "metrics.json").read_text())
     for name in ("rouge1", "rouge2", "rougeL"):
         assert metrics[f"test/{name}"] > metrics[f"baseline/lead1/{name}"] + 2, (name, metrics)
-    assert metrics["test/rouge2"] >= 11.0, metrics
+    assert metrics["test/rouge2"] >= 14.0, metrics
     assert metrics["val/rouge2"] > metrics["initial/val/rouge2"] + 5
     assert metrics["baseline/lead1/rouge2"] > 0 and metrics["baseline/lead3/rouge2"] > 0  # the report's yardsticks

@@ -277,8 +277,8 @@ def build_model(cfg: DictConfig) -> tuple[EncoderDecoderModel, PreTrainedTokeniz
 
 def encoder_frozen(model_cfg: DictConfig, kind: str) -> bool:
     """model.freeze_encoder; null (auto) freezes the encoder of a prefix pair: it is the pretrained LM whose keys and
-    values the decoder already reads, and training it doubles the step time for little (aclsum, 25 steps: test ROUGE-2
-    12.87 frozen, 13.44 trained; README, "Warm-start levers")."""
+    values the decoder already reads, and training it doubles the step time for little (aclsum with lead copies, 25
+    steps: test ROUGE-2 12.87 frozen, 13.44 trained; README, "Warm-start levers")."""
     frozen = model_cfg.get("freeze_encoder")
     if frozen is None:
         frozen = kind == "prefix"
