@@ -157,13 +157,17 @@ def test_kind_auto_picks_prefix_only_for_one_architecture_and_bad_kinds_are_refu
 
     from encdec.models import build_model, cross_attention_kind, encoder_frozen, side_config
 
-    tiny_llama = [f"{side}.{setting}" for side in ("encoder", "decoder") for setting in TINY_LLAMA]
+    def side(role):  # compose (unlike the command line) needs + for keys the preset does not list
+        return [("+" if setting.startswith("overrides.") else "") + f"{role}.{setting}" for setting in TINY_LLAMA]
+
+    tiny_llama = [*side("encoder"), *side("decoder")]
     llama_pair = compose_config(*tiny_llama)
-    mixed = compose_config("encoder=tiny", *(f"decoder.{setting}" for setting in TINY_LLAMA))
+    mixed = compose_config("encoder=tiny", *side("decoder"))
     llama_config = side_config(llama_pair.encoder, "encoder")[1]
     assert cross_attention_kind(llama_pair.decoder, llama_config) == "prefix"
     assert cross_attention_kind(mixed.decoder, BertConfig()) == "gated"
-    deeper = side_config(compose_config(*tiny_llama, "encoder.overrides.num_hidden_layers=3").encoder, "encoder")[1]
+    deeper = side_config(compose_config(*side("decoder"), *[o for o in side("encoder") if "num_hidden_layers" not in o],
+                                        "+encoder.overrides.num_hidden_layers=3").encoder, "encoder")[1]
     assert cross_attention_kind(llama_pair.decoder, deeper) == "gated"
     assert encoder_frozen(llama_pair.model, "prefix") and not encoder_frozen(llama_pair.model, "gated")
     assert not encoder_frozen(compose_config(*tiny_llama, "model.freeze_encoder=false").model, "prefix")
@@ -174,5 +178,4 @@ def test_kind_auto_picks_prefix_only_for_one_architecture_and_bad_kinds_are_refu
     with pytest.raises(EncdecError, match=r"decoder.cross_attention.kind=bogus: use auto, gated or prefix"):
         build_model(compose_config(*tiny_llama, "decoder.cross_attention.kind=bogus"))
     with pytest.raises(EncdecError, match=r"kind=prefix: it needs a decoder-only LM .* the encoder is 'bert'"):
-        build_model(compose_config("encoder=tiny", *(f"decoder.{s}" for s in TINY_LLAMA),
-                                   "decoder.cross_attention.kind=prefix"))
+        build_model(compose_config("encoder=tiny", *side("decoder"), "decoder.cross_attention.kind=prefix"))

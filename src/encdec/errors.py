@@ -30,12 +30,12 @@ def exit_with(error: BaseException, run_dir: Path | None = None, existing: Path 
     if run_dir is not None:
         remove_fresh_run_dir(run_dir, existing)
     message = " ".join(str(error).split()) or type(error).__name__
-    if not (isinstance(error, Interrupted) and _global_rank() != 0):  # every rank is stopped: one line, not one a rank
+    if not (isinstance(error, Interrupted) and global_rank() != 0):  # every rank is stopped: one line, not one a rank
         print(f"encdec: error: {message}", file=sys.stderr, flush=True)
     sys.exit(getattr(error, "exit_code", EXIT_USER_ERROR))
 
 
-def _global_rank() -> int:
+def global_rank() -> int:
     from lightning.pytorch.utilities import rank_zero_only
 
     return int(getattr(rank_zero_only, "rank", 0) or 0)

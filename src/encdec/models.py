@@ -117,10 +117,18 @@ def cross_attention_kind(side: DictConfig, encoder_config: PretrainedConfig) -> 
     if kind == "auto":
         problem = prefix_attention.pairing_problem(encoder_config, side_config(side, "decoder")[1])
         kind = "gated" if problem else "prefix"
-        log.info("decoder.cross_attention.kind=auto: %s", f"gated ({problem})" if problem else
-                 "prefix (encoder and decoder are one decoder-only architecture: the decoder's self-attention reads "
-                 "the encoder's keys and values, layer by layer)")
+        if kind == "prefix":
+            _say_once("decoder.cross_attention.kind=auto: prefix (encoder and decoder are one decoder-only "
+                      "architecture: the decoder's self-attention reads the encoder's keys and values, layer by layer)")
     return kind
+
+
+def _say_once(message: str) -> None:
+    """Logged by the first process only: every rank builds the model, and each would start a log file of its own."""
+    from encdec.errors import global_rank
+
+    if global_rank() == 0:
+        log.info(message)
 
 
 @user_settings("decoder")
@@ -282,7 +290,8 @@ def encoder_frozen(model_cfg: DictConfig, kind: str) -> bool:
     frozen = model_cfg.get("freeze_encoder")
     if frozen is None:
         frozen = kind == "prefix"
-        log.info("model.freeze_encoder=null: the encoder %s", "is frozen (a prefix pair)" if frozen else "trains")
+        if frozen:
+            _say_once("model.freeze_encoder=null: the encoder is frozen (a prefix pair)")
     return bool(frozen)
 
 
