@@ -5,7 +5,9 @@ model saved there back."""
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -30,8 +32,6 @@ def bert_export(tmp_path_factory):
 def as_saved_by(framework: str, export: Path, folder: Path) -> Path:
     """A copy of `export` whose model.safetensors has the names and metadata TF/Flax `save_pretrained(
     safe_serialization=True)` writes (TF: `.../kernel:0`-style paths; Flax: `params`-tree paths)."""
-    import shutil
-
     shutil.copytree(export, folder)
     weights = load_file(folder / "model.safetensors")
     if framework == "tf":
@@ -59,8 +59,6 @@ def test_weights_saved_by_tf_or_flax_are_refused_not_loaded_at_random(bert_expor
 
 
 def test_tf_h5_weights_alone_are_refused_with_the_conversion(bert_export, tmp_path):
-    import shutil
-
     export, _ = bert_export
     shutil.copytree(export, tmp_path / "saved")
     (tmp_path / "saved" / "model.safetensors").rename(tmp_path / "saved" / "tf_model.h5")
@@ -79,7 +77,9 @@ def test_pytorch_exports_still_load(bert_export):
 @pytest.mark.slow
 def test_check_tf_flax_script_passes():
     """Builds (once) a transformers 4.57 + TensorFlow + JAX/Flax venv; needs the package index the first time."""
+    # The script's `python` is this one (encdec's venv), the 4.57 venv its own.
+    path = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
     result = subprocess.run(["bash", str(ROOT / "scripts" / "check_tf_flax.sh")], capture_output=True, text=True,
-                            timeout=3600, cwd=ROOT, env={**os.environ})
+                            timeout=3600, cwd=ROOT, env={**os.environ, "PATH": path}, stdin=subprocess.DEVNULL)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert "tf_flax check: all passed" in result.stdout

@@ -174,3 +174,16 @@ def test_export_refuses_graphs_whose_logits_drift_from_pytorch(tmp_path, monkeyp
     with pytest.raises(EncdecError, match=r"decoder's logits differ from PyTorch's by 0\.01 within three steps"):
         export_onnx(model, encoder_tokenizer, decoder_tokenizer, tmp_path / "onnx", max_source_length=64)
     assert not (tmp_path / "onnx").exists()
+
+
+def test_runner_top_k_orders_ties_as_a_full_stable_sort():
+    """The runner's partial top-k (sorting only the entries at or above the k-th value) picks what a full stable
+    sort, i.e. torch.topk on CPU, picks, ties at the boundary included."""
+    from encdec.onnx_runner import _top_k
+
+    rng = np.random.default_rng(0)
+    for _ in range(200):
+        scores = rng.integers(-3, 3, size=(3, int(rng.integers(1, 120)))).astype(np.float32)  # many ties
+        scores[:, ::4] = -np.inf
+        k = int(rng.integers(1, min(12, scores.shape[1]) + 1))
+        assert _top_k(scores, k).tolist() == np.argsort(-scores, axis=-1, kind="stable")[:, :k].tolist()
