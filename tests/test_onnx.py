@@ -187,3 +187,17 @@ def test_runner_top_k_orders_ties_as_a_full_stable_sort():
         scores[:, ::4] = -np.inf
         k = int(rng.integers(1, min(12, scores.shape[1]) + 1))
         assert _top_k(scores, k).tolist() == np.argsort(-scores, axis=-1, kind="stable")[:, :k].tolist()
+
+
+def test_export_refuses_an_encdec_decoder_type_it_does_not_know():
+    from types import SimpleNamespace
+
+    from encdec.onnx_graphs import check_supported
+
+    model = SimpleNamespace(config=SimpleNamespace(decoder=SimpleNamespace(model_type="encdec_prefix_decoder")))
+    with pytest.raises(EncdecError, match=r"^format=onnx: the ONNX export does not support encdec's "
+                                          r"encdec_prefix_decoder decoder yet .*: use format=hf"):
+        check_supported(model)
+    for supported in ("encdec_cross_attention_decoder", "bert", "gpt2"):
+        model.config.decoder.model_type = supported
+        check_supported(model)

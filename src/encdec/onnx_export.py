@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from encdec.errors import EncdecError
-from encdec.onnx_graphs import DecoderStepGraph, EncoderGraph, cache_layout
+from encdec.onnx_graphs import DecoderStepGraph, EncoderGraph, cache_layout, check_supported
 
 RUNNER = "runner.py"
 EXAMPLE_PAST = 3  # example past length: the exporter specialises dimensions it sees at 0 or 1
@@ -38,6 +38,7 @@ def export_onnx(model, encoder_tokenizer, decoder_tokenizer, target: Path, max_s
     from encdec import run_folder
 
     check_available()
+    check_supported(model)
     model = model.float().eval()
     self_shapes, cross_layers = cache_layout(model)
     self_layers = len(self_shapes)

@@ -18,7 +18,19 @@ import torch
 from torch import nn
 from transformers.cache_utils import DynamicCache, EncoderDecoderCache
 
+from encdec.cross_attention import MODEL_TYPE
 from encdec.errors import EncdecError
+
+
+def check_supported(model) -> None:
+    """Decoders the graphs know how to carry: transformers' own cross-attention decoders (BERT, GPT-2, ...) and
+    encdec's gated cross-attention. Any other encdec decoder type (a mode added later, such as one that reads the
+    source as a self-attention prefix) is refused by name rather than traced on a guess."""
+    kind = getattr(model.config.decoder, "model_type", "")
+    if kind.startswith("encdec_") and kind != MODEL_TYPE:
+        raise EncdecError(f"format=onnx: the ONNX export does not support encdec's {kind} decoder yet (it carries a "
+                          f"decoder's own cross-attention or encdec's gated one, {MODEL_TYPE}): use format=hf, or "
+                          "train with decoder.cross_attention.kind=gated")
 
 
 def cache_layout(model) -> tuple[list[tuple[int, int]], list[int]]:
