@@ -15,6 +15,7 @@ from transformers import GPT2Config
 
 from conftest import compose_config, error_lines, run_script
 from encdec import run_folder
+from encdec.errors import EncdecError
 from encdec.inference import load_trained
 from test_export import DOCUMENTS, export_of, tiny_llama_config
 
@@ -95,15 +96,28 @@ def test_onnx_runtime_tokens_equal_pytorch_generate(onnx_export, settings):
     batch = encoder_tokenizer(MORE_DOCUMENTS, padding=True, return_tensors="pt")
     with torch.no_grad():
         expected = model.generate(**batch, **settings)
-        logits = model(**batch, decoder_input_ids=expected[:, :1]).logits[:, -1]
-    input_ids, attention_mask = batch["input_ids"].numpy(), batch["attention_mask"].numpy()
-    first = runner.next_token_logits(expected[:, :1].numpy(), runner.encode(input_ids, attention_mask), attention_mask)
-    assert np.abs(first - logits.numpy()).max() < 1e-4
-    generated = runner.generate(input_ids, attention_mask, **settings)
+    generated = runner.generate(batch["input_ids"].numpy(), batch["attention_mask"].numpy(), **settings)
     assert generated.tolist() == expected.tolist(), kind
     assert expected.shape[1] > 4
     if settings is BEAM:  # the returned beams are cut after the longest one's eos
         assert (expected == model.generation_config.eos_token_id).any() and expected.shape[1] < 1 + 12
+
+
+def test_every_cached_step_gives_pytorchs_logits(onnx_export):
+    """Step by step along PyTorch's greedy tokens, the cached ONNX decoder's logits equal a full forward's (a cache
+    that grew wrong shows here, even where the argmax hides it)."""
+    _, _, model, encoder_tokenizer, runner = onnx_export
+    batch = encoder_tokenizer(MORE_DOCUMENTS, padding=True, return_tensors="pt")
+    with torch.no_grad():
+        tokens = model.generate(**batch, **GREEDY)
+        expected = model(**batch, decoder_input_ids=tokens[:, :-1]).logits.numpy()
+    encoded = runner.encode(batch["input_ids"].numpy(), batch["attention_mask"].numpy())
+    cache = runner.empty_cache(len(MORE_DOCUMENTS))
+    for step in range(tokens.shape[1] - 1):
+        logits, cache = runner.step(tokens[:, step:step + 1].numpy(), encoded, cache)
+        assert np.abs(logits - expected[:, step]).max() < 1e-4, step
+        assert all(value.shape[2] == step + 2 for value in cache.values())  # the placeholder slot + every token
+    assert tokens.shape[1] > 4
 
 
 @pytest.mark.parametrize("onnx_export", ["llama"], indirect=True)  # one decoder is enough for the command line
@@ -141,3 +155,49 @@ def test_export_py_writes_a_runs_onnx_folder(tmp_path):
     with torch.no_grad():
         expected = model.generate(**batch)
     assert runner.generate(*runner.tokenize(MORE_DOCUMENTS)).tolist() == expected.tolist()
+
+
+def test_export_refuses_graphs_whose_logits_drift_from_pytorch(tmp_path, monkeypatch):
+    """A decoder whose cache the graphs carry wrongly (simulated: the exported step's logits drift) stops the export
+    with one line instead of writing a runner that summarizes differently."""
+    from encdec import onnx_runner
+
+    model, encoder_tokenizer, decoder_tokenizer = export_of(tmp_path / run_folder.HF_MODEL, "encoder=tiny",
+                                                            "decoder=tiny")
+    step = onnx_runner.OnnxSummarizer.step
+
+    def drifting(self, *inputs):
+        logits, cache = step(self, *inputs)
+        return logits + 0.01, cache
+
+    monkeypatch.setattr(onnx_runner.OnnxSummarizer, "step", drifting)
+    with pytest.raises(EncdecError, match=r"decoder's logits differ from PyTorch's by 0\.01 within three steps"):
+        export_onnx(model, encoder_tokenizer, decoder_tokenizer, tmp_path / "onnx", max_source_length=64)
+    assert not (tmp_path / "onnx").exists()
+
+
+def test_runner_top_k_orders_ties_as_a_full_stable_sort():
+    """The runner's partial top-k (sorting only the entries at or above the k-th value) picks what a full stable
+    sort, i.e. torch.topk on CPU, picks, ties at the boundary included."""
+    from encdec.onnx_runner import _top_k
+
+    rng = np.random.default_rng(0)
+    for _ in range(200):
+        scores = rng.integers(-3, 3, size=(3, int(rng.integers(1, 120)))).astype(np.float32)  # many ties
+        scores[:, ::4] = -np.inf
+        k = int(rng.integers(1, min(12, scores.shape[1]) + 1))
+        assert _top_k(scores, k).tolist() == np.argsort(-scores, axis=-1, kind="stable")[:, :k].tolist()
+
+
+def test_export_refuses_an_encdec_decoder_type_it_does_not_know():
+    from types import SimpleNamespace
+
+    from encdec.onnx_graphs import check_supported
+
+    model = SimpleNamespace(config=SimpleNamespace(decoder=SimpleNamespace(model_type="encdec_prefix_decoder")))
+    with pytest.raises(EncdecError, match=r"^format=onnx: the ONNX export does not support encdec's "
+                                          r"encdec_prefix_decoder decoder yet .*: use format=hf"):
+        check_supported(model)
+    for supported in ("encdec_cross_attention_decoder", "bert", "gpt2"):
+        model.config.decoder.model_type = supported
+        check_supported(model)

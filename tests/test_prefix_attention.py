@@ -6,7 +6,7 @@ import copy
 
 import pytest
 import torch
-from transformers import AutoModel, AutoModelForCausalLM, BertConfig, BertModel, EncoderDecoderModel
+from transformers import AutoModel, AutoModelForCausalLM, AutoTokenizer, BertConfig, BertModel, EncoderDecoderModel
 
 from encdec.cross_attention import tiny_causal_lm_config
 from encdec.errors import EncdecError
@@ -122,11 +122,11 @@ def test_save_and_reload_gives_the_same_logits(tmp_path):
 def test_pairs_that_cannot_share_keys_and_values_are_refused():
     lm = lm_of("llama")
     deeper = AutoModel.from_config(tiny_causal_lm_config("llama", num_hidden_layers=3))
-    with pytest.raises(EncdecError, match="encoder has model_type=llama, num_hidden_layers=3"):
+    with pytest.raises(ValueError, match="encoder has model_type=llama, num_hidden_layers=3"):
         pair(deeper, lm)
     bert = BertModel(BertConfig(vocab_size=128, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
                                 intermediate_size=64))
-    with pytest.raises(EncdecError, match="the encoder is .bert.; use decoder.cross_attention.kind=gated"):
+    with pytest.raises(ValueError, match="the encoder is .bert.; use decoder.cross_attention.kind=gated"):
         pair(bert, lm)
 
 
@@ -150,6 +150,28 @@ def test_train_py_pairs_one_llm_on_both_sides_through_keys_and_values(tmp_path):
     assert not any(name.startswith("enc_to_dec_proj") for name, _ in model.named_parameters())
     # no parameter was added: the encoder's base model and the decoder's LM (its head tied to its embeddings)
     assert len(list(model.parameters())) == 2 * len(list(model.encoder.model.parameters()))
+
+    # The export carries the prefix pair's code: it loads and generates the same tokens where encdec is not installed.
+    import json
+    import subprocess
+    import sys
+
+    from conftest import script_environment
+    from test_export import DOCUMENTS, WITHOUT_ENCDEC
+
+    from encdec import inference
+
+    target = run_dir / "hf_model"
+    assert "prefix_attention.py" in {p.name for p in target.glob("*.py")}
+    outside = subprocess.run([sys.executable, "-c", WITHOUT_ENCDEC, str(target), json.dumps(DOCUMENTS)],
+                             capture_output=True, text=True, timeout=300, cwd=tmp_path,
+                             env=script_environment({"HF_MODULES_CACHE": str(tmp_path / "modules"), "PYTHONPATH": ""}))
+    assert outside.returncode == 0, outside.stderr[-3000:]
+    loaded = json.loads(outside.stdout.splitlines()[-1])
+    assert loaded["encdec_loaded"] == [] and loaded["class"].startswith("transformers_modules.")
+    tokenizer = AutoTokenizer.from_pretrained(target)
+    batch = tokenizer(DOCUMENTS, return_tensors="pt", padding=True)
+    assert loaded["greedy"] == inference.generate_tokens(model.eval(), batch["input_ids"], batch["attention_mask"]).tolist()
 
 
 def test_kind_auto_picks_prefix_only_for_one_architecture_and_bad_kinds_are_refused():

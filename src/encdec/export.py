@@ -13,6 +13,7 @@ from omegaconf import DictConfig, OmegaConf
 
 import encdec
 from encdec.cross_attention import MODEL_TYPE
+from encdec.prefix_attention import DECODER_TYPE, ENCODER_TYPE
 from encdec.errors import EncdecError
 
 REMOTE_CODE_ENTRY = "modeling_encdec"
@@ -26,8 +27,9 @@ _OTHER_ENCDEC_IMPORT = re.compile(r"^\s*(import encdec\b|from encdec\b)", re.MUL
 
 
 def needs_remote_code(model) -> bool:
-    """Whether plain transformers lacks the decoder's classes (encdec added its cross-attention)."""
-    return getattr(model.config.decoder, "model_type", None) == MODEL_TYPE
+    """Whether plain transformers lacks a side's classes (encdec's cross-attention, or its prefix pair)."""
+    return (getattr(model.config.decoder, "model_type", None) in (MODEL_TYPE, DECODER_TYPE)
+            or getattr(model.config.encoder, "model_type", None) == ENCODER_TYPE)
 
 
 def write_remote_code(folder: Path) -> list[str]:

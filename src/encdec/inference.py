@@ -18,6 +18,7 @@ from encdec import run_folder
 from encdec.boundary import user_settings
 from encdec.errors import EncdecError
 from encdec.finetune import add_lora, merged_copy
+from encdec.foreign_weights import check_pytorch_weights
 from encdec.lit.batching import EvalBatchSampler
 from encdec.models import attention_kernels, configure_generation, load_tokenizer
 
@@ -38,6 +39,8 @@ def load_trained(path: str | Path) -> tuple[EncoderDecoderModel, PreTrainedToken
     given = path
     if (path / run_folder.HF_MODEL / "config.json").is_file():
         path = path / run_folder.HF_MODEL
+    if (path / "config.json").is_file():
+        check_pytorch_weights(path, given)
     if (path / "config.json").is_file() and (path / run_folder.ENCODER_TOKENIZER).is_dir():
         model = _load_export(given, path, "model", EncoderDecoderModel.from_pretrained, path)
         encoder_tokenizer = _load_export(given, path, "encoder tokenizer", AutoTokenizer.from_pretrained,

@@ -262,7 +262,10 @@ def build_model(cfg: DictConfig) -> tuple[EncoderDecoderModel, PreTrainedTokeniz
     kind = cross_attention_kind(cfg.decoder, encoder.config)
     decoder, decoder_missing = build_decoder(cfg.decoder, encoder_hidden_size=encoder.config.hidden_size, kind=kind)
     if kind == "prefix":
-        encoder, decoder = prefix_attention.pair(encoder, decoder)
+        try:
+            encoder, decoder = prefix_attention.pair(encoder, decoder)
+        except ValueError as error:
+            raise EncdecError(str(error)) from None
         # the wrappers keep the loaded models under `model.` and `lm.`
         encoder_missing = [f"model.{key}" for key in encoder_missing]
         decoder_missing = [f"lm.{key}" for key in decoder_missing]

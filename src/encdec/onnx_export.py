@@ -1,9 +1,6 @@
-"""`python export.py model_path=RUN format=onnx`: the model as two ONNX graphs plus a runner that needs only
-onnxruntime, numpy and tokenizers (`encdec/onnx_runner.py`, copied as `runner.py`).
-
-Layout: `encoder.onnx` runs once per batch; `decoder.onnx` takes every decoder token so far and returns the next
-token's logits. It recomputes the decoder's self-attention each step instead of carrying a KV cache: one graph with
-no past inputs, which the dynamo exporter cannot make dynamic at size 0 (the first step's empty past).
+"""`python export.py model_path=RUN format=onnx`: the model as two ONNX graphs with the decoder's KV cache as inputs
+and outputs (`encdec/onnx_graphs.py` says which), plus a runner that needs only onnxruntime, numpy and tokenizers
+(`encdec/onnx_runner.py`, copied as `runner.py`).
 """
 
 from __future__ import annotations
@@ -20,37 +17,10 @@ import torch
 from torch import nn
 
 from encdec.errors import EncdecError
+from encdec.onnx_graphs import DecoderStepGraph, EncoderGraph, cache_layout, check_supported
 
 RUNNER = "runner.py"
-
-
-class _Encoder(nn.Module):
-    def __init__(self, model):
-        super().__init__()
-        self.encoder = model.encoder
-
-    def forward(self, input_ids, attention_mask):
-        return self.encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
-
-
-class _NextTokenLogits(nn.Module):
-    """EncoderDecoderModel's decoder half, as `generate` calls it without a cache, for the last position only."""
-
-    def __init__(self, model):
-        super().__init__()
-        self.decoder = model.decoder
-        self.enc_to_dec_proj = getattr(model, "enc_to_dec_proj", None)
-
-    def forward(self, decoder_input_ids, encoder_hidden_states, encoder_attention_mask):
-        if self.enc_to_dec_proj is not None:
-            encoder_hidden_states = self.enc_to_dec_proj(encoder_hidden_states)
-        # Explicit positions: BERT slices a position buffer by the input length otherwise, which the exporter turns
-        # into a symbolic is_causal flag that SDPA cannot take.
-        positions = torch.arange(decoder_input_ids.shape[1], device=decoder_input_ids.device)
-        outputs = self.decoder(input_ids=decoder_input_ids, position_ids=positions.expand_as(decoder_input_ids),
-                               encoder_hidden_states=encoder_hidden_states,
-                               encoder_attention_mask=encoder_attention_mask, use_cache=False)
-        return outputs.logits[:, -1, :]
+EXAMPLE_PAST = 3  # example past length: the exporter specialises dimensions it sees at 0 or 1
 
 
 def check_available() -> None:
@@ -68,22 +38,34 @@ def export_onnx(model, encoder_tokenizer, decoder_tokenizer, target: Path, max_s
     from encdec import run_folder
 
     check_available()
+    check_supported(model)
     model = model.float().eval()
+    self_shapes, cross_layers = cache_layout(model)
+    self_layers = len(self_shapes)
 
     def fill(folder: Path) -> None:
         documents = encoder_tokenizer(["a first document of some words .", "a second , longer document with more "
                                        "words than the first one has ."], return_tensors="pt", padding=True)
         source_ids, source_mask = documents["input_ids"], documents["attention_mask"]
         with torch.no_grad():
-            states = _Encoder(model)(source_ids, source_mask)
+            states, *cross = EncoderGraph(model, cross_layers)(source_ids, source_mask)
         # Example sizes above 1, with sizes from 1 allowed: the exporter specialises dimensions it sees at 0 or 1.
-        batch, source, target_length = (torch.export.Dim(name, min=1) for name in ("batch", "source", "target"))
-        tokens = torch.full((2, 3), model.generation_config.decoder_start_token_id, dtype=torch.long)
-        _export(_Encoder(model), (source_ids, source_mask), folder / "encoder.onnx", ["input_ids", "attention_mask"],
-                ["encoder_hidden_states"], ({0: batch, 1: source}, {0: batch, 1: source}))
-        _export(_NextTokenLogits(model), (tokens, states, source_mask), folder / "decoder.onnx",
-                ["decoder_input_ids", "encoder_hidden_states", "encoder_attention_mask"], ["logits"],
-                ({0: batch, 1: target_length}, {0: batch, 1: source}, {0: batch, 1: source}))
+        batch, source, past = (torch.export.Dim(name, min=1) for name in ("batch", "source", "past"))
+        cross_names = [f"cross.{j}.{part}" for j in range(len(cross_layers)) for part in ("key", "value")]
+        _export(EncoderGraph(model, cross_layers), (source_ids, source_mask), folder / "encoder.onnx",
+                ["input_ids", "attention_mask"], ["encoder_hidden_states", *cross_names],
+                ({0: batch, 1: source}, {0: batch, 1: source}))
+        # One tensor per input: the exporter would make inputs that alias one tensor one graph input.
+        self_past = [torch.randn(2, heads, EXAMPLE_PAST, size) for heads, size in self_shapes for _ in range(2)]
+        tokens = torch.full((2, 1), model.generation_config.decoder_start_token_id, dtype=torch.long)
+        past_names = [f"past.{i}.{part}" for i in range(self_layers) for part in ("key", "value")]
+        _export(DecoderStepGraph(model, self_layers, cross_layers),
+                (tokens, states, source_mask, *self_past, *cross),
+                folder / "decoder.onnx",
+                ["input_ids", "encoder_hidden_states", "encoder_attention_mask", *past_names, *cross_names],
+                ["logits", *[name.replace("past.", "present.") for name in past_names]],
+                ({0: batch}, {0: batch, 1: source}, {0: batch, 1: source},  # the last: the cache (`*past`)
+                 ({0: batch, 2: past},) * len(past_names) + ({0: batch, 2: source},) * len(cross_names)))
         encoder_tokenizer.save_pretrained(folder / run_folder.ENCODER_TOKENIZER)
         decoder_tokenizer.save_pretrained(folder / run_folder.DECODER_TOKENIZER)
         for side in (run_folder.ENCODER_TOKENIZER, run_folder.DECODER_TOKENIZER):
@@ -94,8 +76,30 @@ def export_onnx(model, encoder_tokenizer, decoder_tokenizer, target: Path, max_s
         settings = {"max_source_length": max_source_length, "encoder_pad_token_id": encoder_tokenizer.pad_token_id}
         (folder / "encdec_onnx.json").write_text(json.dumps(settings, indent=2) + "\n", encoding="utf-8")
         shutil.copyfile(Path(__file__).with_name("onnx_runner.py"), folder / RUNNER)
+        _check_against_pytorch(folder, model, source_ids, source_mask)
 
     run_folder.write_folder_atomic(target, fill)
+
+
+def _check_against_pytorch(folder: Path, model, source_ids, source_mask) -> None:
+    """Three cached ONNX steps against PyTorch's full forward on the example: a decoder whose cache the graphs carry
+    wrongly (a mode they do not know) stops the export here, not in a user's summaries."""
+    from encdec.onnx_runner import OnnxSummarizer
+
+    runner = OnnxSummarizer(folder)
+    encoded = runner.encode(source_ids.numpy(), source_mask.numpy())
+    tokens = torch.full((len(source_ids), 1), model.generation_config.decoder_start_token_id, dtype=torch.long)
+    cache, worst = runner.empty_cache(len(source_ids)), 0.0
+    for _ in range(3):
+        logits, cache = runner.step(tokens[:, -1:].numpy(), encoded, cache)
+        with torch.no_grad():
+            expected = model(input_ids=source_ids, attention_mask=source_mask, decoder_input_ids=tokens).logits[:, -1]
+        worst = max(worst, float(abs(logits - expected.numpy()).max()))
+        tokens = torch.cat([tokens, expected.argmax(-1, keepdim=True)], dim=1)
+    if worst > 1e-3:
+        raise EncdecError(f"format=onnx: the exported {model.config.decoder.model_type} decoder's logits differ from "
+                          f"PyTorch's by {worst:.2g} within three steps: this decoder's cache is not one the ONNX "
+                          "export knows how to carry")
 
 
 def _export(module: nn.Module, args: tuple, path: Path, input_names, output_names, dynamic_shapes) -> None:

@@ -3,8 +3,10 @@
     python runner.py ONNX_FOLDER < documents.txt          # one document per line, one summary per line
     from runner import OnnxSummarizer; OnnxSummarizer("onnx").summarize(["..."])
 
-The export holds `encoder.onnx` (input_ids, attention_mask -> encoder_hidden_states), `decoder.onnx` (the decoder
-tokens so far, the encoder states and mask -> the next token's logits), the tokenizers and generation_config.json.
+The export holds `encoder.onnx` (input_ids, attention_mask -> encoder_hidden_states and each cross-attention layer's
+keys/values, `cross.*`), `decoder.onnx` (one new token per row, the self-attention cache `past.*` and `cross.*` -> the
+next token's logits and the grown cache `present.*`), the tokenizers and generation_config.json. The cache starts
+with one slot of zeros that the decoder graph masks out.
 Greedy and beam search follow transformers' `generate` step for step (its beam search is ported below), so the
 tokens equal PyTorch's; supported settings: num_beams, length_penalty, early_stopping, no_repeat_ngram_size,
 min_new_tokens, max_new_tokens.
@@ -28,6 +30,7 @@ class OnnxSummarizer:
     def __init__(self, folder: str | Path, providers: list[str] | None = None, threads: int | None = None):
         folder = Path(folder)
         options = onnxruntime.SessionOptions()
+        options.log_severity_level = 3  # errors only: its graph optimiser warns about nodes it cannot fold
         if threads:
             options.intra_op_num_threads = threads
         providers = providers or ["CPUExecutionProvider"]
@@ -57,13 +60,23 @@ class OnnxSummarizer:
         texts = self.target_tokenizer.decode_batch(generated.tolist(), skip_special_tokens=True)
         return [text.strip() for text in texts]
 
-    def encode(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> np.ndarray:
-        return self.encoder.run(None, {"input_ids": input_ids, "attention_mask": attention_mask})[0]
+    def encode(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> dict[str, np.ndarray]:
+        """What the decoder reads besides its own cache: the encoder states, their mask, every `cross.*` key/value."""
+        outputs = self.encoder.run(None, {"input_ids": input_ids, "attention_mask": attention_mask})
+        names = [output.name for output in self.encoder.get_outputs()]
+        return {**dict(zip(names, outputs)), "encoder_attention_mask": attention_mask}
 
-    def next_token_logits(self, tokens: np.ndarray, states: np.ndarray, attention_mask: np.ndarray) -> np.ndarray:
-        inputs = {"decoder_input_ids": tokens, "encoder_hidden_states": states,
-                  "encoder_attention_mask": attention_mask}
-        return self.decoder.run(None, inputs)[0].astype(np.float32)
+    def empty_cache(self, rows: int) -> dict[str, np.ndarray]:
+        """The self-attention cache before the first step: the masked placeholder slot."""
+        return {cache.name: np.zeros((rows, cache.shape[1], 1, cache.shape[3]), dtype=np.float32)
+                for cache in self.decoder.get_inputs() if cache.name.startswith("past.")}
+
+    def step(self, last_tokens: np.ndarray, encoded: dict[str, np.ndarray], cache: dict[str, np.ndarray]):
+        """The next token's logits `[rows, vocab]` for `last_tokens` `[rows, 1]`, and the cache grown by them."""
+        outputs = self.decoder.run(None, {"input_ids": last_tokens, **encoded, **cache})
+        names = [output.name for output in self.decoder.get_outputs()]
+        grown = {name.replace("present.", "past."): value for name, value in zip(names[1:], outputs[1:])}
+        return outputs[0].astype(np.float32), grown
 
     def generate(self, input_ids: np.ndarray, attention_mask: np.ndarray, **overrides) -> np.ndarray:
         """Token ids `[batch, 1 + generated]`, starting with the decoder start token, as `model.generate` returns."""
@@ -71,19 +84,20 @@ class OnnxSummarizer:
         for key, default in _UNSUPPORTED.items():
             if settings.get(key) not in (None, default):
                 raise ValueError(f"{key}={settings[key]} is not supported by the ONNX runner")
-        states = self.encode(input_ids.astype(np.int64), attention_mask.astype(np.int64))
+        encoded = self.encode(input_ids.astype(np.int64), attention_mask.astype(np.int64))
         if (settings.get("num_beams") or 1) > 1:
-            return self._beam_search(states, attention_mask.astype(np.int64), settings)
-        return self._greedy(states, attention_mask.astype(np.int64), settings)
+            return self._beam_search(encoded, input_ids.shape[0], settings)
+        return self._greedy(encoded, input_ids.shape[0], settings)
 
-    def _greedy(self, states, attention_mask, settings) -> np.ndarray:
+    def _greedy(self, encoded, batch, settings) -> np.ndarray:
         eos, pad = _eos_ids(settings), settings.get("pad_token_id")
         pad = pad if pad is not None or not eos.size else int(eos[0])  # as generate pads finished rows
-        tokens = np.full((states.shape[0], 1), settings["decoder_start_token_id"], dtype=np.int64)
-        unfinished = np.ones(states.shape[0], dtype=bool)
+        tokens = np.full((batch, 1), settings["decoder_start_token_id"], dtype=np.int64)
+        unfinished = np.ones(batch, dtype=bool)
+        cache = self.empty_cache(batch)
         for _ in range(_max_new_tokens(settings)):
-            scores = _processed(tokens, self.next_token_logits(tokens, states, attention_mask), settings, eos)
-            chosen = scores.argmax(axis=-1)
+            logits, cache = self.step(tokens[:, -1:], encoded, cache)
+            chosen = _processed(tokens, logits, settings, eos).argmax(axis=-1)
             if pad is not None:
                 chosen = np.where(unfinished, chosen, pad)
             tokens = np.concatenate([tokens, chosen[:, None]], axis=1)
@@ -92,9 +106,9 @@ class OnnxSummarizer:
                 break
         return tokens
 
-    def _beam_search(self, states, attention_mask, settings) -> np.ndarray:
+    def _beam_search(self, encoded, batch, settings) -> np.ndarray:
         """transformers' `_beam_search` (vectorised over documents and beams), in numpy."""
-        batch, beams = states.shape[0], settings["num_beams"]
+        beams = settings["num_beams"]
         eos, length_penalty = _eos_ids(settings), settings.get("length_penalty", 1.0)
         early_stopping = settings.get("early_stopping", False)
         max_length = 1 + _max_new_tokens(settings)
@@ -112,11 +126,14 @@ class OnnxSummarizer:
         may_improve = np.ones((batch, 1), dtype=bool)
         running_origins = np.full((batch, beams, max_length - 1), -1, dtype=np.int64)
         finished_origins = running_origins.copy()
-        states, attention_mask = np.repeat(states, beams, axis=0), np.repeat(attention_mask, beams, axis=0)
+        # Every beam of a document reads the same encoder output, so it is repeated once, never reordered.
+        encoded = {name: np.repeat(value, beams, axis=0) for name, value in encoded.items()}
+        cache = self.empty_cache(batch * beams)
         length = 1
         while True:
             flat = running[:, :, :length].reshape(batch * beams, length)
-            log_probs = _log_softmax(self.next_token_logits(flat, states, attention_mask))
+            logits, cache = self.step(flat[:, -1:], encoded, cache)
+            log_probs = _log_softmax(logits)
             log_probs = _processed(flat, log_probs, settings, eos)
             vocab = log_probs.shape[-1]
             log_probs = (log_probs.reshape(batch, beams, vocab) + running_scores[:, :, None]).reshape(batch, -1)
@@ -134,6 +151,9 @@ class OnnxSummarizer:
             running = np.take_along_axis(top_tokens, best[:, :, None], axis=1)
             running_scores = np.take_along_axis(continuing, best, axis=1)
             running_origins = np.take_along_axis(top_origins, best[:, :, None], axis=1)
+            # The self-attention cache follows its beams, as `generate`'s `_reorder_cache` does.
+            rows = (np.take_along_axis(source_beam, best, axis=1) + np.arange(batch)[:, None] * beams).reshape(-1)
+            cache = {name: value[rows] for name, value in cache.items()}
 
             just_finished = stops & among_best[None, :]
             candidates = top_scores / np.float32(length ** length_penalty)  # the new token's length
@@ -177,8 +197,18 @@ def _log_softmax(logits: np.ndarray) -> np.ndarray:
 
 
 def _top_k(scores: np.ndarray, k: int) -> np.ndarray:
-    """Indices of the k largest per row, largest first; ties keep the lower index first, as torch.topk does on CPU."""
-    return np.argsort(-scores, axis=-1, kind="stable")[:, :k]
+    """Indices of the k largest per row, largest first; ties keep the lower index first, as torch.topk does on CPU.
+    A full sort of beams x vocabulary scores took half of beam search's time: only the entries at or above each row's
+    k-th largest value are sorted (all of them, so ties at the boundary are ordered as a full stable sort orders
+    them)."""
+    if scores.shape[-1] <= 4 * k:
+        return np.argsort(-scores, axis=-1, kind="stable")[:, :k]
+    kth = np.partition(scores, -k, axis=-1)[:, -k]
+    top = np.empty((scores.shape[0], k), dtype=np.int64)
+    for row, (values, threshold) in enumerate(zip(scores, kth)):
+        candidates = np.flatnonzero(values >= threshold)
+        top[row] = candidates[np.argsort(-values[candidates], kind="stable")[:k]]
+    return top
 
 
 def _processed(tokens: np.ndarray, scores: np.ndarray, settings, eos: np.ndarray) -> np.ndarray:

@@ -238,12 +238,11 @@ def pairing_problem(encoder_config, decoder_config) -> str | None:
 
 
 def pair(encoder: PreTrainedModel, lm: PreTrainedModel) -> tuple[PrefixEncoderModel, PrefixDecoderForCausalLM]:
-    """Wrap a loaded decoder-only base model (the encoder) and causal LM (the decoder) to talk through keys and values."""
-    from encdec.errors import EncdecError
-
+    """Wrap a loaded decoder-only base model (the encoder) and causal LM (the decoder) to talk through keys and values.
+    A ValueError says why a pair cannot (encdec.models turns it into the one-line user error)."""
     problem = pairing_problem(encoder.config, lm.config)
     if problem:
-        raise EncdecError(f"decoder.cross_attention.kind=prefix: {problem}; use decoder.cross_attention.kind=gated")
+        raise ValueError(f"decoder.cross_attention.kind=prefix: {problem}; use decoder.cross_attention.kind=gated")
     return prefix_encoder(encoder), prefix_decoder(lm)
 
 

@@ -12,15 +12,17 @@ config's own `auto_map` is never read, hence a top-level config and model class 
 from transformers import AutoConfig, EncoderDecoderConfig, EncoderDecoderModel
 from transformers.models.auto.configuration_auto import CONFIG_MAPPING
 
-_DECODER_MODEL_TYPE = "encdec_cross_attention_decoder"
+_MODEL_TYPES = ("encdec_cross_attention_decoder", "encdec_prefix_encoder", "encdec_prefix_decoder")
 # An installed encdec registered its classes first: keep them, or encdec code in the same process (LoRA, freezing,
-# eval.py) would meet decoders of this copy's classes and fail its isinstance checks.
-_INSTALLED_DECODER_CONFIG = CONFIG_MAPPING[_DECODER_MODEL_TYPE] if _DECODER_MODEL_TYPE in CONFIG_MAPPING else None
+# eval.py) would meet models of this copy's classes and fail its isinstance checks.
+_INSTALLED = {name: CONFIG_MAPPING[name] for name in _MODEL_TYPES if name in CONFIG_MAPPING}
 
-from .cross_attention import CrossAttentionDecoderConfig  # noqa: E402  (registers the decoder's Auto classes)
+from .cross_attention import CrossAttentionDecoderConfig  # noqa: E402,F401  (registers the decoder's Auto classes)
+from .prefix_attention import PrefixDecoderConfig  # noqa: E402,F401  (and the prefix pair's)
 
-if _INSTALLED_DECODER_CONFIG is not None and _INSTALLED_DECODER_CONFIG is not CrossAttentionDecoderConfig:
-    AutoConfig.register(_DECODER_MODEL_TYPE, _INSTALLED_DECODER_CONFIG, exist_ok=True)
+for _name, _config in _INSTALLED.items():
+    if CONFIG_MAPPING[_name] is not _config:
+        AutoConfig.register(_name, _config, exist_ok=True)
 
 
 class EncdecEncoderDecoderConfig(EncoderDecoderConfig):

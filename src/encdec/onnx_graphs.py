@@ -1,0 +1,114 @@
+"""The two modules `export.py format=onnx` traces, with the decoder's KV cache as plain tensors in and out.
+
+- `EncoderGraph`: the source -> `encoder_hidden_states` and every cross-attention layer's keys/values
+  (`cross.{j}.key`/`.value`), computed once per batch, as `generate` fills the cross half of its cache at step 0.
+- `DecoderStepGraph`: one new token per row, the self-attention cache so far (`past.{i}.key`/`.value`) and the
+  cross-attention keys/values -> the next token's logits and the grown cache (`present.{i}.key`/`.value`).
+
+One decoder graph serves every step, the first included: the runner starts the self-attention cache with one slot of
+zeros that the graph masks out (optimum's merged decoders feed the same kind of dummy past at step 0). The dynamo
+exporter cannot trace an empty past as a dynamic input (it specialises size-0 dimensions), and the usual way round it,
+a second decoder graph for step 0 (optimum's decoder_model.onnx + decoder_with_past_model.onnx), stores the decoder's
+weights twice. Here the cross-attention projections run in the encoder graph, so no weight is stored twice.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from transformers.cache_utils import DynamicCache, EncoderDecoderCache
+
+from encdec.cross_attention import MODEL_TYPE
+from encdec.errors import EncdecError
+
+
+def check_supported(model) -> None:
+    """Decoders the graphs know how to carry: transformers' own cross-attention decoders (BERT, GPT-2, ...) and
+    encdec's gated cross-attention. Any other encdec decoder type (a mode added later, such as one that reads the
+    source as a self-attention prefix) is refused by name rather than traced on a guess."""
+    kind = getattr(model.config.decoder, "model_type", "")
+    if kind.startswith("encdec_") and kind != MODEL_TYPE:
+        raise EncdecError(f"format=onnx: the ONNX export does not support encdec's {kind} decoder yet (it carries a "
+                          f"decoder's own cross-attention or encdec's gated one, {MODEL_TYPE}): use format=hf, or "
+                          "train with decoder.cross_attention.kind=gated")
+
+
+def cache_layout(model) -> tuple[list[tuple[int, int]], list[int]]:
+    """The (heads, head size) of each self-attention layer the decoder caches, and which layers keep cross-attention
+    keys/values (every layer for BERT and GPT-2, those with a block for encdec's cross-attention): found by running
+    one decoder step as `generate` does, so any decoder is measured rather than assumed."""
+    with torch.no_grad():
+        _, cache = _first_step(model, torch.tensor([[1, 1]]), torch.ones(1, 2, dtype=torch.long))
+    kind = model.config.decoder.model_type
+    cross_layers = [index for index, layer in enumerate(cache.cross_attention_cache.layers) if _filled(layer)]
+    if not cross_layers:
+        raise EncdecError(f"format=onnx: the {kind} decoder keeps no cross-attention keys/values in its cache, which "
+                          "the ONNX export carries between steps: export a decoder with cross-attention (BERT, "
+                          "RoBERTa, GPT-2, encdec's gated cross-attention)")
+    if cache.self_attention_cache.get_seq_length() != 1:
+        raise EncdecError(f"format=onnx: the {kind} decoder's self-attention cache holds "
+                          f"{cache.self_attention_cache.get_seq_length()} positions after one token (a decoder mode "
+                          "that puts the source there?): the ONNX export supports cross-attention decoders only")
+    return [(layer.keys.shape[1], layer.keys.shape[-1]) for layer in cache.self_attention_cache.layers], cross_layers
+
+
+def _filled(layer) -> bool:
+    return getattr(layer, "keys", None) is not None and layer.keys.numel() > 0
+
+
+def _first_step(model, input_ids, attention_mask) -> tuple[torch.Tensor, EncoderDecoderCache]:
+    """The encoder states, and the cache after the decoder's first step as `generate` leaves it (its cross half is
+    what the runner needs)."""
+    states = model.encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+    if getattr(model, "enc_to_dec_proj", None) is not None:
+        states = model.enc_to_dec_proj(states)
+    start = torch.full_like(input_ids[:, :1], model.generation_config.decoder_start_token_id)
+    cache = EncoderDecoderCache(DynamicCache(), DynamicCache())
+    model.decoder(input_ids=start, position_ids=torch.zeros_like(start), encoder_hidden_states=states,
+                  encoder_attention_mask=attention_mask, cache=cache, use_cache=True)
+    return states, cache
+
+
+class EncoderGraph(nn.Module):
+    def __init__(self, model, cross_layers: list[int]):
+        super().__init__()
+        self.model, self.cross_layers = model, cross_layers
+
+    def forward(self, input_ids, attention_mask):
+        # The whole first decoder step is traced, but only its cross-attention projections reach an output; the
+        # exporter drops the rest (the graph holds no decoder weight besides those projections).
+        states, cache = _first_step(self.model, input_ids, attention_mask)
+        layers = cache.cross_attention_cache.layers
+        return states, *(tensor for index in self.cross_layers for tensor in (layers[index].keys, layers[index].values))
+
+
+class DecoderStepGraph(nn.Module):
+    def __init__(self, model, self_layers: int, cross_layers: list[int]):
+        super().__init__()
+        self.decoder = model.decoder
+        self.self_layers, self.cross_layers = self_layers, cross_layers
+
+    def forward(self, input_ids, encoder_hidden_states, encoder_attention_mask, *past):
+        self_past, cross = past[:2 * self.self_layers], past[2 * self.self_layers:]
+        self_cache, cross_cache = DynamicCache(), DynamicCache()
+        for index in range(self.self_layers):
+            self_cache.update(self_past[2 * index], self_past[2 * index + 1], index)
+        for position, index in enumerate(self.cross_layers):
+            cross_cache.update(cross[2 * position], cross[2 * position + 1], index)
+        cache = EncoderDecoderCache(self_cache, cross_cache)
+        cache.is_updated = {index: index in self.cross_layers for index in range(len(cross_cache.layers))}
+        # Slot 0 of the past is the runner's placeholder: masked out, and not counted in the new token's position.
+        # Explicit positions also keep BERT from slicing its position buffer by the cache length, which the exporter
+        # turns into a symbolic is_causal flag that SDPA cannot take.
+        batch, past_length = input_ids.shape[0], self_past[0].shape[2]
+        attention_mask = torch.cat([torch.zeros(batch, 1, dtype=torch.long, device=input_ids.device),
+                                    torch.ones(batch, past_length, dtype=torch.long, device=input_ids.device)], dim=1)
+        positions = torch.full_like(input_ids, past_length - 1)
+        # encoder_hidden_states is read for its shape only (the cross-attention keys/values come from the cache), as
+        # the decoders want it there to take their cross-attention path at all.
+        outputs = self.decoder(input_ids=input_ids, attention_mask=attention_mask, position_ids=positions,
+                               encoder_hidden_states=encoder_hidden_states,
+                               encoder_attention_mask=encoder_attention_mask, cache=cache, use_cache=True)
+        layers = cache.self_attention_cache.layers
+        return outputs.logits[:, -1, :], *(tensor for index in range(self.self_layers)
+                                           for tensor in (layers[index].keys, layers[index].values))
