@@ -69,6 +69,10 @@ def test_added_blocks_take_queries_always_and_grouped_keys_when_the_widths_match
 
 
 def test_new_parameters_are_what_no_checkpoint_provided(caplog):
+    import logging
+
+    # An in-process command run earlier in this worker may have configured logging with existing loggers disabled.
+    logging.getLogger("encdec.models").disabled = False
     with caplog.at_level("WARNING", logger="encdec.models"):
         model, _, _ = build_model(compose_config("encoder=minilm", "decoder=minilm", "decoder.cross_attention.init=random"))
     # Said at start: the packaged MiniLM is a sentence-embedding checkpoint, its decoder begins as no language model.
