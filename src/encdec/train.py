@@ -43,6 +43,10 @@ from encdec.models import build_model
 log = logging.getLogger(__name__)
 
 
+# The best checkpoint's file name (Lightning fills in the step); _final_validation reads the step back from it.
+BEST_CHECKPOINT = "best-step{step}"
+
+
 def run(cfg: DictConfig) -> float | None:
     run_dir = Path(HydraConfig.get().runtime.output_dir)
     resume_from = None
@@ -91,7 +95,7 @@ def run(cfg: DictConfig) -> float | None:
     )
     checkpoint = LinkedLastCheckpoint(
         dirpath=run_dir / run_folder.CHECKPOINTS,
-        filename="best-step{step}",
+        filename=BEST_CHECKPOINT,
         auto_insert_metric_name=False,
         monitor=cfg.checkpoint.monitor,
         mode=cfg.checkpoint.mode,
@@ -191,7 +195,7 @@ def _interruption_named(trainer: L.Trainer, run_dir: Path):
 def _final_validation(trainer: L.Trainer, best: str | None) -> dict[str, float] | None:
     """The last validation's scores when the best checkpoint was saved right after it, at the step training ended:
     those are the weights `validate` would load, and validating them again would only repeat the same generation."""
-    if best is None or Path(best).name != f"best-step{trainer.global_step}.ckpt":
+    if best is None or Path(best).name != BEST_CHECKPOINT.format(step=trainer.global_step) + ".ckpt":
         return None
     scores = _rouge([{k: v for k, v in trainer.callback_metrics.items() if k.startswith("val/")}], "val")
     return scores if "val/rouge2" in scores else None
