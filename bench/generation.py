@@ -59,7 +59,7 @@ def documents(count: int, lengths: str, data: str, tokenizer, seed: int = 0) -> 
         rng = np.random.default_rng(seed + 1)
         docs = [" ".join(words[i] for i in rng.integers(0, len(words), size=400)) for _ in range(count)]
     else:
-        from encdec.data import load_splits
+        from encdec.data.loading import load_splits
 
         raw = load_splits(common.compose().data)["test"]
         if count > len(raw):

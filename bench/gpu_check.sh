@@ -62,7 +62,7 @@ if not missing:
     print(f"  torch CUDA build {torch.version.cuda}, cuda available {torch.cuda.is_available()}"
           + (f", {torch.cuda.get_device_name(0)}" if torch.cuda.is_available() else ""))
     try:  # encdec itself, against this transformers/lightning (PYTHONPATH=src)
-        for name in ("encdec.models", "encdec.lit.module", "encdec.lit.datamodule", "encdec.lit.batching",
+        for name in ("encdec.models", "encdec.lit.module", "encdec.lit.datamodule", "encdec.data.sampling",
                      "encdec.train"):
             importlib.import_module(name)
         print("  encdec        imports OK")

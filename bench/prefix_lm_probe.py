@@ -29,7 +29,7 @@ def main() -> None:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from encdec.data import load_splits
+    from encdec.data.loading import load_splits
     from encdec.metrics import lead_baselines, rouge
     from encdec.sources import resolve
 

@@ -161,7 +161,7 @@ def main() -> None:
 
 
 def _validation_baselines() -> dict[str, float]:
-    from encdec.data import load_splits
+    from encdec.data.loading import load_splits
     from encdec.metrics import lead_baselines
 
     splits = load_splits(common.compose("experiment=quickstart").data)

@@ -17,7 +17,8 @@ def worker(spec: dict) -> None:
     import torch
     from transformers import DataCollatorForSeq2Seq, Seq2SeqTrainer, Seq2SeqTrainingArguments, TrainerCallback
 
-    from encdec.lit.datamodule import IGNORE_INDEX, SummarizationDataModule
+    from encdec.data.tokenize import IGNORE_INDEX
+    from encdec.lit.datamodule import SummarizationDataModule
     from encdec.metrics import rouge
     from encdec.models import build_model
 

@@ -35,6 +35,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common  # noqa: E402
+from encdec.data.tokenize import IGNORE_INDEX  # noqa: E402
 
 BEST = "encdec+budget+fused+nodecmask"  # every lever that looked like it paid in levers-step, together
 RECOMMENDED = "encdec+budget+fused"  # what survived isolated re-measurement (nodecmask did not: see README)
@@ -172,13 +173,13 @@ def data_overrides(spec: dict) -> list[str]:
 
 def calibrate_budget(lengths: list[tuple[int, int]], batch_size: int) -> int:
     """The smallest max_tokens whose batches hold batch_size rows on average (as many batches as fixed batching)."""
-    from encdec.lit.batching import TokenBudgetBatchSampler
+    from encdec.data.sampling import ResumableBatchSampler, TokenBudget
 
     target = math.ceil(len(lengths) / batch_size)
     low, high = 1, max(s + t for s, t in lengths) * len(lengths)
     while low < high:
         middle = (low + high) // 2
-        if len(TokenBudgetBatchSampler(lengths, middle, shuffle=False)) <= target:
+        if len(ResumableBatchSampler(TokenBudget(lengths, middle), shuffle=False)) <= target:
             high = middle
         else:
             low = middle + 1
@@ -229,7 +230,7 @@ class Steps:
         mask, labels = batch["attention_mask"], batch["labels"]
         self.batches.append({
             "rows": int(labels.shape[0]),
-            "source": int(mask.sum()), "target": int((labels != -100).sum()),
+            "source": int(mask.sum()), "target": int((labels != IGNORE_INDEX).sum()),
             "padded": int(mask.numel() + labels.numel()),
         })
 
@@ -277,27 +278,14 @@ def warm_up(model, device: str = "cpu", precision: str = "32-true") -> None:
 
 
 def representative_batch(rows: list[dict], batch_size: int, pad: int, start: int, device: str) -> dict:
-    """batch_size rows around the median source length, collated as encdec's collate does (right padding)."""
-    import torch
+    """batch_size rows around the median source length, collated by encdec's collate (right padding)."""
+    from encdec.data.tokenize import Seq2SeqCollator
 
     ordered = sorted(rows, key=lambda r: (len(r["input_ids"]), len(r["labels"])))
     first = max(0, min(len(ordered) // 2 - batch_size // 2, len(ordered) - batch_size))
     chosen = ordered[first : first + batch_size]
-    width, target_width = max(len(r["input_ids"]) for r in chosen), max(len(r["labels"]) for r in chosen)
-    input_ids = torch.full((len(chosen), width), pad, dtype=torch.long)
-    attention_mask = torch.zeros_like(input_ids)
-    labels = torch.full((len(chosen), target_width), -100, dtype=torch.long)
-    decoder_input_ids = torch.full_like(labels, pad)
-    decoder_attention_mask = torch.zeros_like(labels)
-    for i, row in enumerate(chosen):
-        source, target = row["input_ids"], row["labels"]
-        input_ids[i, : len(source)] = torch.tensor(source)
-        attention_mask[i, : len(source)] = 1
-        labels[i, : len(target)] = torch.tensor(target)
-        decoder_input_ids[i, : len(target)] = torch.tensor([start, *target[:-1]])
-        decoder_attention_mask[i, : len(target)] = 1
-    batch = {"input_ids": input_ids, "attention_mask": attention_mask, "decoder_input_ids": decoder_input_ids,
-             "decoder_attention_mask": decoder_attention_mask, "labels": labels}
+    longest = max(len(r["input_ids"]) + len(r["labels"]) for r in chosen)
+    batch = Seq2SeqCollator(pad, pad, start, longest, longest)(chosen)
     return {k: v.to(device) for k, v in batch.items()}
 
 
@@ -319,14 +307,14 @@ def count_step_flops(model, batch: dict, device: str, precision: str) -> dict:
             logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
                            decoder_input_ids=batch["decoder_input_ids"],
                            decoder_attention_mask=batch["decoder_attention_mask"], use_cache=False).logits
-        loss = F.cross_entropy(logits.float().flatten(0, 1), batch["labels"].flatten(), ignore_index=-100)
+        loss = F.cross_entropy(logits.float().flatten(0, 1), batch["labels"].flatten(), ignore_index=IGNORE_INDEX)
         loss.backward()
     model.zero_grad(set_to_none=True)
     flops = int(counter.get_total_flops())
     rows, source = batch["input_ids"].shape
     target = batch["labels"].shape[1]
     padded = rows * (source + target)
-    real = int(batch["attention_mask"].sum()) + int((batch["labels"] != -100).sum())
+    real = int(batch["attention_mask"].sum()) + int((batch["labels"] != IGNORE_INDEX).sum())
     del logits, loss
     if device == "cuda":
         torch.cuda.synchronize()
@@ -349,7 +337,7 @@ def worker_encdec(spec: dict, rows: list[dict], model, encoder_tokenizer, decode
     import lightning as L
     from torch.utils.data import DataLoader
 
-    from encdec.lit.batching import TokenBudgetBatchSampler
+    from encdec.data.sampling import ResumableBatchSampler, TokenBudget
     from encdec.lit.datamodule import SummarizationDataModule
     from encdec.lit.module import Seq2SeqModule
     from encdec.train import _optimizer, _scheduler
@@ -376,7 +364,7 @@ def worker_encdec(spec: dict, rows: list[dict], model, encoder_tokenizer, decode
             else:
                 max_tokens = self.data.batch_size * (self.data.max_source_length + self.data.max_target_length)
             extra["max_tokens"] = max_tokens
-            sampler = TokenBudgetBatchSampler(lengths, max_tokens=max_tokens, shuffle=True, seed=0)
+            sampler = ResumableBatchSampler(TokenBudget(lengths, max_tokens), shuffle=True, seed=0)
             data = split.select_columns(["input_ids", "labels"]).add_column("index", list(range(len(split))))
             return DataLoader(data, batch_sampler=sampler, collate_fn=self.collate, num_workers=0)
 
@@ -435,7 +423,7 @@ def worker_hf(spec: dict, rows: list[dict], model, encoder_tokenizer, steps: Ste
     from transformers import DataCollatorForSeq2Seq, Seq2SeqTrainer, Seq2SeqTrainingArguments, TrainerCallback
 
     dataset = datasets.Dataset.from_list(rows)
-    collator = DataCollatorForSeq2Seq(encoder_tokenizer, model=model, label_pad_token_id=-100)
+    collator = DataCollatorForSeq2Seq(encoder_tokenizer, model=model, label_pad_token_id=IGNORE_INDEX)
 
     def counting_collator(features):
         batch = collator(features)
@@ -542,8 +530,7 @@ def padding_analysis(save: bool = True) -> None:
     import torch
     from transformers.trainer_pt_utils import LengthGroupedSampler
 
-    from encdec.lit.batching import TokenBudgetBatchSampler, padding_stats
-    from encdec.lit.datamodule import ResumableBatchSampler
+    from encdec.data.sampling import GroupedByLength, ResumableBatchSampler, TokenBudget, padding_stats
 
     batch = 8
     cfg, model, encoder_tokenizer, decoder_tokenizer = common.build("minilm", *data_overrides(
@@ -562,11 +549,11 @@ def padding_analysis(save: bool = True) -> None:
         schemes["random (encdec default, hf-random)"] = [order[i : i + batch] for i in range(0, n, batch)]
         indices = list(LengthGroupedSampler(batch, lengths=sources.tolist(), generator=torch.Generator().manual_seed(0)))
         schemes["hf group_by_length"] = [indices[i : i + batch] for i in range(0, n, batch)]
-        schemes["encdec group_by_length"] = ResumableBatchSampler(n, batch, seed=0, lengths=lengths)._batches()
+        schemes["encdec group_by_length"] = ResumableBatchSampler(GroupedByLength(lengths, batch), seed=0).batches()
         items = calibrate_budget(lengths, batch)
-        schemes[f"budget items ({items} tokens)"] = TokenBudgetBatchSampler(lengths, items, seed=0).batches()
+        schemes[f"budget items ({items} tokens)"] = ResumableBatchSampler(TokenBudget(lengths, items), seed=0).batches()
         memory = batch * (512 + 128)
-        schemes[f"budget memory ({memory} tokens)"] = TokenBudgetBatchSampler(lengths, memory, seed=0).batches()
+        schemes[f"budget memory ({memory} tokens)"] = ResumableBatchSampler(TokenBudget(lengths, memory), seed=0).batches()
         for scheme, batches in schemes.items():
             stats = padding_stats(batches, sources, targets)
             out.append({"data": name, "scheme": scheme, "batches": len(batches),
@@ -702,7 +689,7 @@ def isolated(threads: int, save: bool = True) -> None:
                            decoder_input_ids=batch["decoder_input_ids"],
                            decoder_attention_mask=batch["decoder_attention_mask"] if mask else None,
                            use_cache=False).logits
-            F.cross_entropy(logits.flatten(0, 1), batch["labels"].flatten(), ignore_index=-100).backward()
+            F.cross_entropy(logits.flatten(0, 1), batch["labels"].flatten(), ignore_index=IGNORE_INDEX).backward()
             model.zero_grad(set_to_none=True)
             return time.perf_counter() - started
 

@@ -1,4 +1,5 @@
-"""Batch samplers: TokenBudgetBatchSampler (coverage, budget, padding, determinism, DDP, mid-epoch resume) and EvalBatchSampler."""
+"""Batch samplers: the resumable training sampler with its three strategies (coverage, budget, padding, determinism,
+DDP, mid-epoch resume) and EvalBatchSampler."""
 
 from __future__ import annotations
 
@@ -10,7 +11,19 @@ import torch
 from torch.utils.data import DataLoader
 
 from conftest import compose_config
-from encdec.lit.batching import EvalBatchSampler, TokenBudgetBatchSampler, longest_first, padding_stats
+from encdec.data.sampling import (EvalBatchSampler, FixedSize, GroupedByLength, ResumableBatchSampler, TokenBudget,
+                                  longest_first, padding_stats)
+
+
+def TokenBudgetBatchSampler(lengths, max_tokens, shuffle=True, seed=0, bucket_size=None, max_batch_size=None,
+                            num_replicas=1, rank=0) -> ResumableBatchSampler:
+    order = TokenBudget(lengths, max_tokens, bucket_size=bucket_size, max_batch_size=max_batch_size)
+    return ResumableBatchSampler(order, seed=seed, shuffle=shuffle, num_replicas=num_replicas, rank=rank)
+
+
+def FixedSizeBatchSampler(size, batch_size, seed, num_replicas=1, rank=0, lengths=None) -> ResumableBatchSampler:
+    order = FixedSize(size, batch_size) if lengths is None else GroupedByLength(lengths, batch_size)
+    return ResumableBatchSampler(order, seed=seed, num_replicas=num_replicas, rank=rank)
 
 
 def skewed_lengths(n: int = 1000, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -21,7 +34,7 @@ def skewed_lengths(n: int = 1000, seed: int = 0) -> tuple[np.ndarray, np.ndarray
     return sources, targets
 
 
-def sampler(n: int = 1000, max_tokens: int = 2560, **kwargs) -> TokenBudgetBatchSampler:
+def sampler(n: int = 1000, max_tokens: int = 2560, **kwargs) -> ResumableBatchSampler:
     sources, targets = skewed_lengths(n)
     return TokenBudgetBatchSampler(list(zip(sources, targets)), max_tokens=max_tokens, **kwargs)
 
@@ -47,17 +60,17 @@ def test_padded_tokens_within_budget_except_single_oversize_items():
     s = TokenBudgetBatchSampler(list(zip(sources, targets)), max_tokens=2560, seed=0)
     oversize = 0
     for batch in s:
-        if s.cost(batch) > 2560:
+        if s.order.cost(batch) > 2560:
             assert len(batch) == 1, batch
             oversize += 1
-        assert s.cost(batch) == (sources[batch].max() + targets[batch].max()) * len(batch)
+        assert s.order.cost(batch) == (sources[batch].max() + targets[batch].max()) * len(batch)
     assert oversize == 3
     assert {5, 50, 500} <= set(flat(s.batches()))
 
 
 def test_budget_is_used_not_just_respected():
     s = sampler(max_tokens=2560, seed=0)
-    costs = [s.cost(b) for b in s.batches()]
+    costs = [s.order.cost(b) for b in s.batches()]
     # Greedy packing fills batches: on average over 80% of the budget is spent.
     assert np.mean(costs) > 0.8 * 2560
     assert max(len(b) for b in s.batches()) > 3 * min(len(b) for b in s.batches())  # short items, bigger batches
@@ -99,10 +112,10 @@ def test_batch_order_shuffled_across_epochs_but_not_without_shuffle():
     s.set_epoch(1)
     assert list(s) != first
     fixed = sampler(shuffle=False)
-    widths = [fixed.source_lengths[b].max() for b in fixed]
+    widths = [fixed.order.source_lengths[b].max() for b in fixed]
     assert widths == sorted(widths, reverse=True)  # longest first, so a memory blow-up shows at once
     fixed.set_epoch(1)
-    assert [fixed.source_lengths[b].max() for b in fixed] == widths
+    assert [fixed.order.source_lengths[b].max() for b in fixed] == widths
 
 
 def test_max_batch_size_caps_items():
@@ -132,7 +145,7 @@ def test_ddp_ranks_disjoint_and_equal_batch_counts(n, replicas):
 
 def test_ddp_ranks_step_together_on_similar_lengths():
     ranks = [sampler(seed=1, num_replicas=2, rank=r) for r in range(2)]
-    widths = [[s.source_lengths[b].max() for b in s] for s in ranks]
+    widths = [[s.order.source_lengths[b].max() for b in s] for s in ranks]
     # At each step both ranks get neighbouring batches of the sorted order: similar widths.
     assert np.median(np.abs(np.subtract(*widths))) <= 10
 
@@ -191,7 +204,7 @@ def test_resume_at_and_lightning_set_epoch():
 def test_dataset_lengths_from_arrow():
     import datasets
 
-    from encdec.lit.batching import dataset_lengths
+    from encdec.data.sampling import dataset_lengths
 
     rows = [{"input_ids": list(range(n)), "labels": list(range(n // 2 + 1))} for n in (5, 1, 9, 3)]
     data = datasets.Dataset.from_list(rows).select([3, 0, 2])
@@ -292,7 +305,7 @@ def test_eval_token_budget_one_row_over_budget_is_a_batch_of_one():
 @pytest.mark.parametrize("budget", [0, -5, True, 1.5, "8192"])
 def test_token_budget_check_names_the_setting(budget):
     from encdec.errors import EncdecError
-    from encdec.lit.batching import check_token_budget
+    from encdec.data.loading import check_token_budget
 
     with pytest.raises(EncdecError, match=rf"^data.eval_max_tokens_per_batch={budget} must be a positive integer or null"):
         check_token_budget("data.eval_max_tokens_per_batch", budget)
@@ -302,12 +315,11 @@ def test_token_budget_check_names_the_setting(budget):
 
 def test_fixed_size_sampler_resumes_a_later_epoch_before_set_epoch():
     """On resume Lightning iterates the loader before it calls set_epoch: resume_at alone must give that epoch's rest."""
-    from encdec.lit.datamodule import ResumableBatchSampler
 
-    reference = ResumableBatchSampler(14, 2, seed=42)
+    reference = FixedSizeBatchSampler(14, 2, seed=42)
     reference.set_epoch(1)
     epoch_two = list(reference)
-    resumed = ResumableBatchSampler(14, 2, seed=42)
+    resumed = FixedSizeBatchSampler(14, 2, seed=42)
     resumed.resume_at(1, 3)
     assert list(resumed) == epoch_two[3:]
     resumed.set_epoch(1)  # Lightning's call, after the iterator exists
@@ -319,14 +331,13 @@ def length_pairs(n: int, seed: int = 0) -> list[tuple[int, int]]:
 
 
 def test_group_by_length_keeps_batch_size_and_cuts_padding():
-    from encdec.lit.batching import padding_stats
-    from encdec.lit.datamodule import ResumableBatchSampler
+    from encdec.data.sampling import padding_stats
 
     sources, targets = skewed_lengths(1000)
     lengths = length_pairs(1000)
-    random_batches = ResumableBatchSampler(1000, 8, seed=3)._batches()
-    grouped = ResumableBatchSampler(1000, 8, seed=3, lengths=lengths)
-    batches = grouped._batches()
+    random_batches = FixedSizeBatchSampler(1000, 8, seed=3).batches()
+    grouped = FixedSizeBatchSampler(1000, 8, seed=3, lengths=lengths)
+    batches = grouped.batches()
     assert sorted(row for batch in batches for row in batch) == list(range(1000))  # every row once
     assert sorted(len(batch) for batch in batches) == sorted(len(batch) for batch in random_batches)  # 125 x 8
     grouped_padding = padding_stats(batches, sources, targets)["padding_fraction"]
@@ -334,18 +345,17 @@ def test_group_by_length_keeps_batch_size_and_cuts_padding():
     assert grouped_padding < random_padding / 3, (grouped_padding, random_padding)
     longest = max(range(1000), key=lambda row: sum(lengths[row]))
     assert longest in batches[0]  # the biggest batch first: an out-of-memory shows at once
-    assert batches == ResumableBatchSampler(1000, 8, seed=3, lengths=lengths)._batches()  # a function of (seed, epoch)
+    assert batches == FixedSizeBatchSampler(1000, 8, seed=3, lengths=lengths).batches()  # a function of (seed, epoch)
     grouped.set_epoch(1)
-    assert grouped._batches() != batches
+    assert grouped.batches() != batches
     grouped.resume_at(1, 5)
-    assert list(grouped) == grouped._batches()[5:]
+    assert list(grouped) == grouped.batches()[5:]
 
 
 def test_group_by_length_shards_whole_batches_across_ranks():
-    from encdec.lit.datamodule import ResumableBatchSampler
 
     lengths = length_pairs(100)
-    ranks = [ResumableBatchSampler(100, 8, seed=0, num_replicas=3, rank=rank, lengths=lengths) for rank in range(3)]
+    ranks = [FixedSizeBatchSampler(100, 8, seed=0, num_replicas=3, rank=rank, lengths=lengths) for rank in range(3)]
     per_rank = [list(sampler) for sampler in ranks]
     assert {len(batches) for batches in per_rank} == {len(ranks[0])} == {5}  # 13 batches padded to 15
     seen = [row for batches in per_rank for batch in batches for row in batch]
@@ -353,14 +363,13 @@ def test_group_by_length_shards_whole_batches_across_ranks():
 
 
 def test_group_by_length_gives_the_ranks_of_one_step_batches_of_similar_length():
-    from encdec.lit.datamodule import ResumableBatchSampler
 
     lengths = length_pairs(1000)
 
     def spread(grouped: bool) -> int:
         """Summed over steps (the last, padded one aside): longest row of the step's longest batch minus that of
         its shortest batch, across 3 ranks. What a DDP step waits for."""
-        ranks = [list(ResumableBatchSampler(1000, 8, seed=0, num_replicas=3, rank=rank,
+        ranks = [list(FixedSizeBatchSampler(1000, 8, seed=0, num_replicas=3, rank=rank,
                                             lengths=lengths if grouped else None)) for rank in range(3)]
         steps = list(zip(*ranks))[:-1]
         longest = [[max(sum(lengths[row]) for row in batch) for batch in step] for step in steps]
@@ -378,9 +387,32 @@ def test_group_by_length_gives_the_ranks_of_one_step_batches_of_similar_length()
 def test_group_by_length_settings_are_checked(overrides, message):
     from omegaconf import OmegaConf
 
-    from encdec.data import check_data_settings
+    from encdec.data.loading import check_data_settings
     from encdec.errors import EncdecError
 
     data = compose_config("data=aclsum").data
     with pytest.raises(EncdecError, match=re.escape(message)):
         check_data_settings(OmegaConf.merge(data, overrides))
+
+
+def test_training_orders_are_the_ones_every_published_run_and_checkpoint_used():
+    """The three strategies give, bit for bit, the batches of the samplers they replaced (digests taken from the
+    code before the data package: ResumableBatchSampler with and without lengths, TokenBudgetBatchSampler)."""
+    import hashlib
+    import json
+
+    sources, targets = skewed_lengths(203)
+    lengths = [(int(a), int(b)) for a, b in zip(sources, targets)]
+    expected = {"1-0": "b2140209aa9192e3", "1-1": "375e9870b9b048f0", "3-0": "47673f70a23311d8",
+                "3-1": "76a18b539a9a9579"}
+    for key, digest in expected.items():
+        replicas, epoch = map(int, key.split("-"))
+        every_rank = []
+        for rank in range(replicas):
+            samplers = [FixedSizeBatchSampler(203, 8, seed=42, num_replicas=replicas, rank=rank),
+                        FixedSizeBatchSampler(203, 8, seed=42, num_replicas=replicas, rank=rank, lengths=lengths),
+                        TokenBudgetBatchSampler(lengths, 1500, seed=42, num_replicas=replicas, rank=rank)]
+            for sampler in samplers:
+                sampler.set_epoch(epoch)
+            every_rank.append([list(sampler) for sampler in samplers])
+        assert hashlib.sha256(json.dumps(every_rank).encode()).hexdigest()[:16] == digest, key

@@ -7,7 +7,8 @@ from tokenizers import Tokenizer, models, pre_tokenizers
 from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
 from conftest import compose_config
-from encdec.lit.datamodule import IGNORE_INDEX, SummarizationDataModule
+from encdec.data.tokenize import IGNORE_INDEX
+from encdec.lit.datamodule import SummarizationDataModule
 from encdec.sources import resolve
 
 
@@ -83,7 +84,7 @@ def test_empty_rows_are_skipped_and_counted(tmp_path, tiny_files):
 
 
 def test_aclsum_is_flattened_into_document_and_summary():
-    from encdec.data import load_splits
+    from encdec.data.loading import load_splits
 
     splits = load_splits(compose_config("data.lead_copy_sentences=0").data)
     assert {k: len(v) for k, v in splits.items()} == {"train": 100, "validation": 50, "test": 100}
@@ -147,8 +148,8 @@ def test_group_by_length_reaches_the_training_batches(tiny_files):
     grouped, _ = datamodule_for(tiny_files, decoder_tokenizer, batch_size=2, group_by_length=True)
     plain.train_dataloader()
     loader = grouped.train_dataloader()
-    assert plain.train_sampler.lengths is None
-    lengths = grouped.train_sampler.lengths
+    assert type(plain.train_sampler.order).__name__ == "FixedSize"
+    lengths = grouped.train_sampler.order.lengths
     assert lengths == [(len(row["input_ids"]), len(row["labels"])) for row in grouped.tokenized["train"]]
     batches = [batch["index"].tolist() for batch in loader]
-    assert batches == grouped.train_sampler._batches() and all(len(batch) == 2 for batch in batches[:-1])
+    assert batches == grouped.train_sampler.batches() and all(len(batch) == 2 for batch in batches[:-1])

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from conftest import compose_config, run_script
-from encdec.lit.datamodule import IGNORE_INDEX
+from encdec.data.tokenize import IGNORE_INDEX
 from encdec.metrics import rouge
 from encdec.models import build_model
 

@@ -15,8 +15,9 @@ from transformers import AutoTokenizer, GenerationConfig
 
 from conftest import compose_config
 from encdec import run_folder
-from encdec.data import _to_document_summary
-from encdec.lit.datamodule import IGNORE_INDEX, SummarizationDataModule
+from encdec.data.loading import _to_document_summary
+from encdec.data.tokenize import IGNORE_INDEX, tokenize_split
+from encdec.lit.datamodule import SummarizationDataModule
 from encdec.sources import resolve
 
 
@@ -175,7 +176,8 @@ def test_any_rows_are_cleaned_tokenized_and_batched(pipeline, rows):
         assert "no rows with both" in str(error)
         return
     assert all(d.strip() and s.strip() for d, s in zip(cleaned["document"], cleaned["summary"]))
-    tokenized = dm._tokenize(cleaned, "train")
+    tokenized = tokenize_split(cleaned, "train", dm.encoder_tokenizer, dm.decoder_tokenizer,
+                               cfg.data.max_source_length, cfg.data.max_target_length)
     batch = dm.collate([{**row, "index": i} for i, row in enumerate(tokenized)])
     assert batch["input_ids"].shape[1] <= 32 and batch["labels"].shape[1] <= 8
     assert ((batch["labels"] == IGNORE_INDEX) | (batch["labels"] >= 0)).all()

@@ -142,7 +142,7 @@ def test_lead_is_the_first_sentences_and_baselines_score_them_as_predictions():
 
 
 def test_lead_copies_add_one_row_per_training_document_and_leave_evaluation_alone():
-    from encdec.data import load_splits
+    from encdec.data.loading import load_splits
 
     plain = load_splits(compose_config("data.max_train_samples=5", "data.lead_copy_sentences=0").data)
     copied = load_splits(compose_config("data.max_train_samples=5", "data.lead_copy_sentences=2").data)

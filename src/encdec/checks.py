@@ -7,7 +7,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from encdec.boundary import user_settings
-from encdec.data import check_data_settings
+from encdec.data.loading import check_data_settings
 from encdec.errors import EncdecError
 from encdec.export import check_push_target
 from encdec.metrics import ROUGE_TYPES

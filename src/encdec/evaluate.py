@@ -12,10 +12,10 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from encdec import run_folder
 from encdec.arguments import override_key
 from encdec.checks import check_predict_sizes
-from encdec.data import load_splits
+from encdec.data.loading import load_splits
 from encdec.errors import EncdecError
 from encdec.inference import apply_generation_overrides, load_trained, pick_device, summarize
-from encdec.lit.batching import check_token_budget
+from encdec.data.loading import check_token_budget
 from encdec.metrics import lead_baselines, rouge
 
 

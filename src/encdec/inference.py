@@ -19,7 +19,7 @@ from encdec.boundary import user_settings
 from encdec.errors import EncdecError
 from encdec.finetune import add_lora, merged_copy
 from encdec.foreign_weights import check_pytorch_weights
-from encdec.lit.batching import EvalBatchSampler
+from encdec.data.sampling import EvalBatchSampler
 from encdec.models import attention_kernels, configure_generation, load_tokenizer
 
 

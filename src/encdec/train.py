@@ -27,7 +27,7 @@ from encdec import run_folder
 from encdec.boundary import lightning_settings, user_settings
 from encdec.checks import check_forward_pass, check_run_settings, optimizer_class_settings
 from encdec.cli import invoked_as
-from encdec.data import load_splits
+from encdec.data.loading import load_splits
 from encdec.errors import EncdecError, Interrupted
 from encdec.export import push_to_hub
 from encdec.lit.checkpoint_io import AtomicCheckpointIO, LinkedLastCheckpoint

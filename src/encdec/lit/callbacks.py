@@ -16,6 +16,8 @@ import psutil
 import torch
 from lightning.pytorch.loggers import TensorBoardLogger, WandbLogger
 
+from encdec.data.tokenize import IGNORE_INDEX
+
 log = logging.getLogger(__name__)
 
 
@@ -32,7 +34,7 @@ class ThroughputMonitor(L.Callback):
         if self._started is None:
             self._started = time.perf_counter()
         self._tokens += int(batch["attention_mask"].sum() + batch["decoder_attention_mask"].sum())
-        self._target_tokens += int((batch["labels"] != -100).sum())
+        self._target_tokens += int((batch["labels"] != IGNORE_INDEX).sum())
         self._batches += 1
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):

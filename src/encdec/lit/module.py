@@ -25,7 +25,7 @@ from transformers.models.encoder_decoder.modeling_encoder_decoder import shift_t
 
 from encdec.errors import EncdecError
 from encdec.inference import generate_texts
-from encdec.lit.datamodule import IGNORE_INDEX
+from encdec.data.tokenize import IGNORE_INDEX
 from encdec.metrics import rouge
 from encdec.models import attention_kernels
 

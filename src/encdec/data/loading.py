@@ -1,5 +1,8 @@
 """Raw summarization splits as `datasets.Dataset`s with two columns, `document` and `summary`.
 
+To add a data set: a `conf/data/<name>.yaml` naming its source (hub path and columns, or files) is enough; a source
+that is neither the hub nor local files gets a `_load_<source>` function here, like `_load_aclsum`.
+
 Three sources: the packaged ACLSum papers (offline), local files (json/jsonl/csv/parquet), and hub data sets.
 """
 
@@ -16,7 +19,6 @@ from encdec import sources
 from encdec.boundary import user_settings
 from encdec.errors import EncdecError
 from encdec.metrics import lead
-from encdec.lit.batching import check_token_budget
 
 log = logging.getLogger(__name__)
 
@@ -28,8 +30,8 @@ ACLSUM_ASPECTS = ("challenge", "approach", "outcome")
 
 @user_settings("data")
 def load_splits(data: DictConfig) -> dict[str, datasets.Dataset]:
-    """train/validation/test splits with `document` and `summary` columns, bad rows handled per `data.empty_rows`."""
-    check_data_settings(data)
+    """train/validation/test splits with `document` and `summary` columns, bad rows handled per `data.empty_rows`
+    (the settings were checked with the rest of the config, before anything loaded)."""
     if data.source == "aclsum":
         raw = _load_aclsum()
     elif data.source == "files":
@@ -87,6 +89,13 @@ def check_data_settings(data: DictConfig) -> None:
         raise EncdecError(f"data.empty_rows={data.empty_rows}: use skip or error")
     if data.get("text_column") is not None and data.get("text_column") == data.get("summary_column"):
         raise EncdecError(f"data.text_column and data.summary_column are both {data.text_column}: name two different columns")
+
+
+def check_token_budget(name: str, budget) -> int | None:
+    """A user's token budget (data.max_tokens_per_batch and kin): a positive integer, or None for fixed-size batches."""
+    if budget is not None and (not isinstance(budget, int) or isinstance(budget, bool) or budget <= 0):
+        raise EncdecError(f"{name}={budget} must be a positive integer or null (batches of a fixed size)")
+    return budget
 
 
 def _load_aclsum() -> dict[str, datasets.Dataset]:
