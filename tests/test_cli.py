@@ -336,7 +336,7 @@ def test_resume_refuses_a_truncated_newest_checkpoint(tmp_path):
 
     from conftest import run_folder_with_a_checkpoint
     from encdec.errors import EncdecError
-    from encdec.run_folder import resume_point
+    from encdec.lit.resume import resume_point
 
     run_dir, whole = run_folder_with_a_checkpoint(tmp_path, {"state_dict": {"w": torch.zeros(1000)}})
     assert resume_point(run_dir)[1] == whole

@@ -156,7 +156,7 @@ def test_sweep_killed_at_every_optuna_db_commit_reruns_whole(app, tmp_path):  # 
 
 
 def test_resume_removes_what_killed_writes_left(tmp_path):
-    from encdec.run_folder import resume_point
+    from encdec.lit.resume import resume_point
 
     run_dir, whole = run_folder_with_a_checkpoint(tmp_path, {"state_dict": {}})
     left = [run_dir / "checkpoints" / ".last.ckpt.k2j4.tmp", run_dir / ".metrics.json.x1.tmp", run_dir / ".hf_model.q9"]

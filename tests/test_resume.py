@@ -202,7 +202,7 @@ def test_tensorboard_hides_the_killed_runs_events_past_the_checkpoint(tmp_path):
     from omegaconf import OmegaConf
 
     from encdec.lit.resume import checkpoint_step
-    from encdec.train import _logger
+    from encdec.lit.resume import resumed_logger as _logger
 
     torch.save({"global_step": 6, "state_dict": {"w": torch.zeros(2)}}, tmp_path / "last.ckpt")
     (tmp_path / "cut.ckpt").write_bytes(b"PK\x03\x04")

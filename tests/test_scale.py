@@ -233,7 +233,9 @@ def test_resume_takes_the_deepspeed_folder_written_last(tmp_path):
     for file in last.rglob("*"):
         os.utime(file, (3000, 3000))
     os.utime(last, (1000, 1000))
-    cfg, checkpoint = run_folder.resume_point(run_dir)
+    from encdec.lit.resume import resume_point
+
+    cfg, checkpoint = resume_point(run_dir)
     assert checkpoint == last
     assert cfg.trainer.strategy.stage == 2
 

@@ -64,46 +64,6 @@ def saved_config(run_dir: Path, culprit: str):
                           "restore it from a copy of the run") from None
 
 
-def resume_point(run_dir: Path):
-    """The saved config of a killed run and the newest checkpoint to continue from."""
-    cfg = saved_config(run_dir, f"resume={run_dir}")
-    if cfg.get("task_name", "train") != "train":
-        raise EncdecError(f"resume={run_dir} is the output of {cfg.task_name}.py, not a training run: give a train.py run folder")
-    if (run_dir / METRICS).exists():
-        raise EncdecError(f"resume={run_dir}: this run already finished (metrics.json exists); start a new run instead")
-    remove_stale_temporaries(run_dir)
-    checkpoints = sorted((run_dir / CHECKPOINTS).glob("*.ckpt"), key=_modified)
-    if not checkpoints:
-        raise EncdecError(f"resume={run_dir}: no checkpoint in {run_dir / CHECKPOINTS}; start a new run instead")
-    newest = checkpoints[-1]
-    if newest.is_file() and not _readable_checkpoint(newest):
-        raise EncdecError(
-            f"resume={run_dir}: {newest.relative_to(run_dir)} is truncated or corrupt (not a complete torch file); "
-            "move it aside to resume from the checkpoint before it"
-        )
-    cfg.resume = str(run_dir)
-    return cfg, newest
-
-
-def _readable_checkpoint(path: Path) -> bool:
-    """torch.save writes a zip archive; a cut-off one has no central directory at its end. Reads only that index."""
-    import zipfile
-
-    try:
-        with zipfile.ZipFile(path) as archive:
-            return bool(archive.namelist())
-    except (zipfile.BadZipFile, OSError):
-        return False
-
-
-def _modified(checkpoint: Path) -> float:
-    """When a checkpoint was last written. DeepSpeed's are folders whose files are rewritten in place on every save
-    (last.ckpt/latest, last.ckpt/checkpoint/…), which leaves the folder's own mtime at its first save."""
-    if checkpoint.is_dir():
-        return max((p.stat().st_mtime for p in checkpoint.rglob("*")), default=checkpoint.stat().st_mtime)
-    return checkpoint.stat().st_mtime
-
-
 def single_file_checkpoint(checkpoint: Path, scratch: Path) -> Path:
     """`checkpoint` itself when it is one file; a DeepSpeed checkpoint folder (weights in per-rank shards) gathered
     into one float32 file at `scratch`, in the .ckpt layout eval.py and predict.py read."""

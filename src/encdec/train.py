@@ -1,4 +1,4 @@
-"""The training recipe, top to bottom: build, check, validate, fit, test, export.
+"""The training recipe, top to bottom: check, build, validate, fit, evaluate, export (`run`, then one function each).
 
 `train.py` at the repository root is only the Hydra entry point that calls `run(cfg)`.
 """
@@ -30,11 +30,11 @@ from encdec.cli import invoked_as
 from encdec.data.loading import load_splits
 from encdec.errors import EncdecError, Interrupted
 from encdec.export import push_to_hub
-from encdec.lit.checkpoint_io import AtomicCheckpointIO, LinkedLastCheckpoint
+from encdec.lit import lightning_private
+from encdec.lit.checkpoint_io import AtomicCheckpointIO
 from encdec.lit.datamodule import SummarizationDataModule
 from encdec.lit.module import Seq2SeqModule
-from encdec.lit.resume import (ContinuedCSVHistory, StepCheckpoint, checkpoint_step, tensorboard_resume_arguments,
-                               wandb_resume_arguments)
+from encdec.lit.resume import BEST_CHECKPOINT, ContinuedCSVHistory, checkpoint_callbacks, resume_point, resumed_logger
 from encdec.metrics import LEAD_SENTENCES, ROUGE_TYPES, lead_baselines
 from encdec.finetune import count_parameters, merged_copy
 from encdec.inference import load_trained
@@ -43,33 +43,59 @@ from encdec.models import build_model
 log = logging.getLogger(__name__)
 
 
-# The best checkpoint's file name (Lightning fills in the step); _final_validation reads the step back from it.
-BEST_CHECKPOINT = "best-step{step}"
-
-
 def run(cfg: DictConfig) -> float | None:
+    """The recipe: check, build, validate, fit, evaluate, export. Returns the metric a sweeper optimizes."""
     run_dir = Path(HydraConfig.get().runtime.output_dir)
+    cfg, resume_from = check(cfg, run_dir)
+    raw_splits, model, encoder_tokenizer, decoder_tokenizer = build(cfg)
+    datamodule = build_datamodule(cfg, model, encoder_tokenizer, decoder_tokenizer, raw_splits)
+    module = build_module(cfg, model, decoder_tokenizer)
+    trainer, best_checkpoint = build_trainer(cfg, run_dir, resume_from)
+    for logger in trainer.loggers:
+        logger.log_hyperparams(_flat(OmegaConf.to_container(cfg, resolve=True)))
+    with _interruption_named(trainer, run_dir), lightning_settings():
+        if resume_from is None:
+            module.initial_metrics = _rouge(trainer.validate(module, datamodule=datamodule, verbose=False), "val")
+            say(f"validation ROUGE before training: {_format(module.initial_metrics)}")
+        trainer.fit(module, datamodule=datamodule, ckpt_path=resume_from)
+        evaluated, metrics = evaluate(cfg, trainer, module, datamodule, best_checkpoint, raw_splits, run_dir)
+    best = best_checkpoint.best_model_path or None
+    export(cfg, trainer, module, (model, encoder_tokenizer, decoder_tokenizer), best, evaluated, metrics, run_dir)
+    return metrics.get(cfg.get("optimized_metric") or "val/rouge2")
+
+
+def check(cfg: DictConfig, run_dir: Path) -> tuple[DictConfig, Path | None]:
+    """A fresh run folder or a killed run to resume (then its own saved config), and every setting checked before
+    anything loads: a missing package, a CPU-only machine or a typo fails in a second."""
     resume_from = None
     if cfg.get("resume"):
-        cfg, resume_from = run_folder.resume_point(run_dir)
+        cfg, resume_from = resume_point(run_dir)
+        lightning_private.warn_if_unchecked()
         say(f"resuming {run_dir} from {resume_from.name}")
-        # Our batch sampler does skip the trained batches (see ResumableBatchSampler); Lightning cannot see that.
+        # Our batch sampler does skip the trained batches (encdec.lit.resume); Lightning cannot see that.
         warnings.filterwarnings("ignore", message="You're resuming from a checkpoint that ended before the epoch")
     else:
         run_folder.check_fresh(run_dir)
-    _check_strategy(cfg)  # before the model loads: a missing package or a CPU-only machine fails in a second
+    _check_strategy(cfg)
     _check_shared_run_dir(cfg)
     check_run_settings(cfg)
     L.seed_everything(cfg.seed, workers=True)
+    return cfg, resume_from
 
-    # Data first: a missing file or column fails in seconds, before a model of gigabytes downloads or loads.
+
+def build(cfg: DictConfig):
+    """The raw splits, then the model and both tokenizers. Data first: a missing file or column fails in seconds,
+    before a model of gigabytes downloads or loads."""
     raw_splits = load_splits(cfg.data)
     with user_settings("encoder", "decoder", "model", "generation"):
         model, encoder_tokenizer, decoder_tokenizer = build_model(cfg)
         check_forward_pass(model, encoder_tokenizer, decoder_tokenizer, cfg)
     total, trainable = count_parameters(model)
     say(f"model: {cfg.encoder.name} -> {cfg.decoder.name}: {total / 1e6:.1f}M parameters, {trainable / 1e6:.1f}M trainable")
+    return raw_splits, model, encoder_tokenizer, decoder_tokenizer
 
+
+def build_datamodule(cfg: DictConfig, model, encoder_tokenizer, decoder_tokenizer, raw_splits) -> SummarizationDataModule:
     datamodule = SummarizationDataModule(
         cfg.data,
         encoder_tokenizer,
@@ -82,8 +108,11 @@ def run(cfg: DictConfig) -> float | None:
     datamodule.prepare(raw_splits)
     sizes = {split: len(ds) for split, ds in datamodule.tokenized.items()}
     say(f"data: {cfg.data.name}: {sizes['train']} train, {sizes['validation']} validation, {sizes['test']} test")
+    return datamodule
 
-    module = Seq2SeqModule(
+
+def build_module(cfg: DictConfig, model, decoder_tokenizer) -> Seq2SeqModule:
+    return Seq2SeqModule(
         model,
         decoder_tokenizer,
         optimizer=_optimizer(cfg),
@@ -93,30 +122,13 @@ def run(cfg: DictConfig) -> float | None:
         compile=bool(cfg.model.get("compile")),
         cudnn_attention=bool(cfg.model.get("cudnn_attention", False)),
     )
-    checkpoint = LinkedLastCheckpoint(
-        dirpath=run_dir / run_folder.CHECKPOINTS,
-        filename=BEST_CHECKPOINT,
-        auto_insert_metric_name=False,
-        monitor=cfg.checkpoint.monitor,
-        mode=cfg.checkpoint.mode,
-        save_top_k=cfg.checkpoint.save_top_k,
-        save_last=cfg.checkpoint.save_last,
-    )
-    callbacks = [checkpoint]
-    if cfg.checkpoint.get("every_n_steps"):
-        keep = cfg.checkpoint.get("keep_steps")
-        # keep_steps=N: the N newest step checkpoints (the "best" N by step); null keeps them all.
-        kept = {"monitor": "step", "mode": "max", "save_top_k": keep} if keep else {"save_top_k": -1}
-        callbacks.append(
-            StepCheckpoint(
-                dirpath=run_dir / run_folder.CHECKPOINTS,
-                filename="step{step}",
-                auto_insert_metric_name=False,
-                every_n_train_steps=cfg.checkpoint.every_n_steps,
-                **kept,
-            )
-        )
-    loggers = [_logger(spec, run_dir, resume_from) for spec in (cfg.get("logger") or {}).values() if spec]
+
+
+def build_trainer(cfg: DictConfig, run_dir: Path, resume_from: Path | None):
+    """The Trainer with encdec's checkpointing, loggers (continuing a resumed run's history) and callbacks."""
+    best_checkpoint, callbacks = checkpoint_callbacks(cfg.checkpoint, run_dir)
+    with user_settings("logger"):
+        loggers = [resumed_logger(spec, run_dir, resume_from) for spec in (cfg.get("logger") or {}).values() if spec]
     if resume_from is not None:
         callbacks.append(ContinuedCSVHistory(loggers))
     for name, spec in (cfg.get("callbacks") or {}).items():
@@ -131,48 +143,54 @@ def run(cfg: DictConfig) -> float | None:
         # Our batch sampler shards itself across ranks and knows how to resume mid-epoch.
         use_distributed_sampler=False,
     )
+    return trainer, best_checkpoint
 
-    for logger in trainer.loggers:
-        logger.log_hyperparams(_flat(OmegaConf.to_container(cfg, resolve=True)))
-    with _interruption_named(trainer, run_dir), lightning_settings():
-        if resume_from is None:
-            module.initial_metrics = _rouge(trainer.validate(module, datamodule=datamodule, verbose=False), "val")
-            say(f"validation ROUGE before training: {_format(module.initial_metrics)}")
-        trainer.fit(module, datamodule=datamodule, ckpt_path=resume_from)
-        before = module.initial_metrics
-        best = checkpoint.best_model_path or None
-        evaluated = _loadable_for_evaluation(trainer, best, run_dir)
-        after = _final_validation(trainer, best) or _rouge(
-            trainer.validate(module, datamodule=datamodule, ckpt_path=evaluated, verbose=False), "val")
-        say(f"validation ROUGE after training:  {_format(after)}" + (f" (best checkpoint {Path(best).name})" if best else ""))
-        test = _rouge(trainer.test(module, datamodule=datamodule, ckpt_path=evaluated, verbose=False), "test")
-        baselines = lead_baselines(list(raw_splits["test"]["document"]), list(raw_splits["test"]["summary"]))
-        say(f"test ROUGE: {_format(test)}")
-        say(_beside_baselines(test, baselines))
 
-    # Under FSDP and DeepSpeed `model` holds only this rank's shards of the weights: export from the checkpoint that
-    # test ran on (gathered into full float32 weights); with none, every rank first saves the current weights.
+def evaluate(cfg: DictConfig, trainer: L.Trainer, module: Seq2SeqModule, datamodule, best_checkpoint, raw_splits,
+             run_dir: Path) -> tuple[str | None, dict[str, float]]:
+    """The best checkpoint on validation and test, test ROUGE beside the lead baselines of the same rows. Returns the
+    checkpoint evaluated and every metric the run folder records."""
+    before = module.initial_metrics
+    best = best_checkpoint.best_model_path or None
+    evaluated = _loadable_for_evaluation(trainer, best, run_dir)
+    after = _final_validation(trainer, best) or _rouge(
+        trainer.validate(module, datamodule=datamodule, ckpt_path=evaluated, verbose=False), "val")
+    say(f"validation ROUGE after training:  {_format(after)}" + (f" (best checkpoint {Path(best).name})" if best else ""))
+    test = _rouge(trainer.test(module, datamodule=datamodule, ckpt_path=evaluated, verbose=False), "test")
+    baselines = lead_baselines(list(raw_splits["test"]["document"]), list(raw_splits["test"]["summary"]))
+    say(f"test ROUGE: {_format(test)}")
+    say(_beside_baselines(test, baselines))
+    metrics = {**after, **test, **{f"initial/{k}": v for k, v in before.items()}, **baselines}
+    metrics.update({"train/steps": trainer.global_step, "time/seconds": round(module.seconds_worked(), 1)})
+    return evaluated, metrics
+
+
+def export(cfg: DictConfig, trainer: L.Trainer, module: Seq2SeqModule, built, best: str | None, evaluated: str | None,
+           metrics: dict[str, float], run_dir: Path) -> None:
+    """hf_model/, predictions.jsonl and metrics.json (last: its presence marks a finished run), then the Hub upload.
+
+    Under FSDP and DeepSpeed the model holds only this rank's shards of the weights: export from the checkpoint that
+    test ran on (gathered into full float32 weights); with none, every rank first saves the current weights."""
+    model, encoder_tokenizer, decoder_tokenizer = built
     export_from = None
     if _shards_weights(trainer):
         export_from = Path(evaluated) if evaluated else run_dir / ".export.ckpt"
         if not evaluated:
             trainer.save_checkpoint(export_from, weights_only=True)
-    if trainer.is_global_zero:
-        metrics = {**after, **test, **{f"initial/{k}": v for k, v in before.items()}, **baselines}
-        metrics.update({"train/steps": trainer.global_step, "time/seconds": round(module.seconds_worked(), 1)})
-        run_folder.export_hf_model(
-            merged_copy(model) if export_from is None else load_trained(export_from)[0],
-            encoder_tokenizer, decoder_tokenizer, run_dir / run_folder.HF_MODEL,
-            untie=bool(cfg.model.get("share_weights")), run_config=cfg, metrics=metrics,
-        )
-        if export_from is not None and str(export_from) != best:  # a scratch file of ours
-            shutil.rmtree(export_from) if export_from.is_dir() else export_from.unlink(missing_ok=True)
-        run_folder.write_jsonl(run_dir / run_folder.PREDICTIONS, module.last_predictions.get("test", []))
-        run_folder.write_json(run_dir / run_folder.METRICS, metrics)
-        say(f"run folder: {run_dir}")
-        if OmegaConf.select(cfg, "export.push_to_hub"):  # last: a failed upload leaves every result in place
-            say(f"uploaded {push_to_hub(run_dir / run_folder.HF_MODEL, cfg.export.push_to_hub, 'export.push_to_hub')}")
-    return (after | test).get(cfg.get("optimized_metric") or "val/rouge2")
+    if not trainer.is_global_zero:
+        return
+    run_folder.export_hf_model(
+        merged_copy(model) if export_from is None else load_trained(export_from)[0],
+        encoder_tokenizer, decoder_tokenizer, run_dir / run_folder.HF_MODEL,
+        untie=bool(cfg.model.get("share_weights")), run_config=cfg, metrics=metrics,
+    )
+    if export_from is not None and str(export_from) != best:  # a scratch file of ours
+        shutil.rmtree(export_from) if export_from.is_dir() else export_from.unlink(missing_ok=True)
+    run_folder.write_jsonl(run_dir / run_folder.PREDICTIONS, module.last_predictions.get("test", []))
+    run_folder.write_json(run_dir / run_folder.METRICS, metrics)
+    say(f"run folder: {run_dir}")
+    if OmegaConf.select(cfg, "export.push_to_hub"):  # last: a failed upload leaves every result in place
+        say(f"uploaded {push_to_hub(run_dir / run_folder.HF_MODEL, cfg.export.push_to_hub, 'export.push_to_hub')}")
 
 
 @contextlib.contextmanager
@@ -287,16 +305,6 @@ def _checkpoint_plugins(cfg: DictConfig) -> list:
     strategy = cfg.trainer.get("strategy")
     fsdp_sharded = kind == "fsdp" and isinstance(strategy, DictConfig) and strategy.get("state_dict_type") == "sharded"
     return [] if kind == "deepspeed" or fsdp_sharded else [AtomicCheckpointIO()]
-
-
-@user_settings("logger")
-def _logger(spec: DictConfig, run_dir: Path, resume_from: Path | None):
-    target = str(spec.get("_target_", ""))
-    if resume_from is not None and target.endswith("WandbLogger"):
-        return hydra.utils.instantiate(spec, **wandb_resume_arguments(spec, run_dir))
-    if resume_from is not None and target.endswith("TensorBoardLogger"):
-        return hydra.utils.instantiate(spec, **tensorboard_resume_arguments(checkpoint_step(resume_from)))
-    return hydra.utils.instantiate(spec)
 
 
 def _shards_weights(trainer: L.Trainer) -> bool:

@@ -2,7 +2,7 @@
 
 `ResumableBatchSampler` owns what every training order shares: the epoch, the position inside it (batches already
 yielded on this rank), sharding across DDP ranks (rank ``r`` takes batches ``r, r + W, ...`` of one global list
-that every rank builds alike), `state_dict`, and `resume_at` (what `encdec.resume` calls when a run restarts
+that every rank builds alike), `state_dict`, and `resume_at` (what `encdec.lit.resume` calls when a run restarts
 mid-epoch). A strategy only turns ``(seed, epoch)`` into that global list:
 
 * `FixedSize` — ``data.batch_size`` rows, shuffled per epoch (the default);

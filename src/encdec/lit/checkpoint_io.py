@@ -12,6 +12,7 @@ import torch
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 from lightning.pytorch.callbacks import ModelCheckpoint
 
+from encdec.lit import lightning_private
 from encdec.run_folder import write_atomic
 
 
@@ -61,9 +62,7 @@ class LinkedLastCheckpoint(ModelCheckpoint):
         return super()._should_save_on_train_epoch_end(trainer)
 
     def _save_latest(self, trainer) -> None:
-        # Skipped when anything was saved at this step already (then last.ckpt was written with it).
-        if self.save_last and not self._should_skip_saving_checkpoint(trainer):
-            self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
+        lightning_private.save_last_now(self, trainer)
 
     def setup(self, trainer, pl_module, stage: str) -> None:
         super().setup(trainer, pl_module, stage)

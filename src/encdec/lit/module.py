@@ -10,11 +10,9 @@ from __future__ import annotations
 from typing import Any, Callable
 
 import functools
-import random
 import time
 
 import lightning as L
-import numpy as np
 import torch
 import torch.nn.functional as F
 from lightning.pytorch.plugins.precision import MixedPrecision
@@ -25,6 +23,7 @@ from transformers.models.encoder_decoder.modeling_encoder_decoder import shift_t
 
 from encdec.errors import EncdecError
 from encdec.inference import generate_texts
+from encdec.lit import lightning_private, resume
 from encdec.data.tokenize import IGNORE_INDEX
 from encdec.metrics import rouge
 from encdec.models import attention_kernels
@@ -82,9 +81,7 @@ class Seq2SeqModule(L.LightningModule):
         strategy = self.trainer.strategy
         if not getattr(strategy, "zero_stage_3", False):
             return
-        from lightning.pytorch.strategies.deepspeed import remove_module_hooks
-
-        remove_module_hooks(self)
+        lightning_private.remove_deepspeed_hooks(self)
         for submodule in self.modules():
             for name, buffer in submodule.named_buffers(recurse=False):
                 setattr(submodule, name, buffer.to(strategy.root_device))
@@ -221,48 +218,11 @@ class Seq2SeqModule(L.LightningModule):
             "initial_metrics": self.initial_metrics,
             "seconds": self.seconds_worked(),
         }
-        # Lightning restores loops, optimizer and scheduler; these make a resumed run continue bit for bit.
-        rng = {
-            "torch": torch.get_rng_state(),
-            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-            "numpy": _numpy_state_to_tensors(np.random.get_state()),
-            "python": random.getstate(),
-        }
-        checkpoint["encdec"]["rng"] = rng
-        if self._trainer is not None and self.trainer.world_size > 1:
-            # Every rank draws its own dropout masks (batches of other shapes use up other amounts of the same
-            # seed's stream) but only rank 0 writes the file: keep each rank's state. Every rank runs this hook.
-            per_rank = [None] * self.trainer.world_size
-            torch.distributed.all_gather_object(per_rank, rng)
-            checkpoint["encdec"]["rng_per_rank"] = per_rank
+        resume.save_state(checkpoint, self._trainer)
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         saved = checkpoint.get("encdec", {})
-        rng = saved.get("rng")
-        per_rank = saved.get("rng_per_rank") or []
-        if self._trainer is not None and len(per_rank) == self.trainer.world_size:
-            rng = per_rank[self.trainer.global_rank]
-        if rng:
-            torch.set_rng_state(rng["torch"])
-            if rng["cuda"] and torch.cuda.is_available():
-                torch.cuda.set_rng_state_all(rng["cuda"])
-            np.random.set_state(_numpy_state_from_tensors(rng["numpy"]))
-            random.setstate(rng["python"])
-        progress = checkpoint.get("loops", {}).get("fit_loop", {}).get("epoch_loop.batch_progress", {})
-        # `processed`, not `completed`: step checkpoints are written in on_train_batch_end, before `completed` counts it.
-        done = progress.get("current", {}).get("processed", 0)
-        datamodule = self.trainer.datamodule if self._trainer is not None else None
-        position = None
-        if progress.get("is_last_batch", False):
-            # The epoch is done. Lightning may build the loader's iterator before it tells the sampler the new
-            # epoch (it does under DDP), which would replay the finished epoch's order: name the next epoch now.
-            position = (checkpoint["epoch"] + 1, 0)
-        elif done:
-            position = (checkpoint["epoch"], done)
-        if datamodule is not None and position is not None:
-            datamodule.resume_position = position
-            if getattr(datamodule, "train_sampler", None) is not None:
-                datamodule.train_sampler.resume_at(*position)
+        resume.restore_state(checkpoint, self._trainer)
         self.initial_metrics = saved.get("initial_metrics", self.initial_metrics)
         if self._trainer is not None and self.trainer.state.fn == TrainerFn.FITTING:
             # A resume (not validate/test loading the best checkpoint): count what the killed run had worked.
@@ -303,15 +263,3 @@ class Seq2SeqModule(L.LightningModule):
             return optimizer
         scheduler = self.scheduler_factory(optimizer, num_training_steps=int(self.trainer.estimated_stepping_batches))
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
-
-
-def _numpy_state_to_tensors(state) -> dict:
-    # numpy arrays are not allowed in weights_only checkpoints; tensors and plain numbers are.
-    name, keys, position, has_gauss, cached_gaussian = state
-    return {"name": name, "keys": torch.from_numpy(keys.astype(np.int64)), "position": int(position),
-            "has_gauss": int(has_gauss), "cached_gaussian": float(cached_gaussian)}
-
-
-def _numpy_state_from_tensors(saved: dict):
-    keys = saved["keys"].numpy().astype(np.uint32)
-    return saved["name"], keys, saved["position"], saved["has_gauss"], saved["cached_gaussian"]

@@ -1,28 +1,179 @@
-"""What makes `resume=` continue a killed run exactly, beyond Lightning's own restore.
+"""Resume: everything that makes `resume=RUN` continue a killed run exactly, beyond Lightning's own restore.
 
-* `StepCheckpoint`: the `checkpoint.every_n_steps` checkpoints. Lightning saves them when the step's batch ends,
-  before the validation that may follow at the same step, and a run resumed from such a checkpoint skips that
-  validation (its metrics, and any best checkpoint it would have chosen, are lost). At those steps the save waits for
-  the validation's end.
-* `ContinuedCSVHistory`: Lightning's CSV writer deletes an existing `metrics.csv` when it opens its folder, so a
-  resumed run's curve (the one report.py plots) would start at the resumed step. The rows are read before that and
-  those the checkpoint covers are written back once it has restored the step; rows logged after the checkpoint are
-  dropped, since the resumed run logs those steps again.
-* `tensorboard_resume_arguments`: TensorBoard's own `purge_step` hides the killed run's events past the checkpoint.
-* `wandb_resume_arguments`: the resumed run logs under the killed run's wandb id; online, wandb appends to that run.
-  wandb cannot resume offline runs itself: there the second part is a second offline folder with the same id.
+What a resumed run must reproduce, and where this module does it:
+
+* **The resume point** (`resume_point`): the run's saved config and its newest complete checkpoint; a finished,
+  foreign or empty run folder, or a truncated newest checkpoint, is one line. (`cli.resume_arguments` points Hydra at
+  the run's own folder before this runs.)
+* **RNG and sampler state** (`save_state`, `restore_state`, called from the LightningModule's checkpoint hooks): the
+  torch, CUDA, numpy and Python generators of every rank, and the training batches of the checkpoint's epoch already
+  trained, which `encdec.data.sampling.ResumableBatchSampler.resume_at` skips.
+* **Checkpoint timing** (`checkpoint_callbacks`, `StepCheckpoint`): `checkpoint.every_n_steps` checkpoints are saved
+  when the step's batch ends, before a validation that may follow at the same step, and a run resumed from such a
+  checkpoint would skip that validation (its metrics, and any best checkpoint it would have chosen, are lost): at
+  those steps the save waits for the validation's end. last.ckpt is written at every validation
+  (`encdec.lit.checkpoint_io.LinkedLastCheckpoint`).
+* **Logger continuity** (`resumed_logger`, `ContinuedCSVHistory`): Lightning's CSV writer deletes an existing
+  `metrics.csv` when it opens its folder, so a resumed run's curve (the one report.py plots) would start at the
+  resumed step. The rows are read before that and those the checkpoint covers are written back once it has restored
+  the step; rows logged after the checkpoint are dropped, since the resumed run logs those steps again. TensorBoard's
+  own `purge_step` hides the killed run's events past the checkpoint. A wandb run continues under the killed run's
+  id; online, wandb appends to that run; offline, wandb cannot resume, so the second part is a second offline folder
+  with the same id.
+
+The Lightning internals these need are functions in `encdec.lit.lightning_private`, with the versions checked.
 """
 
 from __future__ import annotations
 
 import csv
+import random
 from pathlib import Path
 
+import hydra
 import lightning as L
+import numpy as np
+import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger
+from omegaconf import DictConfig
+
+from encdec import run_folder
+from encdec.errors import EncdecError
+from encdec.lit import lightning_private as private
+from encdec.lit.checkpoint_io import LinkedLastCheckpoint
 
 METRICS_FILE = "metrics.csv"
+
+
+# The best checkpoint's file name (Lightning fills in the step); train.py reads the step back from it.
+BEST_CHECKPOINT = "best-step{step}"
+
+
+# -- the resume point -----------------------------------------------------------------------------------------------
+
+def resume_point(run_dir: Path):
+    """The saved config of a killed run and the newest checkpoint to continue from."""
+    cfg = run_folder.saved_config(run_dir, f"resume={run_dir}")
+    if cfg.get("task_name", "train") != "train":
+        raise EncdecError(f"resume={run_dir} is the output of {cfg.task_name}.py, not a training run: give a train.py run folder")
+    if (run_dir / run_folder.METRICS).exists():
+        raise EncdecError(f"resume={run_dir}: this run already finished (metrics.json exists); start a new run instead")
+    run_folder.remove_stale_temporaries(run_dir)
+    checkpoints = sorted((run_dir / run_folder.CHECKPOINTS).glob("*.ckpt"), key=_modified)
+    if not checkpoints:
+        raise EncdecError(f"resume={run_dir}: no checkpoint in {run_dir / run_folder.CHECKPOINTS}; start a new run instead")
+    newest = checkpoints[-1]
+    if newest.is_file() and not _readable_checkpoint(newest):
+        raise EncdecError(
+            f"resume={run_dir}: {newest.relative_to(run_dir)} is truncated or corrupt (not a complete torch file); "
+            "move it aside to resume from the checkpoint before it"
+        )
+    cfg.resume = str(run_dir)
+    return cfg, newest
+
+
+def _readable_checkpoint(path: Path) -> bool:
+    """torch.save writes a zip archive; a cut-off one has no central directory at its end. Reads only that index."""
+    import zipfile
+
+    try:
+        with zipfile.ZipFile(path) as archive:
+            return bool(archive.namelist())
+    except (zipfile.BadZipFile, OSError):
+        return False
+
+
+def _modified(checkpoint: Path) -> float:
+    """When a checkpoint was last written. DeepSpeed's are folders whose files are rewritten in place on every save
+    (last.ckpt/latest, last.ckpt/checkpoint/…), which leaves the folder's own mtime at its first save."""
+    if checkpoint.is_dir():
+        return max((p.stat().st_mtime for p in checkpoint.rglob("*")), default=checkpoint.stat().st_mtime)
+    return checkpoint.stat().st_mtime
+
+
+# -- RNG and sampler state ------------------------------------------------------------------------------------------
+
+def save_state(checkpoint: dict, trainer: L.Trainer | None) -> None:
+    """Into `checkpoint["encdec"]`: every generator a training step draws from, on every rank. Lightning restores
+    loops, optimizer and scheduler; with these a resumed run continues bit for bit."""
+    rng = {
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        "numpy": _numpy_state_to_tensors(np.random.get_state()),
+        "python": random.getstate(),
+    }
+    checkpoint["encdec"]["rng"] = rng
+    if trainer is not None and trainer.world_size > 1:
+        # Every rank draws its own dropout masks (batches of other shapes use up other amounts of the same seed's
+        # stream) but only rank 0 writes the file: keep each rank's state. Every rank runs this hook.
+        per_rank = [None] * trainer.world_size
+        torch.distributed.all_gather_object(per_rank, rng)
+        checkpoint["encdec"]["rng_per_rank"] = per_rank
+
+
+def restore_state(checkpoint: dict, trainer: L.Trainer | None) -> None:
+    """This rank's generators as saved, and the training batches of the saved epoch to skip."""
+    saved = checkpoint.get("encdec", {})
+    rng = saved.get("rng")
+    per_rank = saved.get("rng_per_rank") or []
+    if trainer is not None and len(per_rank) == trainer.world_size:
+        rng = per_rank[trainer.global_rank]
+    if rng:
+        torch.set_rng_state(rng["torch"])
+        if rng["cuda"] and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(rng["cuda"])
+        np.random.set_state(_numpy_state_from_tensors(rng["numpy"]))
+        random.setstate(rng["python"])
+    done, epoch_finished = private.batches_done_in_epoch(checkpoint)
+    position = None
+    if epoch_finished:
+        # The epoch is done. Lightning may build the loader's iterator before it tells the sampler the new epoch (it
+        # does under DDP), which would replay the finished epoch's order: name the next epoch now.
+        position = (checkpoint["epoch"] + 1, 0)
+    elif done:
+        position = (checkpoint["epoch"], done)
+    datamodule = trainer.datamodule if trainer is not None else None
+    if datamodule is not None and position is not None:
+        datamodule.resume_position = position
+        if getattr(datamodule, "train_sampler", None) is not None:
+            datamodule.train_sampler.resume_at(*position)
+
+
+def _numpy_state_to_tensors(state) -> dict:
+    # numpy arrays are not allowed in weights_only checkpoints; tensors and plain numbers are.
+    name, keys, position, has_gauss, cached_gaussian = state
+    return {"name": name, "keys": torch.from_numpy(keys.astype(np.int64)), "position": int(position),
+            "has_gauss": int(has_gauss), "cached_gaussian": float(cached_gaussian)}
+
+
+def _numpy_state_from_tensors(saved: dict):
+    keys = saved["keys"].numpy().astype(np.uint32)
+    return saved["name"], keys, saved["position"], saved["has_gauss"], saved["cached_gaussian"]
+
+
+# -- checkpoint timing ----------------------------------------------------------------------------------------------
+
+def checkpoint_callbacks(checkpoint: DictConfig, run_dir: Path) -> tuple[LinkedLastCheckpoint, list[ModelCheckpoint]]:
+    """The best/last checkpoint callback, and it with the step checkpoints (checkpoint.every_n_steps) if any."""
+    best = LinkedLastCheckpoint(
+        dirpath=run_dir / run_folder.CHECKPOINTS,
+        filename=BEST_CHECKPOINT,
+        auto_insert_metric_name=False,
+        monitor=checkpoint.monitor,
+        mode=checkpoint.mode,
+        save_top_k=checkpoint.save_top_k,
+        save_last=checkpoint.save_last,
+    )
+    callbacks: list[ModelCheckpoint] = [best]
+    if checkpoint.get("every_n_steps"):
+        keep = checkpoint.get("keep_steps")
+        # keep_steps=N: the N newest step checkpoints (the "best" N by step); null keeps them all.
+        kept = {"monitor": "step", "mode": "max", "save_top_k": keep} if keep else {"save_top_k": -1}
+        callbacks.append(StepCheckpoint(dirpath=run_dir / run_folder.CHECKPOINTS, filename="step{step}",
+                                        auto_insert_metric_name=False, every_n_train_steps=checkpoint.every_n_steps,
+                                        **kept))
+    return best, callbacks
 
 
 class StepCheckpoint(ModelCheckpoint):
@@ -31,8 +182,9 @@ class StepCheckpoint(ModelCheckpoint):
         self._save_after_validation = False
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        due = self._every_n_train_steps >= 1 and trainer.global_step % self._every_n_train_steps == 0
-        if due and _validates_after_this_batch(trainer):
+        every = private.every_n_train_steps(self)
+        due = every >= 1 and trainer.global_step % every == 0
+        if due and private.validates_after_this_batch(trainer):
             self._save_after_validation = True
             return
         super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
@@ -41,19 +193,7 @@ class StepCheckpoint(ModelCheckpoint):
         if not self._save_after_validation:
             return super().on_validation_end(trainer, pl_module)
         self._save_after_validation = False
-        if not self._should_skip_saving_checkpoint(trainer):
-            candidates = self._monitor_candidates(trainer)
-            self._save_topk_checkpoint(trainer, candidates)
-            self._save_last_checkpoint(trainer, candidates)
-
-
-def _validates_after_this_batch(trainer: L.Trainer) -> bool:
-    # Lightning's own decision, made right after this hook with the same state; a validation interval in time
-    # (val_check_interval as a duration) could decide otherwise a moment later, so then nothing is deferred.
-    if not trainer.enable_validation or getattr(trainer, "_val_check_time_interval", None) is not None:
-        return False
-    epoch_loop = trainer.fit_loop.epoch_loop
-    return bool(epoch_loop._should_check_val_fx(trainer.fit_loop._data_fetcher))
+        private.save_now(self, trainer)
 
 
 class ContinuedCSVHistory(L.Callback):
@@ -75,7 +215,7 @@ class ContinuedCSVHistory(L.Callback):
             if id(logger) not in self._saved:
                 continue
             header, rows = self._saved.pop(id(logger))
-            stepped = trainer.fit_loop.epoch_loop._batches_that_stepped  # the step count its logs used, as restored
+            stepped = private.logging_step(trainer)  # the step count its logs used, as restored
             kept = [row for row in rows if _covered(row, header, trainer.global_step, stepped)]
             writer = logger.experiment
             with open(writer.metrics_file_path, "w", newline="", encoding="utf-8") as handle:
@@ -90,8 +230,7 @@ class ContinuedCSVHistory(L.Callback):
         # Resumed from a checkpoint of the last step, fit runs no batch, so Lightning's logging step stays one behind
         # (a checkpoint saved when a batch ends holds the count before that batch's increment): the validation and
         # test after fit would log at step N-1, not N as in the run never stopped.
-        loop = trainer.fit_loop.epoch_loop
-        loop._batches_that_stepped = max(loop._batches_that_stepped, trainer.global_step)
+        private.set_logging_step(trainer, max(private.logging_step(trainer), trainer.global_step))
 
 
 def _covered(row: dict[str, str], header: list[str], step: int, stepped: int) -> bool:
@@ -111,8 +250,6 @@ def _covered(row: dict[str, str], header: list[str], step: int, stepped: int) ->
 
 def checkpoint_step(path: Path) -> int | None:
     """The optimizer step a Lightning checkpoint file was written at, read without loading its tensors."""
-    import torch
-
     if not path.is_file():
         return None  # a DeepSpeed checkpoint is a folder of shards
     try:
@@ -138,3 +275,13 @@ def wandb_resume_arguments(spec, run_dir: Path) -> dict:
     if not spec.get("offline", False):
         arguments["resume"] = "allow"  # offline, wandb ignores `resume` with a warning
     return arguments
+
+
+def resumed_logger(spec: DictConfig, run_dir: Path, resume_from: Path | None):
+    """The logger `spec` names, continuing the killed run's history when resuming."""
+    target = str(spec.get("_target_", ""))
+    if resume_from is not None and target.endswith("WandbLogger"):
+        return hydra.utils.instantiate(spec, **wandb_resume_arguments(spec, run_dir))
+    if resume_from is not None and target.endswith("TensorBoardLogger"):
+        return hydra.utils.instantiate(spec, **tensorboard_resume_arguments(checkpoint_step(resume_from)))
+    return hydra.utils.instantiate(spec)
