@@ -113,6 +113,7 @@ class CrossAttentionDecoderForCausalLM(WrappedCausalLM):
     _supports_flex_attn = True
 
     def __init__(self, config: CrossAttentionDecoderConfig, lm: PreTrainedModel | None = None):
+        # Only to keep the `lm=` keyword that callers of earlier versions pass.
         super().__init__(config, lm)
 
     def _add_modules(self, lm: PreTrainedModel) -> None:
