@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import copy
 import functools
+import importlib
 import inspect
 from typing import Any
 
@@ -319,6 +320,15 @@ def freeze_base(model: nn.Module) -> int:
             parameter.requires_grad_(False)
             frozen += parameter.numel()
     return frozen
+
+
+
+def __getattr__(name: str):
+    # `tiny_causal_lm_config` lived here until it moved to `encdec.tiny_configs`: old imports keep working, and an
+    # hf_model/ export, which copies this file, does not have to carry the tiny configs.
+    if name == "tiny_causal_lm_config":
+        return importlib.import_module("encdec.tiny_configs").tiny_causal_lm_config
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 AutoConfig.register(MODEL_TYPE, CrossAttentionDecoderConfig, exist_ok=True)
