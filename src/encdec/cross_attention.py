@@ -11,7 +11,7 @@ decoder-only architecture. So a family takes at most two files:
    `decoder=auto decoder.pretrained=ID` already works);
 2. its model_type in `FAMILIES` of `scripts/decoder_families.py`, which builds a tiny random decoder of each family
    with a tiny encoder, runs a forward pass and `generate`, and prints the table of verified families (`--readme
-   FILE` rewrites it in place).
+   docs/decoders.md` rewrites it there).
 
 Only when that script fails for the family: its config names the tiny sizes differently (add the name to
 `encdec.tiny_configs._TINY_SIZES`), or its layers are not found (`cross_attention_layers.find_decoder_layers`).
