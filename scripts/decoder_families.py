@@ -22,9 +22,9 @@ from encdec.cross_attention import (
     CrossAttentionDecoderForCausalLM,
     add_cross_attention,
     has_native_cross_attention,
-    tiny_causal_lm_config,
 )
 from encdec.cross_attention_layers import find_decoder_layers
+from encdec.tiny_configs import tiny_causal_lm_config
 
 FAMILIES = [
     # no cross-attention of their own: encdec adds it

@@ -1,7 +1,7 @@
 """Gated cross-attention (encdec.cross_attention) inside transformers' EncoderDecoderModel, on tiny random models.
 
 Families without cross-attention get encdec's blocks; BERT, RoBERTa, GPT-2 and BART decoders use their own, and run
-through the same checks so both paths of DESIGN.md decision 2 are covered.
+through the same checks so both paths (gated blocks added, or the family's own cross-attention) are covered.
 """
 
 import copy
@@ -23,9 +23,9 @@ from encdec.cross_attention import (
     cross_attention_parameters,
     freeze_base,
     has_native_cross_attention,
-    tiny_causal_lm_config,
 )
 from encdec.cross_attention_layers import find_decoder_layers
+from encdec.tiny_configs import tiny_causal_lm_config
 
 ADDED_FAMILIES = [
     "llama", "qwen2", "mistral", "gemma", "gemma2", "gpt_neox", "opt", "phi", "phi3", "falcon", "stablelm",
@@ -35,7 +35,7 @@ ALL_FAMILIES = ADDED_FAMILIES + NATIVE_FAMILIES
 # Parameter-name fragments of the native families' own cross-attention.
 NATIVE_CROSS_ATTENTION_NAMES = ("crossattention", "encoder_attn", "enc_to_dec_proj")
 
-# EncoderDecoderModel warns about its v4.12 loss change on every labelled forward (DESIGN.md: noise, not a fault).
+# EncoderDecoderModel warns about its v4.12 loss change on every labelled forward: noise, not a fault.
 pytestmark = [
     pytest.mark.filterwarnings("ignore:Version v4.12.0 introduces:FutureWarning"),
     pytest.mark.usefixtures("single_thread"),

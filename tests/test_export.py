@@ -129,8 +129,9 @@ print(json.dumps({"greedy": greedy.tolist(), "beam": beam.tolist(), "class": typ
 
 def test_llama_decoder_export_loads_and_generates_the_same_tokens_without_encdec(llama_export, tmp_path):
     target, model, encoder_tokenizer, _ = llama_export
-    assert sorted(p.name for p in target.glob("*.py")) == ["cross_attention.py", "cross_attention_layers.py",
-                                                          "modeling_encdec.py", "prefix_attention.py"]
+    assert sorted(p.name for p in target.glob("*.py")) == ["cross_attention.py", "cross_attention_base.py",
+                                                          "cross_attention_layers.py", "modeling_encdec.py",
+                                                          "prefix_attention.py"]
     # What transformers checks before it runs the code: every package it imports must be installed.
     imported = {package for path in target.glob("*.py") for package in get_imports(path)}
     assert imported - set(sys.stdlib_module_names) == {"torch", "transformers"}

@@ -8,8 +8,9 @@ from transformers import BertConfig, BertModel, EncoderDecoderModel, LlamaForCau
 
 from conftest import compose_config
 from encdec import finetune
-from encdec.cross_attention import add_cross_attention, tiny_causal_lm_config
+from encdec.cross_attention import add_cross_attention
 from encdec.models import build_model
+from encdec.tiny_configs import tiny_causal_lm_config
 
 
 def tiny_llama_pair() -> EncoderDecoderModel:

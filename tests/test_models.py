@@ -229,7 +229,8 @@ def test_static_cache_setting_is_checked_by_decoder_family(tiny):
         configure_generation(model, decoder_tokenizer, OmegaConf.create({"cache_implementation": "paged"}))
 
     from transformers import BertModel, BertConfig, EncoderDecoderModel, OPTForCausalLM
-    from encdec.cross_attention import add_cross_attention, tiny_causal_lm_config
+    from encdec.cross_attention import add_cross_attention
+    from encdec.tiny_configs import tiny_causal_lm_config
 
     encoder = BertModel(BertConfig(vocab_size=128, hidden_size=48, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64), add_pooling_layer=False)
     opt = EncoderDecoderModel(encoder=encoder, decoder=add_cross_attention(OPTForCausalLM(tiny_causal_lm_config("opt")), encoder_hidden_size=48))

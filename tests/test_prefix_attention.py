@@ -8,9 +8,9 @@ import pytest
 import torch
 from transformers import AutoModel, AutoModelForCausalLM, AutoTokenizer, BertConfig, BertModel, EncoderDecoderModel
 
-from encdec.cross_attention import tiny_causal_lm_config
 from encdec.errors import EncdecError
 from encdec.prefix_attention import PrefixDecoderForCausalLM, PrefixEncoderModel, pair
+from encdec.tiny_configs import tiny_causal_lm_config
 
 FAMILIES = ["llama", "qwen2", "gpt2", "gemma"]
 START, PAD, EOS = 1, 0, 2

@@ -185,7 +185,7 @@ def test_yaml_of_the_wrong_shape_is_named(sweep, name, content, kind):
 
 
 def test_report_module_imports_without_torch():
-    """report.py loads encdec/report.py alone, without the package import that pulls in torch."""
+    """report.py imports encdec.report, which (as `import encdec`) imports neither torch nor transformers."""
     code = (
         "import runpy, sys\n"
         "sys.argv = ['report.py', '--help']\n"

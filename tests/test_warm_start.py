@@ -8,11 +8,12 @@ import torch
 from transformers import BertConfig, BertModel, EncoderDecoderModel, GPT2Config, GPT2LMHeadModel
 
 from conftest import compose_config
-from encdec.cross_attention import add_cross_attention, tiny_causal_lm_config
+from encdec.cross_attention import add_cross_attention
 from encdec.errors import EncdecError
 from encdec.lit.module import Seq2SeqModule
 from encdec.metrics import lead, lead_baselines, rouge
 from encdec.models import build_model
+from encdec.tiny_configs import tiny_causal_lm_config
 from encdec.warm_start import cross_attention_from_self_attention, new_parameter_names, open_gates
 
 

@@ -1,7 +1,9 @@
 """encdec: warm-start encoder-decoder models from any pretrained encoder and decoder, on Lightning + Hydra.
 
-Importing encdec registers its cross-attention decoders and its prefix pair's encoder and decoder with transformers'
-Auto classes, so exported models that use them load with plain `EncoderDecoderModel.from_pretrained`.
+`import encdec` (and so `import encdec.report`, `encdec.run_folder`, `encdec.errors`) imports neither torch nor
+transformers. Once transformers is imported, encdec's cross-attention decoders and its prefix pair's encoder and
+decoder are registered with its Auto classes (encdec.auto_classes), so exported models that use them load with plain
+`EncoderDecoderModel.from_pretrained` / `AutoModelForSeq2SeqLM.from_pretrained`.
 
 The Python API (README "From Python"), imported on first use:
 
@@ -13,7 +15,9 @@ The Python API (README "From Python"), imported on first use:
     EncdecError                                  what every user error raises: one line naming the culprit and fix
 """
 
-from encdec import cross_attention, prefix_attention  # noqa: F401  (register the Auto classes)
+from encdec import auto_classes as _auto_classes
+
+_auto_classes.install()
 
 __version__ = "0.1.0"
 

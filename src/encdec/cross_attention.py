@@ -1,9 +1,26 @@
-"""Gated cross-attention for decoders that have none (Llama, Qwen2, Mistral, Gemma, GPT-NeoX, OPT, Phi, ...).
+"""Decoder families in encdec, and gated cross-attention for those that have none (Llama, Qwen2, Gemma, OPT, ...).
 
-`CrossAttentionDecoderForCausalLM` keeps a real `AutoModelForCausalLM` as its `lm` submodule (so the pretrained
-weights keep their names under `lm.`) and adds one `GatedCrossAttentionBlock` after every `every_n_layers`-th
-decoder layer, through a forward hook on that layer. The blocks live in `cross_attention_blocks`, keyed by the index
-of the layer they follow. Their tanh gates start at zero, so at initialisation the wrapper's logits equal the LM's.
+Adding a decoder family: transformers' causal-LM classes are the catalogue, so a family that transformers can build
+with `AutoModelForCausalLM` needs no Python here. `has_native_cross_attention` asks its class whether it reads
+`encoder_hidden_states` (BERT, RoBERTa, GPT-2, BART: their own cross-attention is used); every other family gets the
+gated blocks below, after the decoder layers `find_decoder_layers` finds through the family's `_no_split_modules`;
+and `decoder.cross_attention.kind=auto` picks the prefix pair (`prefix_attention`) where both sides are one
+decoder-only architecture. So a family takes at most two files:
+
+1. `conf/decoder/<name>.yaml`, a copy of `conf/decoder/llama.yaml` with its `pretrained` id (without it,
+   `decoder=auto decoder.pretrained=ID` already works);
+2. its model_type in `FAMILIES` of `scripts/decoder_families.py`, which builds a tiny random decoder of each family
+   with a tiny encoder, runs a forward pass and `generate`, and prints the table of verified families (`--readme
+   docs/decoders.md` rewrites it there).
+
+Only when that script fails for the family: its config names the tiny sizes differently (add the name to
+`encdec.tiny_configs._TINY_SIZES`), or its layers are not found (`cross_attention_layers.find_decoder_layers`).
+
+How the gated decoder works: `CrossAttentionDecoderForCausalLM` keeps a real `AutoModelForCausalLM` as its `lm`
+submodule (`cross_attention_base.WrappedCausalLM`: the pretrained weights keep their names under `lm.`) and adds one
+`GatedCrossAttentionBlock` after every `every_n_layers`-th decoder layer, through a forward hook on that layer. The
+blocks live in `cross_attention_blocks`, keyed by the index of the layer they follow. Their tanh gates start at zero,
+so at initialisation the wrapper's logits equal the LM's.
 
 The wrapper accepts `encoder_hidden_states`, which is all `transformers.EncoderDecoderModel` asks of a decoder, and is
 registered with `AutoConfig` / `AutoModelForCausalLM` when this module is imported, so a saved `EncoderDecoderModel`
@@ -23,21 +40,20 @@ since every beam of a document holds the same keys/values there.
 from __future__ import annotations
 
 import copy
-import dataclasses
 import functools
+import importlib
 import inspect
 from typing import Any
 
 import torch
 from torch import nn
-from transformers import AutoConfig, AutoModelForCausalLM, GenerationMixin, PreTrainedConfig, PreTrainedModel
+from transformers import AutoConfig, AutoModelForCausalLM, PreTrainedConfig, PreTrainedModel
 from transformers import initialization as hf_init
 from transformers.cache_utils import Cache, DynamicCache, DynamicLayer, EncoderDecoderCache
-from transformers.configuration_utils import SubConfigSpec
 from transformers.modeling_outputs import CausalLMOutputWithCrossAttentions
-from transformers.models.auto.configuration_auto import CONFIG_MAPPING
 from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING
 
+from encdec.cross_attention_base import WrappedCausalLM, WrappedLMConfig
 from encdec.cross_attention_layers import (
     CrossAttentionContext,
     GatedCrossAttentionBlock,
@@ -46,40 +62,6 @@ from encdec.cross_attention_layers import (
 )
 
 MODEL_TYPE = "encdec_cross_attention_decoder"
-
-# Keys of the wrapped LM's config that describe the LM as a standalone model, not the wrapper.
-_NOT_MIRRORED = {
-    "model_type",
-    "architectures",
-    "transformers_version",
-    "auto_map",
-    "dtype",
-    "is_decoder",
-    "add_cross_attention",
-    "is_encoder_decoder",
-    "cross_attention_hidden_size",
-    "id2label",
-    "label2id",
-    "problem_type",
-    "return_dict",
-    "output_hidden_states",
-    "chunk_size_feed_forward",
-}
-# Read through the LM config's `attribute_map` (GPT-2's `n_embd`, ...) so the wrapper always has the standard names.
-_STANDARD_FIELDS = (
-    "vocab_size",
-    "hidden_size",
-    "num_hidden_layers",
-    "num_attention_heads",
-    "num_key_value_heads",
-    "head_dim",
-    "max_position_embeddings",
-    "bos_token_id",
-    "eos_token_id",
-    "pad_token_id",
-    "tie_word_embeddings",
-    "initializer_range",
-)
 
 
 def has_native_cross_attention(config: PreTrainedConfig) -> bool:
@@ -91,11 +73,10 @@ def has_native_cross_attention(config: PreTrainedConfig) -> bool:
     return "encoder_hidden_states" in inspect.signature(causal_lm_class.forward).parameters
 
 
-class CrossAttentionDecoderConfig(PreTrainedConfig):
+class CrossAttentionDecoderConfig(WrappedLMConfig):
     """Config of a causal LM wrapped with gated cross-attention.
 
-    `base_config` is the wrapped LM's config (the source of truth, serialised nested). Its fields are also mirrored at
-    top level, because `generate` builds KV caches and generation defaults from the decoder's own config. The
+    `base_config` is the wrapped LM's config, its fields mirrored at top level (`WrappedLMConfig`). The
     cross-attention settings carry a `cross_attention_` prefix so they cannot collide with mirrored fields (OPT has
     its own `dropout`, Falcon its own `num_heads`):
 
@@ -108,9 +89,7 @@ class CrossAttentionDecoderConfig(PreTrainedConfig):
     """
 
     model_type = MODEL_TYPE
-    sub_configs_defaults = {"base_config": SubConfigSpec(config_class=AutoConfig, model_type="llama")}
 
-    base_config: PreTrainedConfig | dict | None = None
     cross_attention_every_n_layers: int = 1
     cross_attention_num_heads: int | None = None
     cross_attention_dropout: float = 0.0
@@ -123,47 +102,23 @@ class CrossAttentionDecoderConfig(PreTrainedConfig):
         super().__post_init__(**kwargs)
         if self.cross_attention_every_n_layers < 1:
             raise ValueError(f"cross_attention_every_n_layers must be >= 1, got {self.cross_attention_every_n_layers}")
-        own_fields = {f.name for f in dataclasses.fields(self)}
-        for key, value in self.base_config.to_dict().items():
-            if key not in own_fields and key not in _NOT_MIRRORED and not key.startswith("_"):
-                setattr(self, key, value)
-        for key in _STANDARD_FIELDS:
-            if hasattr(self.base_config, key):
-                setattr(self, key, getattr(self.base_config, key))
-        if getattr(self, "head_dim", None) is None:
-            self.head_dim = self.hidden_size // self.num_attention_heads
-        if getattr(self, "num_key_value_heads", None) is None:
-            self.num_key_value_heads = self.num_attention_heads
         if self.cross_attention_num_heads is None:
             self.cross_attention_num_heads = self.num_attention_heads
 
 
-class CrossAttentionDecoderForCausalLM(PreTrainedModel, GenerationMixin):
+class CrossAttentionDecoderForCausalLM(WrappedCausalLM):
     """A pretrained causal LM (`self.lm`) plus zero-gated cross-attention blocks (`self.cross_attention_blocks`)."""
 
     config_class = CrossAttentionDecoderConfig
     config: CrossAttentionDecoderConfig
-    base_model_prefix = "lm"
-    main_input_name = "input_ids"
-    supports_gradient_checkpointing = True
-    _supports_sdpa = True
-    _supports_flash_attn = True
     _supports_flex_attn = True
-    _supports_attention_backend = True
 
     def __init__(self, config: CrossAttentionDecoderConfig, lm: PreTrainedModel | None = None):
-        requested_attention = config.base_config._attn_implementation
-        super().__init__(config)
-        if lm is None:
-            lm = AutoModelForCausalLM.from_config(
-                copy.deepcopy(config.base_config), attn_implementation=requested_attention
-            )
-        if lm.config._attn_implementation is None:
-            # With no implementation the LM silently drops its causal mask (see DESIGN.md, known pitfalls).
-            lm.set_attn_implementation("sdpa" if lm._supports_sdpa else "eager")
-        self.lm = lm
-        self.config._attn_implementation_internal = lm.config._attn_implementation
+        # Only to keep the `lm=` keyword that callers of earlier versions pass.
+        super().__init__(config, lm)
 
+    def _add_modules(self, lm: PreTrainedModel) -> None:
+        config = self.config
         every_n = config.cross_attention_every_n_layers
         decoder_layers = find_decoder_layers(lm)
         self.cross_attention_blocks = nn.ModuleDict(
@@ -183,10 +138,7 @@ class CrossAttentionDecoderForCausalLM(PreTrainedModel, GenerationMixin):
         self._hooked_decoder_layers = tuple((int(i), decoder_layers[int(i)]) for i in self.cross_attention_blocks)
         self._hook_decoder_layers()
         self._cross_attention_context: CrossAttentionContext | None = None
-        lm_forward_parameters = inspect.signature(lm.forward).parameters
-        self._lm_cache_argument = "cache" if "cache" in lm_forward_parameters else "past_key_values"
-        self._lm_takes_logits_to_keep = "logits_to_keep" in lm_forward_parameters
-        self.post_init()
+        self._lm_takes_logits_to_keep = "logits_to_keep" in inspect.signature(lm.forward).parameters
 
     def _init_weights(self, module):
         super()._init_weights(module)
@@ -214,18 +166,6 @@ class CrossAttentionDecoderForCausalLM(PreTrainedModel, GenerationMixin):
         if isinstance(output, tuple):
             return (block(output[0], key, value, context.encoder_keep_mask, record), *output[1:])
         return block(output, key, value, context.encoder_keep_mask, record)
-
-    def get_input_embeddings(self) -> nn.Module:
-        return self.lm.get_input_embeddings()
-
-    def set_input_embeddings(self, value: nn.Module) -> None:
-        self.lm.set_input_embeddings(value)
-
-    def get_output_embeddings(self) -> nn.Module | None:
-        return self.lm.get_output_embeddings()
-
-    def set_output_embeddings(self, new_embeddings: nn.Module) -> None:
-        self.lm.set_output_embeddings(new_embeddings)
 
     def resize_token_embeddings(self, *args, **kwargs) -> nn.Embedding:
         # The LM resizes itself (ties included); the mirrored and nested vocab sizes must follow, or a saved
@@ -298,7 +238,7 @@ class CrossAttentionDecoderForCausalLM(PreTrainedModel, GenerationMixin):
             cross_attentions=[] if kwargs.get("output_attentions") else None,
         )
         context = self._cross_attention_context
-        lm_kwargs = {self._lm_cache_argument: self_attention_cache}
+        lm_kwargs = {self._cache_argument: self_attention_cache}
         if self._lm_takes_logits_to_keep:
             lm_kwargs["logits_to_keep"] = logits_to_keep
         try:
@@ -382,54 +322,13 @@ def freeze_base(model: nn.Module) -> int:
     return frozen
 
 
-_TINY_SIZES = {
-    "vocab_size": 128,
-    "hidden_size": 32,
-    "num_hidden_layers": 2,
-    "num_attention_heads": 4,
-    "num_key_value_heads": 2,
-    "head_dim": 8,
-    "intermediate_size": 64,
-    "max_position_embeddings": 128,
-    "pad_token_id": 0,
-    "bos_token_id": 1,
-    "eos_token_id": 2,
-    # GPT-2, OPT, BART, Falcon... name the same sizes differently; each config keeps only the names it declares.
-    "n_positions": 128,
-    "n_inner": 64,
-    "ffn_dim": 64,
-    "word_embed_proj_dim": 32,
-    "d_model": 32,
-    "decoder_layers": 2,
-    "decoder_attention_heads": 4,
-    "decoder_ffn_dim": 64,
-    "encoder_layers": 2,
-    "encoder_attention_heads": 4,
-    "encoder_ffn_dim": 64,
-    "decoder_start_token_id": 1,
-    "sliding_window": 4,
-    "rotary_dim": 4,  # GPT-J, CodeGen: must not exceed head_dim
-    "attention_types": [[["global", "local"], 1]],  # GPT-Neo: one global+local pair = 2 layers
-}
 
-
-def tiny_causal_lm_config(model_type: str, **overrides) -> PreTrainedConfig:
-    """A tiny random config of `model_type` (hidden 32, 2 layers, vocab 128) for tests and the family table.
-
-    Only the keys the family's config class declares (fields or `attribute_map`) are passed, so derived fields
-    (`head_dim`, `layer_types`, ...) are computed by the family itself. `sliding_window` is 4 where it exists, so
-    sliding-window code paths are exercised by short sequences.
-    """
-    config_class = CONFIG_MAPPING[model_type]
-    declared = {f.name for f in dataclasses.fields(config_class)} | set(config_class.attribute_map)
-    settable = {
-        name
-        for name in declared
-        if not isinstance(inspect.getattr_static(config_class, name, None), property)
-        or inspect.getattr_static(config_class, name).fset is not None
-    }
-    sizes = {key: value for key, value in {**_TINY_SIZES, **overrides}.items() if key in settable}
-    return config_class(**sizes)
+def __getattr__(name: str):
+    # `tiny_causal_lm_config` lived here until it moved to `encdec.tiny_configs`: old imports keep working, and an
+    # hf_model/ export, which copies this file, does not have to carry the tiny configs.
+    if name == "tiny_causal_lm_config":
+        return importlib.import_module("encdec.tiny_configs").tiny_causal_lm_config
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 AutoConfig.register(MODEL_TYPE, CrossAttentionDecoderConfig, exist_ok=True)

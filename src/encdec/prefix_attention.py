@@ -20,15 +20,15 @@ a saved model reloads with `EncoderDecoderModel.from_pretrained(folder)`.
 from __future__ import annotations
 
 import copy
-import inspect
 
 import torch
-from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, GenerationMixin, PreTrainedModel
+from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, PreTrainedModel
 from transformers.cache_utils import Cache, DynamicCache, EncoderDecoderCache
 from transformers.modeling_outputs import BaseModelOutput, CausalLMOutputWithCrossAttentions
 from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING, MODEL_FOR_MASKED_LM_MAPPING
 
 from encdec.cross_attention import CrossAttentionDecoderConfig
+from encdec.cross_attention_base import WrappedCausalLM, WrappedLM
 
 # What the decoder's self-attention must share with the encoder's to read its cache.
 _SAME_SIZES = ("num_hidden_layers", "num_key_value_heads", "head_dim", "hidden_size")
@@ -79,50 +79,13 @@ def unpack_keys_values(packed: torch.Tensor, config) -> list[tuple[torch.Tensor,
     return [(layer[0], layer[1]) for layer in layers]
 
 
-def cache_argument(model: PreTrainedModel) -> str:
-    """transformers 5.2x names the forward's cache `cache`; earlier versions (and some families) `past_key_values`."""
-    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
-
-
 def continue_positions(source_mask: torch.Tensor) -> torch.Tensor:
     """Per row, the position after its last source token: where its summary starts (right or left padding)."""
     positions = torch.arange(1, source_mask.shape[1] + 1, device=source_mask.device)
     return (source_mask.to(positions.dtype) * positions).amax(dim=1)
 
 
-class _WrappedLM(PreTrainedModel):
-    """A pretrained model kept whole under `base_model_prefix` (weights keep their names), or rebuilt from
-    `config.base_config` on reload."""
-
-    main_input_name = "input_ids"
-    supports_gradient_checkpointing = True
-    _supports_sdpa = True
-    _supports_flash_attn = True
-    _supports_attention_backend = True
-    _auto_class_of_wrapped = AutoModel
-
-    def __init__(self, config, wrapped: PreTrainedModel | None = None):
-        requested_attention = config.base_config._attn_implementation
-        super().__init__(config)
-        if wrapped is None:
-            wrapped = self._auto_class_of_wrapped.from_config(
-                copy.deepcopy(config.base_config), attn_implementation=requested_attention)
-        if wrapped.config._attn_implementation is None:
-            # With no implementation an LM silently drops its causal mask (DESIGN.md, known pitfalls).
-            wrapped.set_attn_implementation("sdpa" if wrapped._supports_sdpa else "eager")
-        setattr(self, self.base_model_prefix, wrapped)
-        self.config._attn_implementation_internal = wrapped.config._attn_implementation
-        self._cache_argument = cache_argument(wrapped)
-        self.post_init()
-
-    def get_input_embeddings(self):
-        return getattr(self, self.base_model_prefix).get_input_embeddings()
-
-    def set_input_embeddings(self, value) -> None:
-        getattr(self, self.base_model_prefix).set_input_embeddings(value)
-
-
-class PrefixEncoderModel(_WrappedLM):
+class PrefixEncoderModel(WrappedLM):
     """A decoder-only LM's base model (`self.model`) run causally over the source; its output is the packed keys and
     values of every layer (`pack_keys_values`), not hidden states."""
 
@@ -140,19 +103,11 @@ class PrefixEncoderModel(_WrappedLM):
         return BaseModelOutput(last_hidden_state=pack_keys_values(cache))
 
 
-class PrefixDecoderForCausalLM(_WrappedLM, GenerationMixin):
+class PrefixDecoderForCausalLM(WrappedCausalLM):
     """A pretrained causal LM (`self.lm`) whose self-attention cache starts with the encoder's keys and values."""
 
     config_class = PrefixDecoderConfig
     config: PrefixDecoderConfig
-    base_model_prefix = "lm"
-    _auto_class_of_wrapped = AutoModelForCausalLM
-
-    def get_output_embeddings(self):
-        return self.lm.get_output_embeddings()
-
-    def set_output_embeddings(self, new_embeddings) -> None:
-        self.lm.set_output_embeddings(new_embeddings)
 
     def forward(
         self,

@@ -21,6 +21,14 @@ PREDICTIONS = "predictions.jsonl"
 ENCODER_TOKENIZER = "encoder_tokenizer"
 DECODER_TOKENIZER = "decoder_tokenizer"
 PRODUCTS = (CHECKPOINTS, HF_MODEL, METRICS, PREDICTIONS)
+# What Hydra writes: the composed config and the command line's overrides.
+SAVED_CONFIG = Path(".hydra") / "config.yaml"
+SAVED_OVERRIDES = Path(".hydra") / "overrides.yaml"
+# The loggers' folders (conf/logger/ names them; lightning_logs is Lightning's own default); csv's holds the curves.
+LOGGER_FOLDERS = ("csv", "tensorboard", "wandb", "lightning_logs")
+CURVES = Path("csv") / "metrics.csv"
+# A sweep folder's Optuna summary (hparams_search=...), beside its numbered run folders.
+OPTUNA_RESULTS = "optimization_results.yaml"
 
 
 def check_fresh(run_dir: Path, resumable: bool = True) -> None:
@@ -56,7 +64,7 @@ def saved_config(run_dir: Path, culprit: str):
     """The config Hydra saved for the run in `run_dir`; an unreadable one is one line starting with `culprit`."""
     from omegaconf import OmegaConf
 
-    saved = run_dir / ".hydra" / "config.yaml"
+    saved = run_dir / SAVED_CONFIG
     try:
         return OmegaConf.load(saved)
     except Exception as error:  # noqa: BLE001 - YAML parser and OmegaConf errors alike
