@@ -35,6 +35,7 @@ from typing import Callable, Iterator
 
 from omegaconf.errors import MissingMandatoryValue
 
+from encdec import run_folder
 from encdec.errors import EncdecError
 
 ENCDEC_SOURCE = Path(__file__).resolve().parent
@@ -166,6 +167,6 @@ def _command_line() -> tuple[list[str], dict[str, str]]:
         from omegaconf import OmegaConf
 
         with contextlib.suppress(Exception):  # only for naming: the run's own checks report an unreadable folder
-            overrides = list(OmegaConf.load(Path(resumed).expanduser() / ".hydra" / "overrides.yaml"))
+            overrides = list(OmegaConf.load(Path(resumed).expanduser() / run_folder.SAVED_OVERRIDES))
     choices = {str(k): str(v) for k, v in hydra_config.runtime.choices.items() if v is not None}
     return overrides, choices

@@ -47,9 +47,9 @@ def remove_fresh_run_dir(run_dir: Path, existing: Path | None = None) -> None:
     results (figures or curves of the validation before training stay no more than .hydra/ does); and the empty
     folders above it that Hydra made for it: those below `existing`, or, when that is unknown, its empty parent
     (outputs/<date>/)."""
-    from encdec.run_folder import PRODUCTS
+    from encdec.run_folder import HYDRA_LOGS, PRODUCTS, SAVED_CONFIG
 
-    hydra_made = {".hydra", "train.log", "eval.log", "predict.log"}
+    hydra_made = {SAVED_CONFIG.parts[0], *HYDRA_LOGS}
     if not run_dir.is_dir():
         return
     children = [child.name for child in run_dir.iterdir()]

@@ -14,6 +14,7 @@ from omegaconf import DictConfig, OmegaConf
 import encdec
 from encdec.cross_attention import MODEL_TYPE
 from encdec.prefix_attention import DECODER_TYPE, ENCODER_TYPE
+from encdec import run_folder
 from encdec.errors import EncdecError
 
 REMOTE_CODE_ENTRY = "modeling_encdec"
@@ -94,7 +95,6 @@ def push_to_hub(folder: Path, repo_id: str, key: str) -> str:
 
 def export(cfg: DictConfig) -> Path:
     """`python export.py model_path=RUN [format=hf|onnx] [push_to_hub=ORG/NAME] [output_dir=FOLDER]`."""
-    from encdec import run_folder
     from encdec.evaluate import training_config
     from encdec.inference import load_trained
     from encdec.model_card import run_folder_metrics
@@ -110,7 +110,7 @@ def export(cfg: DictConfig) -> Path:
     if not path.exists():
         raise EncdecError(f"model_path={path}: no such file or folder")
     run_dir = next((folder for folder in (path, path.parent, path.parent.parent)
-                    if (folder / ".hydra" / "config.yaml").is_file()), None)
+                    if (folder / run_folder.SAVED_CONFIG).is_file()), None)
     target = Path(str(cfg.output_dir)).expanduser() if cfg.get("output_dir") else _default_target(path, run_dir)
     if cfg.format == "onnx" and not cfg.get("output_dir"):
         target = target.with_name("onnx")
@@ -134,8 +134,6 @@ def export(cfg: DictConfig) -> Path:
 
 def _default_target(path: Path, run_dir: Path | None) -> Path:
     """A run folder's (or its hf_model/'s) export is rewritten in place; a checkpoint's needs output_dir."""
-    from encdec import run_folder
-
     if path.is_dir() and path.name == run_folder.HF_MODEL:
         return path
     if run_dir is not None and path == run_dir:

@@ -9,6 +9,8 @@ from pathlib import Path
 import yaml
 from omegaconf import DictConfig, OmegaConf
 
+from encdec import run_folder
+
 # encdec's offline packages hold copies of these Hub models and data sets; the Hub names are what base_model and
 # datasets must list for the Hub to link them.
 _HUB_NAMES = {
@@ -82,7 +84,7 @@ def run_folder_metrics(run_dir: Path | None) -> dict | None:
     """The metrics.json of a run folder, or None."""
     import json
 
-    path = run_dir / "metrics.json" if run_dir is not None else None
+    path = run_dir / run_folder.METRICS if run_dir is not None else None
     return json.loads(path.read_text(encoding="utf-8")) if path is not None and path.is_file() else None
 
 

@@ -25,8 +25,12 @@ PRODUCTS = (CHECKPOINTS, HF_MODEL, METRICS, PREDICTIONS)
 SAVED_CONFIG = Path(".hydra") / "config.yaml"
 SAVED_OVERRIDES = Path(".hydra") / "overrides.yaml"
 # The loggers' folders (conf/logger/ names them; lightning_logs is Lightning's own default); csv's holds the curves.
-LOGGER_FOLDERS = ("csv", "tensorboard", "wandb", "lightning_logs")
-CURVES = Path("csv") / "metrics.csv"
+WANDB = "wandb"
+LOGGER_FOLDERS = ("csv", "tensorboard", WANDB, "lightning_logs")
+CURVES_FILE = "metrics.csv"  # what Lightning's CSVLogger writes in its folder
+CURVES = Path("csv") / CURVES_FILE
+# The logs Hydra writes into a run folder, one per command.
+HYDRA_LOGS = ("train.log", "eval.log", "predict.log")
 # A sweep folder's Optuna summary (hparams_search=...), beside its numbered run folders.
 OPTUNA_RESULTS = "optimization_results.yaml"
 

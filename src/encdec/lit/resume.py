@@ -43,7 +43,6 @@ from encdec.errors import EncdecError
 from encdec.lit import lightning_private as private
 from encdec.lit.checkpoint_io import LinkedLastCheckpoint
 
-METRICS_FILE = "metrics.csv"
 
 
 # The best checkpoint's file name (Lightning fills in the step); train.py reads the step back from it.
@@ -58,7 +57,7 @@ def resume_point(run_dir: Path):
     if cfg.get("task_name", "train") != "train":
         raise EncdecError(f"resume={run_dir} is the output of {cfg.task_name}.py, not a training run: give a train.py run folder")
     if (run_dir / run_folder.METRICS).exists():
-        raise EncdecError(f"resume={run_dir}: this run already finished (metrics.json exists); start a new run instead")
+        raise EncdecError(f"resume={run_dir}: this run already finished ({run_folder.METRICS} exists); start a new run instead")
     run_folder.remove_stale_temporaries(run_dir)
     checkpoints = sorted((run_dir / run_folder.CHECKPOINTS).glob("*.ckpt"), key=_modified)
     if not checkpoints:
@@ -201,7 +200,7 @@ class ContinuedCSVHistory(L.Callback):
         # Read now: the loggers' writers do not exist yet, and creating one deletes the file.
         self._saved: dict[int, tuple[list[str], list[dict[str, str]]]] = {}
         for logger in loggers:
-            path = Path(logger.log_dir) / METRICS_FILE if isinstance(logger, CSVLogger) else None
+            path = Path(logger.log_dir) / run_folder.CURVES_FILE if isinstance(logger, CSVLogger) else None
             if path is not None and path.is_file():
                 with path.open(newline="", encoding="utf-8") as handle:
                     reader = csv.DictReader(handle)
@@ -267,7 +266,7 @@ def wandb_resume_arguments(spec, run_dir: Path) -> dict:
     """Keyword arguments that make a WandbLogger continue the run it logged in `run_dir` (none if it logged none)."""
     if spec.get("id"):
         return {}
-    folders = sorted((run_dir / "wandb").glob("*run-*-*"), key=lambda p: p.name.split("-")[-2])
+    folders = sorted((run_dir / run_folder.WANDB).glob("*run-*-*"), key=lambda p: p.name.split("-")[-2])
     folders = [folder for folder in folders if folder.is_dir() and not folder.is_symlink()]
     if not folders:
         return {}

@@ -18,8 +18,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
-import numbers
 import socket
 import sys
 from dataclasses import dataclass, field
@@ -28,12 +26,14 @@ from typing import Any, Callable
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
+from encdec.run_folder import METRICS, OPTUNA_RESULTS
+
+from hydra_plugins.encdec_optuna_sweeper._values import _consecutive, _fmt, _objective, _params_text
 from hydra_plugins.encdec_optuna_sweeper._search_space import (distribution_from_override, distribution_from_spec,
                                                              override_value)
 
 log = logging.getLogger("encdec.optuna")
 
-RESULTS_FILE = "optimization_results.yaml"
 DB_FILE = "optuna.db"
 SAMPLERS = {
     "tpe": "TPESampler",
@@ -75,7 +75,7 @@ class SweeperSettings:
     n_trials: int = 10
     n_jobs: int = 1
     metric: str | None = None
-    metrics_file: str = "metrics.json"
+    metrics_file: str = METRICS
     sampler: dict[str, Any] = field(default_factory=lambda: {"name": "tpe", "seed": None})
     params: dict[str, Any] = field(default_factory=dict)
     enqueue_trials: list[dict[str, Any]] = field(default_factory=list)
@@ -350,7 +350,7 @@ class OptunaSweep:
                 best_run_dir=best.user_attrs.get("run_dir", str(self._run_dir(best.number))),
                 best_overrides=list(best.user_attrs.get("overrides", [])),
             )
-        OmegaConf.save(OmegaConf.create(results), self.sweep_dir / RESULTS_FILE)
+        OmegaConf.save(OmegaConf.create(results), self.sweep_dir / OPTUNA_RESULTS)
         summary = (
             f"study {study.study_name}: {len(complete)} complete, {len(failed)} failed of n_trials="
             f"{self.settings.n_trials}"
@@ -360,7 +360,7 @@ class OptunaSweep:
                 f"\nbest trial {results['best_trial']}: {self.metric}={_fmt(results['best_value'])}  "
                 f"{_params_text(results['best_params'])}\nbest run folder: {results['best_run_dir']}"
             )
-        summary += f"\nresults: {self.sweep_dir / RESULTS_FILE}"
+        summary += f"\nresults: {self.sweep_dir / OPTUNA_RESULTS}"
         print(summary, flush=True)
         if not complete and self.settings.n_trials > 0:
             # A search in which nothing ran to the end is an error for scripts and CI, not a quiet success.
@@ -369,38 +369,3 @@ class OptunaSweep:
                 file=sys.stderr, flush=True,
             )
             raise SystemExit(1)
-
-
-def _objective(value: Any) -> tuple[float | None, str | None]:
-    """(finite float, None) or (None, why it is no objective)."""
-    if value is None:
-        return None, "the run returned None (is optimized_metric one of its metrics?)"
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        try:
-            value = float(value)  # e.g. a 0-d tensor
-        except (TypeError, ValueError):
-            return None, f"the run returned {type(value).__name__}, not a number"
-    value = float(value)
-    if not math.isfinite(value):
-        return None, f"the run returned {value}"
-    return value, None
-
-
-def _consecutive(items):
-    """Split [(trial, overrides)] into runs of consecutive trial numbers (a launch numbers its jobs from one index)."""
-    group: list = []
-    for item in items:
-        if group and item[0].number != group[-1][0].number + 1:
-            yield group
-            group = []
-        group.append(item)
-    if group:
-        yield group
-
-
-def _fmt(value: Any) -> str:
-    return f"{value:.6g}" if isinstance(value, float) else str(value)
-
-
-def _params_text(params: dict[str, Any]) -> str:
-    return " ".join(f"{key}={_fmt(value)}" for key, value in params.items())
