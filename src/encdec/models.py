@@ -1,6 +1,6 @@
 """Build the encoder-decoder: each side pretrained or random, cross-attention on the decoder, ids for generation.
 
-The result is always a plain `transformers.EncoderDecoderModel` (DESIGN decision 1). Decoders whose architecture has
+The result is always a plain `transformers.EncoderDecoderModel` (docs/architecture.md, decision 1). Decoders whose architecture has
 no cross-attention get encdec's gated blocks (`encdec.cross_attention`, decision 2).
 """
 
@@ -192,7 +192,7 @@ def _start_missing_lm_head(lm: PreTrainedModel, missing: list[str], side: DictCo
 
 
 def generation_ids(decoder_config: PretrainedConfig, tokenizer: PreTrainedTokenizerBase) -> dict[str, int]:
-    """Special ids for the decoder side, taken from the decoder tokenizer (DESIGN decision 3)."""
+    """Special ids for the decoder side, taken from the decoder tokenizer (docs/architecture.md, decision 3)."""
     eos = tokenizer.eos_token_id if tokenizer.eos_token_id is not None else tokenizer.sep_token_id
     if eos is None:
         raise EncdecError(
