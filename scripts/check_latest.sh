@@ -14,6 +14,7 @@ unset PYTHONPATH  # the scratch venv's packages, and this checkout installed in 
 torch_version=2.13.0
 scratch=$(mktemp -d "${TMPDIR:-/tmp}/encdec-latest.XXXXXX")
 trap 'rm -rf "$scratch"' EXIT
+trap 'exit 130' INT TERM  # through the EXIT trap: an interrupted check leaves no scratch venv behind
 
 python3 -m venv "$scratch/venv"
 . "$scratch/venv/bin/activate"
