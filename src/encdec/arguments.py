@@ -10,6 +10,7 @@ closest valid name.
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import inspect
 import re
@@ -18,6 +19,7 @@ from typing import Callable
 
 from omegaconf import DictConfig
 
+from encdec import schema
 from encdec.errors import EncdecError
 
 # Keys under these take any name their target accepts (checked here, or for model configs when the model loads).
@@ -39,6 +41,7 @@ def checked_arguments(args: list[str], config_name: str, config_dir: Path,
     Under --multirun every value of every sweep is composed (with the other sweeps at their first value) and given
     to `check_job`, so a bad value late in a grid stops the sweep before its first job rather than halfway through.
     """
+    schema.register_help()
     flags, args = _split_flags(list(args))
     if flags is None:
         return args, None
@@ -56,6 +59,8 @@ def checked_arguments(args: list[str], config_name: str, config_dir: Path,
             args = rewritten
     if multirun:
         _check_sweep_values(args, config_name, config_dir, cfg, check_job)
+    elif check_job is not None and not any(flag in VIEW_FLAGS for flag in flags):
+        check_job(cfg)  # --cfg prints the config as composed, checked or not
     return [*flags, *args], None if multirun else cfg
 
 
@@ -213,9 +218,7 @@ def _compose_or_none(config_name, config_dir, overrides) -> DictConfig | None:
 def _accepted(cfg: DictConfig, group: str) -> set[str]:
     """The names `group.NAME=V` may set: its target's keyword arguments, or the decoding settings encdec applies."""
     if group == "generation":
-        from encdec.models import GENERATION_KEYS
-
-        return set(GENERATION_KEYS)
+        return {spec.name for spec in dataclasses.fields(schema.Generation)} - {"name"}
     node = cfg.get(group)
     target = node.get("_target_") if isinstance(node, DictConfig) else None
     if not target:
