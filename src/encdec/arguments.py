@@ -17,7 +17,7 @@ import re
 from pathlib import Path
 from typing import Callable
 
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from encdec import schema
 from encdec.errors import EncdecError
@@ -246,13 +246,21 @@ def _explain(error: Exception, args, config_name, config_dir, multirun) -> str:
         arg = args[index] if index is not None else key
         parent, _, name = key.rpartition(".")
         cfg = _compose_or_none(config_name, config_dir, _one_job(_choices(args), multirun))
-        node = cfg.get(parent) if cfg is not None and parent else cfg
+        node = OmegaConf.select(cfg, parent) if cfg is not None and parent else cfg
         keys = [str(k) for k in node.keys()] if isinstance(node, DictConfig) else []
         if parent in PASS_THROUGH and cfg is not None:
             keys = sorted(set(keys) | _accepted(cfg, parent))
         where = f"a setting of {parent}" if parent else "a config group or setting"
         value = arg.split("=", 1)[1] if "=" in arg else "..."
-        return f"{key} is not {where}{_suggest(name, keys, (parent + '.' if parent else ''), '=' + value)}; to add a new key on purpose write +{key}={value}"
+        # Keys the schema declares but this preset leaves out (data.pad_to_multiple_of) are added with a +.
+        unlisted = schema.declared(config_name, parent) - set(keys) if cfg is not None else set()
+        if name in unlisted:
+            return f"{key} is not in this {parent or config_name} preset: write +{key}={value} to set it"
+        before = parent + "." if parent else ""
+        suggestion = _suggest(name, [*keys, *unlisted], before, "=" + value)
+        if any(suggestion == _suggest(name, [option], before, "=" + value) for option in unlisted):
+            suggestion = suggestion.replace("did you mean ", "did you mean +", 1)
+        return f"{key} is not {where}{suggestion}; to add a new key on purpose write +{key}={value}"
     if match := re.match(r"Could not append to config. An item is already at '([^']+)'", text):
         return f"{match.group(1)} already exists: drop the leading + (write {match.group(1)}=VALUE)"
     if text.startswith("Ambiguous value for argument"):

@@ -72,7 +72,7 @@ class Data:
                                               note=", or null for the whole split")
     max_test_samples: Optional[int] = setting("cap the test rows; null: all", low=1, note=", or null for the whole split")
     empty_rows: str = setting("rows with an empty text or summary: skip (and count) or error", choices=("skip", "error"))
-    pad_to_multiple_of: Optional[int] = setting("round padded lengths up to a multiple of this (+data.KEY=N; TPUs)",
+    pad_to_multiple_of: Optional[int] = setting("round padded lengths up to a multiple of this (TPUs); no preset lists it: +data.pad_to_multiple_of=N",
                                                 low=1, note=", or null for no rounding")
 
 
@@ -185,7 +185,7 @@ class PushTarget:
 
 @dataclass
 class Train:
-    task_name: str = setting("train")
+    task_name: str = setting("the command")
     seed: int = setting("seeds every random generator (a run is bitwise reproducible)", low=0, high=2**32 - 1)
     resume: Optional[str] = setting("a run folder to continue from its last checkpoint")
     optimized_metric: str = setting("the metric train.py returns, for sweepers")
@@ -201,21 +201,27 @@ class Train:
 
 
 @dataclass
-class Eval:
-    task_name: str = setting("eval")
+class _Trained:
+    task_name: str = setting("the command")
     model_path: str = setting("a run folder, its hf_model/ or a .ckpt")
-    split: str = setting("the split scored", choices=("train", "validation", "test"),
-                         says=" is unknown: use train, validation or test")
+
+
+@dataclass
+class _Decoding(_Trained):
     device: str = setting("auto, cpu, cuda or cuda:N")
-    baselines: bool = setting("also score copying each document's first 1 and 3 sentences")
-    data: Data = setting("the data set; default: the run's own")
     generation: Optional[Generation] = setting("decoding; null: as the model was saved")
 
 
 @dataclass
-class Predict:
-    task_name: str = setting("predict")
-    model_path: str = setting("a run folder, its hf_model/ or a .ckpt")
+class Eval(_Decoding):
+    split: str = setting("the split scored", choices=("train", "validation", "test"),
+                         says=" is unknown: use train, validation or test")
+    baselines: bool = setting("also score copying each document's first 1 and 3 sentences")
+    data: Data = setting("the data set; default: the run's own")
+
+
+@dataclass
+class Predict(_Decoding):
     input: str = setting("a text file with one document per line, or - for stdin")
     batch_size: int = setting("documents per generate call, length-sorted", low=1)
     max_tokens_per_batch: Optional[int] = setting(
@@ -223,14 +229,10 @@ class Predict:
         note=FIXED_SIZE)
     max_source_length: Optional[int] = setting("document tokens kept; null: the training run's", low=1,
                                                note=" or null (the training run's data.max_source_length)")
-    device: str = setting("auto, cpu, cuda or cuda:N")
-    generation: Optional[Generation] = setting("decoding; null: as the model was saved")
 
 
 @dataclass
-class Export:
-    task_name: str = setting("export")
-    model_path: str = setting("a run folder, its hf_model/ or a .ckpt")
+class Export(_Trained):
     format: str = setting("hf: a transformers folder; onnx: ONNX graphs and runner.py", choices=("hf", "onnx"),
                           says=" is not an export format: use format=hf or format=onnx")
     push_to_hub: Optional[str] = setting("upload the export to this Hub repository (ORG/NAME)")
@@ -292,6 +294,15 @@ def _check_value(key: str, value, kind, meta) -> None:
             raise EncdecError(f"{key}={value} must be a number")
         if meta["positive"] and value <= 0:
             raise EncdecError(f"{key}={value} must be positive{meta['note']}")
+
+
+def declared(command: str, path: str) -> set[str]:
+    """The keys `command`'s schema declares under `path` ("data", "decoder.cross_attention", "" for the top)."""
+    node = COMMANDS.get(command)
+    for part in filter(None, path.split(".")):
+        kind = typing.get_type_hints(node).get(part) if node else None
+        node = next((arg for arg in (kind, *typing.get_args(kind)) if dataclasses.is_dataclass(arg)), None)
+    return {spec.name for spec in dataclasses.fields(node)} if node else set()
 
 
 def settings_help(command: str) -> str:
