@@ -12,7 +12,7 @@ from omegaconf import OmegaConf
 from conftest import CONF, compose_config, error_lines, run_script
 from encdec import schema
 from encdec.arguments import checked_arguments
-from encdec.checks import check_generation, validate
+from encdec.checks import check_data, check_generation, validate
 from encdec.cli import check_sweep_job
 from encdec.errors import EncdecError
 
@@ -141,6 +141,21 @@ def test_sampling_needs_a_probability_and_a_temperature():
     with pytest.raises(EncdecError, match=r"^generation: sampling needs 0 < top_p <= 1 and temperature > 0$"):
         validate(compose_config("generation=sampling", "generation.top_p=1.5"))
     check_generation({"do_sample": True, "top_p": None, "temperature": 0.7, "num_beams": 1})
+
+
+def test_data_settings_alone_are_checked_as_on_the_command_line():
+    data = compose_config().data
+    check_data(data)
+    for override, message in ((dict(eval_batch_size=0), "data.eval_batch_size=0 must be a positive integer"),
+                              (dict(group_by_length=True, max_tokens_per_batch=512), "data.group_by_length=true and ")):
+        with pytest.raises(EncdecError) as caught:
+            check_data(OmegaConf.merge(data, override))
+        assert str(caught.value).startswith(message)
+
+
+def test_an_interpolation_that_does_not_resolve_names_its_key():
+    with pytest.raises(EncdecError, match=r"^data.batch_size=\$\{oops\}: Interpolation key 'oops' not found$"):
+        validate(compose_config("data.batch_size=${oops}"))
 
 
 def test_a_required_value_is_left_to_the_step_that_reads_it():

@@ -12,7 +12,6 @@ from encdec.errors import EncdecError
 from encdec.export import check_push_target
 
 
-@user_settings("seed", "data", "checkpoint", "optimizer", "model", "scheduler")
 def validate(cfg: DictConfig, command: str = "train") -> None:
     """Every setting encdec owns checked against its schema (encdec.schema), and the rules that tie keys together."""
     schema.check_against(schema.COMMANDS[command], cfg)
@@ -28,6 +27,12 @@ def validate(cfg: DictConfig, command: str = "train") -> None:
 
 def check_run_settings(cfg: DictConfig) -> None:
     validate(cfg, "train")
+
+
+def check_data(data: DictConfig) -> None:
+    """data.* given without a command line (encdec.datamodule): its schema and its rules."""
+    schema.check_against(schema.Data, data, "data.")
+    check_data_rules(data)
 
 
 def check_data_rules(data: DictConfig) -> None:
@@ -71,6 +76,7 @@ def optimizer_class_settings(cfg: DictConfig) -> DictConfig:
     return OmegaConf.create({k: v for k, v in cfg.optimizer.items() if k not in OWN_OPTIMIZER_KEYS})
 
 
+@user_settings("optimizer")
 def _check_optimizer(cfg: DictConfig) -> None:
     """The optimizer built on a stand-in parameter: torch's own range checks (lr, betas, eps, weight decay) run now,
     after the schema's (numbers; new_params_lr positive)."""

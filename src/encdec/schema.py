@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from typing import Any, Dict, Optional
 
 from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
 
 from encdec.errors import EncdecError
 from encdec.metrics import ROUGE_TYPES
@@ -255,7 +256,11 @@ def check_against(schema: type, node, prefix: str = "") -> None:
     for spec in dataclasses.fields(schema):
         if spec.name not in node or (isinstance(node, DictConfig) and OmegaConf.is_missing(node, spec.name)):
             continue
-        value, kind = node[spec.name], hints[spec.name]
+        try:
+            value, kind = node[spec.name], hints[spec.name]
+        except OmegaConfBaseException as error:  # an interpolation that does not resolve
+            given = OmegaConf.to_container(node, resolve=False)[spec.name]
+            raise EncdecError(f"{prefix}{spec.name}={given}: {str(error).splitlines()[0]}") from None
         nullable = typing.get_origin(kind) is typing.Union and type(None) in typing.get_args(kind)
         if nullable:
             kind = next(arg for arg in typing.get_args(kind) if arg is not type(None))
