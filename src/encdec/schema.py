@@ -1,9 +1,12 @@
-"""The settings encdec owns: each key's type, range and help line, in one place, checked once before anything loads.
+"""The settings encdec owns: each key's type, range and help line, in one place.
 
 One dataclass per config group (`Data` for `data`, `Side` for `encoder`, ...) and one per command (`Train`, `Eval`,
 `Predict`, `Export`). A field's type is its annotation; its range and help line are its metadata (`setting(...)`).
-`validate(cfg, command)` walks the composed config against them and raises EncdecError with one line naming the key
-and what it takes; `python train.py --help` lists every field with its help line (`settings_help`).
+`check_against` walks a config against them and raises EncdecError with one line naming the key and what it takes;
+encdec.checks.validate runs it, with the rules that tie keys together, once per command line before Hydra starts the
+run (cli.command_line), so a bad value costs a second and leaves no run folder. `--help` lists every field with its
+help line (`settings_help`, the `${encdec_settings:COMMAND}` resolver in conf/hydra/help/), and the "did you mean"
+of an unknown key reads the declared ones (`declared`).
 
 The YAML groups are not based on these dataclasses (Hydra's "structured configs as schema"): merging a group into
 its dataclass reorders its keys into the field order, adds every absent optional key (`data.pad_to_multiple_of`,
@@ -13,9 +16,9 @@ against the dataclasses after composition; keys a group does not declare stay fr
 
 Groups whose keys belong to a library and reach it through `_target_` (optimizer, scheduler, trainer, logger,
 callbacks) are not copied here: that library checks them when the object is built, and encdec.boundary turns its error
-into one line. Only encdec's own checks on them live here (`Optimizer`, `Scheduler`, `_check_optimizer`, `_check_xla`).
+into one line. Only encdec's own checks on them are declared here (`Optimizer`, `Scheduler`); encdec.checks builds
+the optimizer on a stand-in parameter and checks trainer.accelerator's package in the same validation.
 """
-
 import dataclasses
 import typing
 from dataclasses import dataclass
@@ -226,7 +229,7 @@ class Predict(_Decoding):
     input: str = setting("a text file with one document per line, or - for stdin")
     batch_size: int = setting("documents per generate call, length-sorted", low=1)
     max_tokens_per_batch: Optional[int] = setting(
-        "or as many as fit rows * (longest document + longest summary) <= this; null: batch_size", low=1,
+        "batches of as many documents as fit rows * (longest document + summary) <= this; null: batch_size", low=1,
         note=FIXED_SIZE)
     max_source_length: Optional[int] = setting("document tokens kept; null: the training run's", low=1,
                                                note=" or null (the training run's data.max_source_length)")
