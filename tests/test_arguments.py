@@ -61,6 +61,12 @@ def test_pass_through_follows_the_chosen_target():
     (["generation.lenght_penalty=2"], "generation.lenght_penalty is not a setting of generation (did you mean "
                                       "generation.length_penalty=2?); to add a new key on purpose write "
                                       "+generation.lenght_penalty=2"),
+    (["data.pad_to_multiple_of=8"], "data.pad_to_multiple_of is not in this data preset: write "
+                                    "+data.pad_to_multiple_of=8 to set it"),
+    (["data.pad_to_multipl=8"], "data.pad_to_multipl is not a setting of data (did you mean "
+                                "+data.pad_to_multiple_of=8?)"),
+    (["decoder.cross_attention.num_head=2"], "decoder.cross_attention.num_head is not a setting of "
+                                             "decoder.cross_attention (did you mean decoder.cross_attention.num_heads=2?)"),
     (["+data.batch_size=3"], "data.batch_size already exists: drop the leading + (write data.batch_size=VALUE)"),
     (["optimizer.lr=1e-3,1e-4"], "optimizer.lr=1e-3,1e-4 lists several values: add --multirun to sweep them, or write "
                                  "KEY=[a,b] for a list"),

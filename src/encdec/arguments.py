@@ -10,14 +10,16 @@ closest valid name.
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import inspect
 import re
 from pathlib import Path
 from typing import Callable
 
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
+from encdec import schema
 from encdec.errors import EncdecError
 
 # Keys under these take any name their target accepts (checked here, or for model configs when the model loads).
@@ -39,6 +41,7 @@ def checked_arguments(args: list[str], config_name: str, config_dir: Path,
     Under --multirun every value of every sweep is composed (with the other sweeps at their first value) and given
     to `check_job`, so a bad value late in a grid stops the sweep before its first job rather than halfway through.
     """
+    schema.register_help()
     flags, args = _split_flags(list(args))
     if flags is None:
         return args, None
@@ -56,6 +59,8 @@ def checked_arguments(args: list[str], config_name: str, config_dir: Path,
             args = rewritten
     if multirun:
         _check_sweep_values(args, config_name, config_dir, cfg, check_job)
+    elif check_job is not None and not any(flag in VIEW_FLAGS for flag in flags):
+        check_job(cfg)  # --cfg prints the config as composed, checked or not
     return [*flags, *args], None if multirun else cfg
 
 
@@ -213,9 +218,7 @@ def _compose_or_none(config_name, config_dir, overrides) -> DictConfig | None:
 def _accepted(cfg: DictConfig, group: str) -> set[str]:
     """The names `group.NAME=V` may set: its target's keyword arguments, or the decoding settings encdec applies."""
     if group == "generation":
-        from encdec.models import GENERATION_KEYS
-
-        return set(GENERATION_KEYS)
+        return {spec.name for spec in dataclasses.fields(schema.Generation)} - {"name"}
     node = cfg.get(group)
     target = node.get("_target_") if isinstance(node, DictConfig) else None
     if not target:
@@ -243,13 +246,21 @@ def _explain(error: Exception, args, config_name, config_dir, multirun) -> str:
         arg = args[index] if index is not None else key
         parent, _, name = key.rpartition(".")
         cfg = _compose_or_none(config_name, config_dir, _one_job(_choices(args), multirun))
-        node = cfg.get(parent) if cfg is not None and parent else cfg
+        node = OmegaConf.select(cfg, parent) if cfg is not None and parent else cfg
         keys = [str(k) for k in node.keys()] if isinstance(node, DictConfig) else []
         if parent in PASS_THROUGH and cfg is not None:
             keys = sorted(set(keys) | _accepted(cfg, parent))
         where = f"a setting of {parent}" if parent else "a config group or setting"
         value = arg.split("=", 1)[1] if "=" in arg else "..."
-        return f"{key} is not {where}{_suggest(name, keys, (parent + '.' if parent else ''), '=' + value)}; to add a new key on purpose write +{key}={value}"
+        # Keys the schema declares but this preset leaves out (data.pad_to_multiple_of) are added with a +.
+        unlisted = schema.declared(config_name, parent) - set(keys) if cfg is not None else set()
+        if name in unlisted:
+            return f"{key} is not in this {parent or config_name} preset: write +{key}={value} to set it"
+        before = parent + "." if parent else ""
+        suggestion = _suggest(name, [*keys, *unlisted], before, "=" + value)
+        if any(suggestion == _suggest(name, [option], before, "=" + value) for option in unlisted):
+            suggestion = suggestion.replace("did you mean ", "did you mean +", 1)
+        return f"{key} is not {where}{suggestion}; to add a new key on purpose write +{key}={value}"
     if match := re.match(r"Could not append to config. An item is already at '([^']+)'", text):
         return f"{match.group(1)} already exists: drop the leading + (write {match.group(1)}=VALUE)"
     if text.startswith("Ambiguous value for argument"):

@@ -6,40 +6,53 @@ import hydra
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from encdec import schema
 from encdec.boundary import user_settings
-from encdec.data.loading import check_data_settings
 from encdec.errors import EncdecError
 from encdec.export import check_push_target
-from encdec.metrics import ROUGE_TYPES
-
-MONITORED = ("val/loss", *(f"val/{name}" for name in ROUGE_TYPES))
-# Read as truthy by their users: model.compile=1.5 would compile (minutes on a CPU) instead of being refused.
-MODEL_SWITCHES = ("share_weights", "freeze_encoder", "freeze_decoder", "gradient_checkpointing", "compile",
-                  "cudnn_attention")
 
 
-@user_settings("seed", "data", "checkpoint", "optimizer", "model", "scheduler")
+def validate(cfg: DictConfig, command: str = "train") -> None:
+    """Every setting encdec owns checked against its schema (encdec.schema), and the rules that tie keys together."""
+    schema.check_against(schema.COMMANDS[command], cfg)
+    if "data" in cfg:
+        check_data_rules(cfg.data)
+    if cfg.get("generation") is not None:
+        _check_sampling(cfg.generation)
+    if command == "train":
+        check_push_target(OmegaConf.select(cfg, "export.push_to_hub"), "export.push_to_hub")  # not after hours of training
+        _check_optimizer(cfg)
+        _check_xla(cfg)
+
+
 def check_run_settings(cfg: DictConfig) -> None:
-    seed = cfg.get("seed")
-    if not isinstance(seed, int) or isinstance(seed, bool) or not 0 <= seed < 2**32:
-        raise EncdecError(f"seed={seed} must be an integer from 0 to 4294967295")
-    check_data_settings(cfg.data)
-    check_push_target(OmegaConf.select(cfg, "export.push_to_hub"), "export.push_to_hub")  # not after hours of training
-    _check_checkpoint(cfg.checkpoint)
-    _check_optimizer(cfg)
-    _check_xla(cfg)
-    for key in MODEL_SWITCHES:
-        value = cfg.model.get(key)
-        if value is not None and not isinstance(value, bool):
-            raise EncdecError(f"model.{key}={value}: use true or false")
-    rank = cfg.model.get("lora", {}).get("r", 0)
-    if isinstance(rank, bool) or not isinstance(rank, int) or rank < 0:
-        raise EncdecError(f"model.lora.r={rank} must be an integer >= 0 (0 turns LoRA off)")
-    scheduler = cfg.get("scheduler")
-    if scheduler is not None:
-        warmup = scheduler.get("num_warmup_steps")
-        if warmup is not None and (not isinstance(warmup, int) or warmup < 0):
-            raise EncdecError(f"scheduler.num_warmup_steps={warmup} must be an integer >= 0")
+    validate(cfg, "train")
+
+
+def check_data(data: DictConfig) -> None:
+    """data.* given without a command line (encdec.datamodule): its schema and its rules."""
+    schema.check_against(schema.Data, data, "data.")
+    check_data_rules(data)
+
+
+def check_data_rules(data: DictConfig) -> None:
+    if data.get("group_by_length") and data.get("max_tokens_per_batch"):
+        raise EncdecError("data.group_by_length=true and data.max_tokens_per_batch both group rows by length: set one "
+                          "(group_by_length keeps data.batch_size rows per step; the token budget varies them)")
+    if data.get("text_column") is not None and data.get("text_column") == data.get("summary_column"):
+        raise EncdecError(f"data.text_column and data.summary_column are both {data.text_column}: name two different columns")
+
+
+def check_generation(generation) -> None:
+    """Decoding settings given without a command line (encdec.build_model, a saved run's overrides): a dict."""
+    schema.check_against(schema.Generation, generation, "generation.")
+    _check_sampling(generation)
+
+
+def _check_sampling(generation) -> None:
+    top_p, temperature = (1.0 if generation.get(k) is None else generation.get(k) for k in ("top_p", "temperature"))
+    if generation.get("do_sample") and not (0 < top_p <= 1 and temperature > 0):
+        raise EncdecError("generation: sampling needs 0 < top_p <= 1 and temperature > 0")
 
 
 def _check_xla(cfg: DictConfig) -> None:
@@ -54,17 +67,6 @@ def _check_xla(cfg: DictConfig) -> None:
         )
 
 
-def _check_checkpoint(checkpoint: DictConfig) -> None:
-    if checkpoint.monitor not in MONITORED:
-        raise EncdecError(f"checkpoint.monitor={checkpoint.monitor} is not a logged metric: use one of {', '.join(MONITORED)}")
-    if checkpoint.mode not in ("min", "max"):
-        raise EncdecError(f"checkpoint.mode={checkpoint.mode}: use min (for val/loss) or max (for ROUGE)")
-    for key, lowest in (("every_n_steps", 1), ("save_top_k", -1), ("keep_steps", 1)):
-        value = checkpoint.get(key)
-        if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < lowest):
-            raise EncdecError(f"checkpoint.{key}={value} must be an integer >= {lowest}" + (" or null" if lowest else ""))
-
-
 # encdec's own optimizer settings, taken out before the rest goes to the optimizer class.
 OWN_OPTIMIZER_KEYS = ("new_params_lr",)
 
@@ -74,14 +76,10 @@ def optimizer_class_settings(cfg: DictConfig) -> DictConfig:
     return OmegaConf.create({k: v for k, v in cfg.optimizer.items() if k not in OWN_OPTIMIZER_KEYS})
 
 
+@user_settings("optimizer")
 def _check_optimizer(cfg: DictConfig) -> None:
-    """The optimizer built on a stand-in parameter: torch's own range checks (lr, betas, eps, weight decay) run now."""
-    for key in ("lr", "weight_decay", "eps", "new_params_lr"):
-        value = cfg.optimizer.get(key)
-        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))):
-            raise EncdecError(f"optimizer.{key}={value} must be a number")
-    if (cfg.optimizer.get("new_params_lr") or 1) <= 0:
-        raise EncdecError(f"optimizer.new_params_lr={cfg.optimizer.new_params_lr} must be positive, or null for optimizer.lr")
+    """The optimizer built on a stand-in parameter: torch's own range checks (lr, betas, eps, weight decay) run now,
+    after the schema's (numbers; new_params_lr positive)."""
     settings = optimizer_class_settings(cfg)
     # fused is left out: whether it applies depends on the device and precision (train.fused_optimizer_allowed).
     factory = hydra.utils.instantiate(settings, **({"fused": None} if "fused" in settings else {}))
@@ -94,11 +92,12 @@ def _check_optimizer(cfg: DictConfig) -> None:
         key = next((k for word, k in words.items() if word in message.lower() and k in cfg.optimizer), None)
         culprit = f"optimizer.{key}={_show(cfg.optimizer[key])}" if key else "optimizer"
         raise EncdecError(f"{culprit}: {message}") from None
+    # torch takes lr=0, which trains nothing.
+    if cfg.optimizer.get("lr", 1) <= 0:
+        raise EncdecError(f"optimizer.lr={cfg.optimizer.lr} must be positive")
 
 
 def _show(value) -> str:
-    from omegaconf import OmegaConf
-
     value = OmegaConf.to_container(value) if OmegaConf.is_config(value) else value
     return str(value).replace(" ", "")
 
@@ -113,17 +112,6 @@ def check_generation_length(model) -> None:
         key = "max_new_tokens" if config.max_new_tokens is not None else "max_length"
         raise EncdecError(f"generation.{key}={steps} runs past the decoder's {positions} positions: "
                           f"set generation.{key}<={positions}")
-
-
-def check_predict_sizes(cfg: DictConfig) -> None:
-    """predict.py's batch_size and max_source_length (eval.py's are data.* keys, checked with the data settings)."""
-    for key, nullable in (("batch_size", False), ("max_source_length", True)):
-        value = cfg.get(key)
-        if value is None and nullable:
-            continue
-        if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-            or_null = " or null (the training run's data.max_source_length)" if nullable else ""
-            raise EncdecError(f"{key}={value} must be a positive integer{or_null}")
 
 
 def check_forward_pass(model, encoder_tokenizer, decoder_tokenizer, cfg: DictConfig) -> None:

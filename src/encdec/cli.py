@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import functools
 import logging
 import os
 import warnings
@@ -46,8 +47,8 @@ def command_line(argv: list[str], config_name: str, config_dir: Path) -> list[st
     expanded = resume_arguments(argv) if config_name == "train" else argv
     resuming, argv = expanded is not argv, expanded
     try:
-        args, cfg = checked_arguments(argv[1:], config_name, config_dir,
-                                      check_job=check_sweep_job if config_name == "train" else None)
+        args, cfg = checked_arguments(argv[1:], config_name, config_dir, check_job=functools.partial(
+            check_sweep_job, command=config_name))
         if cfg is not None and not resuming and cfg.hydra.output_subdir is not None:
             # Hydra writes .hydra/ before the task runs: a folder holding results is refused before that.
             run_dir = Path(cfg.hydra.run.dir).expanduser().absolute()
@@ -59,11 +60,12 @@ def command_line(argv: list[str], config_name: str, config_dir: Path) -> list[st
     return [argv[0], *args]
 
 
-def check_sweep_job(cfg: DictConfig) -> None:
-    """A sweep's settings checked before any job runs (Hydra's grid sweeper stops at the first job that fails)."""
-    from encdec.checks import check_run_settings
+def check_sweep_job(cfg: DictConfig, command: str = "train") -> None:
+    """A run's settings, or each of a sweep's, checked before any job runs (Hydra's grid sweeper stops at the first
+    job that fails) and before anything loads."""
+    from encdec.checks import validate
 
-    check_run_settings(cfg)
+    validate(cfg, command)
 
 
 def resume_arguments(argv: list[str]) -> list[str]:

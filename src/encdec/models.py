@@ -26,7 +26,7 @@ from transformers import (
 
 from encdec import finetune, prefix_attention, sources, warm_start
 from encdec.boundary import for_role, user_settings
-from encdec.checks import check_generation_length
+from encdec.checks import check_generation, check_generation_length
 from encdec.errors import EncdecError
 
 log = logging.getLogger(__name__)
@@ -352,10 +352,6 @@ def check_vocab(decoder: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) ->
         )
 
 
-GENERATION_KEYS = {
-    "max_new_tokens", "min_new_tokens", "num_beams", "length_penalty", "no_repeat_ngram_size", "early_stopping",
-    "do_sample", "top_k", "top_p", "temperature", "repetition_penalty", "num_beam_groups", "cache_implementation",
-}
 # Decoders whose position embeddings are computed from the 2D attention mask: a static cache hands them a 4D mask.
 NO_STATIC_CACHE = {"opt"}
 
@@ -369,29 +365,12 @@ def configure_generation(model: EncoderDecoderModel, decoder_tokenizer, generati
     model.config.vocab_size = model.decoder.config.vocab_size
     settings = as_dict(generation)
     settings.pop("name", None)
-    unknown = set(settings) - GENERATION_KEYS
-    if unknown:
-        raise EncdecError(
-            f"generation.{sorted(unknown)[0]} is not a decoding setting; known: {', '.join(sorted(GENERATION_KEYS))}"
-        )
-    limits = {"num_beams": 1, "max_new_tokens": 1, "min_new_tokens": 0, "no_repeat_ngram_size": 0, "top_k": 0}
-    for key, lowest in limits.items():
-        value = settings.get(key)
-        if value is not None and (not isinstance(value, int) or value < lowest):
-            raise EncdecError(f"generation.{key}={value} must be an integer >= {lowest}")
-    for key in ("temperature", "top_p", "length_penalty", "repetition_penalty"):
-        value = settings.get(key)
-        if value is not None and not isinstance(value, (int, float)):
-            raise EncdecError(f"generation.{key}={value} must be a number")
+    check_generation(settings)
     cache = settings.get("cache_implementation")
-    if cache not in (None, "dynamic", "static"):
-        raise EncdecError(f"generation.cache_implementation={cache}: use dynamic (default) or static")
     family = getattr(getattr(model.decoder.config, "base_config", model.decoder.config), "model_type", None)
     if cache == "static" and family in NO_STATIC_CACHE:
         raise EncdecError(f"generation.cache_implementation=static does not work with the {family} decoder "
                           "(its positions come from the attention mask): use dynamic")
-    if settings.get("do_sample") and not (0 < settings.get("top_p", 1.0) <= 1 and settings.get("temperature", 1.0) > 0):
-        raise EncdecError("generation: sampling needs 0 < top_p <= 1 and temperature > 0")
     model.generation_config.update(**{k: v for k, v in settings.items() if v is not None})
     if not settings.get("do_sample"):
         for key in ("top_k", "top_p", "temperature"):
