@@ -304,13 +304,16 @@ def test_eval_token_budget_one_row_over_budget_is_a_batch_of_one():
 
 @pytest.mark.parametrize("budget", [0, -5, True, 1.5, "8192"])
 def test_token_budget_check_names_the_setting(budget):
-    from encdec.errors import EncdecError
-    from encdec.data.loading import check_token_budget
+    from omegaconf import OmegaConf
 
+    from encdec.checks import check_data
+    from encdec.errors import EncdecError
+
+    data = compose_config("data=aclsum").data
     with pytest.raises(EncdecError, match=rf"^data.eval_max_tokens_per_batch={budget} must be a positive integer or null"):
-        check_token_budget("data.eval_max_tokens_per_batch", budget)
-    assert check_token_budget("data.eval_max_tokens_per_batch", 8192) == 8192
-    assert check_token_budget("data.eval_max_tokens_per_batch", None) is None
+        check_data(OmegaConf.merge(data, {"eval_max_tokens_per_batch": budget}))
+    for fine in (8192, None):
+        check_data(OmegaConf.merge(data, {"eval_max_tokens_per_batch": fine}))
 
 
 def test_fixed_size_sampler_resumes_a_later_epoch_before_set_epoch():
@@ -387,12 +390,12 @@ def test_group_by_length_gives_the_ranks_of_one_step_batches_of_similar_length()
 def test_group_by_length_settings_are_checked(overrides, message):
     from omegaconf import OmegaConf
 
-    from encdec.data.loading import check_data_settings
+    from encdec.checks import check_data
     from encdec.errors import EncdecError
 
     data = compose_config("data=aclsum").data
     with pytest.raises(EncdecError, match=re.escape(message)):
-        check_data_settings(OmegaConf.merge(data, overrides))
+        check_data(OmegaConf.merge(data, overrides))
 
 
 def test_training_orders_are_the_ones_every_published_run_and_checkpoint_used():

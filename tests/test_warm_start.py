@@ -120,9 +120,10 @@ def test_new_parameters_get_their_own_learning_rate():
 
 
 def test_bad_warm_start_settings_are_one_line_each():
-    with pytest.raises(EncdecError, match=r"decoder.cross_attention.init=copy: use random or self_attention"):
-        build_model(compose_config("encoder=tiny", "decoder=tiny", "decoder.cross_attention.init=copy"))
     from encdec.checks import check_run_settings
+
+    with pytest.raises(EncdecError, match=r"decoder.cross_attention.init=copy: use random or self_attention"):
+        check_run_settings(compose_config("encoder=tiny", "decoder=tiny", "decoder.cross_attention.init=copy"))
 
     with pytest.raises(EncdecError, match=r"optimizer.new_params_lr=-1.0 must be positive"):
         check_run_settings(compose_config("optimizer.new_params_lr=-1.0"))

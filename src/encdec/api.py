@@ -52,6 +52,7 @@ def compose(encoder: str | dict = "minilm", decoder: str | dict = "minilm", gene
             data: str | dict | None = None, **options: Any) -> DictConfig:
     """The training config `build_model` and `datamodule` build from (their arguments, on the packaged presets)."""
     from encdec.arguments import checked_arguments
+    from encdec.checks import validate
     from encdec.console import config_dir
 
     conf = config_dir()
@@ -69,6 +70,7 @@ def compose(encoder: str | dict = "minilm", decoder: str | dict = "minilm", gene
             _merge(cfg, group, _preset(value, group)[1])
         for name, value in options.items():
             _merge(cfg, *_option_key(name, cfg), value=value)
+    validate(cfg)  # as the command line does: every setting checked once, before anything loads
     return cfg
 
 

@@ -16,7 +16,7 @@ from omegaconf.errors import MissingMandatoryValue, OmegaConfBaseException
 
 from encdec.arguments import checked_arguments
 from encdec.errors import EncdecError, exit_with
-from encdec.run_folder import check_creatable, check_fresh
+from encdec.run_folder import SAVED_CONFIG, check_creatable, check_fresh
 
 
 def quiet_third_party() -> None:
@@ -74,8 +74,8 @@ def resume_arguments(argv: list[str]) -> list[str]:
     if not resume or resume[0] in ("", "null"):
         return argv
     run_dir = Path(resume[0]).expanduser().resolve()
-    if not (run_dir / ".hydra" / "config.yaml").is_file():
-        exit_with(EncdecError(f"resume={resume[0]} is not a run folder (no .hydra/config.yaml): give outputs/<date>/<time>"))
+    if not (run_dir / SAVED_CONFIG).is_file():
+        exit_with(EncdecError(f"resume={resume[0]} is not a run folder (no {SAVED_CONFIG}): give outputs/<date>/<time>"))
     ignored = [arg for arg in argv[1:] if not arg.startswith(("resume=", "hydra.", "-"))]
     if ignored:
         # The run continues from its own saved config, so another value would be silently dropped: say so instead.

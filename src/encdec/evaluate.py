@@ -51,7 +51,7 @@ def training_config(model_path) -> DictConfig | None:
     checkpoints/), or None for a model from elsewhere."""
     path = Path(str(model_path)).expanduser()
     for folder in (path, path.parent, path.parent.parent):
-        if (folder / ".hydra" / "config.yaml").is_file():
+        if (folder / run_folder.SAVED_CONFIG).is_file():
             return run_folder.saved_config(folder, f"model_path={model_path}: its run folder {folder}")
     return None
 

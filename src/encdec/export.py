@@ -99,8 +99,6 @@ def export(cfg: DictConfig) -> Path:
     from encdec.inference import load_trained
     from encdec.model_card import run_folder_metrics
 
-    if cfg.format not in ("hf", "onnx"):
-        raise EncdecError(f"format={cfg.format} is not an export format: use format=hf or format=onnx")
     if cfg.format == "onnx":
         from encdec.onnx_export import check_available
 

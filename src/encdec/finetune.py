@@ -41,8 +41,6 @@ def add_lora(model: EncoderDecoderModel, lora: DictConfig) -> None:
     side = settings.pop("side", "decoder")
     config = LoraConfig(target_modules=list(targets), **settings)
     parts = {"decoder": [model.decoder], "encoder": [model.encoder], "both": [model.encoder, model.decoder]}
-    if side not in parts:
-        raise EncdecError(f"model.lora.side={side} is unknown: use decoder, encoder or both")
     for part in parts[side]:
         try:
             inject_adapter_in_model(config, part)

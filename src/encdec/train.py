@@ -25,7 +25,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from encdec import run_folder
 from encdec.boundary import lightning_settings, user_settings
-from encdec.checks import check_forward_pass, check_run_settings, optimizer_class_settings
+from encdec.checks import check_forward_pass, optimizer_class_settings
 from encdec.cli import invoked_as
 from encdec.data.loading import load_splits
 from encdec.errors import EncdecError, Interrupted
@@ -78,7 +78,6 @@ def check(cfg: DictConfig, run_dir: Path) -> tuple[DictConfig, Path | None]:
         run_folder.check_fresh(run_dir)
     _check_strategy(cfg)
     _check_shared_run_dir(cfg)
-    check_run_settings(cfg)
     L.seed_everything(cfg.seed, workers=True)
     return cfg, resume_from
 
@@ -340,8 +339,6 @@ def _format(metrics: dict[str, float]) -> str:
 
 @user_settings("optimizer")
 def _optimizer(cfg: DictConfig):
-    if cfg.optimizer.get("lr", 1) <= 0:
-        raise EncdecError(f"optimizer.lr={cfg.optimizer.lr} must be positive")
     settings = optimizer_class_settings(cfg)
     if "fused" in settings and settings.fused is None:
         return hydra.utils.instantiate(settings, fused=fused_optimizer_allowed(cfg))

@@ -9,8 +9,6 @@ import importlib
 _NAMES = {
     "SPLITS": "loading",
     "load_splits": "loading",
-    "check_data_settings": "loading",
-    "check_token_budget": "loading",
     "with_lead_copies": "loading",
     "IGNORE_INDEX": "tokenize",
     "Seq2SeqCollator": "tokenize",

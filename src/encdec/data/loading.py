@@ -66,38 +66,6 @@ def with_lead_copies(train: datasets.Dataset, sentences: int) -> datasets.Datase
     return datasets.concatenate_datasets([train, copies])
 
 
-def check_data_settings(data: DictConfig) -> None:
-    for key in ("max_source_length", "max_target_length", "batch_size", "eval_batch_size"):
-        value = data.get(key)
-        if key in data and (isinstance(value, bool) or not isinstance(value, int) or value <= 0):
-            raise EncdecError(f"data.{key}={value} must be a positive integer")
-    for key in ("max_tokens_per_batch", "eval_max_tokens_per_batch"):
-        check_token_budget(f"data.{key}", data.get(key))
-    for key in ("max_train_samples", "max_eval_samples", "max_test_samples"):
-        value = data.get(key)
-        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
-            raise EncdecError(f"data.{key}={value} must be a positive integer, or null for the whole split")
-    copies = data.get("lead_copy_sentences")
-    if copies is not None and (isinstance(copies, bool) or not isinstance(copies, int) or copies < 0):
-        raise EncdecError(f"data.lead_copy_sentences={copies} must be an integer >= 0 (0 adds no lead copies)")
-    if not isinstance(data.get("group_by_length", False), bool):
-        raise EncdecError(f"data.group_by_length={data.group_by_length}: use true or false")
-    if data.get("group_by_length") and data.get("max_tokens_per_batch"):
-        raise EncdecError("data.group_by_length=true and data.max_tokens_per_batch both group rows by length: set one "
-                          "(group_by_length keeps data.batch_size rows per step; the token budget varies them)")
-    if data.get("empty_rows", "skip") not in ("skip", "error"):
-        raise EncdecError(f"data.empty_rows={data.empty_rows}: use skip or error")
-    if data.get("text_column") is not None and data.get("text_column") == data.get("summary_column"):
-        raise EncdecError(f"data.text_column and data.summary_column are both {data.text_column}: name two different columns")
-
-
-def check_token_budget(name: str, budget) -> int | None:
-    """A user's token budget (data.max_tokens_per_batch and kin): a positive integer, or None for fixed-size batches."""
-    if budget is not None and (not isinstance(budget, int) or isinstance(budget, bool) or budget <= 0):
-        raise EncdecError(f"{name}={budget} must be a positive integer or null (batches of a fixed size)")
-    return budget
-
-
 def _load_aclsum() -> dict[str, datasets.Dataset]:
     folder = sources.package_dir("aclsum") / "dataset"
     files = {"train": "train.jsonl", "validation": "val.jsonl", "test": "test.jsonl"}

@@ -10,7 +10,7 @@ from torch.utils.data import DataLoader
 from transformers import PreTrainedTokenizerBase
 
 from encdec.boundary import user_settings
-from encdec.data.loading import check_data_settings, load_splits
+from encdec.data.loading import load_splits
 from encdec.data.sampling import EvalBatchSampler, ResumableBatchSampler, dataset_lengths, training_order
 from encdec.data.tokenize import Seq2SeqCollator, tokenize_split
 from encdec.errors import EncdecError
@@ -43,10 +43,7 @@ class SummarizationDataModule(L.LightningDataModule):
         self.tokenized: dict[str, datasets.Dataset] = {}
 
     def _check_lengths(self, max_source_positions, max_target_positions) -> None:
-        check_data_settings(self.data)
-        multiple = self.data.get("pad_to_multiple_of")
-        if multiple is not None and (isinstance(multiple, bool) or not isinstance(multiple, int) or multiple <= 0):
-            raise EncdecError(f"data.pad_to_multiple_of={multiple} must be a positive integer, or null for no rounding")
+        # Only the limits of the model built: the settings themselves were checked before anything loaded.
         for key, limit in (("max_source_length", max_source_positions), ("max_target_length", max_target_positions)):
             value = self.data[key]
             if limit is not None and value > limit:
