@@ -97,8 +97,12 @@ def gpu_machine() -> dict[str, Any]:
         "cudnn": torch.backends.cudnn.version(),
     }
     try:
-        driver = subprocess.run(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
-                                capture_output=True, text=True, timeout=20)
+        driver = subprocess.run(
+            ["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
+            capture_output=True,
+            text=True,
+            timeout=20,
+        )
         info["gpu_driver"] = driver.stdout.strip().splitlines()[0] if driver.returncode == 0 else None
     except (OSError, subprocess.SubprocessError, IndexError):
         info["gpu_driver"] = None
@@ -172,10 +176,17 @@ def bert_base_dir() -> str:
         vocab += [f"tok{i}" for i in range(len(vocab), 30522)]
         (folder / "vocab.txt").write_text("\n".join(vocab) + "\n")
         # vocab.txt + this is all AutoTokenizer needs, in transformers 4 and 5 alike (their constructors differ).
-        (folder / "tokenizer_config.json").write_text(json.dumps({"tokenizer_class": "BertTokenizer",
-                                                                  "do_lower_case": True, "model_max_length": 512}))
-        BertConfig(vocab_size=30522, hidden_size=768, num_hidden_layers=12, num_attention_heads=12,
-                   intermediate_size=3072, max_position_embeddings=512).save_pretrained(folder)
+        (folder / "tokenizer_config.json").write_text(
+            json.dumps({"tokenizer_class": "BertTokenizer", "do_lower_case": True, "model_max_length": 512})
+        )
+        BertConfig(
+            vocab_size=30522,
+            hidden_size=768,
+            num_hidden_layers=12,
+            num_attention_heads=12,
+            intermediate_size=3072,
+            max_position_embeddings=512,
+        ).save_pretrained(folder)
     return str(folder)
 
 
@@ -191,9 +202,18 @@ def llama_tiny_dir() -> str:
         folder.mkdir(parents=True, exist_ok=True)
         for name in ("vocab.txt", "tokenizer_config.json"):
             (folder / name).write_bytes((source / name).read_bytes())
-        LlamaConfig(vocab_size=30522, hidden_size=128, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
-                    intermediate_size=256, max_position_embeddings=512, pad_token_id=0, bos_token_id=101,
-                    eos_token_id=102).save_pretrained(folder)
+        LlamaConfig(
+            vocab_size=30522,
+            hidden_size=128,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            intermediate_size=256,
+            max_position_embeddings=512,
+            pad_token_id=0,
+            bos_token_id=101,
+            eos_token_id=102,
+        ).save_pretrained(folder)
     return str(folder)
 
 
@@ -237,7 +257,10 @@ def build(name: str, *extra: str, weights: str | None = None):
     model, encoder_tokenizer, decoder_tokenizer = build_model(cfg)
     if weights:
         missing, unexpected = model.load_state_dict(torch.load(weights, weights_only=True), strict=False)
-        assert not unexpected and all("cls.predictions.decoder" in k or "lm_head" in k for k in missing), (missing, unexpected)
+        assert not unexpected and all("cls.predictions.decoder" in k or "lm_head" in k for k in missing), (
+            missing,
+            unexpected,
+        )
     return cfg, model, encoder_tokenizer, decoder_tokenizer
 
 
@@ -276,8 +299,13 @@ def length_summary(lengths) -> dict[str, float]:
     import numpy as np
 
     a = np.asarray(lengths)
-    return {"mean": float(a.mean()), "p10": float(np.percentile(a, 10)), "p50": float(np.median(a)),
-            "p90": float(np.percentile(a, 90)), "max": int(a.max())}
+    return {
+        "mean": float(a.mean()),
+        "p10": float(np.percentile(a, 10)),
+        "p50": float(np.median(a)),
+        "p90": float(np.percentile(a, 90)),
+        "max": int(a.max()),
+    }
 
 
 # -- subprocess runs -------------------------------------------------------------------------------------------------
@@ -324,11 +352,15 @@ def run_worker(script: Path, spec: dict[str, Any], timeout: float = 900) -> dict
     started = time.perf_counter()
     process = subprocess.run(
         [sys.executable, str(script), "--worker", json.dumps(spec)],
-        cwd=ROOT, capture_output=True, text=True, timeout=timeout, env=env,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=env,
     )
     for line in process.stdout.splitlines():
         if line.startswith(RESULT_PREFIX):
-            result = json.loads(line[len(RESULT_PREFIX):])
+            result = json.loads(line[len(RESULT_PREFIX) :])
             result["process_seconds"] = round(time.perf_counter() - started, 1)
             return result
     raise RuntimeError(f"worker {spec} failed (exit {process.returncode}):\n{process.stderr[-4000:]}")

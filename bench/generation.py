@@ -99,8 +99,11 @@ def main() -> None:
     parser.add_argument("--max-new-tokens", type=int, default=64)
     parser.add_argument("--lengths", choices=["spread", "full"], default="spread")
     parser.add_argument("--batch-sizes", default="8,16")
-    parser.add_argument("--budgets", default="8192",
-                        help="comma-separated max_tokens for encdec-tokN (data.eval_max_tokens_per_batch); '' for none")
+    parser.add_argument(
+        "--budgets",
+        default="8192",
+        help="comma-separated max_tokens for encdec-tokN (data.eval_max_tokens_per_batch); '' for none",
+    )
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--no-single", action="store_true", help="skip one-at-a-time (slow); no token check then")
     parser.add_argument("--static-cache", action="store_true", help="also time summarize with a static KV cache")
@@ -128,7 +131,9 @@ def main() -> None:
         info["note"] = "one GPU, float32; methods alternated in one process: compare ratios within an invocation"
     try:
         cfg, model, encoder_tokenizer, decoder_tokenizer = common.build(
-            args.model, *PRESETS[args.mode], f"generation.max_new_tokens={args.max_new_tokens}",
+            args.model,
+            *PRESETS[args.mode],
+            f"generation.max_new_tokens={args.max_new_tokens}",
             f"data.max_source_length={args.max_source_length}",
         )
     except EncdecError as error:  # e.g. minilm without its package (the GPU image): say so in one line
@@ -140,15 +145,20 @@ def main() -> None:
     encoded = encoder_tokenizer(docs, max_length=args.max_source_length, truncation=True)["input_ids"]
     source_lengths = [len(e) for e in encoded]
     parameters_m = round(sum(p.numel() for p in model.parameters()) / 1e6, 1)
-    print(f"{args.mode}: {len(docs)} {args.data} documents ({args.lengths}: source tokens "
-          f"{min(source_lengths)}..{max(source_lengths)}, mean {sum(source_lengths) / len(docs):.0f}), "
-          f"{args.max_new_tokens} new tokens, {args.model} ({parameters_m}M parameters), float32, {args.device}"
-          + (f" ({info['gpu']})" if "gpu" in info else "") + f", {args.threads} thread(s)")
+    print(
+        f"{args.mode}: {len(docs)} {args.data} documents ({args.lengths}: source tokens "
+        f"{min(source_lengths)}..{max(source_lengths)}, mean {sum(source_lengths) / len(docs):.0f}), "
+        f"{args.max_new_tokens} new tokens, {args.model} ({parameters_m}M parameters), float32, {args.device}"
+        + (f" ({info['gpu']})" if "gpu" in info else "")
+        + f", {args.threads} thread(s)"
+    )
     print(f"generation config: {model.generation_config.to_diff_dict()}")
 
     def decode(rows):
-        return [t.strip() for t in decoder_tokenizer.batch_decode(rows, skip_special_tokens=True,
-                                                                   clean_up_tokenization_spaces=True)]
+        return [
+            t.strip()
+            for t in decoder_tokenizer.batch_decode(rows, skip_special_tokens=True, clean_up_tokenization_spaces=True)
+        ]
 
     calls = [0]  # generate calls (batches) of the method last run
 
@@ -159,8 +169,13 @@ def main() -> None:
         calls[0] = 0
         for start in range(0, len(docs), batch_size):
             calls[0] += 1
-            inputs = encoder_tokenizer(docs[start : start + batch_size], max_length=args.max_source_length,
-                                       truncation=True, padding=True, return_tensors="pt").to(device)
+            inputs = encoder_tokenizer(
+                docs[start : start + batch_size],
+                max_length=args.max_source_length,
+                truncation=True,
+                padding=True,
+                return_tensors="pt",
+            ).to(device)
             padded_tokens += inputs["input_ids"].numel()
             out = model.generate(**inputs)
             rows += [strip(r, pad, eos) for r in out.tolist()]
@@ -186,9 +201,17 @@ def main() -> None:
 
         model.generate = recording
         try:
-            texts = summarize(model, encoder_tokenizer, decoder_tokenizer, docs, batch_size=batch_size,
-                              max_source_length=args.max_source_length, device=device, progress=False,
-                              max_tokens=max_tokens)
+            texts = summarize(
+                model,
+                encoder_tokenizer,
+                decoder_tokenizer,
+                docs,
+                batch_size=batch_size,
+                max_source_length=args.max_source_length,
+                device=device,
+                progress=False,
+                max_tokens=max_tokens,
+            )
         finally:
             del model.generate
         return rows, texts, padded[0]
@@ -210,20 +233,24 @@ def main() -> None:
         return time.perf_counter()
 
     with torch.no_grad():  # warm-up (CUDA context, kernels, allocator too): first-call costs hit no timed method
-        model.generate(**encoder_tokenizer(docs[:2], max_length=args.max_source_length, truncation=True,
-                                           padding=True, return_tensors="pt").to(device), max_new_tokens=4)
+        model.generate(
+            **encoder_tokenizer(
+                docs[:2], max_length=args.max_source_length, truncation=True, padding=True, return_tensors="pt"
+            ).to(device),
+            max_new_tokens=4,
+        )
     times: dict[str, list[float]] = {name: [] for name in methods}
     batches: dict[str, int] = {}
     outputs = {}
     names = list(methods)
     started = time.time()
     for round_ in range(args.rounds):
-        for name in (names if round_ % 2 == 0 else names[::-1]):
+        for name in names if round_ % 2 == 0 else names[::-1]:
             t0 = clock()
             try:
                 outputs[name] = methods[name]()
                 batches[name] = calls[0]
-            except Exception as error:  # a lever that does not work here (static cache) is reported, not fatal
+            except Exception as error:  # noqa: BLE001 - a lever that does not work here (static cache) is reported, not fatal
                 print(f"  {name}: failed: {type(error).__name__}: {str(error).splitlines()[0][:200]}")
                 methods.pop(name)
                 times.pop(name)
@@ -237,20 +264,28 @@ def main() -> None:
     rows = []
     for name in names:
         token_rows, texts, padded_tokens = outputs[name]
-        seconds = sorted(times[name])[len(times[name]) // 2] if len(times[name]) % 2 else sum(times[name]) / len(times[name])
+        seconds = (
+            sorted(times[name])[len(times[name]) // 2] if len(times[name]) % 2 else sum(times[name]) / len(times[name])
+        )
         differing = [i for i in range(len(docs)) if token_rows[i] != ref_rows[i]]
-        rows.append({
-            "method": name, "seconds": seconds, "summaries_per_s": len(docs) / seconds,
-            "padded_source_tokens": padded_tokens,
-            "source_padding_fraction": round(1 - sum(source_lengths) / padded_tokens, 4),
-            "generated_tokens": sum(len(r) for r in token_rows),
-            f"rows_differing_from_{reference}": len(differing),
-            "texts_differing": sum(a != b for a, b in zip(texts, ref_texts)),
-            "differing_rows": differing,
-        })
+        rows.append(
+            {
+                "method": name,
+                "seconds": seconds,
+                "summaries_per_s": len(docs) / seconds,
+                "padded_source_tokens": padded_tokens,
+                "source_padding_fraction": round(1 - sum(source_lengths) / padded_tokens, 4),
+                "generated_tokens": sum(len(r) for r in token_rows),
+                f"rows_differing_from_{reference}": len(differing),
+                "texts_differing": sum(a != b for a, b in zip(texts, ref_texts)),
+                "differing_rows": differing,
+            }
+        )
     by_name = {r["method"]: r for r in rows}
     for row in rows:
-        row["vs_single"] = row["summaries_per_s"] / by_name["single"]["summaries_per_s"] if "single" in by_name else None
+        row["vs_single"] = (
+            row["summaries_per_s"] / by_name["single"]["summaries_per_s"] if "single" in by_name else None
+        )
         size = row["method"].split("-")[1] if row["method"] != "single" else None
         row["rows_per_batch"] = round(len(docs) / batches[row["method"]], 1) if row["method"] in batches else None
         if size and f"batched-{size}" in by_name:
@@ -259,32 +294,71 @@ def main() -> None:
     # Seq2SeqTrainer's predict_with_generate uses per_device_eval_batch_size=8 in data order.
     if "encdec-tok8192" in by_name and "batched-8" in by_name:
         by_name["encdec-tok8192"]["defaults_vs_defaults"] = (
-            by_name["encdec-tok8192"]["summaries_per_s"] / by_name["batched-8"]["summaries_per_s"])
+            by_name["encdec-tok8192"]["summaries_per_s"] / by_name["batched-8"]["summaries_per_s"]
+        )
     print()
-    print(common.table(rows, ["method", "seconds", "summaries_per_s", "source_padding_fraction", "generated_tokens",
-                              f"rows_differing_from_{reference}", "rows_per_batch", "vs_single",
-                              "vs_batched_same_size", "defaults_vs_defaults"]))
+    print(
+        common.table(
+            rows,
+            [
+                "method",
+                "seconds",
+                "summaries_per_s",
+                "source_padding_fraction",
+                "generated_tokens",
+                f"rows_differing_from_{reference}",
+                "rows_per_batch",
+                "vs_single",
+                "vs_batched_same_size",
+                "defaults_vs_defaults",
+            ],
+        )
+    )
     print(f"({time.time() - started:.0f} s)")
 
-    key = f"{args.mode}-{args.lengths}" + ("-static-cache" if args.static_cache else "") + (
-        "-no-single" if args.no_single else "")
+    key = (
+        f"{args.mode}-{args.lengths}"
+        + ("-static-cache" if args.static_cache else "")
+        + ("-no-single" if args.no_single else "")
+    )
     # Non-defaults only, so the keys of results already on file stay as they are.
-    key = ("" if args.model == "minilm" else f"{args.model}-") + key + (
-        "-synthetic" if args.data == "synthetic" else "") + ("-cuda" if device.type == "cuda" else "")
+    key = (
+        ("" if args.model == "minilm" else f"{args.model}-")
+        + key
+        + ("-synthetic" if args.data == "synthetic" else "")
+        + ("-cuda" if device.type == "cuda" else "")
+    )
     peak = {"peak_cuda_mib": round(torch.cuda.max_memory_allocated() / 2**20)} if device.type == "cuda" else {}
     if not args.no_save:
-        path = common.write_results("generation_gpu.json" if device.type == "cuda" else "generation_cpu.json", {
-            "machine": info,
-            "scenarios": {key: {
-                "setup": {"mode": args.mode, "model": args.model, "parameters_m": parameters_m,
-                          "device": args.device, "data": args.data, "documents": len(docs), "lengths": args.lengths,
-                          "source_tokens": common.length_summary(source_lengths),
-                          "max_source_length": args.max_source_length, "max_new_tokens": args.max_new_tokens,
-                          "threads": args.threads, "rounds": args.rounds, **peak,
-                          "generation_config": model.generation_config.to_diff_dict()},
-                "summary": rows, "times": times,
-            }},
-        }, merge_key="scenarios")
+        path = common.write_results(
+            "generation_gpu.json" if device.type == "cuda" else "generation_cpu.json",
+            {
+                "machine": info,
+                "scenarios": {
+                    key: {
+                        "setup": {
+                            "mode": args.mode,
+                            "model": args.model,
+                            "parameters_m": parameters_m,
+                            "device": args.device,
+                            "data": args.data,
+                            "documents": len(docs),
+                            "lengths": args.lengths,
+                            "source_tokens": common.length_summary(source_lengths),
+                            "max_source_length": args.max_source_length,
+                            "max_new_tokens": args.max_new_tokens,
+                            "threads": args.threads,
+                            "rounds": args.rounds,
+                            **peak,
+                            "generation_config": model.generation_config.to_diff_dict(),
+                        },
+                        "summary": rows,
+                        "times": times,
+                    }
+                },
+            },
+            merge_key="scenarios",
+        )
         print(f"wrote {path}")
     if args.mode == "greedy" and reference == "single":
         bad = {r["method"]: r["differing_rows"] for r in rows if r["differing_rows"]}

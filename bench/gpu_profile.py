@@ -82,16 +82,28 @@ def main() -> None:
     try:
         kernel_us = sum(e.self_device_time_total for e in events if e.device_type.name == "CUDA") / 2 if cuda else 0.0
     except AttributeError:  # older profiler event API
-        kernel_us = sum(getattr(e, "self_cuda_time_total", 0) for e in events if str(e.device_type).endswith("CUDA")) / 2
-    launches = sum(e.count for e in events if e.key in ("cudaLaunchKernel", "cuLaunchKernel", "cudaLaunchKernelExC",
-                                                       "cuLaunchKernelEx")) / 2
+        kernel_us = (
+            sum(getattr(e, "self_cuda_time_total", 0) for e in events if str(e.device_type).endswith("CUDA")) / 2
+        )
+    launches = (
+        sum(
+            e.count
+            for e in events
+            if e.key in ("cudaLaunchKernel", "cuLaunchKernel", "cudaLaunchKernelExC", "cuLaunchKernelEx")
+        )
+        / 2
+    )
     launch_us = sum(e.self_cpu_time_total for e in events if "LaunchKernel" in e.key) / 2
-    print(f"{args.model} on {device} ({torch.cuda.get_device_name() if cuda else 'cpu'}), batch {b}x{s}/{t}, "
-          f"bf16 autocast={cuda}")
-    print(f"STEP wall {wall * 1000:.1f} ms; GPU kernels {kernel_us / 1000:.1f} ms "
-          f"({100 * kernel_us / 1000 / (wall * 1000):.0f}% of wall); kernel launches {launches:.0f} per step, "
-          f"{launch_us / 1000:.1f} ms of CPU time in launch calls")
-    for sort in (["self_device_time_total", "self_cuda_time_total"] if cuda else []):
+    print(
+        f"{args.model} on {device} ({torch.cuda.get_device_name() if cuda else 'cpu'}), batch {b}x{s}/{t}, "
+        f"bf16 autocast={cuda}"
+    )
+    print(
+        f"STEP wall {wall * 1000:.1f} ms; GPU kernels {kernel_us / 1000:.1f} ms "
+        f"({100 * kernel_us / 1000 / (wall * 1000):.0f}% of wall); kernel launches {launches:.0f} per step, "
+        f"{launch_us / 1000:.1f} ms of CPU time in launch calls"
+    )
+    for sort in ["self_device_time_total", "self_cuda_time_total"] if cuda else []:
         try:
             print(events.table(sort_by=sort, row_limit=12, max_name_column_width=60))
             break

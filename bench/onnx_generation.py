@@ -61,17 +61,23 @@ def main() -> None:
         from runner import OnnxSummarizer
 
         runner = OnnxSummarizer(folder, threads=args.threads)
-        batches = [texts[i:i + args.batch_size] for i in range(0, len(texts), args.batch_size)]
-        encoded = [encoder_tokenizer(batch, padding=True, truncation=True, max_length=args.max_source_length,
-                                     return_tensors="pt") for batch in batches]
+        batches = [texts[i : i + args.batch_size] for i in range(0, len(texts), args.batch_size)]
+        encoded = [
+            encoder_tokenizer(
+                batch, padding=True, truncation=True, max_length=args.max_source_length, return_tensors="pt"
+            )
+            for batch in batches
+        ]
 
         def pytorch():
             with torch.no_grad():
                 return [model.generate(**batch, **settings).tolist() for batch in encoded]
 
         def onnx_runtime():
-            return [runner.generate(batch["input_ids"].numpy(), batch["attention_mask"].numpy(), **settings).tolist()
-                    for batch in encoded]
+            return [
+                runner.generate(batch["input_ids"].numpy(), batch["attention_mask"].numpy(), **settings).tolist()
+                for batch in encoded
+            ]
 
         same = pytorch() == onnx_runtime()  # also the warm-up of both
         # Wall seconds, and the process's CPU seconds: on a shared machine the wall clock counts other work too.
@@ -83,25 +89,53 @@ def main() -> None:
                 run()
                 seconds[name].append(time.perf_counter() - started)
                 cpu_seconds[name].append(time.process_time() - started_cpu)
-    rows = [{"run": name, "summaries/s": len(texts) / min(seconds[name]), "best s": min(seconds[name]),
-             "summaries/cpu-s": len(texts) / min(cpu_seconds[name]), "best cpu s": min(cpu_seconds[name])}
-            for name in seconds]
+    rows = [
+        {
+            "run": name,
+            "summaries/s": len(texts) / min(seconds[name]),
+            "best s": min(seconds[name]),
+            "summaries/cpu-s": len(texts) / min(cpu_seconds[name]),
+            "best cpu s": min(cpu_seconds[name]),
+        }
+        for name in seconds
+    ]
     print(common.table(rows, ["run", "summaries/s", "best s", "summaries/cpu-s", "best cpu s"]))
     ratio = rows[1]["summaries/s"] / rows[0]["summaries/s"]
     cpu_ratio = rows[1]["summaries/cpu-s"] / rows[0]["summaries/cpu-s"]
-    print(f"{args.model}, mode {args.mode}, {args.new_tokens} new tokens, batch {args.batch_size}, {args.threads} "
-          f"thread(s): identical tokens {same}; onnxruntime / pytorch = {ratio:.2f}x wall, {cpu_ratio:.2f}x CPU time; "
-          f"export took {export_seconds:.0f} s; files (MB) {sizes_mb}")
+    print(
+        f"{args.model}, mode {args.mode}, {args.new_tokens} new tokens, batch {args.batch_size}, {args.threads} "
+        f"thread(s): identical tokens {same}; onnxruntime / pytorch = {ratio:.2f}x wall, {cpu_ratio:.2f}x CPU time; "
+        f"export took {export_seconds:.0f} s; files (MB) {sizes_mb}"
+    )
     if not args.no_save:
-        path = common.write_results("onnx_cpu.json", {"machine": {**info, "onnxruntime": onnxruntime.__version__},
-                                                      "scenarios": {f"{args.model}-{args.mode}-{args.new_tokens}": {
-            "setup": {"documents": len(texts), "batch_size": args.batch_size,
-                      "max_source_length": args.max_source_length, "threads": args.threads, "rounds": args.rounds,
-                      "settings": settings, "command": " ".join(["python", "bench/onnx_generation.py", *sys.argv[1:]])},
-            "identical_tokens": same, "onnxruntime_over_pytorch": round(ratio, 3),
-            "onnxruntime_over_pytorch_cpu_time": round(cpu_ratio, 3), "summary": rows, "seconds": seconds,
-            "cpu_seconds": cpu_seconds, "export_seconds": round(export_seconds, 1), "files_mb": sizes_mb}}},
-            merge_key="scenarios")
+        path = common.write_results(
+            "onnx_cpu.json",
+            {
+                "machine": {**info, "onnxruntime": onnxruntime.__version__},
+                "scenarios": {
+                    f"{args.model}-{args.mode}-{args.new_tokens}": {
+                        "setup": {
+                            "documents": len(texts),
+                            "batch_size": args.batch_size,
+                            "max_source_length": args.max_source_length,
+                            "threads": args.threads,
+                            "rounds": args.rounds,
+                            "settings": settings,
+                            "command": " ".join(["python", "bench/onnx_generation.py", *sys.argv[1:]]),
+                        },
+                        "identical_tokens": same,
+                        "onnxruntime_over_pytorch": round(ratio, 3),
+                        "onnxruntime_over_pytorch_cpu_time": round(cpu_ratio, 3),
+                        "summary": rows,
+                        "seconds": seconds,
+                        "cpu_seconds": cpu_seconds,
+                        "export_seconds": round(export_seconds, 1),
+                        "files_mb": sizes_mb,
+                    }
+                },
+            },
+            merge_key="scenarios",
+        )
         print(f"wrote {path}")
     if not same:
         sys.exit(1)

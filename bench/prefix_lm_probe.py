@@ -54,7 +54,8 @@ def main() -> None:
     rows = [(prompt(r["document"]), target(r["summary"])) for r in splits["train"]]
     optimizer = torch.optim.AdamW(lm.parameters(), lr=1e-4, weight_decay=0.01)
     schedule = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda step: min(1.0, (step + 1) / 10) * max(0.0, 1 - step / args.steps))
+        optimizer, lambda step: min(1.0, (step + 1) / 10) * max(0.0, 1 - step / args.steps)
+    )
     losses, order = [], []
     lm.train()
     for step in range(args.steps):
@@ -68,7 +69,7 @@ def main() -> None:
         for i, (p, t) in enumerate(batch):
             ids[i, : len(p) + len(t)] = torch.tensor(p + t)
             mask[i, : len(p) + len(t)] = 1
-            labels[i, len(p): len(p) + len(t)] = torch.tensor(t)  # the loss is on the summary only
+            labels[i, len(p) : len(p) + len(t)] = torch.tensor(t)  # the loss is on the summary only
         loss = lm(input_ids=ids, attention_mask=mask, labels=labels).loss
         loss.backward()
         torch.nn.utils.clip_grad_norm_(lm.parameters(), 1.0)
@@ -86,23 +87,39 @@ def main() -> None:
         documents, references = list(splits[split]["document"]), list(splits[split]["summary"])
         predictions = []
         for start in range(0, len(documents), 25):
-            prompts = [prompt(d) for d in documents[start: start + 25]]
+            prompts = [prompt(d) for d in documents[start : start + 25]]
             width = max(map(len, prompts))
             ids = torch.tensor([[pad] * (width - len(p)) + p for p in prompts])
             mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts])
             with torch.no_grad():
-                out = lm.generate(input_ids=ids, attention_mask=mask, max_new_tokens=data.max_target_length,
-                                  do_sample=False, no_repeat_ngram_size=3, pad_token_id=pad)
+                out = lm.generate(
+                    input_ids=ids,
+                    attention_mask=mask,
+                    max_new_tokens=data.max_target_length,
+                    do_sample=False,
+                    no_repeat_ngram_size=3,
+                    pad_token_id=pad,
+                )
             predictions += tokenizer.batch_decode(out[:, width:], skip_special_tokens=True)
-        scores[split] = {**{f"{split}/{k}": v for k, v in rouge(predictions, references).items()},
-                         **lead_baselines(documents, references), "example": predictions[0]}
+        scores[split] = {
+            **{f"{split}/{k}": v for k, v in rouge(predictions, references).items()},
+            **lead_baselines(documents, references),
+            "example": predictions[0],
+        }
         line = " / ".join(f"{scores[split][f'{split}/{n}']:.2f}" for n in ("rouge1", "rouge2", "rougeL"))
         lead1 = " / ".join(f"{scores[split][f'baseline/lead1/{n}']:.2f}" for n in ("rouge1", "rouge2", "rougeL"))
         print(f"{split}: prefix LM {line}   lead-1 {lead1}", flush=True)
-    path = common.write_results("prefix_lm_cpu.json", {
-        "machine": common.machine(), "settings": vars(args), "losses": losses,
-        "training_seconds": round(training_seconds, 1), "seconds": round(time.perf_counter() - started, 1),
-        "scores": scores})
+    path = common.write_results(
+        "prefix_lm_cpu.json",
+        {
+            "machine": common.machine(),
+            "settings": vars(args),
+            "losses": losses,
+            "training_seconds": round(training_seconds, 1),
+            "seconds": round(time.perf_counter() - started, 1),
+            "scores": scores,
+        },
+    )
     print(f"wrote {path}")
 
 

@@ -27,84 +27,179 @@ import common
 
 # encdec's defaults before the prefix pair became the quickstart, pinned so those curves stay what they measured: random
 # cross-attention and LM head, one learning rate, 48 summary tokens, no lead copies, the encoder trained.
-BEFORE = ("decoder.cross_attention.init=random", "decoder.lm_head_init=random", "data.max_target_length=48",
-          "generation.no_repeat_ngram_size=0", "data.lead_copy_sentences=0", "decoder.cross_attention.kind=gated")
+BEFORE = (
+    "decoder.cross_attention.init=random",
+    "decoder.lm_head_init=random",
+    "data.max_target_length=48",
+    "generation.no_repeat_ngram_size=0",
+    "data.lead_copy_sentences=0",
+    "decoder.cross_attention.kind=gated",
+)
 XATTN = ("decoder.cross_attention.init=self_attention",)
 LEVERS: dict[str, tuple[str, tuple[str, ...]]] = {
     "default": ("SmolLM2 prefix pair, encoder frozen, what `python train.py` runs", ("experiment=quickstart",)),
-    "prefix+trained_encoder": ("SmolLM2 prefix pair with the encoder trained too",
-                               ("experiment=quickstart", "model.freeze_encoder=false")),
-    "prefix+lead_copies": ("SmolLM2 prefix pair with lead copies (the default until they measured worse)",
-                           ("experiment=quickstart", "data.lead_copy_sentences=3")),
-    "minilm-minilm": ("MiniLM -> MiniLM, what `python train.py` ran before the prefix pair",
-                      ("experiment=quickstart", "encoder=minilm", "decoder=minilm", *BEFORE)),
-    "minilm+new_lr": ("MiniLM -> MiniLM, default + new parameters at lr 1e-3",
-                      ("experiment=quickstart", "encoder=minilm", "decoder=minilm", *BEFORE, "optimizer.new_params_lr=1e-3")),
-    "minilm+levers": ("MiniLM -> MiniLM, default + lr 1e-3 + cross-attention from self-attention + identity head",
-                      ("experiment=quickstart", "encoder=minilm", "decoder=minilm", *BEFORE, *XATTN, "decoder.lm_head_init=identity",
-                       "optimizer.new_params_lr=1e-3")),
-    "smollm2-before": ("MiniLM -> SmolLM2, closed gates, one learning rate, 48 tokens",
-                       ("experiment=quickstart", "encoder=minilm", "decoder=smollm2", *BEFORE)),
-    "smollm2+new_lr": ("MiniLM -> SmolLM2, new parameters at lr 1e-3",
-                       ("experiment=quickstart", "encoder=minilm", "decoder=smollm2", *BEFORE, "optimizer.new_params_lr=1e-3")),
-    "smollm2+xattn_init": ("MiniLM -> SmolLM2, lr 1e-3 + cross-attention queries from self-attention",
-                           ("experiment=quickstart", "encoder=minilm", "decoder=smollm2", *BEFORE, "optimizer.new_params_lr=1e-3", *XATTN)),
-    "smollm2+lr3e-3": ("MiniLM -> SmolLM2, cross-attention from self-attention, new parameters at lr 3e-3",
-                       ("experiment=quickstart", "encoder=minilm", "decoder=smollm2", *BEFORE, *XATTN, "optimizer.new_params_lr=3e-3")),
-    "smollm2+gate": ("MiniLM -> SmolLM2, cross-attention from self-attention, lr 1e-3, gates start at 0.5",
-                     ("experiment=quickstart", "encoder=minilm", "decoder=smollm2", *BEFORE, *XATTN, "optimizer.new_params_lr=1e-3",
-                      "decoder.cross_attention.gate_init=0.5")),
-    "smollm2+len96": ("MiniLM -> SmolLM2, cross-attention from self-attention, lr 1e-3, 96 tokens, no repeated trigrams",
-                      ("experiment=quickstart", "encoder=minilm", "decoder=smollm2", *BEFORE, *XATTN, "optimizer.new_params_lr=1e-3",
-                       "data.max_target_length=96", "generation.no_repeat_ngram_size=3")),
-    "smollm2-smollm2": ("SmolLM2 -> SmolLM2 (causal LLM as encoder: keys/values from self-attention too), lr 1e-3",
-                        ("experiment=quickstart", "decoder=smollm2", "encoder=smollm2", *BEFORE, *XATTN,
-                         "optimizer.new_params_lr=1e-3")),
-    "smollm2-smollm2+frozen": ("SmolLM2 -> SmolLM2 with the encoder frozen (a third less compute per step)",
-                               ("experiment=quickstart", "decoder=smollm2", "encoder=smollm2", *BEFORE, *XATTN,
-                                "optimizer.new_params_lr=1e-3", "model.freeze_encoder=true")),
-    "warm_start_gated": ("experiment=warm_start_gated: the best gated combination (+ lead copies, gates 0.5, 96 tokens)",
-                         ("experiment=warm_start_gated",)),
+    "prefix+trained_encoder": (
+        "SmolLM2 prefix pair with the encoder trained too",
+        ("experiment=quickstart", "model.freeze_encoder=false"),
+    ),
+    "prefix+lead_copies": (
+        "SmolLM2 prefix pair with lead copies (the default until they measured worse)",
+        ("experiment=quickstart", "data.lead_copy_sentences=3"),
+    ),
+    "minilm-minilm": (
+        "MiniLM -> MiniLM, what `python train.py` ran before the prefix pair",
+        ("experiment=quickstart", "encoder=minilm", "decoder=minilm", *BEFORE),
+    ),
+    "minilm+new_lr": (
+        "MiniLM -> MiniLM, default + new parameters at lr 1e-3",
+        ("experiment=quickstart", "encoder=minilm", "decoder=minilm", *BEFORE, "optimizer.new_params_lr=1e-3"),
+    ),
+    "minilm+levers": (
+        "MiniLM -> MiniLM, default + lr 1e-3 + cross-attention from self-attention + identity head",
+        (
+            "experiment=quickstart",
+            "encoder=minilm",
+            "decoder=minilm",
+            *BEFORE,
+            *XATTN,
+            "decoder.lm_head_init=identity",
+            "optimizer.new_params_lr=1e-3",
+        ),
+    ),
+    "smollm2-before": (
+        "MiniLM -> SmolLM2, closed gates, one learning rate, 48 tokens",
+        ("experiment=quickstart", "encoder=minilm", "decoder=smollm2", *BEFORE),
+    ),
+    "smollm2+new_lr": (
+        "MiniLM -> SmolLM2, new parameters at lr 1e-3",
+        ("experiment=quickstart", "encoder=minilm", "decoder=smollm2", *BEFORE, "optimizer.new_params_lr=1e-3"),
+    ),
+    "smollm2+xattn_init": (
+        "MiniLM -> SmolLM2, lr 1e-3 + cross-attention queries from self-attention",
+        ("experiment=quickstart", "encoder=minilm", "decoder=smollm2", *BEFORE, "optimizer.new_params_lr=1e-3", *XATTN),
+    ),
+    "smollm2+lr3e-3": (
+        "MiniLM -> SmolLM2, cross-attention from self-attention, new parameters at lr 3e-3",
+        ("experiment=quickstart", "encoder=minilm", "decoder=smollm2", *BEFORE, *XATTN, "optimizer.new_params_lr=3e-3"),
+    ),
+    "smollm2+gate": (
+        "MiniLM -> SmolLM2, cross-attention from self-attention, lr 1e-3, gates start at 0.5",
+        (
+            "experiment=quickstart",
+            "encoder=minilm",
+            "decoder=smollm2",
+            *BEFORE,
+            *XATTN,
+            "optimizer.new_params_lr=1e-3",
+            "decoder.cross_attention.gate_init=0.5",
+        ),
+    ),
+    "smollm2+len96": (
+        "MiniLM -> SmolLM2, cross-attention from self-attention, lr 1e-3, 96 tokens, no repeated trigrams",
+        (
+            "experiment=quickstart",
+            "encoder=minilm",
+            "decoder=smollm2",
+            *BEFORE,
+            *XATTN,
+            "optimizer.new_params_lr=1e-3",
+            "data.max_target_length=96",
+            "generation.no_repeat_ngram_size=3",
+        ),
+    ),
+    "smollm2-smollm2": (
+        "SmolLM2 -> SmolLM2 (causal LLM as encoder: keys/values from self-attention too), lr 1e-3",
+        (
+            "experiment=quickstart",
+            "decoder=smollm2",
+            "encoder=smollm2",
+            *BEFORE,
+            *XATTN,
+            "optimizer.new_params_lr=1e-3",
+        ),
+    ),
+    "smollm2-smollm2+frozen": (
+        "SmolLM2 -> SmolLM2 with the encoder frozen (a third less compute per step)",
+        (
+            "experiment=quickstart",
+            "decoder=smollm2",
+            "encoder=smollm2",
+            *BEFORE,
+            *XATTN,
+            "optimizer.new_params_lr=1e-3",
+            "model.freeze_encoder=true",
+        ),
+    ),
+    "warm_start_gated": (
+        "experiment=warm_start_gated: the best gated combination (+ lead copies, gates 0.5, 96 tokens)",
+        ("experiment=warm_start_gated",),
+    ),
 }
 HF_ANCHOR = "hf-seq2seqtrainer"
 
 
 def train_overrides(steps: int, eval_every: int, device: str, run_dir: Path) -> list[str]:
     return [
-        f"trainer.max_steps={steps}", "trainer.max_epochs=-1", "trainer.check_val_every_n_epoch=null",
-        f"trainer.val_check_interval={eval_every}", "checkpoint.save_top_k=0", "checkpoint.save_last=false",
-        "logger=csv", "callbacks=none", f"trainer={'cpu' if device == 'cpu' else 'gpu'}",
+        f"trainer.max_steps={steps}",
+        "trainer.max_epochs=-1",
+        "trainer.check_val_every_n_epoch=null",
+        f"trainer.val_check_interval={eval_every}",
+        "checkpoint.save_top_k=0",
+        "checkpoint.save_last=false",
+        "logger=csv",
+        "callbacks=none",
+        f"trainer={'cpu' if device == 'cpu' else 'gpu'}",
         "+callbacks.quality_clock._target_=quality_clock.TrainingClock",
-        f"+callbacks.quality_clock.path={run_dir / 'clock.json'}", f"hydra.run.dir={run_dir}",
+        f"+callbacks.quality_clock.path={run_dir / 'clock.json'}",
+        f"hydra.run.dir={run_dir}",
     ] + (["trainer.precision=32-true"] if device != "cpu" else [])
 
 
 def run_encdec(name: str, overrides: tuple[str, ...], args, folder: Path) -> dict:
     run_dir = folder / name
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(common.ROOT / "bench"), os.environ.get("PYTHONPATH", "")]),
-           "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "WANDB_MODE": "disabled"}
-    command = [sys.executable, str(common.ROOT / "train.py"), *overrides,
-               *train_overrides(args.steps, args.eval_every, args.device, run_dir)]
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(common.ROOT / "bench"), os.environ.get("PYTHONPATH", "")]),
+        "HF_HUB_OFFLINE": "1",
+        "TOKENIZERS_PARALLELISM": "false",
+        "WANDB_MODE": "disabled",
+    }
+    command = [
+        sys.executable,
+        str(common.ROOT / "train.py"),
+        *overrides,
+        *train_overrides(args.steps, args.eval_every, args.device, run_dir),
+    ]
     started = time.perf_counter()
     process = subprocess.run(command, cwd=common.ROOT, capture_output=True, text=True, env=env)
     if process.returncode != 0:
         raise RuntimeError(f"{name} failed (exit {process.returncode}):\n{process.stderr[-3000:]}")
     curve = json.loads((run_dir / "clock.json").read_text())["curve"]
     metrics = json.loads((run_dir / "metrics.json").read_text())
-    return {"overrides": list(overrides), "curve": curve, "wall_seconds": round(time.perf_counter() - started, 1),
-            "test": {k: round(v, 2) for k, v in metrics.items() if k.startswith(("test/", "baseline/"))}}
+    return {
+        "overrides": list(overrides),
+        "curve": curve,
+        "wall_seconds": round(time.perf_counter() - started, 1),
+        "test": {k: round(v, 2) for k, v in metrics.items() if k.startswith(("test/", "baseline/"))},
+    }
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--levers", default=",".join([*LEVERS, HF_ANCHOR]), help="comma-separated: " + ", ".join([*LEVERS, HF_ANCHOR]))
+    parser.add_argument(
+        "--levers", default=",".join([*LEVERS, HF_ANCHOR]), help="comma-separated: " + ", ".join([*LEVERS, HF_ANCHOR])
+    )
     parser.add_argument("--steps", type=int, default=39)
     parser.add_argument("--eval-every", type=int, default=13)
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     parser.add_argument("--results", default=None, help="file name under bench/results (quality_<device>.json)")
     parser.add_argument("--parallel", type=int, default=1, help="runs at once (a GPU has room for several)")
-    parser.add_argument("--extra", nargs="*", default=[], help="train.py overrides added to every run (a dry run: "
-                        "data.max_eval_samples=4)")
+    parser.add_argument(
+        "--extra",
+        nargs="*",
+        default=[],
+        help="train.py overrides added to every run (a dry run: data.max_eval_samples=4)",
+    )
     parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
@@ -123,21 +218,36 @@ def main() -> None:
         def measure(name: str) -> None:
             print(f"[quality] {name} ...", flush=True)
             if name == HF_ANCHOR:
-                spec = {"steps": args.steps, "eval_every": args.eval_every, "device": args.device,
-                        "overrides": [*LEVERS["default"][1], *args.extra]}
+                spec = {
+                    "steps": args.steps,
+                    "eval_every": args.eval_every,
+                    "device": args.device,
+                    "overrides": [*LEVERS["default"][1], *args.extra],
+                }
                 run = {"overrides": spec["overrides"], **common.run_worker(Path(__file__), spec, timeout=7200)}
             else:
                 run = run_encdec(name, (*LEVERS[name][1], *args.extra), args, Path(scratch))
             run["description"] = LEVERS.get(name, ("HF Seq2SeqTrainer on the 'default' model, data and steps",))[0]
             last = run["curve"][-1] if run["curve"] else {}
-            print(f"[quality] {name}: val rouge2 {last.get('rouge2', float('nan')):.2f} at step {last.get('step')}, "
-                  f"{last.get('seconds', 0):.0f} s of training; test {run.get('test', {})}", flush=True)
+            print(
+                f"[quality] {name}: val rouge2 {last.get('rouge2', float('nan')):.2f} at step {last.get('step')}, "
+                f"{last.get('seconds', 0):.0f} s of training; test {run.get('test', {})}",
+                flush=True,
+            )
             with lock:
                 runs[name] = run
-                payload = {"machine": common.machine() if args.device == "cpu" else common.gpu_machine(),
-                           "settings": {"steps": args.steps, "eval_every": args.eval_every, "device": args.device,
-                                        "parallel": args.parallel, "extra": args.extra},
-                           "baselines": baselines, "runs": {n: runs[n] for n in names if n in runs}}
+                payload = {
+                    "machine": common.machine() if args.device == "cpu" else common.gpu_machine(),
+                    "settings": {
+                        "steps": args.steps,
+                        "eval_every": args.eval_every,
+                        "device": args.device,
+                        "parallel": args.parallel,
+                        "extra": args.extra,
+                    },
+                    "baselines": baselines,
+                    "runs": {n: runs[n] for n in names if n in runs},
+                }
                 common.write_results(results_name, payload, merge_key="runs")
 
         lock = threading.Lock()
@@ -165,8 +275,10 @@ def _validation_baselines() -> dict[str, float]:
     from encdec.metrics import lead_baselines
 
     splits = load_splits(common.compose("experiment=quickstart").data)
-    return {split: lead_baselines(list(splits[split]["document"]), list(splits[split]["summary"]))
-            for split in ("validation", "test")}
+    return {
+        split: lead_baselines(list(splits[split]["document"]), list(splits[split]["summary"]))
+        for split in ("validation", "test")
+    }
 
 
 if __name__ == "__main__":

@@ -36,6 +36,10 @@ class TrainingClock(L.Callback):
         if trainer.sanity_checking or "val/rouge2" not in metrics or not trainer.is_global_zero:
             return
         # train.py validates once more after fit: the same step, and here the same weights (no checkpoint is kept).
-        self.curve[trainer.global_step] = {"step": trainer.global_step, "seconds": round(self.seconds, 2),
-                                           "rouge2": float(metrics["val/rouge2"]), "loss": float(metrics["val/loss"])}
+        self.curve[trainer.global_step] = {
+            "step": trainer.global_step,
+            "seconds": round(self.seconds, 2),
+            "rouge2": float(metrics["val/rouge2"]),
+            "loss": float(metrics["val/loss"]),
+        }
         self.path.write_text(json.dumps({"curve": list(self.curve.values())}))

@@ -25,7 +25,9 @@ def worker(spec: dict) -> None:
     cfg = common.compose(*spec["overrides"])
     torch.manual_seed(cfg.seed)
     model, encoder_tokenizer, decoder_tokenizer = build_model(cfg)
-    datamodule = SummarizationDataModule(cfg.data, encoder_tokenizer, decoder_tokenizer, model.config.decoder_start_token_id)
+    datamodule = SummarizationDataModule(
+        cfg.data, encoder_tokenizer, decoder_tokenizer, model.config.decoder_start_token_id
+    )
     datamodule.prepare()
     columns = ["input_ids", "labels"]
     train = datamodule.tokenized["train"].select_columns(columns)
@@ -53,23 +55,49 @@ def worker(spec: dict) -> None:
     device = spec["device"]
     args = Seq2SeqTrainingArguments(
         output_dir=tempfile.mkdtemp(prefix="encdec-quality-hf-"),
-        per_device_train_batch_size=cfg.data.batch_size, per_device_eval_batch_size=cfg.data.eval_batch_size,
-        max_steps=spec["steps"], learning_rate=cfg.optimizer.lr, weight_decay=cfg.optimizer.weight_decay,
-        max_grad_norm=cfg.trainer.gradient_clip_val, lr_scheduler_type="linear",
-        warmup_steps=cfg.scheduler.num_warmup_steps, optim="adamw_torch", eval_strategy="no",
-        save_strategy="no", logging_strategy="no", report_to=[], disable_tqdm=True,
-        predict_with_generate=True, generation_max_length=None, use_cpu=device == "cpu", seed=cfg.seed,
-        dataloader_num_workers=0, **({"generation_num_beams": 1} if "generation_num_beams" in fields else {}),
+        per_device_train_batch_size=cfg.data.batch_size,
+        per_device_eval_batch_size=cfg.data.eval_batch_size,
+        max_steps=spec["steps"],
+        learning_rate=cfg.optimizer.lr,
+        weight_decay=cfg.optimizer.weight_decay,
+        max_grad_norm=cfg.trainer.gradient_clip_val,
+        lr_scheduler_type="linear",
+        warmup_steps=cfg.scheduler.num_warmup_steps,
+        optim="adamw_torch",
+        eval_strategy="no",
+        save_strategy="no",
+        logging_strategy="no",
+        report_to=[],
+        disable_tqdm=True,
+        predict_with_generate=True,
+        generation_max_length=None,
+        use_cpu=device == "cpu",
+        seed=cfg.seed,
+        dataloader_num_workers=0,
+        **({"generation_num_beams": 1} if "generation_num_beams" in fields else {}),
     )
-    trainer = Seq2SeqTrainer(model=model, args=args, train_dataset=train, eval_dataset=validation,
-                             data_collator=collator, processing_class=encoder_tokenizer,
-                             compute_metrics=compute_metrics, callbacks=[clock])
+    trainer = Seq2SeqTrainer(
+        model=model,
+        args=args,
+        train_dataset=train,
+        eval_dataset=validation,
+        data_collator=collator,
+        processing_class=encoder_tokenizer,
+        compute_metrics=compute_metrics,
+        callbacks=[clock],
+    )
     curve = []
 
     def evaluate(step: int) -> None:
         metrics = trainer.evaluate(max_new_tokens=cfg.data.max_target_length)
-        curve.append({"step": step, "seconds": round(clock.seconds, 2), "rouge2": metrics["eval_rouge2"],
-                      "loss": metrics["eval_loss"]})
+        curve.append(
+            {
+                "step": step,
+                "seconds": round(clock.seconds, 2),
+                "rouge2": metrics["eval_rouge2"],
+                "loss": metrics["eval_loss"],
+            }
+        )
 
     class EvaluateInCurve(TrainerCallback):
         # Evaluated here rather than by eval_strategy, so each point carries the step and training seconds it follows.

@@ -19,7 +19,9 @@ def plot(results: Path) -> Path:
     colors = plt.get_cmap("tab20").colors
     for index, (name, run) in enumerate(payload["runs"].items()):
         curve = run.get("curve") or []
-        style = {"linestyle": "--", "color": "black"} if name.startswith("hf") else {"color": colors[index % len(colors)]}
+        style = (
+            {"linestyle": "--", "color": "black"} if name.startswith("hf") else {"color": colors[index % len(colors)]}
+        )
         for axis, x in zip(axes, ("step", "seconds")):
             axis.plot([p[x] for p in curve], [p["rouge2"] for p in curve], marker="o", label=name, **style)
     baselines = payload.get("baselines", {}).get("validation", {})

@@ -81,10 +81,18 @@ def run(kind: str, folder: Path, kill_at=None, resume_from=None) -> list[tuple[i
     made = loader(kind)
     data, sampler = made if isinstance(made, tuple) else (made, None)
     model = Model(kill_at, own_resume=kind == "encdec")
-    checkpoint = L.pytorch.callbacks.ModelCheckpoint(dirpath=folder, every_n_train_steps=EVERY, save_top_k=-1,
-                                                     filename="step{step}", auto_insert_metric_name=False)
-    trainer = L.Trainer(max_epochs=EPOCHS, callbacks=[checkpoint], logger=False, enable_progress_bar=False,
-                        enable_model_summary=False, use_distributed_sampler=False, num_sanity_val_steps=0)
+    checkpoint = L.pytorch.callbacks.ModelCheckpoint(
+        dirpath=folder, every_n_train_steps=EVERY, save_top_k=-1, filename="step{step}", auto_insert_metric_name=False
+    )
+    trainer = L.Trainer(
+        max_epochs=EPOCHS,
+        callbacks=[checkpoint],
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        use_distributed_sampler=False,
+        num_sanity_val_steps=0,
+    )
     trainer.train_dataloader_sampler = sampler
     try:
         trainer.fit(model, train_dataloaders=data, ckpt_path=resume_from)
@@ -103,8 +111,10 @@ def main() -> int:
         got = [batch for _, batch in resumed]
         same = got == expected
         first_diff = next((i for i, (a, b) in enumerate(zip(got, expected)) if a != b), None)
-        print(f"{kind:26s} resumed == uninterrupted: {same}  (batches {len(got)} vs {len(expected)}; first difference "
-              f"at resumed batch {first_diff}; resumed starts {got[:2]}, expected {expected[:2]})")
+        print(
+            f"{kind:26s} resumed == uninterrupted: {same}  (batches {len(got)} vs {len(expected)}; first difference "
+            f"at resumed batch {first_diff}; resumed starts {got[:2]}, expected {expected[:2]})"
+        )
     return 0
 
 

@@ -44,29 +44,58 @@ SCENARIOS = {
     # Headline: encdec default and encdec with the levers that paid vs Seq2SeqTrainer (torch AdamW = encdec's
     # optimizer; adamw_torch_fused = Seq2SeqTrainer's own default in transformers 5).
     "minilm-aclsum": {
-        "model": "minilm", "data": "aclsum", "rows": 24, "batch_size": 8, "max_source": 512, "max_target": 128,
+        "model": "minilm",
+        "data": "aclsum",
+        "rows": 24,
+        "batch_size": 8,
+        "max_source": 512,
+        "max_target": 128,
         "runs": ["hf", "hf-fused", "encdec", BEST],
     },
     "minilm-synthetic": {
-        "model": "minilm", "data": "synthetic", "rows": 48, "batch_size": 8, "max_source": 512, "max_target": 128,
+        "model": "minilm",
+        "data": "synthetic",
+        "rows": 48,
+        "batch_size": 8,
+        "max_source": 512,
+        "max_target": 128,
         "runs": ["hf", "hf-fused", "encdec", BEST],
     },
     "bert2gpt2-synthetic": {
-        "model": "bert2gpt2-4x256", "data": "synthetic", "rows": 96, "batch_size": 8, "max_source": 512,
-        "max_target": 128, "runs": ["hf", "hf-fused", "encdec", BEST],
+        "model": "bert2gpt2-4x256",
+        "data": "synthetic",
+        "rows": 96,
+        "batch_size": 8,
+        "max_source": 512,
+        "max_target": 128,
+        "runs": ["hf", "hf-fused", "encdec", BEST],
     },
     # A larger epoch, where Seq2SeqTrainer's length grouping works (megabatches of 12 batches instead of 1-4).
     "bert2gpt2-synthetic-400": {
-        "model": "bert2gpt2-4x256", "data": "synthetic", "rows": 400, "batch_size": 8, "max_source": 512,
-        "max_target": 128, "runs": ["hf", BEST],
+        "model": "bert2gpt2-4x256",
+        "data": "synthetic",
+        "rows": 400,
+        "batch_size": 8,
+        "max_source": 512,
+        "max_target": 128,
+        "runs": ["hf", BEST],
     },
     "recommended-400": {
-        "model": "bert2gpt2-4x256", "data": "synthetic", "rows": 400, "batch_size": 8, "max_source": 512,
-        "max_target": 128, "runs": ["hf", RECOMMENDED],
+        "model": "bert2gpt2-4x256",
+        "data": "synthetic",
+        "rows": 400,
+        "batch_size": 8,
+        "max_source": 512,
+        "max_target": 128,
+        "runs": ["hf", RECOMMENDED],
     },
     # Levers, one at a time, on the smaller model.
     "levers-data": {
-        "model": "bert2gpt2-4x256", "data": "synthetic", "rows": 96, "batch_size": 8, "max_source": 512,
+        "model": "bert2gpt2-4x256",
+        "data": "synthetic",
+        "rows": 96,
+        "batch_size": 8,
+        "max_source": 512,
         "max_target": 128,
         "runs": ["hf", "hf-random", "encdec", "encdec+group", "encdec+budget", "encdec+budget-memory"],
     },
@@ -75,17 +104,34 @@ SCENARIOS = {
     # batch 32 and 48000 rows: 1500 steps, ~8.2 PFLOP at ~0.65 GFLOP per token, i.e. ~30 s at 30% MFU of an H100 and
     # ~60 s where the step is bound by the host's kernel launches (~40 ms); --max-seconds caps a slower run.
     "bert2bert-base": {
-        "model": "bert2bert-base", "data": "synthetic", "rows": 48, "batch_size": 8, "max_source": 512,
-        "max_target": 128, "runs": ["hf", "encdec", "encdec+budget"],
-        "cuda": {"rows": 48000, "batch_size": 32,
-                 "runs": ["hf", "hf-fused", "encdec", "encdec+budget", "encdec+cudnn", "encdec+nosync",
-                          "hf-fused+nocudnn"]},
+        "model": "bert2bert-base",
+        "data": "synthetic",
+        "rows": 48,
+        "batch_size": 8,
+        "max_source": 512,
+        "max_target": 128,
+        "runs": ["hf", "encdec", "encdec+budget"],
+        "cuda": {
+            "rows": 48000,
+            "batch_size": 32,
+            "runs": ["hf", "hf-fused", "encdec", "encdec+budget", "encdec+cudnn", "encdec+nosync", "hf-fused+nocudnn"],
+        },
     },
     "levers-step": {
-        "model": "bert2gpt2-4x256", "data": "synthetic", "rows": 64, "batch_size": 8, "max_source": 512,
+        "model": "bert2gpt2-4x256",
+        "data": "synthetic",
+        "rows": 64,
+        "batch_size": 8,
+        "max_source": 512,
         "max_target": 128,
-        "runs": ["hf", "encdec+budget", "encdec+budget+foreach", "encdec+budget+fused", "encdec+budget+nodecmask",
-                 "encdec+budget+ckpt"],
+        "runs": [
+            "hf",
+            "encdec+budget",
+            "encdec+budget+foreach",
+            "encdec+budget+fused",
+            "encdec+budget+nodecmask",
+            "encdec+budget+ckpt",
+        ],
     },
 }
 
@@ -147,7 +193,9 @@ def load_rows(spec: dict, cfg, model, encoder_tokenizer, decoder_tokenizer) -> l
         return truncate(common.synthetic_rows(spec["rows"], seed=0), spec["max_source"], spec["max_target"])
     from encdec.lit.datamodule import SummarizationDataModule
 
-    datamodule = SummarizationDataModule(cfg.data, encoder_tokenizer, decoder_tokenizer, model.config.decoder_start_token_id)
+    datamodule = SummarizationDataModule(
+        cfg.data, encoder_tokenizer, decoder_tokenizer, model.config.decoder_start_token_id
+    )
     datamodule.prepare()
     train = datamodule.tokenized["train"]
     return [{"input_ids": r["input_ids"], "labels": r["labels"]} for r in train.select(range(spec["rows"]))]
@@ -167,8 +215,13 @@ def truncate(rows: list[dict], max_source: int, max_target: int) -> list[dict]:
 
 
 def data_overrides(spec: dict) -> list[str]:
-    return [f"data.max_source_length={spec['max_source']}", f"data.max_target_length={spec['max_target']}",
-            f"data.batch_size={spec['batch_size']}", "data.max_eval_samples=2", "data.max_test_samples=2"]
+    return [
+        f"data.max_source_length={spec['max_source']}",
+        f"data.max_target_length={spec['max_target']}",
+        f"data.batch_size={spec['batch_size']}",
+        "data.max_eval_samples=2",
+        "data.max_test_samples=2",
+    ]
 
 
 def calibrate_budget(lengths: list[tuple[int, int]], batch_size: int) -> int:
@@ -228,11 +281,14 @@ class Steps:
 
     def count(self, batch) -> None:
         mask, labels = batch["attention_mask"], batch["labels"]
-        self.batches.append({
-            "rows": int(labels.shape[0]),
-            "source": int(mask.sum()), "target": int((labels != IGNORE_INDEX).sum()),
-            "padded": int(mask.numel() + labels.numel()),
-        })
+        self.batches.append(
+            {
+                "rows": int(labels.shape[0]),
+                "source": int(mask.sum()),
+                "target": int((labels != IGNORE_INDEX).sum()),
+                "padded": int(mask.numel() + labels.numel()),
+            }
+        )
 
     def summary(self) -> dict:
         if len(self.ends) <= self.skip:
@@ -244,9 +300,13 @@ class Steps:
         target = sum(b["target"] for b in batches)
         padded = sum(b["padded"] for b in batches)
         return {
-            "steps": steps, "seconds": round(seconds, 2), "s_per_step": round(seconds / steps, 3),
+            "steps": steps,
+            "seconds": round(seconds, 2),
+            "s_per_step": round(seconds / steps, 3),
             "rows_per_step": round(sum(b["rows"] for b in batches) / steps, 2),
-            "real_tokens": source + target, "target_tokens": target, "padded_tokens": padded,
+            "real_tokens": source + target,
+            "target_tokens": target,
+            "padded_tokens": padded,
             "padding_fraction": round(1 - (source + target) / padded, 4),
             "tokens_per_s": round((source + target) / seconds, 1),
             "target_tokens_per_s": round(target / seconds, 1),
@@ -304,9 +364,13 @@ def count_step_flops(model, batch: dict, device: str, precision: str) -> dict:
     counter = FlopCounterMode(display=False)
     with counter:
         with autocast(device, precision):
-            logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-                           decoder_input_ids=batch["decoder_input_ids"],
-                           decoder_attention_mask=batch["decoder_attention_mask"], use_cache=False).logits
+            logits = model(
+                input_ids=batch["input_ids"],
+                attention_mask=batch["attention_mask"],
+                decoder_input_ids=batch["decoder_input_ids"],
+                decoder_attention_mask=batch["decoder_attention_mask"],
+                use_cache=False,
+            ).logits
         loss = F.cross_entropy(logits.float().flatten(0, 1), batch["labels"].flatten(), ignore_index=IGNORE_INDEX)
         loss.backward()
     model.zero_grad(set_to_none=True)
@@ -318,8 +382,12 @@ def count_step_flops(model, batch: dict, device: str, precision: str) -> dict:
     del logits, loss
     if device == "cuda":
         torch.cuda.synchronize()
-    return {"flop_count_batch": [int(rows), int(source), int(target)], "flops_per_step": flops,
-            "flops_per_padded_token": flops / padded, "flops_per_real_token_of_that_batch": flops / real}
+    return {
+        "flop_count_batch": [int(rows), int(source), int(target)],
+        "flops_per_step": flops,
+        "flops_per_padded_token": flops / padded,
+        "flops_per_real_token_of_that_batch": flops / real,
+    }
 
 
 def mfu_fields(summary: dict, flops: dict, peak_tflops: float) -> dict:
@@ -328,8 +396,13 @@ def mfu_fields(summary: dict, flops: dict, peak_tflops: float) -> dict:
     per_token = flops["flops_per_padded_token"]
     executed = per_token * summary["padded_tokens"] / summary["seconds"] / 1e12
     useful = per_token * summary["real_tokens"] / summary["seconds"] / 1e12
-    return {"achieved_tflops": round(executed, 3), "useful_tflops": round(useful, 3), "peak_tflops": peak_tflops,
-            "mfu": round(executed / peak_tflops, 4), "useful_mfu": round(useful / peak_tflops, 4)}
+    return {
+        "achieved_tflops": round(executed, 3),
+        "useful_tflops": round(useful, 3),
+        "peak_tflops": peak_tflops,
+        "mfu": round(executed / peak_tflops, 4),
+        "useful_mfu": round(useful / peak_tflops, 4),
+    }
 
 
 def worker_encdec(spec: dict, rows: list[dict], model, encoder_tokenizer, decoder_tokenizer, cfg, steps: Steps) -> dict:
@@ -351,7 +424,11 @@ def worker_encdec(spec: dict, rows: list[dict], model, encoder_tokenizer, decode
 
     class DataModule(SummarizationDataModule):
         def prepare(self):
-            self.tokenized = {"train": dataset, "validation": dataset.select(range(2)), "test": dataset.select(range(2))}
+            self.tokenized = {
+                "train": dataset,
+                "validation": dataset.select(range(2)),
+                "test": dataset.select(range(2)),
+            }
 
         def train_dataloader(self):
             if not spec.get("budget"):
@@ -395,9 +472,15 @@ def worker_encdec(spec: dict, rows: list[dict], model, encoder_tokenizer, decode
     if spec.get("checkpointing"):
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     # +compile is the product's switch (model.compile: the training forward compiled); pair it with --skip-steps.
-    module = Module(model, decoder_tokenizer, optimizer=_optimizer(cfg), scheduler=_scheduler(cfg),
-                    generate_in_validation=False, cudnn_attention=spec.get("cudnn_attention", False),
-                    compile=bool(spec.get("compile")))
+    module = Module(
+        model,
+        decoder_tokenizer,
+        optimizer=_optimizer(cfg),
+        scheduler=_scheduler(cfg),
+        generate_in_validation=False,
+        cudnn_attention=spec.get("cudnn_attention", False),
+        compile=bool(spec.get("compile")),
+    )
 
     class Timer(L.Callback):
         def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
@@ -410,9 +493,19 @@ def worker_encdec(spec: dict, rows: list[dict], model, encoder_tokenizer, decode
                 trainer.should_stop = True
 
     trainer = L.Trainer(
-        accelerator=device, devices=1, precision=spec.get("precision", "32-true"), max_epochs=1, max_steps=-1, gradient_clip_val=1.0,
-        logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
-        num_sanity_val_steps=0, limit_val_batches=0, callbacks=[Timer()],
+        accelerator=device,
+        devices=1,
+        precision=spec.get("precision", "32-true"),
+        max_epochs=1,
+        max_steps=-1,
+        gradient_clip_val=1.0,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        limit_val_batches=0,
+        callbacks=[Timer()],
     )
     trainer.fit(module, datamodule=datamodule)
     return extra
@@ -451,15 +544,39 @@ def worker_hf(spec: dict, rows: list[dict], model, encoder_tokenizer, steps: Ste
         sampling = {"group_by_length": spec["group_by_length"]}
     args = Seq2SeqTrainingArguments(
         output_dir=tempfile.mkdtemp(prefix="encdec-bench-hf-"),
-        per_device_train_batch_size=spec["batch_size"], num_train_epochs=1, max_steps=-1,
-        learning_rate=1e-4, weight_decay=0.01, adam_beta1=0.9, adam_beta2=0.999, adam_epsilon=1e-8, max_grad_norm=1.0,
-        lr_scheduler_type="linear", warmup_steps=0, optim=spec["optim"], **sampling,
-        eval_strategy="no", save_strategy="no", logging_strategy="no", report_to=[], disable_tqdm=True,
-        use_cpu=device == "cpu", dataloader_num_workers=0, dataloader_pin_memory=False, seed=0,
-        bf16=precision == "bf16-mixed", fp16=precision == "16-mixed",
+        per_device_train_batch_size=spec["batch_size"],
+        num_train_epochs=1,
+        max_steps=-1,
+        learning_rate=1e-4,
+        weight_decay=0.01,
+        adam_beta1=0.9,
+        adam_beta2=0.999,
+        adam_epsilon=1e-8,
+        max_grad_norm=1.0,
+        lr_scheduler_type="linear",
+        warmup_steps=0,
+        optim=spec["optim"],
+        **sampling,
+        eval_strategy="no",
+        save_strategy="no",
+        logging_strategy="no",
+        report_to=[],
+        disable_tqdm=True,
+        use_cpu=device == "cpu",
+        dataloader_num_workers=0,
+        dataloader_pin_memory=False,
+        seed=0,
+        bf16=precision == "bf16-mixed",
+        fp16=precision == "16-mixed",
     )
-    trainer = Seq2SeqTrainer(model=model, args=args, train_dataset=dataset, data_collator=counting_collator,
-                             processing_class=encoder_tokenizer, callbacks=[Timer()])
+    trainer = Seq2SeqTrainer(
+        model=model,
+        args=args,
+        train_dataset=dataset,
+        data_collator=counting_collator,
+        processing_class=encoder_tokenizer,
+        callbacks=[Timer()],
+    )
     trainer.train()
     return {}
 
@@ -476,8 +593,11 @@ def worker(spec: dict) -> None:
 
     with common.PeakRSS() as memory:
         # encdec's default (optimizer.fused=null) resolves to fused in fp32; name the for-loop explicitly to measure it.
-        optimizer = {"foreach": ["optimizer.fused=false", "+optimizer.foreach=true"], "fused": ["optimizer.fused=true"],
-                     "for-loop": ["optimizer.fused=false"]}.get(spec.get("optimizer"), [])
+        optimizer = {
+            "foreach": ["optimizer.fused=false", "+optimizer.foreach=true"],
+            "fused": ["optimizer.fused=true"],
+            "for-loop": ["optimizer.fused=false"],
+        }.get(spec.get("optimizer"), [])
         if spec.get("precision", "32-true") != "32-true":
             # encdec resolves optimizer.fused=null from trainer.precision: fused except under 16-mixed with clipping
             # (the loss scaler), so under bf16-mixed encdec runs fused AdamW, like hf-fused (adamw_torch_fused).
@@ -494,8 +614,9 @@ def worker(spec: dict) -> None:
         warm_up(model, device, precision)
         flops = {}
         if spec.get("count_flops"):
-            batch = representative_batch(rows, spec["batch_size"], encoder_tokenizer.pad_token_id,
-                                         model.config.decoder_start_token_id, device)
+            batch = representative_batch(
+                rows, spec["batch_size"], encoder_tokenizer.pad_token_id, model.config.decoder_start_token_id, device
+            )
             flops = count_step_flops(model, batch, device, precision)
             del batch
         if device == "cuda":
@@ -533,11 +654,13 @@ def padding_analysis(save: bool = True) -> None:
     from encdec.data.sampling import GroupedByLength, ResumableBatchSampler, TokenBudget, padding_stats
 
     batch = 8
-    cfg, model, encoder_tokenizer, decoder_tokenizer = common.build("minilm", *data_overrides(
-        {"max_source": 512, "max_target": 128, "batch_size": batch}))
+    cfg, model, encoder_tokenizer, decoder_tokenizer = common.build(
+        "minilm", *data_overrides({"max_source": 512, "max_target": 128, "batch_size": batch})
+    )
     sets = {f"synthetic-{n}": common.synthetic_rows(n, seed=0) for n in (48, 96, 400, 1600)}
-    sets["aclsum-train-100"] = load_rows({"data": "aclsum", "rows": 100}, cfg, model, encoder_tokenizer,
-                                         decoder_tokenizer)
+    sets["aclsum-train-100"] = load_rows(
+        {"data": "aclsum", "rows": 100}, cfg, model, encoder_tokenizer, decoder_tokenizer
+    )
     out = []
     for name, rows in sets.items():
         sources = np.array([len(r["input_ids"]) for r in rows])
@@ -547,21 +670,36 @@ def padding_analysis(save: bool = True) -> None:
         schemes = {}
         order = np.random.default_rng(0).permutation(n)
         schemes["random (encdec default, hf-random)"] = [order[i : i + batch] for i in range(0, n, batch)]
-        indices = list(LengthGroupedSampler(batch, lengths=sources.tolist(), generator=torch.Generator().manual_seed(0)))
+        indices = list(
+            LengthGroupedSampler(batch, lengths=sources.tolist(), generator=torch.Generator().manual_seed(0))
+        )
         schemes["hf group_by_length"] = [indices[i : i + batch] for i in range(0, n, batch)]
         schemes["encdec group_by_length"] = ResumableBatchSampler(GroupedByLength(lengths, batch), seed=0).batches()
         items = calibrate_budget(lengths, batch)
         schemes[f"budget items ({items} tokens)"] = ResumableBatchSampler(TokenBudget(lengths, items), seed=0).batches()
         memory = batch * (512 + 128)
-        schemes[f"budget memory ({memory} tokens)"] = ResumableBatchSampler(TokenBudget(lengths, memory), seed=0).batches()
+        schemes[f"budget memory ({memory} tokens)"] = ResumableBatchSampler(
+            TokenBudget(lengths, memory), seed=0
+        ).batches()
         for scheme, batches in schemes.items():
             stats = padding_stats(batches, sources, targets)
-            out.append({"data": name, "scheme": scheme, "batches": len(batches),
-                        "rows_per_batch": round(n / len(batches), 2),
-                        "max_padded_tokens": max(int((sources[b].max() + targets[b].max()) * len(b)) for b in batches),
-                        "padding_fraction": round(stats["padding_fraction"], 4), "padded_tokens": stats["padded"]})
-    print(common.table(out, ["data", "scheme", "batches", "rows_per_batch", "max_padded_tokens", "padding_fraction",
-                             "padded_tokens"]))
+            out.append(
+                {
+                    "data": name,
+                    "scheme": scheme,
+                    "batches": len(batches),
+                    "rows_per_batch": round(n / len(batches), 2),
+                    "max_padded_tokens": max(int((sources[b].max() + targets[b].max()) * len(b)) for b in batches),
+                    "padding_fraction": round(stats["padding_fraction"], 4),
+                    "padded_tokens": stats["padded"],
+                }
+            )
+    print(
+        common.table(
+            out,
+            ["data", "scheme", "batches", "rows_per_batch", "max_padded_tokens", "padding_fraction", "padded_tokens"],
+        )
+    )
     if save:
         print("wrote", common.write_results("train_cpu.json", {"padding_analysis": out}))
 
@@ -580,8 +718,9 @@ def precision_check(threads: int, save: bool = True) -> None:
     def step(autocast: bool) -> float:
         started = time.perf_counter()
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
-            logits = model(input_ids=ids, attention_mask=torch.ones_like(ids), decoder_input_ids=targets,
-                           use_cache=False).logits
+            logits = model(
+                input_ids=ids, attention_mask=torch.ones_like(ids), decoder_input_ids=targets, use_cache=False
+            ).logits
         F.cross_entropy(logits.float().flatten(0, 1), targets.flatten()).backward()
         model.zero_grad(set_to_none=True)
         return time.perf_counter() - started
@@ -590,17 +729,32 @@ def precision_check(threads: int, save: bool = True) -> None:
     step(True)
     rows = []
     for _ in range(2):  # alternate
-        rows.append({"what": "matmul 1024^3 GFLOP/s", "float32": common.matmul_gflops("float32"),
-                     "bfloat16": common.matmul_gflops("bfloat16")})
-        rows.append({"what": "4x256 model fwd+bwd s (4x256 src, 64 tgt)", "float32": step(False), "bfloat16": step(True)})
+        rows.append(
+            {
+                "what": "matmul 1024^3 GFLOP/s",
+                "float32": common.matmul_gflops("float32"),
+                "bfloat16": common.matmul_gflops("bfloat16"),
+            }
+        )
+        rows.append(
+            {"what": "4x256 model fwd+bwd s (4x256 src, 64 tgt)", "float32": step(False), "bfloat16": step(True)}
+        )
     for row in rows:
-        row["bf16_speedup"] = (row["bfloat16"] / row["float32"]) if "GFLOP" in row["what"] else row["float32"] / row["bfloat16"]
-    print(f"{info['cpu']}: capability {info['cpu_capability']}, avx512_bf16={info['avx512_bf16']}, "
-          f"amx_bf16={info['amx_bf16']}, {threads} thread(s)")
+        row["bf16_speedup"] = (
+            (row["bfloat16"] / row["float32"]) if "GFLOP" in row["what"] else row["float32"] / row["bfloat16"]
+        )
+    print(
+        f"{info['cpu']}: capability {info['cpu_capability']}, avx512_bf16={info['avx512_bf16']}, "
+        f"amx_bf16={info['amx_bf16']}, {threads} thread(s)"
+    )
     print(common.table(rows, ["what", "float32", "bfloat16", "bf16_speedup"]))
     if save:
-        print("wrote", common.write_results("train_cpu.json", {"precision_check": {"threads": threads, "rows": rows,
-                                                                                    "machine": info}}))
+        print(
+            "wrote",
+            common.write_results(
+                "train_cpu.json", {"precision_check": {"threads": threads, "rows": rows, "machine": info}}
+            ),
+        )
 
 
 def compile_check(threads: int, save: bool = True) -> None:
@@ -621,21 +775,33 @@ def compile_check(threads: int, save: bool = True) -> None:
 
     def step(forward, ids, targets) -> float:
         started = time.perf_counter()
-        logits = forward(input_ids=ids, attention_mask=torch.ones_like(ids), decoder_input_ids=targets,
-                         use_cache=False).logits
+        logits = forward(
+            input_ids=ids, attention_mask=torch.ones_like(ids), decoder_input_ids=targets, use_cache=False
+        ).logits
         F.cross_entropy(logits.float().flatten(0, 1), targets.flatten()).backward()
         model.zero_grad(set_to_none=True)
         return time.perf_counter() - started
 
     first, second = batch(256, 64), batch(200, 48)
     compiled = torch.compile(model, dynamic=None)
-    rows = [{"what": "first call (compile), shape 8x256/64", "compiled": step(compiled, *first),
-             "eager": step(model, *first)}]
-    rows.append({"what": "first call of a new shape 8x200/48", "compiled": step(compiled, *second),
-                 "eager": step(model, *second)})
+    rows = [
+        {
+            "what": "first call (compile), shape 8x256/64",
+            "compiled": step(compiled, *first),
+            "eager": step(model, *first),
+        }
+    ]
+    rows.append(
+        {
+            "what": "first call of a new shape 8x200/48",
+            "compiled": step(compiled, *second),
+            "eager": step(model, *second),
+        }
+    )
     for _ in range(3):  # alternate
-        rows.append({"what": "steady step, shape 8x256/64", "compiled": step(compiled, *first),
-                     "eager": step(model, *first)})
+        rows.append(
+            {"what": "steady step, shape 8x256/64", "compiled": step(compiled, *first), "eager": step(model, *first)}
+        )
     for row in rows:
         row["compiled_speedup"] = row["eager"] / row["compiled"]
     print(common.table(rows, ["what", "eager", "compiled", "compiled_speedup"]))
@@ -672,23 +838,30 @@ def isolated(threads: int, save: bool = True) -> None:
                 torch.nn.utils.clip_grad_norm_(params, 1.0)
                 optimizer.step()
                 times[key].append(time.perf_counter() - started)
-        row = {"model": name, "parameters_m": round(sum(p.numel() for p in params) / 1e6, 1),
-               **{f"{k}_s": sorted(v)[1] for k, v in times.items()}}
+        row = {
+            "model": name,
+            "parameters_m": round(sum(p.numel() for p in params) / 1e6, 1),
+            **{f"{k}_s": sorted(v)[1] for k, v in times.items()},
+        }
         print(f"AdamW clip+step, {name}: " + ", ".join(f"{k} {row[f'{k}_s']:.3f} s" for k in times))
         out["optimizer"].append(row)
 
         model.zero_grad(set_to_none=True)
         rows, reps = common.synthetic_rows(8 if name != "minilm" else 4, seed=7), 6 if name != "minilm" else 4
-        datamodule = SummarizationDataModule(cfg.data, encoder_tokenizer, decoder_tokenizer,
-                                             model.config.decoder_start_token_id)
+        datamodule = SummarizationDataModule(
+            cfg.data, encoder_tokenizer, decoder_tokenizer, model.config.decoder_start_token_id
+        )
         batch = datamodule.collate([{**r, "index": i} for i, r in enumerate(rows)])
 
         def step(mask: bool) -> float:
             started = time.perf_counter()
-            logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-                           decoder_input_ids=batch["decoder_input_ids"],
-                           decoder_attention_mask=batch["decoder_attention_mask"] if mask else None,
-                           use_cache=False).logits
+            logits = model(
+                input_ids=batch["input_ids"],
+                attention_mask=batch["attention_mask"],
+                decoder_input_ids=batch["decoder_input_ids"],
+                decoder_attention_mask=batch["decoder_attention_mask"] if mask else None,
+                use_cache=False,
+            ).logits
             F.cross_entropy(logits.flatten(0, 1), batch["labels"].flatten(), ignore_index=IGNORE_INDEX).backward()
             model.zero_grad(set_to_none=True)
             return time.perf_counter() - started
@@ -697,14 +870,21 @@ def isolated(threads: int, save: bool = True) -> None:
         step(False)
         masked, unmasked = [], []
         for r in range(reps):
-            for mask in ((True, False) if r % 2 == 0 else (False, True)):
+            for mask in (True, False) if r % 2 == 0 else (False, True):
                 (masked if mask else unmasked).append(step(mask))
         median = lambda v: sorted(v)[len(v) // 2]  # noqa: E731
-        row = {"model": name, "source_shape": list(batch["input_ids"].shape),
-               "target_shape": list(batch["labels"].shape), "with_mask_s": masked, "without_mask_s": unmasked,
-               "median_speedup_without_mask": median(masked) / median(unmasked)}
-        print(f"fwd+bwd {name} {tuple(batch['input_ids'].shape)}/{tuple(batch['labels'].shape)}: "
-              f"without the decoder mask {row['median_speedup_without_mask']:.3f}x")
+        row = {
+            "model": name,
+            "source_shape": list(batch["input_ids"].shape),
+            "target_shape": list(batch["labels"].shape),
+            "with_mask_s": masked,
+            "without_mask_s": unmasked,
+            "median_speedup_without_mask": median(masked) / median(unmasked),
+        }
+        print(
+            f"fwd+bwd {name} {tuple(batch['input_ids'].shape)}/{tuple(batch['labels'].shape)}: "
+            f"without the decoder mask {row['median_speedup_without_mask']:.3f}x"
+        )
         out["decoder_mask"].append(row)
     if save:
         print("wrote", common.write_results("train_cpu.json", {"isolated": out}))
@@ -720,30 +900,53 @@ def main() -> None:
     parser.add_argument("--runs", help="comma-separated run names (default: the scenario's), e.g. hf,encdec+budget")
     parser.add_argument("--rows", type=int, help="rows in the epoch (default: the scenario's)")
     parser.add_argument("--repeats", type=int, default=1, help="alternating rounds (the order flips every round)")
-    parser.add_argument("--threads", type=int, default=1,
-                        help="torch threads per run (default 1: on a shared, oversubscribed 2-core machine 2 threads "
-                             "spin against other work and run ~2x slower)")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch threads per run (default 1: on a shared, oversubscribed 2-core machine 2 threads "
+        "spin against other work and run ~2x slower)",
+    )
     parser.add_argument("--padding", action="store_true", help="only the offline padding analysis (no training)")
     parser.add_argument("--precision-check", action="store_true", help="only fp32 vs bf16 autocast speed on this CPU")
     parser.add_argument("--isolated", action="store_true", help="only in-process optimizer and decoder-mask timings")
     parser.add_argument("--compile-check", action="store_true", help="only eager vs torch.compile fwd+bwd, 4x256")
-    parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu",
-                        help="where both sides train (default cpu); cuda adds peak GPU memory and MFU")
-    parser.add_argument("--precision", choices=["32-true", "bf16-mixed", "16-mixed"],
-                        help="both sides' precision (default 32-true on cpu, bf16-mixed on cuda)")
+    parser.add_argument(
+        "--device",
+        choices=["cpu", "cuda"],
+        default="cpu",
+        help="where both sides train (default cpu); cuda adds peak GPU memory and MFU",
+    )
+    parser.add_argument(
+        "--precision",
+        choices=["32-true", "bf16-mixed", "16-mixed"],
+        help="both sides' precision (default 32-true on cpu, bf16-mixed on cuda)",
+    )
     parser.add_argument("--batch-size", type=int, help="rows per batch (default: the scenario's)")
     parser.add_argument("--max-source", type=int, help="source length cap (default: the scenario's)")
     parser.add_argument("--max-target", type=int, help="target length cap (default: the scenario's)")
-    parser.add_argument("--peak-tflops", type=float,
-                        help="peak bf16 dense TFLOP/s for MFU (default on cuda: from the GPU's name; required for an "
-                             "unknown GPU; on cpu MFU is computed only when this is given)")
-    parser.add_argument("--max-seconds", type=float,
-                        help="stop a run's training after this many timed seconds (tokens/s stays exact; the run "
-                             "is marked capped_by_max_seconds and covers fewer rows than the others)")
-    parser.add_argument("--skip-steps", type=int, default=0,
-                        help="untimed first steps per run (e.g. 20 with +compile, whose first steps compile)")
-    parser.add_argument("--results", help="results file name under bench/results/ or an absolute path "
-                                          "(default train_cpu.json / train_gpu.json)")
+    parser.add_argument(
+        "--peak-tflops",
+        type=float,
+        help="peak bf16 dense TFLOP/s for MFU (default on cuda: from the GPU's name; required for an "
+        "unknown GPU; on cpu MFU is computed only when this is given)",
+    )
+    parser.add_argument(
+        "--max-seconds",
+        type=float,
+        help="stop a run's training after this many timed seconds (tokens/s stays exact; the run "
+        "is marked capped_by_max_seconds and covers fewer rows than the others)",
+    )
+    parser.add_argument(
+        "--skip-steps",
+        type=int,
+        default=0,
+        help="untimed first steps per run (e.g. 20 with +compile, whose first steps compile)",
+    )
+    parser.add_argument(
+        "--results",
+        help="results file name under bench/results/ or an absolute path (default train_cpu.json / train_gpu.json)",
+    )
     parser.add_argument("--list", action="store_true")
     parser.add_argument("--no-save", action="store_true")
     args = parser.parse_args()
@@ -774,36 +977,45 @@ def main() -> None:
     scenario.update(device=args.device, precision=precision)
     names = args.runs.split(",") if args.runs else scenario["runs"]
     if precision == "16-mixed" and any(run_spec(n).get("optimizer") == "fused" for n in names):
-        raise SystemExit("16-mixed: a fused optimizer unscales gradients only inside step(), after clipping; drop "
-                         "the +fused lever (encdec then uses torch's foreach AdamW)")
+        raise SystemExit(
+            "16-mixed: a fused optimizer unscales gradients only inside step(), after clipping; drop "
+            "the +fused lever (encdec then uses torch's foreach AdamW)"
+        )
     info = common.machine()
     peak = args.peak_tflops
     if args.device == "cuda":
         import torch
 
         if not torch.cuda.is_available():
-            raise SystemExit("--device cuda: torch.cuda.is_available() is False (torch "
-                             f"{torch.__version__}, built for CUDA {torch.version.cuda})")
+            raise SystemExit(
+                "--device cuda: torch.cuda.is_available() is False (torch "
+                f"{torch.__version__}, built for CUDA {torch.version.cuda})"
+            )
         info.update(common.gpu_machine())
         info["note"] = "one GPU; runs alternated, each in its own process; compare ratios within this invocation"
         peak = peak or common.peak_bf16_tflops(info["gpu"])
         if peak is None:
             raise SystemExit(f"unknown GPU {info['gpu']!r}: pass --peak-tflops (its dense bf16 peak) for MFU")
-    scenario.update(count_flops=peak is not None, peak_tflops=peak, max_seconds=args.max_seconds,
-                    skip_steps=args.skip_steps)
-    print(f"{args.scenario}: {scenario['model']} on {scenario['data']} ({scenario['rows']} rows, one epoch), "
-          f"batch {scenario['batch_size']}, {scenario['max_source']}/{scenario['max_target']}, "
-          f"{'float32' if precision == '32-true' else precision}, {args.device}, {args.threads} torch thread(s)")
+    scenario.update(
+        count_flops=peak is not None, peak_tflops=peak, max_seconds=args.max_seconds, skip_steps=args.skip_steps
+    )
+    print(
+        f"{args.scenario}: {scenario['model']} on {scenario['data']} ({scenario['rows']} rows, one epoch), "
+        f"batch {scenario['batch_size']}, {scenario['max_source']}/{scenario['max_target']}, "
+        f"{'float32' if precision == '32-true' else precision}, {args.device}, {args.threads} torch thread(s)"
+    )
     print(f"machine: {info['cpu']}, {info['logical_cpus']} cpus, load {info['load_average_at_start']}")
     if args.device == "cuda":
-        print(f"gpu: {info['gpu']} ({info['gpu_memory_gib']} GiB, capability {info['gpu_capability']}), torch "
-              f"{info['torch']}, CUDA {info['cuda']}, driver {info.get('gpu_driver')}, peak bf16 {peak} TFLOP/s")
+        print(
+            f"gpu: {info['gpu']} ({info['gpu_memory_gib']} GiB, capability {info['gpu_capability']}), torch "
+            f"{info['torch']}, CUDA {info['cuda']}, driver {info.get('gpu_driver')}, peak bf16 {peak} TFLOP/s"
+        )
     folder = Path(tempfile.mkdtemp(prefix="encdec-bench-"))
     weights = common.save_weights(scenario["model"], folder)
     results: dict[str, list[dict]] = {name: [] for name in names}
     started = time.time()
     for round_ in range(args.repeats):
-        for name in (names if round_ % 2 == 0 else names[::-1]):
+        for name in names if round_ % 2 == 0 else names[::-1]:
             spec = {**scenario, **run_spec(name), "weights": weights}
             spec.pop("runs", None)
             result = common.run_worker(Path(__file__), spec)
@@ -812,13 +1024,18 @@ def main() -> None:
             if "peak_cuda_mib" in result:
                 more += f"  gpu {result['peak_cuda_mib']:.0f} MiB"
             if "mfu" in result:
-                more += (f"  {result['achieved_tflops']:.4g} TFLOP/s  MFU {result['mfu']:.3f} "
-                         f"(useful {result['useful_mfu']:.3f})")
+                more += (
+                    f"  {result['achieved_tflops']:.4g} TFLOP/s  MFU {result['mfu']:.3f} "
+                    f"(useful {result['useful_mfu']:.3f})"
+                )
             if result.get("capped_by_max_seconds"):
                 more += f"  CAPPED after {result['steps']} steps"
-            print(f"  {name:28s} {result['tokens_per_s']:8.1f} tok/s  {result['s_per_step']:6.2f} s/step  "
-                  f"rows/step {result['rows_per_step']:5.2f}  pad {result['padding_fraction']:.3f}  "
-                  f"rss {result['peak_rss_mib']:.0f} MiB{more}", flush=True)
+            print(
+                f"  {name:28s} {result['tokens_per_s']:8.1f} tok/s  {result['s_per_step']:6.2f} s/step  "
+                f"rows/step {result['rows_per_step']:5.2f}  pad {result['padding_fraction']:.3f}  "
+                f"rss {result['peak_rss_mib']:.0f} MiB{more}",
+                flush=True,
+            )
     fingerprints = {r["weights_fingerprint"] for runs in results.values() for r in runs}
     assert len(fingerprints) == 1, f"runs started from different weights: {fingerprints}"
 
@@ -827,8 +1044,16 @@ def main() -> None:
     optional = ("peak_cuda_mib", "achieved_tflops", "useful_tflops", "mfu", "useful_mfu")
     for name in names:
         runs = results[name]
-        keys = ("tokens_per_s", "target_tokens_per_s", "s_per_step", "rows_per_step", "padding_fraction",
-                "peak_rss_mib", "seconds", *(k for k in optional if all(k in r for r in runs)))
+        keys = (
+            "tokens_per_s",
+            "target_tokens_per_s",
+            "s_per_step",
+            "rows_per_step",
+            "padding_fraction",
+            "peak_rss_mib",
+            "seconds",
+            *(k for k in optional if all(k in r for r in runs)),
+        )
         mean = {k: sum(r[k] for r in runs) / len(runs) for k in keys}
         rows.append({"run": name, **mean, "repeats": len(runs)})
     base = {r["run"]: r for r in rows}
@@ -836,16 +1061,27 @@ def main() -> None:
     for row in rows:
         for reference in references:
             row["vs_" + reference] = row["tokens_per_s"] / base[reference]["tokens_per_s"]
-    columns = ["run", "tokens_per_s", "target_tokens_per_s", "s_per_step", "rows_per_step", "padding_fraction",
-               "peak_rss_mib", *(k for k in optional if all(k in r for r in rows)), *("vs_" + r for r in references)]
+    columns = [
+        "run",
+        "tokens_per_s",
+        "target_tokens_per_s",
+        "s_per_step",
+        "rows_per_step",
+        "padding_fraction",
+        "peak_rss_mib",
+        *(k for k in optional if all(k in r for r in rows)),
+        *("vs_" + r for r in references),
+    ]
     print()
     print(common.table(rows, columns))
     flops = next((r for runs in results.values() for r in runs if "flops_per_padded_token" in r), None)
     if flops:
         rows_, source, target = flops["flop_count_batch"]
-        print(f"FLOPs (FlopCounterMode, one fwd+bwd on {rows_}x{source} source / {rows_}x{target} target): "
-              f"{flops['flops_per_step'] / 1e12:.3f} TFLOP = {flops['flops_per_padded_token'] / 1e9:.3f} GFLOP per "
-              f"padded token; MFU = that x padded tokens / s / {peak} TFLOP/s; useful MFU counts non-pad tokens only")
+        print(
+            f"FLOPs (FlopCounterMode, one fwd+bwd on {rows_}x{source} source / {rows_}x{target} target): "
+            f"{flops['flops_per_step'] / 1e12:.3f} TFLOP = {flops['flops_per_padded_token'] / 1e9:.3f} GFLOP per "
+            f"padded token; MFU = that x padded tokens / s / {peak} TFLOP/s; useful MFU counts non-pad tokens only"
+        )
     print(f"({time.time() - started:.0f} s)")
     if not args.no_save:
         method = METHOD
@@ -856,18 +1092,31 @@ def main() -> None:
             mfu_method["mfu_method"] = (
                 "FLOPs of one fwd+bwd counted by torch.utils.flop_counter.FlopCounterMode on a batch of median-length "
                 "rows, per padded token, times each run's padded tokens, over its seconds, against a dense bf16 peak "
-                f"of {peak} TFLOP/s; useful MFU counts non-pad tokens only.")
+                f"of {peak} TFLOP/s; useful MFU counts non-pad tokens only."
+            )
         results_name = args.results or ("train_gpu.json" if args.device == "cuda" else "train_cpu.json")
         if Path(results_name).is_absolute():
             Path(results_name).parent.mkdir(parents=True, exist_ok=True)
-        path = common.write_results(results_name, {
-            "machine": info,
-            "method": method,
-            "scenarios": {args.scenario: {"date": info["date"], "load_average_at_start": info["load_average_at_start"],
-                                          "setup": {k: v for k, v in scenario.items() if k != "runs"},
-                                          "anchor": anchor, "summary": rows, "runs": results,
-                                          "run_meaning": {n: run_spec(n) for n in names}, **mfu_method}},
-        }, merge_key="scenarios")
+        path = common.write_results(
+            results_name,
+            {
+                "machine": info,
+                "method": method,
+                "scenarios": {
+                    args.scenario: {
+                        "date": info["date"],
+                        "load_average_at_start": info["load_average_at_start"],
+                        "setup": {k: v for k, v in scenario.items() if k != "runs"},
+                        "anchor": anchor,
+                        "summary": rows,
+                        "runs": results,
+                        "run_meaning": {n: run_spec(n) for n in names},
+                        **mfu_method,
+                    }
+                },
+            },
+            merge_key="scenarios",
+        )
         print(f"wrote {path}")
 
 

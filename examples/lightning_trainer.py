@@ -28,10 +28,16 @@ def toy_pairs(count: int) -> list[dict[str, str]]:
 
 def tokenized(pairs, encoder_tokenizer, decoder_tokenizer):
     # Sources through the encoder's tokenizer, summaries through the decoder's, each summary ending in its eos.
-    eos = decoder_tokenizer.eos_token_id if decoder_tokenizer.eos_token_id is not None else decoder_tokenizer.sep_token_id
-    return [{"input_ids": encoder_tokenizer(pair["document"], truncation=True, max_length=64)["input_ids"],
-             "labels": decoder_tokenizer(pair["summary"], add_special_tokens=False)["input_ids"] + [eos]}
-            for pair in pairs]
+    eos = (
+        decoder_tokenizer.eos_token_id if decoder_tokenizer.eos_token_id is not None else decoder_tokenizer.sep_token_id
+    )
+    return [
+        {
+            "input_ids": encoder_tokenizer(pair["document"], truncation=True, max_length=64)["input_ids"],
+            "labels": decoder_tokenizer(pair["summary"], add_special_tokens=False)["input_ids"] + [eos],
+        }
+        for pair in pairs
+    ]
 
 
 class LossHistory(L.Callback):
@@ -51,18 +57,29 @@ def main() -> None:
     args = parser.parse_args()
 
     L.seed_everything(0)
-    model, encoder_tokenizer, decoder_tokenizer = encdec.build_model(args.encoder, args.decoder,
-                                                                     generation={"max_new_tokens": 8})
+    model, encoder_tokenizer, decoder_tokenizer = encdec.build_model(
+        args.encoder, args.decoder, generation={"max_new_tokens": 8}
+    )
     collate = DataCollatorForSeq2Seq(encoder_tokenizer, label_pad_token_id=-100)
-    train = torch.utils.data.DataLoader(tokenized(toy_pairs(32), encoder_tokenizer, decoder_tokenizer),
-                                        batch_size=8, shuffle=True, collate_fn=collate)
-    validation = torch.utils.data.DataLoader(tokenized(toy_pairs(4), encoder_tokenizer, decoder_tokenizer),
-                                             batch_size=4, collate_fn=collate)
+    train = torch.utils.data.DataLoader(
+        tokenized(toy_pairs(32), encoder_tokenizer, decoder_tokenizer), batch_size=8, shuffle=True, collate_fn=collate
+    )
+    validation = torch.utils.data.DataLoader(
+        tokenized(toy_pairs(4), encoder_tokenizer, decoder_tokenizer), batch_size=4, collate_fn=collate
+    )
 
     module = encdec.Seq2SeqModule(model, decoder_tokenizer, optimizer=functools.partial(torch.optim.AdamW, lr=args.lr))
     history = LossHistory()
-    trainer = L.Trainer(max_steps=args.steps, accelerator="auto", devices=1, logger=False, enable_checkpointing=False,
-                        enable_progress_bar=False, enable_model_summary=False, callbacks=[history])
+    trainer = L.Trainer(
+        max_steps=args.steps,
+        accelerator="auto",
+        devices=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        callbacks=[history],
+    )
     trainer.fit(module, train_dataloaders=train, val_dataloaders=validation)
     metrics = trainer.validate(module, dataloaders=validation, verbose=False)[0]
     print(f"loss: first {history.losses[0]:.3f} last {history.losses[-1]:.3f} over {len(history.losses)} steps")

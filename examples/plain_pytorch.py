@@ -26,14 +26,16 @@ def main() -> None:
     args = parser.parse_args()
 
     torch.manual_seed(0)
-    model, encoder_tokenizer, decoder_tokenizer = encdec.build_model(args.encoder, args.decoder,
-                                                                     generation={"max_new_tokens": 8})
+    model, encoder_tokenizer, decoder_tokenizer = encdec.build_model(
+        args.encoder, args.decoder, generation={"max_new_tokens": 8}
+    )
     documents = [" ".join(WORDS[(i * 3 + j * 7) % len(WORDS)] for j in range(12)) for i in range(32)]
     summaries = [" ".join(document.split()[:3]) for document in documents]
     sources = encoder_tokenizer(documents, padding=True, return_tensors="pt")
     eos = decoder_tokenizer.eos_token or decoder_tokenizer.sep_token
-    targets = decoder_tokenizer([summary + eos for summary in summaries], padding=True, add_special_tokens=False,
-                                return_tensors="pt")
+    targets = decoder_tokenizer(
+        [summary + eos for summary in summaries], padding=True, add_special_tokens=False, return_tensors="pt"
+    )
     labels = targets["input_ids"].masked_fill(targets["attention_mask"] == 0, -100)  # -100: padding is no target
 
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=args.lr)
@@ -41,8 +43,9 @@ def main() -> None:
     losses = []
     for step in range(args.steps):
         rows = torch.arange(step * 8, step * 8 + 8) % len(documents)
-        loss = model(input_ids=sources["input_ids"][rows], attention_mask=sources["attention_mask"][rows],
-                     labels=labels[rows]).loss
+        loss = model(
+            input_ids=sources["input_ids"][rows], attention_mask=sources["attention_mask"][rows], labels=labels[rows]
+        ).loss
         loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)

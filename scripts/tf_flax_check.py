@@ -42,17 +42,21 @@ WORKAROUND = "position_ids"
 
 def flax_generate(model, input_ids, attention_mask, generation_config, workaround=True):
     extra = {WORKAROUND: np.zeros_like(input_ids)} if workaround else {}
-    return np.asarray(model.generate(input_ids, attention_mask=attention_mask, generation_config=generation_config,
-                                     **extra).sequences)
+    return np.asarray(
+        model.generate(input_ids, attention_mask=attention_mask, generation_config=generation_config, **extra).sequences
+    )
 
 
 def tf_generate(model, input_ids, attention_mask, generation_config):
-    return model.generate(input_ids=tf.constant(input_ids), attention_mask=tf.constant(attention_mask),
-                          generation_config=generation_config).numpy()
+    return model.generate(
+        input_ids=tf.constant(input_ids),
+        attention_mask=tf.constant(attention_mask),
+        generation_config=generation_config,
+    ).numpy()
 
 
 def same(name: str, tokens: np.ndarray, expected: np.ndarray) -> bool:
-    tokens = tokens[:, :expected.shape[1]] if tokens.shape[1] > expected.shape[1] else tokens
+    tokens = tokens[:, : expected.shape[1]] if tokens.shape[1] > expected.shape[1] else tokens
     equal = tokens.shape == expected.shape and bool((tokens == expected).all())
     print(f"  {name}: tokens {'identical' if equal else 'DIFFERENT'}", flush=True)
     return equal
@@ -78,8 +82,9 @@ def fine_tune_flax(model, input_ids, attention_mask, labels):
     decoder_input_ids = labels[:, :-1]
 
     def loss(params):
-        logits = model(input_ids=input_ids, attention_mask=attention_mask, decoder_input_ids=decoder_input_ids,
-                       params=params).logits
+        logits = model(
+            input_ids=input_ids, attention_mask=attention_mask, decoder_input_ids=decoder_input_ids, params=params
+        ).logits
         chosen = jnp.take_along_axis(jax.nn.log_softmax(logits), labels[:, 1:, None], axis=-1)
         return -chosen.mean()
 
@@ -99,11 +104,16 @@ def main(work: Path) -> None:
 
         model = TFEncoderDecoderModel.from_pretrained(export, from_pt=True)
         logits = model(input_ids=input_ids, attention_mask=attention_mask, decoder_input_ids=expected[:, :-1]).logits
-        checks = [same("TF generate", tf_generate(model, input_ids, attention_mask, generation_config), expected),
-                  close("TF", logits.numpy(), expected_logits)]
+        checks = [
+            same("TF generate", tf_generate(model, input_ids, attention_mask, generation_config), expected),
+            close("TF", logits.numpy(), expected_logits),
+        ]
         bare = model.generate(input_ids=tf.constant(input_ids), attention_mask=tf.constant(attention_mask)).numpy()
-        print(f"  TF bare generate(): {bare.shape[1] - 1} new tokens (export's max_new_tokens: "
-              f"{generation_config.max_new_tokens})", flush=True)
+        print(
+            f"  TF bare generate(): {bare.shape[1] - 1} new tokens (export's max_new_tokens: "
+            f"{generation_config.max_new_tokens})",
+            flush=True,
+        )
         labels = tf.constant(expected)
         fine_tune_tf(model, input_ids, attention_mask, labels)
         model.save_pretrained(work / f"tf-{kind}" / "saved", safe_serialization=True)
@@ -113,13 +123,20 @@ def main(work: Path) -> None:
 
         model = FlaxEncoderDecoderModel.from_pretrained(export, from_pt=True)
         logits = model(input_ids=input_ids, attention_mask=attention_mask, decoder_input_ids=expected[:, :-1]).logits
-        checks += [same("Flax generate + position_ids workaround",
-                        flax_generate(model, input_ids, attention_mask, generation_config), expected),
-                   close("Flax", np.asarray(logits), expected_logits)]
+        checks += [
+            same(
+                "Flax generate + position_ids workaround",
+                flax_generate(model, input_ids, attention_mask, generation_config),
+                expected,
+            ),
+            close("Flax", np.asarray(logits), expected_logits),
+        ]
         trap = flax_generate(model, input_ids, attention_mask, generation_config, workaround=False)
-        print(f"  Flax generate without the workaround: {trap[:, :6].tolist()} (PyTorch: "
-              f"{expected[:, :6].tolist()})", flush=True)
-        checks.append(not np.array_equal(trap[:, :expected.shape[1]], expected))  # the trap is real
+        print(
+            f"  Flax generate without the workaround: {trap[:, :6].tolist()} (PyTorch: {expected[:, :6].tolist()})",
+            flush=True,
+        )
+        checks.append(not np.array_equal(trap[:, : expected.shape[1]], expected))  # the trap is real
         fine_tune_flax(model, input_ids, attention_mask, jnp.asarray(expected))
         model.save_pretrained(work / f"flax-{kind}" / "saved", safe_serialization=True)
         tokens = flax_generate(model, input_ids, attention_mask, generation_config)

@@ -35,10 +35,16 @@ def overrides(kind: str, work: Path) -> list[str]:
     if kind == "bert2bert":
         return ["encoder=tiny", "decoder=tiny"]
     config = work / "gpt2-config"
-    GPT2Config(vocab_size=30522, n_embd=32, n_layer=2, n_head=4, n_positions=256, bos_token_id=101,
-               eos_token_id=102).save_pretrained(config)
-    return ["encoder=tiny", "decoder=auto", f"decoder.pretrained={config}", "decoder.init=random",
-            f"decoder.tokenizer={TOKENIZER}"]
+    GPT2Config(
+        vocab_size=30522, n_embd=32, n_layer=2, n_head=4, n_positions=256, bos_token_id=101, eos_token_id=102
+    ).save_pretrained(config)
+    return [
+        "encoder=tiny",
+        "decoder=auto",
+        f"decoder.pretrained={config}",
+        "decoder.init=random",
+        f"decoder.tokenizer={TOKENIZER}",
+    ]
 
 
 def export(work: Path) -> None:
@@ -61,8 +67,13 @@ def export(work: Path) -> None:
         with torch.no_grad():
             tokens = model.generate(**batch)
             logits = model(**batch, decoder_input_ids=tokens[:, :-1]).logits
-        np.savez(work / kind / "reference.npz", input_ids=batch["input_ids"].numpy(),
-                 attention_mask=batch["attention_mask"].numpy(), tokens=tokens.numpy(), logits=logits.numpy())
+        np.savez(
+            work / kind / "reference.npz",
+            input_ids=batch["input_ids"].numpy(),
+            attention_mask=batch["attention_mask"].numpy(),
+            tokens=tokens.numpy(),
+            logits=logits.numpy(),
+        )
         print(f"{kind}: exported, PyTorch greedy tokens {tokens.shape[1] - 1} new", flush=True)
 
 
@@ -87,8 +98,10 @@ def back(work: Path) -> None:
         difference = float(np.abs(logits - np.array(expected_logits)).max())
         if difference > 1e-5:
             raise SystemExit(f"{name}: converted model's logits differ from TF/Flax's by {difference:.2e}")
-        print(f"{name}: converted back into encdec: same greedy tokens as in TF/Flax, logits within "
-              f"{difference:.1e}", flush=True)
+        print(
+            f"{name}: converted back into encdec: same greedy tokens as in TF/Flax, logits within {difference:.1e}",
+            flush=True,
+        )
 
 
 if __name__ == "__main__":

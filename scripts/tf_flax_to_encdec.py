@@ -65,15 +65,25 @@ def _tf_weights_into(model, saved: Path):
         parts = name.split(".")
         candidates = [name, ".".join(parts[:1] + parts[2:])]  # encoder.bert.X -> encoder.X
         # Shapes compared without size-1 axes: TF's Conv1D (GPT-2) keeps its bias as [1, n], PyTorch's as [n].
-        found = [c for c in candidates if c in targets and np.squeeze(np.empty(targets[c].shape)).shape ==
-                 np.squeeze(array).shape]
+        found = [
+            c
+            for c in candidates
+            if c in targets and np.squeeze(np.empty(targets[c].shape)).shape == np.squeeze(array).shape
+        ]
         if not found:
             raise SystemExit(f"tf_flax_to_encdec: no PyTorch weight for TF weight {weight.name} {array.shape}")
         state[found[0]] = torch.from_numpy(array.reshape(targets[found[0]].shape))
     missing, _ = model.load_state_dict(state, strict=False)
     model.tie_weights()
-    untied = [name for name in missing if not any(torch.equal(model.state_dict()[name], value)
-                                                  for value in state.values() if value.shape == targets[name].shape)]
+    untied = [
+        name
+        for name in missing
+        if not any(
+            torch.equal(model.state_dict()[name], value)
+            for value in state.values()
+            if value.shape == targets[name].shape
+        )
+    ]
     if untied:
         raise SystemExit(f"tf_flax_to_encdec: TF saved no weight for {untied}")
     return model

@@ -15,8 +15,8 @@ import errno
 import os
 import re
 import signal
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 # Point -> the name of the file its rename puts in place.
 RENAMED = {

@@ -57,8 +57,11 @@ def run(script: str, *args: str, cwd: Path, stdin: bytes = b"", stop_after_first
 
     module = _script(script)
     out, err = io.StringIO(), io.StringIO()
-    stopper = mock.patch.object(Seq2SeqModule, "on_train_batch_end", _stop, create=True) if stop_after_first_step \
+    stopper = (
+        mock.patch.object(Seq2SeqModule, "on_train_batch_end", _stop, create=True)
+        if stop_after_first_step
         else contextlib.nullcontext()
+    )
     previous_cwd, previous_argv, previous_stdin = Path.cwd(), sys.argv, sys.stdin
     previous_environment = dict(os.environ)  # Lightning's seed_everything and encdec's quiet_third_party set some
     code = 0

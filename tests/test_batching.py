@@ -11,12 +11,20 @@ import torch
 from torch.utils.data import DataLoader
 
 from conftest import compose_config
-from encdec.data.sampling import (EvalBatchSampler, FixedSize, GroupedByLength, ResumableBatchSampler, TokenBudget,
-                                  longest_first, padding_stats)
+from encdec.data.sampling import (
+    EvalBatchSampler,
+    FixedSize,
+    GroupedByLength,
+    ResumableBatchSampler,
+    TokenBudget,
+    longest_first,
+    padding_stats,
+)
 
 
-def TokenBudgetBatchSampler(lengths, max_tokens, shuffle=True, seed=0, bucket_size=None, max_batch_size=None,
-                            num_replicas=1, rank=0) -> ResumableBatchSampler:
+def TokenBudgetBatchSampler(
+    lengths, max_tokens, shuffle=True, seed=0, bucket_size=None, max_batch_size=None, num_replicas=1, rank=0
+) -> ResumableBatchSampler:
     order = TokenBudget(lengths, max_tokens, bucket_size=bucket_size, max_batch_size=max_batch_size)
     return ResumableBatchSampler(order, seed=seed, shuffle=shuffle, num_replicas=num_replicas, rank=rank)
 
@@ -274,8 +282,10 @@ def test_eval_token_budget_batches(n, replicas):
     lengths = [int(x) for x in np.random.default_rng(n).integers(5, 300, size=n)]
     target = 40
     budget = 4 * (300 + target)  # the worst case of 4 fixed rows: never more memory than batch_size 4
-    per_rank = [list(EvalBatchSampler(lengths, 4, num_replicas=replicas, rank=r, max_tokens=budget, target_tokens=target))
-                for r in range(replicas)]
+    per_rank = [
+        list(EvalBatchSampler(lengths, 4, num_replicas=replicas, rank=r, max_tokens=budget, target_tokens=target))
+        for r in range(replicas)
+    ]
     rows = [i for batches in per_rank for batch in batches for i in batch]
     assert set(rows) == set(range(n)) and len(rows) - n < replicas * len(per_rank[0])
     assert len({len(batches) for batches in per_rank}) == 1
@@ -310,7 +320,9 @@ def test_token_budget_check_names_the_setting(budget):
     from encdec.errors import EncdecError
 
     data = compose_config("data=aclsum").data
-    with pytest.raises(EncdecError, match=rf"^data.eval_max_tokens_per_batch={budget} must be a positive integer or null"):
+    with pytest.raises(
+        EncdecError, match=rf"^data.eval_max_tokens_per_batch={budget} must be a positive integer or null"
+    ):
         check_data(OmegaConf.merge(data, {"eval_max_tokens_per_batch": budget}))
     for fine in (8192, None):
         check_data(OmegaConf.merge(data, {"eval_max_tokens_per_batch": fine}))
@@ -372,8 +384,12 @@ def test_group_by_length_gives_the_ranks_of_one_step_batches_of_similar_length()
     def spread(grouped: bool) -> int:
         """Summed over steps (the last, padded one aside): longest row of the step's longest batch minus that of
         its shortest batch, across 3 ranks. What a DDP step waits for."""
-        ranks = [list(FixedSizeBatchSampler(1000, 8, seed=0, num_replicas=3, rank=rank,
-                                            lengths=lengths if grouped else None)) for rank in range(3)]
+        ranks = [
+            list(
+                FixedSizeBatchSampler(1000, 8, seed=0, num_replicas=3, rank=rank, lengths=lengths if grouped else None)
+            )
+            for rank in range(3)
+        ]
         steps = list(zip(*ranks))[:-1]
         longest = [[max(sum(lengths[row]) for row in batch) for batch in step] for step in steps]
         return sum(max(step) - min(step) for step in longest)
@@ -382,11 +398,16 @@ def test_group_by_length_gives_the_ranks_of_one_step_batches_of_similar_length()
     assert spread(True) < spread(False) / 5
 
 
-@pytest.mark.parametrize("overrides, message", [
-    ({"group_by_length": "yes"}, "data.group_by_length=yes: use true or false"),
-    ({"group_by_length": True, "max_tokens_per_batch": 4096},
-     "data.group_by_length=true and data.max_tokens_per_batch both group rows by length: set one"),
-])
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        ({"group_by_length": "yes"}, "data.group_by_length=yes: use true or false"),
+        (
+            {"group_by_length": True, "max_tokens_per_batch": 4096},
+            "data.group_by_length=true and data.max_tokens_per_batch both group rows by length: set one",
+        ),
+    ],
+)
 def test_group_by_length_settings_are_checked(overrides, message):
     from omegaconf import OmegaConf
 
@@ -406,15 +427,21 @@ def test_training_orders_are_the_ones_every_published_run_and_checkpoint_used():
 
     sources, targets = skewed_lengths(203)
     lengths = [(int(a), int(b)) for a, b in zip(sources, targets)]
-    expected = {"1-0": "b2140209aa9192e3", "1-1": "375e9870b9b048f0", "3-0": "47673f70a23311d8",
-                "3-1": "76a18b539a9a9579"}
+    expected = {
+        "1-0": "b2140209aa9192e3",
+        "1-1": "375e9870b9b048f0",
+        "3-0": "47673f70a23311d8",
+        "3-1": "76a18b539a9a9579",
+    }
     for key, digest in expected.items():
         replicas, epoch = map(int, key.split("-"))
         every_rank = []
         for rank in range(replicas):
-            samplers = [FixedSizeBatchSampler(203, 8, seed=42, num_replicas=replicas, rank=rank),
-                        FixedSizeBatchSampler(203, 8, seed=42, num_replicas=replicas, rank=rank, lengths=lengths),
-                        TokenBudgetBatchSampler(lengths, 1500, seed=42, num_replicas=replicas, rank=rank)]
+            samplers = [
+                FixedSizeBatchSampler(203, 8, seed=42, num_replicas=replicas, rank=rank),
+                FixedSizeBatchSampler(203, 8, seed=42, num_replicas=replicas, rank=rank, lengths=lengths),
+                TokenBudgetBatchSampler(lengths, 1500, seed=42, num_replicas=replicas, rank=rank),
+            ]
             for sampler in samplers:
                 sampler.set_epoch(epoch)
             every_rank.append([list(sampler) for sampler in samplers])

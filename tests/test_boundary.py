@@ -24,18 +24,27 @@ def train(tmp_path, *args: str) -> in_process.Outcome:
 def test_library_error_while_building_is_one_line_naming_the_overrides(tmp_path):
     outcome = train(tmp_path, "encoder=minilm", "decoder=tiny", "encoder.overrides.hidden_size=7")
     assert outcome.code == 2, outcome.stderr[-3000:]
-    assert outcome.errors == ["encdec: error: encoder.overrides.hidden_size=7: The hidden size (7) is not a multiple "
-                              "of the number of attention heads (12)"]
+    assert outcome.errors == [
+        "encdec: error: encoder.overrides.hidden_size=7: The hidden size (7) is not a multiple "
+        "of the number of attention heads (12)"
+    ]
     assert "Traceback" not in outcome.stderr
     assert in_process.files_under(tmp_path) == set()  # no half-made run folder
 
 
 def test_only_the_side_being_built_is_named(tmp_path):
-    outcome = train(tmp_path, "encoder=tiny", "decoder=tiny", "encoder.overrides.hidden_dropout_prob=0.2",
-                    "decoder.overrides.num_attention_heads=3")
+    outcome = train(
+        tmp_path,
+        "encoder=tiny",
+        "decoder=tiny",
+        "encoder.overrides.hidden_dropout_prob=0.2",
+        "decoder.overrides.num_attention_heads=3",
+    )
     assert outcome.code == 2, outcome.stderr[-3000:]
-    assert outcome.errors == ["encdec: error: decoder.overrides.num_attention_heads=3: The hidden size (64) is not a "
-                              "multiple of the number of attention heads (3)"]
+    assert outcome.errors == [
+        "encdec: error: decoder.overrides.num_attention_heads=3: The hidden size (64) is not a "
+        "multiple of the number of attention heads (3)"
+    ]
 
 
 def test_lightning_checks_at_fit_are_named_as_trainer_settings(tmp_path):
@@ -43,9 +52,11 @@ def test_lightning_checks_at_fit_are_named_as_trainer_settings(tmp_path):
     outcome = train(tmp_path, "encoder=tiny", "decoder=tiny", "trainer.val_check_interval=1000")
     assert outcome.code == 2, outcome.stderr[-3000:]
     [line] = outcome.errors
-    assert line.startswith("encdec: error: trainer.max_steps=2 trainer.max_epochs=1 trainer.log_every_n_steps=1 "
-                           "trainer.val_check_interval=1000: `val_check_interval` (1000) must be less than or equal "
-                           "to the number of the training batches (2).")
+    assert line.startswith(
+        "encdec: error: trainer.max_steps=2 trainer.max_epochs=1 trainer.log_every_n_steps=1 "
+        "trainer.val_check_interval=1000: `val_check_interval` (1000) must be less than or equal "
+        "to the number of the training batches (2)."
+    )
     # The validation before training drew a heatmap; still no half-made run folder is left.
     assert in_process.files_under(tmp_path) == set()
 
@@ -53,16 +64,26 @@ def test_lightning_checks_at_fit_are_named_as_trainer_settings(tmp_path):
 @pytest.mark.parametrize("new_tokens, code", [(512, 0), (513, 2)])
 def test_decoding_stops_at_the_decoder_positions(tmp_path, new_tokens, code):
     # Found by the fuzzer: generation.max_new_tokens=100000 failed in BERT's embeddings at the first validation.
-    outcome = train(tmp_path, "encoder=tiny", "decoder=tiny", f"generation.max_new_tokens={new_tokens}",
-                    "data.max_eval_samples=1", "callbacks=none")
+    outcome = train(
+        tmp_path,
+        "encoder=tiny",
+        "decoder=tiny",
+        f"generation.max_new_tokens={new_tokens}",
+        "data.max_eval_samples=1",
+        "callbacks=none",
+    )
     assert outcome.code == code, outcome.stderr[-3000:]
     if code:
-        assert outcome.errors == ["encdec: error: generation.max_new_tokens=513 runs past the decoder's 512 positions: "
-                                  "set generation.max_new_tokens<=512"]
+        assert outcome.errors == [
+            "encdec: error: generation.max_new_tokens=513 runs past the decoder's 512 positions: "
+            "set generation.max_new_tokens<=512"
+        ]
 
 
-@pytest.mark.parametrize("run_dir, reason", [("/proc/encdec-run", " (No such file or directory at /proc/encdec-run);"),
-                                             ("{file}/run", ": {file} is a file;")])
+@pytest.mark.parametrize(
+    "run_dir, reason",
+    [("/proc/encdec-run", " (No such file or directory at /proc/encdec-run);"), ("{file}/run", ": {file} is a file;")],
+)
 def test_a_run_folder_that_cannot_be_made_is_one_line(tmp_path, run_dir, reason):
     # Found by the fuzzer: Hydra makes the run folder before encdec runs, and failed there with a traceback.
     file = tmp_path / "notes.txt"
@@ -70,17 +91,26 @@ def test_a_run_folder_that_cannot_be_made_is_one_line(tmp_path, run_dir, reason)
     run_dir, reason = run_dir.format(file=file), reason.format(file=file)
     outcome = train(tmp_path, "encoder=tiny", "decoder=tiny", f"hydra.run.dir={run_dir}")
     assert outcome.code == 2
-    assert outcome.errors == [f"encdec: error: hydra.run.dir={run_dir} cannot be made{reason} choose a folder you "
-                              "can write to"]
+    assert outcome.errors == [
+        f"encdec: error: hydra.run.dir={run_dir} cannot be made{reason} choose a folder you can write to"
+    ]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt"] and file.read_text() == "mine"
 
 
-@pytest.mark.parametrize("override, line", [
-    ("encoder.overrides.vocab_size=7", "encoder.overrides.vocab_size=7: the encoder embeds 7 tokens but its tokenizer "
-                                       "has 30522: give the encoder at least as many (or its own tokenizer)"),
-    ("decoder.overrides.type_vocab_size=0", "decoder.overrides.type_vocab_size=0: index_select(): self indexing axis "
-                                            "dim should be positive"),
-])
+@pytest.mark.parametrize(
+    "override, line",
+    [
+        (
+            "encoder.overrides.vocab_size=7",
+            "encoder.overrides.vocab_size=7: the encoder embeds 7 tokens but its tokenizer "
+            "has 30522: give the encoder at least as many (or its own tokenizer)",
+        ),
+        (
+            "decoder.overrides.type_vocab_size=0",
+            "decoder.overrides.type_vocab_size=0: index_select(): self indexing axis dim should be positive",
+        ),
+    ],
+)
 def test_settings_that_fail_only_when_the_model_runs_fail_while_it_is_built(tmp_path, override, line):
     # Found by the fuzzer: these built, then failed with an IndexError traceback in the first validation.
     outcome = train(tmp_path, "encoder=tiny", "decoder=tiny", override)
@@ -116,7 +146,10 @@ def test_a_bug_in_encdec_inside_a_build_step_keeps_its_traceback(tmp_path, monke
     outcome = train(tmp_path, "encoder=tiny", "decoder=tiny")
     assert outcome.code == 1
     assert outcome.errors == []
-    assert "Traceback" in outcome.stderr and "AttributeError: 'object' object has no attribute 'num_embeddings'" in outcome.stderr
+    assert (
+        "Traceback" in outcome.stderr
+        and "AttributeError: 'object' object has no attribute 'num_embeddings'" in outcome.stderr
+    )
 
 
 def test_an_error_outside_the_build_steps_keeps_its_traceback(tmp_path, monkeypatch):
@@ -138,7 +171,7 @@ def test_user_and_library_errors_become_one_line():
             {}["hidden"]
     with pytest.raises(EncdecError, match=r"^model: 'Linear' object has no attribute 'weigth'$"):
         with user_settings("model"):
-            torch.nn.Linear(2, 2).weigth  # raised inside torch: a library's AttributeError is the user's input's
+            torch.nn.Linear(2, 2).weigth  # noqa: B018 - raised inside torch: a library's AttributeError is the user's input's
     with pytest.raises(EncdecError, match=r"^optimizer: first line only$"):
         with user_settings("optimizer"):
             raise ValueError("first line only\nsecond line")
@@ -149,13 +182,21 @@ def test_hydra_instantiation_errors_give_their_cause():
 
     with pytest.raises(EncdecError) as caught:
         with user_settings("optimizer"):
-            hydra.utils.instantiate({"_target_": "torch.optim.AdamW", "params": [torch.zeros(1, requires_grad=True)],
-                                     "lr": -1.0})
+            hydra.utils.instantiate(
+                {"_target_": "torch.optim.AdamW", "params": [torch.zeros(1, requires_grad=True)], "lr": -1.0}
+            )
     assert str(caught.value) == "optimizer: Invalid learning rate: -1.0"
 
 
-@pytest.mark.parametrize("error", [AssertionError("invariant"), NameError("name 'x' is not defined"),
-                                   AttributeError("no attribute"), NotImplementedError("todo")])
+@pytest.mark.parametrize(
+    "error",
+    [
+        AssertionError("invariant"),
+        NameError("name 'x' is not defined"),
+        AttributeError("no attribute"),
+        NotImplementedError("todo"),
+    ],
+)
 def test_programming_errors_raised_in_encdec_pass_through(error):
     with pytest.raises(type(error)):
         with user_settings("encoder"):
@@ -170,7 +211,9 @@ def _raise_in_encdec(error: BaseException) -> None:
     exec(code, {"error": error})
 
 
-@pytest.mark.parametrize("error", [OSError(errno.ENOSPC, "No space left on device"), MemoryError(), KeyboardInterrupt()])
+@pytest.mark.parametrize(
+    "error", [OSError(errno.ENOSPC, "No space left on device"), MemoryError(), KeyboardInterrupt()]
+)
 def test_a_full_disk_memory_and_interrupts_pass_through(error):
     with pytest.raises(type(error)):
         with user_settings("data"):

@@ -44,13 +44,15 @@ class Recorder(L.Callback):
         self.validated = False
         last = os.path.join(self.checkpoint.dirpath, "last.ckpt")
         best = self.checkpoint.best_model_path
-        self.records.append({
-            "step": trainer.global_step,
-            "last_step": torch.load(last, weights_only=False)["global_step"],
-            "linked_to_best": os.stat(last).st_ino == os.stat(best).st_ino,
-            "best": os.path.basename(best),
-            "files": sorted(os.listdir(self.checkpoint.dirpath)),
-        })
+        self.records.append(
+            {
+                "step": trainer.global_step,
+                "last_step": torch.load(last, weights_only=False)["global_step"],
+                "linked_to_best": os.stat(last).st_ino == os.stat(best).st_ino,
+                "best": os.path.basename(best),
+                "files": sorted(os.listdir(self.checkpoint.dirpath)),
+            }
+        )
 
     def on_train_batch_start(self, trainer, *args):
         self.record(trainer)
@@ -60,14 +62,29 @@ class Recorder(L.Callback):
 
 
 def fit(tmp_path, val_check_interval, max_steps=10, ckpt_path=None, model=None):
-    checkpoint = LinkedLastCheckpoint(dirpath=tmp_path / "checkpoints", filename="best-step{step}",
-                                      auto_insert_metric_name=False, monitor="val/score", mode="max", save_top_k=1,
-                                      save_last=True)
+    checkpoint = LinkedLastCheckpoint(
+        dirpath=tmp_path / "checkpoints",
+        filename="best-step{step}",
+        auto_insert_metric_name=False,
+        monitor="val/score",
+        mode="max",
+        save_top_k=1,
+        save_last=True,
+    )
     recorder = Recorder(checkpoint)
-    trainer = L.Trainer(max_steps=max_steps, limit_train_batches=4 if val_check_interval == 1.0 else 10,
-                        val_check_interval=val_check_interval, limit_val_batches=1, num_sanity_val_steps=0,
-                        callbacks=[recorder, checkpoint], plugins=[AtomicCheckpointIO()], logger=False,
-                        enable_progress_bar=False, enable_model_summary=False, default_root_dir=tmp_path)
+    trainer = L.Trainer(
+        max_steps=max_steps,
+        limit_train_batches=4 if val_check_interval == 1.0 else 10,
+        val_check_interval=val_check_interval,
+        limit_val_batches=1,
+        num_sanity_val_steps=0,
+        callbacks=[recorder, checkpoint],
+        plugins=[AtomicCheckpointIO()],
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        default_root_dir=tmp_path,
+    )
     trainer.fit(model or ScoredModel(), ckpt_path=ckpt_path)
     return recorder.records
 

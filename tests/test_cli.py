@@ -7,9 +7,9 @@ import subprocess
 import sys
 
 import pytest
-from transformers import AutoTokenizer, EncoderDecoderModel, GenerationConfig
+from transformers import AutoTokenizer, GenerationConfig
 
-from conftest import ROOT, SMOKE, error_lines, run_script, script_environment, write_jsonl
+from conftest import ROOT, SMOKE, error_lines, run_script, script_environment
 
 
 @pytest.fixture(scope="module")
@@ -26,8 +26,16 @@ def test_run_folder_contract(trained_run):
     assert "validation ROUGE before training" in result.stdout
     assert "validation ROUGE after training" in result.stdout
     assert f"run folder: {run_dir}" in result.stdout
-    for name in (".hydra/config.yaml", "checkpoints/last.ckpt", "hf_model/config.json", "hf_model/model.safetensors",
-                 "hf_model/encoder_tokenizer", "hf_model/decoder_tokenizer", "metrics.json", "predictions.jsonl"):
+    for name in (
+        ".hydra/config.yaml",
+        "checkpoints/last.ckpt",
+        "hf_model/config.json",
+        "hf_model/model.safetensors",
+        "hf_model/encoder_tokenizer",
+        "hf_model/decoder_tokenizer",
+        "metrics.json",
+        "predictions.jsonl",
+    ):
         assert (run_dir / name).exists(), name
     assert list((run_dir / "checkpoints").glob("best-*.ckpt"))
     metrics = json.loads((run_dir / "metrics.json").read_text())
@@ -40,7 +48,8 @@ def test_run_folder_contract(trained_run):
     from encdec.metrics import lead_baselines
 
     assert {k: v for k, v in metrics.items() if k.startswith("baseline/")} == lead_baselines(
-        [r["document"] for r in rows], [r["reference"] for r in rows])
+        [r["document"] for r in rows], [r["reference"] for r in rows]
+    )
     assert "lead-1" in result.stdout and "lead-3" in result.stdout and "above lead-1 in all three" in result.stdout
 
 
@@ -48,7 +57,7 @@ def test_export_opens_in_plain_transformers(trained_run):
     run_dir, _ = trained_run
     script = f"""
 from transformers import AutoTokenizer, EncoderDecoderModel, GenerationConfig
-path = {str(run_dir / 'hf_model')!r}
+path = {str(run_dir / "hf_model")!r}
 model = EncoderDecoderModel.from_pretrained(path)
 source = AutoTokenizer.from_pretrained(path + "/encoder_tokenizer")
 target = AutoTokenizer.from_pretrained(path + "/decoder_tokenizer")
@@ -71,9 +80,16 @@ def test_eval_on_run_folder_export_and_checkpoint(trained_run, target, tmp_path)
     )
     assert result.returncode == 0, result.stderr[-3000:]
     metrics = json.loads((out / "metrics.json").read_text())
-    assert set(k for k in metrics if k.startswith("test/")) == {"test/rouge1", "test/rouge2", "test/rougeL", "test/rougeLsum"}
+    assert set(k for k in metrics if k.startswith("test/")) == {
+        "test/rouge1",
+        "test/rouge2",
+        "test/rougeL",
+        "test/rougeLsum",
+    }
     assert json.loads(result.stdout)["test/rouge1"] == metrics["test/rouge1"]
-    assert {k for k in metrics if k.startswith("baseline/lead1/")} == {f"baseline/lead1/{n}" for n in ("rouge1", "rouge2", "rougeL", "rougeLsum")}
+    assert {k for k in metrics if k.startswith("baseline/lead1/")} == {
+        f"baseline/lead1/{n}" for n in ("rouge1", "rouge2", "rougeL", "rougeLsum")
+    }
     assert metrics["baseline/lead3/rouge1"] >= metrics["baseline/lead1/rouge1"] > 0
 
 
@@ -104,33 +120,44 @@ def test_summarize_under_a_token_budget_matches_one_at_a_time(trained_run):
     model.generate = counting
     one_at_a_time = summarize(model, encoder_tokenizer, decoder_tokenizer, documents, batch_size=1, progress=False)
     calls.clear()
-    budgeted = summarize(model, encoder_tokenizer, decoder_tokenizer, documents, batch_size=1, max_tokens=60,
-                         progress=False)
+    budgeted = summarize(
+        model, encoder_tokenizer, decoder_tokenizer, documents, batch_size=1, max_tokens=60, progress=False
+    )
     assert budgeted == one_at_a_time
     # rows * (longest source + 6 new tokens) <= 60 in every batch: longest sources (13 tokens) 3 a batch, shortest more
     assert all(rows * (width + 6) <= 60 for rows, width in calls), calls
     assert sum(rows for rows, _ in calls) == 12 and len(calls) < 12 and max(rows for rows, _ in calls) > 3
 
 
-@pytest.mark.parametrize("script,override", [("eval.py", "data.eval_max_tokens_per_batch=-1"),
-                                             ("predict.py", "max_tokens_per_batch=0")])
+@pytest.mark.parametrize(
+    "script,override", [("eval.py", "data.eval_max_tokens_per_batch=-1"), ("predict.py", "max_tokens_per_batch=0")]
+)
 def test_bad_generation_budget_is_one_line(trained_run, tmp_path, script, override):
     run_dir, _ = trained_run
     extra = ["input=-"] if script == "predict.py" else [f"hydra.run.dir={tmp_path / 'out'}"]
     result = run_script(script, f"model_path={run_dir}", override, *extra, stdin="a document\n")
     assert result.returncode == 2, result.stderr[-2000:]
     name, value = override.split("=")
-    assert error_lines(result.stderr) == [f"encdec: error: {name}={value} must be a positive integer or null "
-                                          "(batches of a fixed size)"]
+    assert error_lines(result.stderr) == [
+        f"encdec: error: {name}={value} must be a positive integer or null (batches of a fixed size)"
+    ]
     assert not (tmp_path / "out").exists()
 
 
 def test_files_data_and_tiny_run(tiny_files, tmp_path):
     run_dir = tmp_path / "run"
     result = run_script(
-        "train.py", "encoder=tiny", "decoder=tiny", "data=files", *SMOKE,
-        f"data.train_file={tiny_files['train']}", f"data.validation_file={tiny_files['validation']}",
-        f"data.test_file={tiny_files['test']}", "generation=beam", "data.max_tokens_per_batch=48", f"hydra.run.dir={run_dir}",
+        "train.py",
+        "encoder=tiny",
+        "decoder=tiny",
+        "data=files",
+        *SMOKE,
+        f"data.train_file={tiny_files['train']}",
+        f"data.validation_file={tiny_files['validation']}",
+        f"data.test_file={tiny_files['test']}",
+        "generation=beam",
+        "data.max_tokens_per_batch=48",
+        f"hydra.run.dir={run_dir}",
     )
     assert result.returncode == 0, result.stderr[-3000:]
     assert (run_dir / "hf_model" / "model.safetensors").is_file()
@@ -140,18 +167,24 @@ def test_files_data_and_tiny_run(tiny_files, tmp_path):
 
 def test_rerun_into_existing_run_is_refused(trained_run):
     run_dir, _ = trained_run
-    saved = {name: (run_dir / name).read_bytes() for name in ("metrics.json", ".hydra/config.yaml", ".hydra/overrides.yaml")}
+    saved = {
+        name: (run_dir / name).read_bytes() for name in ("metrics.json", ".hydra/config.yaml", ".hydra/overrides.yaml")
+    }
     result = run_script("train.py", "encoder=tiny", "decoder=tiny", *SMOKE, "seed=7", f"hydra.run.dir={run_dir}")
     assert result.returncode == 2
-    assert error_lines(result.stderr) == [f"encdec: error: run folder {run_dir} already holds results (checkpoints, "
-                                          "hf_model, metrics.json, predictions.jsonl): choose another hydra.run.dir"]
+    assert error_lines(result.stderr) == [
+        f"encdec: error: run folder {run_dir} already holds results (checkpoints, "
+        "hf_model, metrics.json, predictions.jsonl): choose another hydra.run.dir"
+    ]
     # Refused before Hydra writes .hydra/: the run's saved config still says how it was trained.
     assert {name: (run_dir / name).read_bytes() for name in saved} == saved
 
 
 def test_eval_into_a_run_folder_is_refused(trained_run):
     run_dir, _ = trained_run
-    saved = {name: (run_dir / name).read_bytes() for name in ("metrics.json", "predictions.jsonl", ".hydra/config.yaml")}
+    saved = {
+        name: (run_dir / name).read_bytes() for name in ("metrics.json", "predictions.jsonl", ".hydra/config.yaml")
+    }
     result = run_script("eval.py", f"model_path={run_dir}", f"hydra.run.dir={run_dir}")
     assert result.returncode == 2
     assert "already holds results" in error_lines(result.stderr)[0]
@@ -176,18 +209,35 @@ def bad(tmp_path, *args):
         (("data.max_tokens_per_batch=-5",), "data.max_tokens_per_batch=-5"),
         (("data.eval_max_tokens_per_batch=0",), "data.eval_max_tokens_per_batch=0"),
         (("optimizer.lr=-1",), "optimizer.lr=-1"),
-        (("checkpoint.every_n_steps=1", "checkpoint.keep_steps=0"), "checkpoint.keep_steps=0 must be an integer >= 1 or null"),
-        (("data=files", "data.train_file=/nope/train.jsonl", "data.validation_file=/nope/val.jsonl"), "data.train_file=/nope/train.jsonl: no such file"),
+        (
+            ("checkpoint.every_n_steps=1", "checkpoint.keep_steps=0"),
+            "checkpoint.keep_steps=0 must be an integer >= 1 or null",
+        ),
+        (
+            ("data=files", "data.train_file=/nope/train.jsonl", "data.validation_file=/nope/val.jsonl"),
+            "data.train_file=/nope/train.jsonl: no such file",
+        ),
         (("data=files", "data.train_file=/", "data.validation_file=/"), "data.train_file=/ is a folder: give one file"),
         # the data loads before the model: a typo in a file name fails before gigabytes of weights download
-        (("data=files", "data.train_file=/nope/train.jsonl", "data.validation_file=/nope/val.jsonl", "encoder=auto",
-          "encoder.pretrained=/nonexistent/model"), "data.train_file=/nope/train.jsonl: no such file"),
+        (
+            (
+                "data=files",
+                "data.train_file=/nope/train.jsonl",
+                "data.validation_file=/nope/val.jsonl",
+                "encoder=auto",
+                "encoder.pretrained=/nonexistent/model",
+            ),
+            "data.train_file=/nope/train.jsonl: no such file",
+        ),
         (("encoder.overrides.not_a_field=1",), "encoder.overrides.not_a_field"),
         (("+encoder.overrides.not_a_field=1",), "encoder.overrides.not_a_field"),
         (("generation.num_beams=0",), "generation"),
         # tiny's size overrides on the packaged MiniLM weights (what experiment presets + encoder=tiny ask for)
-        (("encoder.init=pretrained",), "do not fit the model that encoder.overrides describe (layer sizes differ): "
-                                       "drop the size overrides to warm-start from these weights, or set encoder.init=random"),
+        (
+            ("encoder.init=pretrained",),
+            "do not fit the model that encoder.overrides describe (layer sizes differ): "
+            "drop the size overrides to warm-start from these weights, or set encoder.init=random",
+        ),
     ],
 )
 def test_bad_input_is_one_clear_line(tmp_path, args, culprit):
@@ -219,7 +269,9 @@ def test_local_folder_that_is_not_a_model(tmp_path):
 def test_bad_data_files(tmp_path, tiny_files, content, culprit):
     train = tmp_path / "broken.jsonl"
     train.write_bytes(content)
-    result, run_dir = bad(tmp_path, "data=files", f"data.train_file={train}", f"data.validation_file={tiny_files['validation']}")
+    result, run_dir = bad(
+        tmp_path, "data=files", f"data.train_file={train}", f"data.validation_file={tiny_files['validation']}"
+    )
     assert result.returncode == 2, result.stderr[-2000:]
     assert culprit in error_lines(result.stderr)[0], result.stderr[-2000:]
     assert not (tmp_path / "outputs").exists() and tmp_path.is_dir()
@@ -228,7 +280,9 @@ def test_bad_data_files(tmp_path, tiny_files, content, culprit):
 def test_wrong_extension(tmp_path, tiny_files):
     train = tmp_path / "train.txt"
     train.write_text("hello\n")
-    result, _ = bad(tmp_path, "data=files", f"data.train_file={train}", f"data.validation_file={tiny_files['validation']}")
+    result, _ = bad(
+        tmp_path, "data=files", f"data.train_file={train}", f"data.validation_file={tiny_files['validation']}"
+    )
     assert "unsupported extension '.txt'" in error_lines(result.stderr)[0]
 
 
@@ -264,7 +318,8 @@ def test_eval_names_a_corrupt_saved_config_of_the_run(tmp_path):
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert error_lines(result.stderr) == [
         f"encdec: error: model_path={run_dir}: its run folder {run_dir}: .hydra/config.yaml is not readable YAML "
-        "(ParserError): restore it from a copy of the run"]
+        "(ParserError): restore it from a copy of the run"
+    ]
 
 
 def test_predict_with_a_generation_preset(trained_run):
@@ -277,11 +332,18 @@ def test_predict_with_a_generation_preset(trained_run):
 
 def test_predict_stdin_that_is_not_utf8(trained_run):
     run_dir, _ = trained_run
-    result = subprocess.run([sys.executable, str(ROOT / "predict.py"), f"model_path={run_dir}", "input=-"],
-                            input=b"\xff\xfe\xfa broken\n", capture_output=True, env=script_environment(), cwd=ROOT)
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "predict.py"), f"model_path={run_dir}", "input=-"],
+        input=b"\xff\xfe\xfa broken\n",
+        capture_output=True,
+        env=script_environment(),
+        cwd=ROOT,
+    )
     stderr = result.stderr.decode()
     assert result.returncode == 2 and "Traceback" not in stderr
-    assert error_lines(stderr) == ["encdec: error: input=- received text that is not UTF-8: convert it first (iconv -t UTF-8)"]
+    assert error_lines(stderr) == [
+        "encdec: error: input=- received text that is not UTF-8: convert it first (iconv -t UTF-8)"
+    ]
 
 
 def test_predict_empty_input(trained_run):
@@ -296,7 +358,14 @@ def test_predict_empty_input(trained_run):
 def test_short_run_for_packaged_families(tmp_path, pair):
     encoder, decoder = pair
     run_dir = tmp_path / "run"
-    result = run_script("train.py", f"encoder={encoder}", f"decoder={decoder}", *SMOKE, f"hydra.run.dir={run_dir}", "checkpoint.save_top_k=0")
+    result = run_script(
+        "train.py",
+        f"encoder={encoder}",
+        f"decoder={decoder}",
+        *SMOKE,
+        f"hydra.run.dir={run_dir}",
+        "checkpoint.save_top_k=0",
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert metrics["train/steps"] == 2 and metrics["val/loss"] > 0
@@ -313,8 +382,16 @@ def test_more_devices_than_exist(tmp_path):
 def test_non_finite_loss_stops_and_keeps_checkpoints(tmp_path):
     run_dir = tmp_path / "nan-run"
     result = run_script(
-        "train.py", "encoder=tiny", "decoder=tiny", *SMOKE, "trainer.max_steps=6", "trainer.max_epochs=3", "checkpoint.every_n_steps=1",
-        "optimizer.lr=1e30", "trainer.gradient_clip_val=null", f"hydra.run.dir={run_dir}",
+        "train.py",
+        "encoder=tiny",
+        "decoder=tiny",
+        *SMOKE,
+        "trainer.max_steps=6",
+        "trainer.max_epochs=3",
+        "checkpoint.every_n_steps=1",
+        "optimizer.lr=1e30",
+        "trainer.gradient_clip_val=null",
+        f"hydra.run.dir={run_dir}",
     )
     assert result.returncode == 2, result.stderr[-2000:]
     assert "training loss became" in error_lines(result.stderr)[0]
@@ -352,10 +429,9 @@ def test_summarize_returns_summaries_in_input_order():
     """Batches are cut from length-sorted documents; the summaries must still come back in input order."""
     import torch
 
+    from conftest import compose_config
     from encdec.inference import summarize
     from encdec.sources import resolve
-
-    from conftest import compose_config
 
     class SourceLengthModel:  # "summarizes" a document as its number of source tokens
         generation_config = GenerationConfig()
@@ -373,12 +449,21 @@ def test_summarize_returns_summaries_in_input_order():
         def batch_decode(self, generated, **kwargs):
             return [f" {int(row[0])} " for row in generated]
 
-    encoder_tokenizer = AutoTokenizer.from_pretrained(resolve(compose_config("encoder=minilm").encoder.pretrained, "encoder.pretrained"))
+    encoder_tokenizer = AutoTokenizer.from_pretrained(
+        resolve(compose_config("encoder=minilm").encoder.pretrained, "encoder.pretrained")
+    )
     documents = ["alpha beta", "alpha beta gamma delta epsilon", "alpha", "alpha beta gamma"]
     expected = [str(len(encoder_tokenizer(d)["input_ids"])) for d in documents]
     assert expected == ["4", "7", "3", "5"]
-    summaries = summarize(SourceLengthModel(), encoder_tokenizer, NumberTokenizer(), documents, batch_size=2,
-                          device=torch.device("cpu"), progress=False)
+    summaries = summarize(
+        SourceLengthModel(),
+        encoder_tokenizer,
+        NumberTokenizer(),
+        documents,
+        batch_size=2,
+        device=torch.device("cpu"),
+        progress=False,
+    )
     assert summaries == expected
 
 
@@ -395,8 +480,11 @@ def test_help_shows_usage_and_its_examples_compose(script):
         assert "generation: " + ", ".join(generation_options) in result.stdout  # Hydra's own listing
     else:
         assert ", ".join(generation_options[:-1]) + " or " + generation_options[-1] in result.stdout
-    examples = [line.strip().split("  ")[0].split()[2:] for line in result.stdout.splitlines()
-                if line.strip().startswith(f"python {script} ") and "resume=" not in line and "DATE" not in line]
+    examples = [
+        line.strip().split("  ")[0].split()[2:]
+        for line in result.stdout.splitlines()
+        if line.strip().startswith(f"python {script} ") and "resume=" not in line and "DATE" not in line
+    ]
     assert script != "train.py" or len([example for example in examples if example]) >= 4
     for example in examples:
         checked_arguments(example, script.removesuffix(".py"), ROOT / "conf")  # raises EncdecError on a bad example
@@ -404,10 +492,21 @@ def test_help_shows_usage_and_its_examples_compose(script):
 
 def test_keep_steps_keeps_the_newest_step_checkpoints(tmp_path, tiny_files):
     run_dir = tmp_path / "run"
-    result = run_script("train.py", "encoder=tiny", "decoder=tiny", *SMOKE, "data=files",
-                        f"data.train_file={tiny_files['train']}", f"data.validation_file={tiny_files['validation']}",
-                        f"data.test_file={tiny_files['test']}", "trainer.max_steps=5", "trainer.max_epochs=5",
-                        "checkpoint.every_n_steps=1", "checkpoint.keep_steps=2", f"hydra.run.dir={run_dir}")
+    result = run_script(
+        "train.py",
+        "encoder=tiny",
+        "decoder=tiny",
+        *SMOKE,
+        "data=files",
+        f"data.train_file={tiny_files['train']}",
+        f"data.validation_file={tiny_files['validation']}",
+        f"data.test_file={tiny_files['test']}",
+        "trainer.max_steps=5",
+        "trainer.max_epochs=5",
+        "checkpoint.every_n_steps=1",
+        "checkpoint.keep_steps=2",
+        f"hydra.run.dir={run_dir}",
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     steps = sorted(path.name for path in (run_dir / "checkpoints").glob("step*.ckpt"))
     assert steps == ["step4.ckpt", "step5.ckpt"]

@@ -19,14 +19,27 @@ from conftest import ROOT, SMOKE, error_lines, script_environment
 from in_process import _close_file_handlers, _keep_absl_off_the_test_streams
 
 # A complete run folder: what train.py writes when a run ends well.
-RUN_FOLDER = (".hydra/config.yaml", "hf_model/config.json", "hf_model/model.safetensors", "metrics.json",
-              "predictions.jsonl", "checkpoints/last.ckpt")
+RUN_FOLDER = (
+    ".hydra/config.yaml",
+    "hf_model/config.json",
+    "hf_model/model.safetensors",
+    "metrics.json",
+    "predictions.jsonl",
+    "checkpoints/last.ckpt",
+)
 
 
 def encdec_module(*args: str, cwd: Path, timeout: int = 600) -> subprocess.CompletedProcess:
     """`python -m encdec ARGS` in `cwd`: the installed command of this checkout (editable install or PYTHONPATH)."""
-    return subprocess.run([sys.executable, "-m", "encdec", *args], cwd=cwd, capture_output=True, text=True,
-                          stdin=subprocess.DEVNULL, timeout=timeout, env=script_environment())
+    return subprocess.run(
+        [sys.executable, "-m", "encdec", *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        stdin=subprocess.DEVNULL,
+        timeout=timeout,
+        env=script_environment(),
+    )
 
 
 def run_console(*args: str, cwd: Path) -> tuple[int, str, str]:
@@ -67,21 +80,45 @@ def fresh_venv_with_the_wheel(tmp_path: Path) -> Path:
     no_isolation = ["--no-build-isolation"] if not isolation else []
     # No PYTHONPATH: pip would take a checkout's src/ on it for an installed encdec and install nothing.
     environment = {**os.environ, "PYTHONPATH": "", "PIP_DISABLE_PIP_VERSION_CHECK": "1", "PIP_NO_INPUT": "1"}
-    build = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", *no_isolation, "-q", "-w", str(dist),
-                            str(ROOT)], capture_output=True, text=True, timeout=300, env=environment)
+    build = subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", *no_isolation, "-q", "-w", str(dist), str(ROOT)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=environment,
+    )
     assert build.returncode == 0, build.stderr[-3000:]
     (wheel,) = dist.glob("encdec-*.whl")
     venv = tmp_path / "venv"
     subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True, timeout=120)
     python = venv / "bin" / "python"
-    site = subprocess.run([str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
-                          capture_output=True, text=True, check=True).stdout.strip()
+    site = subprocess.run(
+        [str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
     test_packages = {sysconfig.get_paths()["purelib"], sysconfig.get_paths()["platlib"]}
     (Path(site) / "test_venv_packages.pth").write_text("\n".join(sorted(test_packages)) + "\n")
     # --ignore-installed: the test venv's (editable) encdec, seen through the .pth line, is not this venv's to replace.
-    install = subprocess.run([sys.executable, "-m", "pip", "--python", str(python), "install", "--no-deps",
-                              "--ignore-installed", "-q", str(wheel)], capture_output=True, text=True, timeout=300,
-                             env=environment)
+    install = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "--python",
+            str(python),
+            "install",
+            "--no-deps",
+            "--ignore-installed",
+            "-q",
+            str(wheel),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=environment,
+    )
     assert install.returncode == 0, install.stderr[-3000:]
     return venv
 
@@ -91,21 +128,39 @@ def test_the_wheel_installs_a_command_that_trains_from_an_empty_folder(tmp_path)
     empty = tmp_path / "work"
     empty.mkdir()
     environment = {**script_environment(), "PYTHONPATH": ""}  # the checkout's src/ must not stand in for the wheel
-    where = subprocess.run([str(venv / "bin" / "python"), "-c", "import encdec.console as c; print(c.config_dir())"],
-                           cwd=empty, capture_output=True, text=True, env=environment)
+    where = subprocess.run(
+        [str(venv / "bin" / "python"), "-c", "import encdec.console as c; print(c.config_dir())"],
+        cwd=empty,
+        capture_output=True,
+        text=True,
+        env=environment,
+    )
     assert Path(where.stdout.strip()).is_relative_to(venv), where.stdout + where.stderr  # the wheel's own configs
 
     smoke = [arg for arg in SMOKE if not arg.startswith(("trainer.max_steps=", "trainer.max_epochs="))]
-    result = subprocess.run([str(venv / "bin" / "encdec"), "train", "encoder=tiny", "decoder=tiny", *smoke,
-                             "trainer.max_steps=3", "trainer.max_epochs=2"], cwd=empty, capture_output=True, text=True,
-                            stdin=subprocess.DEVNULL, timeout=600, env=environment)
+    result = subprocess.run(
+        [
+            str(venv / "bin" / "encdec"),
+            "train",
+            "encoder=tiny",
+            "decoder=tiny",
+            *smoke,
+            "trainer.max_steps=3",
+            "trainer.max_epochs=2",
+        ],
+        cwd=empty,
+        capture_output=True,
+        text=True,
+        stdin=subprocess.DEVNULL,
+        timeout=600,
+        env=environment,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     (run_dir,) = (empty / "outputs").glob("*/*")  # outputs/<date>/<time> under the current folder
     assert_complete_run(run_dir)
     assert json.loads((run_dir / "metrics.json").read_text())["train/steps"] == 3
     assert f"run folder: {run_dir}" in result.stdout
     assert sorted(path.name for path in empty.iterdir()) == ["outputs"]
-
 
 
 @pytest.fixture
@@ -117,12 +172,15 @@ def myconf(tmp_path, tiny_files):
     (folder / "data" / "mydata.yaml").write_text(
         "defaults:\n  - files\nname: mydata\n"
         f"train_file: {tiny_files['train']}\nvalidation_file: {tiny_files['validation']}\n"
-        f"test_file: {tiny_files['test']}\n")
+        f"test_file: {tiny_files['test']}\n"
+    )
     (folder / "decoder" / "narrow.yaml").write_text(
-        "defaults:\n  - tiny\nname: narrow\noverrides:\n  hidden_size: 32\n  intermediate_size: 64\n")
+        "defaults:\n  - tiny\nname: narrow\noverrides:\n  hidden_size: 32\n  intermediate_size: 64\n"
+    )
     (folder / "experiment" / "myrun.yaml").write_text(
         "# @package _global_\ndefaults:\n  - override /encoder: tiny\n  - override /decoder: narrow\n"
-        "  - override /data: mydata\nseed: 7\n")
+        "  - override /data: mydata\nseed: 7\n"
+    )
     return folder
 
 
@@ -130,8 +188,9 @@ def test_own_config_folder_adds_data_decoder_and_experiment_presets(tmp_path, my
     work = tmp_path / "work"
     work.mkdir()
     run_dir = work / "run"
-    result = encdec_module("train", "--config-dir", str(myconf), "experiment=myrun", *SMOKE, f"hydra.run.dir={run_dir}",
-                           cwd=work)
+    result = encdec_module(
+        "train", "--config-dir", str(myconf), "experiment=myrun", *SMOKE, f"hydra.run.dir={run_dir}", cwd=work
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     config = OmegaConf.load(run_dir / ".hydra" / "config.yaml")
     assert (config.data.name, config.decoder.name, config.encoder.name, config.seed) == ("mydata", "narrow", "tiny", 7)
@@ -140,14 +199,22 @@ def test_own_config_folder_adds_data_decoder_and_experiment_presets(tmp_path, my
     assert_complete_run(run_dir)
 
 
-@pytest.mark.parametrize("arguments, message", [
-    (["data=mydat"], "data=mydat: no such data option (did you mean data=mydata?); choose from aclsum, cnn_dailymail, "
-                     "files, mydata, xsum"),
-    (["data=mydata", "data.train_fil=x.jsonl"],
-     "data.train_fil is not a setting of data (did you mean data.train_file=x.jsonl?); to add a new key on purpose "
-     "write +data.train_fil=x.jsonl"),
-    (["decoder=narow"], "decoder=narow: no such decoder option (did you mean decoder=narrow?)"),
-])
+@pytest.mark.parametrize(
+    "arguments, message",
+    [
+        (
+            ["data=mydat"],
+            "data=mydat: no such data option (did you mean data=mydata?); choose from aclsum, cnn_dailymail, "
+            "files, mydata, xsum",
+        ),
+        (
+            ["data=mydata", "data.train_fil=x.jsonl"],
+            "data.train_fil is not a setting of data (did you mean data.train_file=x.jsonl?); to add a new key on purpose "
+            "write +data.train_fil=x.jsonl",
+        ),
+        (["decoder=narow"], "decoder=narow: no such decoder option (did you mean decoder=narrow?)"),
+    ],
+)
 def test_typos_in_own_config_folder_are_one_line(tmp_path, myconf, arguments, message):
     code, _, stderr = run_console("train", "--config-dir", str(myconf), *arguments, cwd=tmp_path)
     assert code == 2, stderr[-2000:]
@@ -158,12 +225,16 @@ def test_typos_in_own_config_folder_are_one_line(tmp_path, myconf, arguments, me
 def test_missing_config_folder_and_unknown_command_are_one_line(tmp_path):
     code, _, stderr = run_console("train", f"--config-dir={tmp_path / 'nope'}", "data=mydata", cwd=tmp_path)
     assert code == 2
-    assert error_lines(stderr) == [f"encdec: error: --config-dir {tmp_path / 'nope'}: no such folder; give the "
-                                          "folder that holds your own groups (data/mydata.yaml, experiment/myrun.yaml, ...)"]
+    assert error_lines(stderr) == [
+        f"encdec: error: --config-dir {tmp_path / 'nope'}: no such folder; give the "
+        "folder that holds your own groups (data/mydata.yaml, experiment/myrun.yaml, ...)"
+    ]
     code, _, stderr = run_console("trian", "encoder=tiny", cwd=tmp_path)
     assert code == 2
-    assert error_lines(stderr) == ["encdec: error: trian is not an encdec command (did you mean encdec train?); "
-                                          "choose from train, eval, predict, export, report"]
+    assert error_lines(stderr) == [
+        "encdec: error: trian is not an encdec command (did you mean encdec train?); "
+        "choose from train, eval, predict, export, report"
+    ]
 
 
 @pytest.mark.parametrize("command", ["train", "eval", "predict", "export"])

@@ -65,8 +65,13 @@ def test_defaults_are_the_offline_quickstart():
 
 def test_side_options_and_overrides_reach_config():
     cfg = compose_config(
-        "encoder=bert", "decoder=gpt2", "encoder.init=random", "decoder.pretrained=/my/folder",
-        "+encoder.overrides.hidden_dropout_prob=0.3", "model.share_weights=true", "seed=7",
+        "encoder=bert",
+        "decoder=gpt2",
+        "encoder.init=random",
+        "decoder.pretrained=/my/folder",
+        "+encoder.overrides.hidden_dropout_prob=0.3",
+        "model.share_weights=true",
+        "seed=7",
     )
     assert cfg.encoder.init == "random"
     assert cfg.decoder.pretrained == "/my/folder"
@@ -86,7 +91,8 @@ def test_cli_unknown_option_fails_naming_it():
     assert result.returncode == 2
     assert result.stderr.strip().splitlines() == [
         "encdec: error: decoder=nonexistent: no such decoder option; choose from auto, bart, bert, gemma, gpt2, llama, "
-        "minilm, mistral, opt, phi, pythia, qwen2, roberta, smollm2, tiny"]
+        "minilm, mistral, opt, phi, pythia, qwen2, roberta, smollm2, tiny"
+    ]
 
 
 @pytest.mark.parametrize(

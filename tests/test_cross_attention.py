@@ -47,8 +47,6 @@ DECODER_START, PAD, EOS = 1, 0, 2
 SOURCE_LENGTH = 7  # longer than the tiny configs' sliding window (4)
 
 
-
-
 def tiny_encoder() -> BertModel:
     torch.manual_seed(1)
     config = BertConfig(
@@ -255,7 +253,9 @@ def test_generation_cached_equals_uncached_and_beam_search_runs(family):
     beam_uncached = generate(use_cache=False, num_beams=3)
     # generation.cache_implementation=static: preallocated self-attention caches (what CUDA graphs need);
     # configure_generation refuses it for OPT (positions from a 2D mask)
-    greedy_static = greedy_cached if family == "opt" else generate(use_cache=True, min_new_tokens=8, cache_implementation="static")
+    greedy_static = (
+        greedy_cached if family == "opt" else generate(use_cache=True, min_new_tokens=8, cache_implementation="static")
+    )
 
     assert greedy_cached.shape == (2, 9)
     assert torch.equal(greedy_cached, greedy_uncached)
@@ -284,7 +284,9 @@ def test_beam_search_leaves_the_cross_attention_cache_in_place(family, monkeypat
     attention_mask[1, -3:] = 0  # a padded row among them
     reordered = []
     reorder = DynamicCache.reorder_cache
-    monkeypatch.setattr(DynamicCache, "reorder_cache", lambda self, beam_idx: (reordered.append(self), reorder(self, beam_idx)))
+    monkeypatch.setattr(
+        DynamicCache, "reorder_cache", lambda self, beam_idx: (reordered.append(self), reorder(self, beam_idx))
+    )
     settings = dict(max_new_tokens=8, num_beams=3, no_repeat_ngram_size=2, length_penalty=1.0, early_stopping=True)
     with torch.no_grad():
         plain = model.generate(input_ids=input_ids, attention_mask=attention_mask, **settings)
@@ -304,8 +306,9 @@ def test_cross_attention_cache_keeps_the_whole_source_despite_sliding_window(fam
     input_ids, attention_mask = source_batch()
     decoder_input_ids, _ = decoder_batch()
     with torch.no_grad():
-        output = model(input_ids=input_ids, attention_mask=attention_mask, decoder_input_ids=decoder_input_ids,
-                       use_cache=True)
+        output = model(
+            input_ids=input_ids, attention_mask=attention_mask, decoder_input_ids=decoder_input_ids, use_cache=True
+        )
     cross_layers = output.cache.cross_attention_cache.layers
     for name in model.decoder.cross_attention_blocks:
         assert cross_layers[int(name)].keys.shape[-2] == SOURCE_LENGTH
@@ -337,9 +340,20 @@ def test_random_decoder_from_config_mirrors_the_lm_config():
 
     assert isinstance(decoder, CrossAttentionDecoderForCausalLM)
     assert type(decoder.lm).__name__ == "Qwen2ForCausalLM"
-    for key in ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads",
-                "max_position_embeddings", "bos_token_id", "eos_token_id", "pad_token_id",
-                "tie_word_embeddings", "sliding_window", "layer_types"):
+    for key in (
+        "vocab_size",
+        "hidden_size",
+        "num_hidden_layers",
+        "num_attention_heads",
+        "num_key_value_heads",
+        "max_position_embeddings",
+        "bos_token_id",
+        "eos_token_id",
+        "pad_token_id",
+        "tie_word_embeddings",
+        "sliding_window",
+        "layer_types",
+    ):
         assert getattr(config, key) == getattr(base, key), key
     assert config.head_dim == base.hidden_size // base.num_attention_heads  # Qwen2Config itself has no head_dim
     assert config.is_decoder and config.add_cross_attention
@@ -400,8 +414,9 @@ def test_decoder_with_labels_returns_the_shifted_causal_lm_loss():
     decoder_input_ids, _ = decoder_batch()
     with torch.no_grad():
         expected = lm(input_ids=decoder_input_ids, labels=decoder_input_ids).loss
-        output = decoder(input_ids=decoder_input_ids, labels=decoder_input_ids,
-                         encoder_hidden_states=torch.randn(2, 5, 32))
+        output = decoder(
+            input_ids=decoder_input_ids, labels=decoder_input_ids, encoder_hidden_states=torch.randn(2, 5, 32)
+        )
     assert torch.equal(output.loss, expected)
 
 
@@ -441,8 +456,12 @@ RELOAD_SCRIPT = textwrap.dedent(
 def save_all_families(out_dir: Path) -> tuple[dict, dict[str, torch.Tensor]]:
     input_ids, attention_mask = source_batch()
     decoder_input_ids, decoder_attention_mask = decoder_batch()
-    inputs = dict(input_ids=input_ids, attention_mask=attention_mask, decoder_input_ids=decoder_input_ids,
-                  decoder_attention_mask=decoder_attention_mask)
+    inputs = dict(
+        input_ids=input_ids,
+        attention_mask=attention_mask,
+        decoder_input_ids=decoder_input_ids,
+        decoder_attention_mask=decoder_attention_mask,
+    )
     torch.save(inputs, out_dir / "inputs.pt")
     expected = {}
     for family in ALL_FAMILIES:
@@ -489,8 +508,12 @@ def test_added_cross_attention_returns_its_weights_when_asked(family):
     model = compose(family, gate=0.5)
     input_ids, attention_mask = source_batch()
     decoder_input_ids, decoder_attention_mask = decoder_batch()
-    inputs = dict(input_ids=input_ids, attention_mask=attention_mask, decoder_input_ids=decoder_input_ids,
-                  decoder_attention_mask=decoder_attention_mask)
+    inputs = dict(
+        input_ids=input_ids,
+        attention_mask=attention_mask,
+        decoder_input_ids=decoder_input_ids,
+        decoder_attention_mask=decoder_attention_mask,
+    )
     with torch.no_grad():
         plain = model(**inputs)
         shown = model(**inputs, output_attentions=True)

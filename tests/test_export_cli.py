@@ -17,10 +17,23 @@ from encdec.errors import EncdecError
 from encdec.export import push_to_hub
 from test_export import export_of
 
-METRICS = {"val/rouge1": 14.091, "val/rouge2": 2.27, "val/rougeL": 12.69, "test/rouge1": 15.07, "test/rouge2": 2.08,
-           "test/rougeL": 12.99, "train/steps": 39}
-BASELINES = {"baseline/lead1/rouge1": 20.5, "baseline/lead1/rouge2": 4.25, "baseline/lead1/rougeL": 15.0,
-             "baseline/lead3/rouge1": 30.125, "baseline/lead3/rouge2": 9.0, "baseline/lead3/rougeL": 21.5}
+METRICS = {
+    "val/rouge1": 14.091,
+    "val/rouge2": 2.27,
+    "val/rougeL": 12.69,
+    "test/rouge1": 15.07,
+    "test/rouge2": 2.08,
+    "test/rougeL": 12.99,
+    "train/steps": 39,
+}
+BASELINES = {
+    "baseline/lead1/rouge1": 20.5,
+    "baseline/lead1/rouge2": 4.25,
+    "baseline/lead1/rougeL": 15.0,
+    "baseline/lead3/rouge1": 30.125,
+    "baseline/lead3/rouge2": 9.0,
+    "baseline/lead3/rougeL": 21.5,
+}
 # Python imports sitecustomize from PYTHONPATH at start: a script run with it records Hub calls instead of making them.
 RECORD_HUB_CALLS = """
 import json, os
@@ -84,8 +97,9 @@ def test_push_to_hub_uploads_the_folder_when_a_token_is_present(tmp_path, monkey
     calls = []
     monkeypatch.setenv("HF_TOKEN", "hf_test_token")
     monkeypatch.setenv("HF_HUB_OFFLINE", "0")
-    monkeypatch.setattr(huggingface_hub.HfApi, "create_repo",
-                        lambda self, repo_id, **kw: calls.append(("create", repo_id, kw)))
+    monkeypatch.setattr(
+        huggingface_hub.HfApi, "create_repo", lambda self, repo_id, **kw: calls.append(("create", repo_id, kw))
+    )
     monkeypatch.setattr(huggingface_hub.HfApi, "upload_folder", lambda self, **kw: calls.append(("upload", kw)))
     assert push_to_hub(tmp_path, "me/tiny", "push_to_hub") == "https://huggingface.co/me/tiny"
     assert calls[0] == ("create", "me/tiny", {"repo_type": "model", "exist_ok": True})
@@ -95,26 +109,37 @@ def test_push_to_hub_uploads_the_folder_when_a_token_is_present(tmp_path, monkey
         raise RuntimeError("403 Forbidden: no write access\nmore detail")
 
     monkeypatch.setattr(huggingface_hub.HfApi, "upload_folder", refused)
-    with pytest.raises(EncdecError, match=r"push_to_hub=me/tiny: the upload failed \(RuntimeError: 403 Forbidden: no "
-                                          r"write access\); .* is complete, upload it later with `hf upload me/tiny"):
+    with pytest.raises(
+        EncdecError,
+        match=r"push_to_hub=me/tiny: the upload failed \(RuntimeError: 403 Forbidden: no "
+        r"write access\); .* is complete, upload it later with `hf upload me/tiny",
+    ):
         push_to_hub(tmp_path, "me/tiny", "push_to_hub")
 
 
 def test_train_without_a_token_stops_before_training(tmp_path):
     started = time.monotonic()
     run_dir = tmp_path / "run"
-    result = run_script("train.py", "encoder=tiny", "decoder=tiny", *SMOKE, "export.push_to_hub=me/tiny",
-                        f"hydra.run.dir={run_dir}", env={"HF_TOKEN": "", "HF_HOME": str(tmp_path / "hf"),
-                                                         "HF_HUB_OFFLINE": "0"})
+    result = run_script(
+        "train.py",
+        "encoder=tiny",
+        "decoder=tiny",
+        *SMOKE,
+        "export.push_to_hub=me/tiny",
+        f"hydra.run.dir={run_dir}",
+        env={"HF_TOKEN": "", "HF_HOME": str(tmp_path / "hf"), "HF_HUB_OFFLINE": "0"},
+    )
     assert result.returncode == 2
     assert error_lines(result.stderr) == [
         "encdec: error: export.push_to_hub=me/tiny needs a Hugging Face token with write access: run `hf auth login` "
-        "or set HF_TOKEN, or drop export.push_to_hub"]
+        "or set HF_TOKEN, or drop export.push_to_hub"
+    ]
     assert "validation ROUGE" not in result.stdout and not run_dir.exists()
     assert time.monotonic() - started < 60
     bad_name = run_script("export.py", f"model_path={tmp_path}", "push_to_hub=me/not a name")
     assert bad_name.returncode == 2 and error_lines(bad_name.stderr)[0].startswith(
-        "encdec: error: push_to_hub=me/not a name is not a Hub repository name")
+        "encdec: error: push_to_hub=me/not a name is not a Hub repository name"
+    )
 
 
 @pytest.fixture
@@ -133,23 +158,38 @@ def recording_hub_calls(tmp_path: Path) -> tuple[dict, Path]:
     (tmp_path / "hooks").mkdir()
     (tmp_path / "hooks" / "sitecustomize.py").write_text(RECORD_HUB_CALLS)
     calls = tmp_path / "calls.jsonl"
-    return {"PYTHONPATH": str(tmp_path / "hooks"), "HUB_CALLS": str(calls), "HF_TOKEN": "hf_test",
-            "HF_HUB_OFFLINE": "0"}, calls
+    return {
+        "PYTHONPATH": str(tmp_path / "hooks"),
+        "HUB_CALLS": str(calls),
+        "HF_TOKEN": "hf_test",
+        "HF_HUB_OFFLINE": "0",
+    }, calls
 
 
 def test_train_uploads_its_export_after_the_run(tmp_path):
     env, calls = recording_hub_calls(tmp_path)
     run_dir = tmp_path / "run"
-    result = run_script("train.py", "encoder=tiny", "decoder=tiny", *SMOKE, "export.push_to_hub=me/tiny",
-                        f"hydra.run.dir={run_dir}", env=env)
+    result = run_script(
+        "train.py",
+        "encoder=tiny",
+        "decoder=tiny",
+        *SMOKE,
+        "export.push_to_hub=me/tiny",
+        f"hydra.run.dir={run_dir}",
+        env=env,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     assert result.stdout.rstrip().endswith("uploaded https://huggingface.co/me/tiny")
     upload = [json.loads(line) for line in calls.read_text().splitlines()][-1]
     assert upload["folder_path"] == str(run_dir / run_folder.HF_MODEL) and "README.md" in upload["files"]
     metrics = json.loads((run_dir / run_folder.METRICS).read_text())
     card = ModelCard.load(run_dir / run_folder.HF_MODEL / "README.md")
-    assert f"| test | {metrics['test/rouge1']:.2f} | {metrics['test/rouge2']:.2f} | {metrics['test/rougeL']:.2f} |" \
-        in card.text and "max_new_tokens=8" in card.text and card.data.datasets == ["sobamchan/aclsum"]
+    assert (
+        f"| test | {metrics['test/rouge1']:.2f} | {metrics['test/rouge2']:.2f} | {metrics['test/rougeL']:.2f} |"
+        in card.text
+        and "max_new_tokens=8" in card.text
+        and card.data.datasets == ["sobamchan/aclsum"]
+    )
 
 
 def test_export_py_rewrites_the_runs_hf_model_and_uploads_it(finished_run, tmp_path):
@@ -164,16 +204,24 @@ def test_export_py_rewrites_the_runs_hf_model_and_uploads_it(finished_run, tmp_p
     recorded = [json.loads(line) for line in calls.read_text().splitlines()]
     assert [call["call"] for call in recorded] == ["create_repo", "upload_folder"]
     assert recorded[1]["repo_id"] == "me/tiny" and recorded[1]["folder_path"] == str(export)
-    assert {"README.md", "config.json", "model.safetensors", "tokenizer.json", "decoder_tokenizer/tokenizer.json"} \
-        <= set(recorded[1]["files"])
+    assert {
+        "README.md",
+        "config.json",
+        "model.safetensors",
+        "tokenizer.json",
+        "decoder_tokenizer/tokenizer.json",
+    } <= set(recorded[1]["files"])
     assert len(AutoTokenizer.from_pretrained(export)) == 30522
     assert sorted(p.name for p in finished_run.iterdir()) == [".hydra", "hf_model", "metrics.json"]
 
 
-@pytest.mark.parametrize("arguments, message", [
-    (["format=tflite"], "format=tflite is not an export format: use format=hf or format=onnx"),
-    (["model_path=/no/such/run"], "model_path=/no/such/run: no such file or folder"),
-])
+@pytest.mark.parametrize(
+    "arguments, message",
+    [
+        (["format=tflite"], "format=tflite is not an export format: use format=hf or format=onnx"),
+        (["model_path=/no/such/run"], "model_path=/no/such/run: no such file or folder"),
+    ],
+)
 def test_export_py_bad_input_is_one_line(finished_run, arguments, message):
     result = run_script("export.py", f"model_path={finished_run}", *arguments)
     assert result.returncode == 2 and error_lines(result.stderr) == [f"encdec: error: {message}"]
@@ -185,13 +233,19 @@ def test_export_py_help_shows_usage_and_its_examples_compose():
     result = run_script("export.py", "--help")
     assert result.returncode == 0, result.stderr[-2000:]
     assert result.stdout.startswith("encdec export.py: ") and "Usage: python export.py" in result.stdout
-    examples = [line.strip().split("  ")[0].split()[2:] for line in result.stdout.splitlines()
-                if line.strip().startswith("python export.py ")]
+    examples = [
+        line.strip().split("  ")[0].split()[2:]
+        for line in result.stdout.splitlines()
+        if line.strip().startswith("python export.py ")
+    ]
     assert len(examples) == 3
     for example in examples:
         checked_arguments(example, "export", ROOT / "conf")  # raises EncdecError on a bad example
 
 
 def test_model_card_names_a_model_used_on_both_sides_once(tiny_model, tmp_path):
-    card = card_of(model_card.render(tiny_model, compose_config("encoder=minilm", "decoder=minilm"), METRICS, remote_code=False), tmp_path)  # MiniLM -> MiniLM
+    card = card_of(
+        model_card.render(tiny_model, compose_config("encoder=minilm", "decoder=minilm"), METRICS, remote_code=False),
+        tmp_path,
+    )  # MiniLM -> MiniLM
     assert card.data.base_model == ["sentence-transformers/all-MiniLM-L6-v2"]

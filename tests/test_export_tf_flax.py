@@ -35,7 +35,9 @@ def as_saved_by(framework: str, export: Path, folder: Path) -> Path:
     shutil.copytree(export, folder)
     weights = load_file(folder / "model.safetensors")
     if framework == "tf":
-        renamed = {"tf_encoder_decoder_model/" + name.replace(".", "/") + ":0": value for name, value in weights.items()}
+        renamed = {
+            "tf_encoder_decoder_model/" + name.replace(".", "/") + ":0": value for name, value in weights.items()
+        }
     else:
         renamed = {name.replace(".weight", ".kernel"): value for name, value in weights.items()}
     save_file(renamed, folder / "model.safetensors", metadata={"format": framework})
@@ -62,8 +64,11 @@ def test_tf_h5_weights_alone_are_refused_with_the_conversion(bert_export, tmp_pa
     export, _ = bert_export
     shutil.copytree(export, tmp_path / "saved")
     (tmp_path / "saved" / "model.safetensors").rename(tmp_path / "saved" / "tf_model.h5")
-    with pytest.raises(EncdecError, match=r"holds TensorFlow weights \(tf_model\.h5\) only, which transformers 5 "
-                                          r"cannot read: convert it with transformers 4\.57 first"):
+    with pytest.raises(
+        EncdecError,
+        match=r"holds TensorFlow weights \(tf_model\.h5\) only, which transformers 5 "
+        r"cannot read: convert it with transformers 4\.57 first",
+    ):
         load_trained(tmp_path / "saved")
 
 
@@ -79,7 +84,14 @@ def test_check_tf_flax_script_passes():
     """Builds (once) a transformers 4.57 + TensorFlow + JAX/Flax venv; needs the package index the first time."""
     # The script's `python` is this one (encdec's venv), the 4.57 venv its own.
     path = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
-    result = subprocess.run(["bash", str(ROOT / "scripts" / "check_tf_flax.sh")], capture_output=True, text=True,
-                            timeout=3600, cwd=ROOT, env={**os.environ, "PATH": path}, stdin=subprocess.DEVNULL)
+    result = subprocess.run(
+        ["bash", str(ROOT / "scripts" / "check_tf_flax.sh")],
+        capture_output=True,
+        text=True,
+        timeout=3600,
+        cwd=ROOT,
+        env={**os.environ, "PATH": path},
+        stdin=subprocess.DEVNULL,
+    )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert "tf_flax check: all passed" in result.stdout

@@ -66,8 +66,10 @@ def test_full_disk_at_each_write_is_one_line_and_keeps_what_was_written(tmp_path
         return
     target = fault_points.faulted["target"]
     assert outcome.code == 2, outcome.stderr[-3000:]
-    assert outcome.errors == [f"encdec: error: disk full while writing {target}: free space or point hydra.run.dir at "
-                              "a larger disk; files already written were left whole"]
+    assert outcome.errors == [
+        f"encdec: error: disk full while writing {target}: free space or point hydra.run.dir at "
+        "a larger disk; files already written were left whole"
+    ]
     assert "Traceback" not in outcome.stderr
     assert fault_points.digest(target) == fault_points.faulted["before"]  # the previous version, or still nothing
     assert_nothing_truncated(run_dir)
@@ -84,8 +86,14 @@ def test_full_disk_at_each_write_is_one_line_and_keeps_what_was_written(tmp_path
 
 def killed_at(run_dir, args, point, n, phase):
     environment = script_environment(fault_points.environment(point, n, phase))
-    result = subprocess.run([sys.executable, str(ROOT / "train.py"), *args, f"hydra.run.dir={run_dir}"], cwd=ROOT,
-                            env=environment, capture_output=True, text=True, timeout=600)
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "train.py"), *args, f"hydra.run.dir={run_dir}"],
+        cwd=ROOT,
+        env=environment,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert result.returncode == -9, f"not killed at {point}:{n}:{phase}\n{result.stderr[-3000:]}"
 
 
@@ -101,8 +109,12 @@ def kill_and_resume(reference, run_dir, data, point, n, phase):
 
 # After metrics.json's rename the run is complete: nothing to resume. Each case is a killed run and its resume
 # (~40 s): slow. tests/test_resume.py kills a run in the default suite.
-KILLS = [(point, n, phase) for point, n in WRITES for phase in ("kill-before", "kill-after")
-         if (point, phase) != ("metrics", "kill-after")]
+KILLS = [
+    (point, n, phase)
+    for point, n in WRITES
+    for phase in ("kill-before", "kill-after")
+    if (point, phase) != ("metrics", "kill-after")
+]
 
 
 @pytest.mark.slow
@@ -117,7 +129,9 @@ def test_killed_at_each_write_resumes_to_the_same_run(uninterrupted, resume_data
 def sweep_killed_at(app, sweep, n, phase) -> bool:  # noqa: F811
     """Run the tiny app's 3-trial sweep with its n-th optuna.db commit killed; False when it has fewer commits."""
     environment = {**app.env, **fault_points.environment("optuna_db", n, phase)}
-    result = subprocess.run(app.command(sweep, "linger=0"), capture_output=True, text=True, timeout=300, env=environment)
+    result = subprocess.run(
+        app.command(sweep, "linger=0"), capture_output=True, text=True, timeout=300, env=environment
+    )
     assert result.returncode in (0, -9), result.stderr[-3000:]
     return result.returncode == -9
 

@@ -15,7 +15,10 @@ from encdec.tiny_configs import tiny_causal_lm_config
 
 def tiny_llama_pair() -> EncoderDecoderModel:
     torch.manual_seed(0)
-    encoder = BertModel(BertConfig(vocab_size=128, hidden_size=48, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64), add_pooling_layer=False)
+    encoder = BertModel(
+        BertConfig(vocab_size=128, hidden_size=48, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64),
+        add_pooling_layer=False,
+    )
     decoder = add_cross_attention(LlamaForCausalLM(tiny_causal_lm_config("llama")), encoder_hidden_size=48)
     return EncoderDecoderModel(encoder=encoder, decoder=decoder)
 
@@ -31,7 +34,9 @@ def trainable(model):
 
 
 def test_freeze_decoder_keeps_native_cross_attention_trainable():
-    model, _, _ = build_model(compose_config("encoder=tiny", "decoder=tiny", "model.freeze_decoder=true", "model.freeze_encoder=true"))
+    model, _, _ = build_model(
+        compose_config("encoder=tiny", "decoder=tiny", "model.freeze_decoder=true", "model.freeze_encoder=true")
+    )
     names = trainable(model)
     assert names and all("crossattention" in n for n in names)
     assert len(names) == 2 * 10  # q, k, v, output dense and layer norm (weight + bias each), 2 layers
@@ -50,7 +55,18 @@ def test_freeze_decoder_on_added_cross_attention():
 
 def test_lora_trains_adapters_and_merges_to_the_same_function():
     model = tiny_llama_pair()
-    finetune.apply(model, model_cfg(lora={"r": 4, "lora_alpha": 8, "lora_dropout": 0.0, "target_modules": ["q_proj", "v_proj"], "side": "decoder"}))
+    finetune.apply(
+        model,
+        model_cfg(
+            lora={
+                "r": 4,
+                "lora_alpha": 8,
+                "lora_dropout": 0.0,
+                "target_modules": ["q_proj", "v_proj"],
+                "side": "decoder",
+            }
+        ),
+    )
     names = trainable(model)
     assert any("lora_A" in n for n in names) and any("lora_B" in n for n in names)
     assert not any("q_proj.base_layer" in n and "cross_attention_blocks" not in n for n in names)
@@ -76,8 +92,13 @@ def test_lora_checkpoint_loads_merged_with_the_same_function(tmp_path):
     """eval.py/predict.py on a LoRA run's .ckpt: the adapters are merged into plain weights, the function unchanged."""
     from encdec.inference import load_trained
 
-    cfg = compose_config("encoder=tiny", "decoder=tiny", "model.lora.r=4", "model.lora.lora_dropout=0.0",
-                         "model.lora.target_modules=[query,value]")
+    cfg = compose_config(
+        "encoder=tiny",
+        "decoder=tiny",
+        "model.lora.r=4",
+        "model.lora.lora_dropout=0.0",
+        "model.lora.target_modules=[query,value]",
+    )
     torch.manual_seed(0)
     model, _, _ = build_model(cfg)
     with torch.no_grad():
@@ -89,7 +110,9 @@ def test_lora_checkpoint_loads_merged_with_the_same_function(tmp_path):
         "state_dict": {f"model.{k}": v for k, v in model.state_dict().items()},
         "encdec": {
             # the parts of the run config that loading reads (the rest holds Hydra-only interpolations)
-            "config": {k: OmegaConf.to_container(cfg[k], resolve=True) for k in ("encoder", "decoder", "model", "generation")},
+            "config": {
+                k: OmegaConf.to_container(cfg[k], resolve=True) for k in ("encoder", "decoder", "model", "generation")
+            },
             "model_config": model.config.to_dict(),
         },
     }
@@ -103,8 +126,9 @@ def test_lora_checkpoint_loads_merged_with_the_same_function(tmp_path):
 
 
 def test_lora_keeps_native_cross_attention_trainable():
-    model, _, _ = build_model(compose_config("encoder=tiny", "decoder=tiny", "model.lora.r=4",
-                                             "model.lora.target_modules=[query,value]"))
+    model, _, _ = build_model(
+        compose_config("encoder=tiny", "decoder=tiny", "model.lora.r=4", "model.lora.target_modules=[query,value]")
+    )
     names = trainable(model)
     decoder = {n for n in names if n.startswith("decoder.")}
     cross = {n for n, _ in model.decoder.named_parameters() if "crossattention" in n and "lora_" not in n}
@@ -116,12 +140,30 @@ def test_lora_keeps_native_cross_attention_trainable():
 def test_lora_run_moves_the_gates(tmp_path):
     """One optimizer step of a LoRA model: the gates (zero at the start) move, so the decoder starts to read the source."""
     model = tiny_llama_pair()
-    finetune.apply(model, model_cfg(lora={"r": 4, "lora_alpha": 8, "lora_dropout": 0.0, "target_modules": ["q_proj", "v_proj"], "side": "decoder"}))
-    gates = {n: p.detach().clone() for n, p in model.named_parameters() if "cross_attention_blocks" in n and n.endswith("gate")}
+    finetune.apply(
+        model,
+        model_cfg(
+            lora={
+                "r": 4,
+                "lora_alpha": 8,
+                "lora_dropout": 0.0,
+                "target_modules": ["q_proj", "v_proj"],
+                "side": "decoder",
+            }
+        ),
+    )
+    gates = {
+        n: p.detach().clone()
+        for n, p in model.named_parameters()
+        if "cross_attention_blocks" in n and n.endswith("gate")
+    }
     assert gates and all((g == 0).all() for g in gates.values())
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
-    inputs = {"input_ids": torch.randint(3, 128, (2, 7)), "decoder_input_ids": torch.randint(3, 128, (2, 5)),
-              "labels": torch.randint(3, 128, (2, 5))}
+    inputs = {
+        "input_ids": torch.randint(3, 128, (2, 7)),
+        "decoder_input_ids": torch.randint(3, 128, (2, 5)),
+        "labels": torch.randint(3, 128, (2, 5)),
+    }
     model(**inputs).loss.backward()
     optimizer.step()
     moved = dict(model.named_parameters())
@@ -129,9 +171,9 @@ def test_lora_run_moves_the_gates(tmp_path):
 
 
 def test_lora_targets_not_in_the_decoder_name_its_layers():
-    from encdec.errors import EncdecError
-
     import pytest
+
+    from encdec.errors import EncdecError
 
     with pytest.raises(EncdecError) as caught:
         build_model(compose_config("encoder=tiny", "decoder=tiny", "model.lora.r=4"))  # Llama names on a BERT decoder

@@ -21,7 +21,7 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
 
 import pytest
@@ -35,26 +35,87 @@ from conftest import CONF, ROOT, compose_config, write_jsonl
 FAST_EXAMPLES = 12
 SLOW_EXAMPLES = int(os.environ.get("ENCDEC_FUZZ_EXAMPLES", "2000"))
 # Each train.py command line starts from this: tiny sizes, so a run that builds costs about two seconds.
-TRAIN_BASE = ("encoder=tiny", "decoder=tiny", "trainer.max_steps=2", "trainer.max_epochs=1", "data.batch_size=2",
-              "data.max_train_samples=2", "data.max_eval_samples=1", "data.max_test_samples=1",
-              "data.max_source_length=24", "data.max_target_length=6", "logger=none")
+TRAIN_BASE = (
+    "encoder=tiny",
+    "decoder=tiny",
+    "trainer.max_steps=2",
+    "trainer.max_epochs=1",
+    "data.batch_size=2",
+    "data.max_train_samples=2",
+    "data.max_eval_samples=1",
+    "data.max_test_samples=1",
+    "data.max_source_length=24",
+    "data.max_target_length=6",
+    "logger=none",
+)
 EVAL_BASE = ("data.max_test_samples=2", "data.max_eval_samples=2", "data.max_train_samples=2")
 
-WRONG_VALUES = ["0", "1", "2", "3", "7", "-1", "-7", "0.5", "-0.5", "1.5", "1e-9", "1e30", "-1e30", "nan", "inf", "-inf",
-                str(2**40), str(10**18), "true", "false", "null", "''", "' '", "abc", "[]", "[1,2]", "{a:1}", "ünïcødé",
-                "日本語", "😀", "'ünïcødé 日本語 😀'", "'a b'", "${oops}", "/nonexistent/x.jsonl", "{folder}", "{file}",
-                "{text}"]
+WRONG_VALUES = [
+    "0",
+    "1",
+    "2",
+    "3",
+    "7",
+    "-1",
+    "-7",
+    "0.5",
+    "-0.5",
+    "1.5",
+    "1e-9",
+    "1e30",
+    "-1e30",
+    "nan",
+    "inf",
+    "-inf",
+    str(2**40),
+    str(10**18),
+    "true",
+    "false",
+    "null",
+    "''",
+    "' '",
+    "abc",
+    "[]",
+    "[1,2]",
+    "{a:1}",
+    "ünïcødé",
+    "日本語",
+    "😀",
+    "'ünïcødé 日本語 😀'",
+    "'a b'",
+    "${oops}",
+    "/nonexistent/x.jsonl",
+    "{folder}",
+    "{file}",
+    "{text}",
+]
 HUGE = {str(2**40), str(10**18), "1e30", "inf"}
 # Values that run (see the docstring) rather than fail, at a cost no test can pay.
 COSTLY = {
     "num_hidden_layers": lambda v: not _small_int(v, 100),
-    "trainer.devices": lambda v: not _small_int(v, 1), "trainer.num_nodes": lambda v: not _small_int(v, 1),
-    "data.num_workers": lambda v: not _small_int(v, 1), "model.compile": lambda v: v == "true",
+    "trainer.devices": lambda v: not _small_int(v, 1),
+    "trainer.num_nodes": lambda v: not _small_int(v, 1),
+    "data.num_workers": lambda v: not _small_int(v, 1),
+    "model.compile": lambda v: v == "true",
     "model.lora.r": lambda v: _small_int(v, 10**7) and not _small_int(v, 64),
 }
-MODEL_OVERRIDES = ["hidden_size", "num_attention_heads", "num_hidden_layers", "intermediate_size", "vocab_size",
-                   "max_position_embeddings", "type_vocab_size", "hidden_act", "layer_norm_eps", "hidden_dropout_prob",
-                   "attention_probs_dropout_prob", "pad_token_id", "initializer_range", "is_decoder", "bos_token_id"]
+MODEL_OVERRIDES = [
+    "hidden_size",
+    "num_attention_heads",
+    "num_hidden_layers",
+    "intermediate_size",
+    "vocab_size",
+    "max_position_embeddings",
+    "type_vocab_size",
+    "hidden_act",
+    "layer_norm_eps",
+    "hidden_dropout_prob",
+    "attention_probs_dropout_prob",
+    "pad_token_id",
+    "initializer_range",
+    "is_decoder",
+    "bos_token_id",
+]
 SIZES = ["1", "2", "3", "4", "7", "16", "24", "32", "64", "100", "0", "-1", str(2**40), "abc", "1.5", "gelu", "null"]
 LEFT_OUT_OPTIONS = {"logger": {"default", "wandb"}, "trainer": {"ddp"}, "decoder": {"smollm2"}}
 
@@ -66,13 +127,13 @@ def _small_int(value: str, limit: int) -> bool:
         return True  # not an integer: refused, not run
 
 
-@lru_cache(maxsize=None)
+@cache
 def options(group: str) -> list[str]:
     left_out = LEFT_OUT_OPTIONS.get(group, set())
     return sorted(p.stem for p in (CONF / group).glob("*.yaml") if p.stem not in left_out)
 
 
-@lru_cache(maxsize=None)
+@cache
 def keys(config_name: str) -> list[str]:
     """Every leaf key of the composed config (tiny models and the adafactor optimizer add their own keys)."""
     overrides = ("encoder=tiny", "decoder=tiny") if config_name == "train" else ()
@@ -98,22 +159,38 @@ def allowed(key: str, value: str) -> bool:
 
 
 def setting(key_choices: list[str]):
-    return st.tuples(st.sampled_from(key_choices), st.sampled_from(WRONG_VALUES)).filter(lambda kv: allowed(*kv)) \
+    return (
+        st.tuples(st.sampled_from(key_choices), st.sampled_from(WRONG_VALUES))
+        .filter(lambda kv: allowed(*kv))
         .map(lambda kv: f"{kv[0]}={kv[1]}")
+    )
 
 
 def model_override():
     side = st.sampled_from(["encoder", "decoder"])
-    return st.tuples(side, st.sampled_from(MODEL_OVERRIDES), st.sampled_from(SIZES)) \
-        .filter(lambda t: allowed(t[1], t[2])).map(lambda t: f"{t[0]}.overrides.{t[1]}={t[2]}")
+    return (
+        st.tuples(side, st.sampled_from(MODEL_OVERRIDES), st.sampled_from(SIZES))
+        .filter(lambda t: allowed(t[1], t[2]))
+        .map(lambda t: f"{t[0]}.overrides.{t[1]}={t[2]}")
+    )
 
 
 def group_choice(groups: list[str]):
     return st.sampled_from(groups).flatmap(lambda g: st.sampled_from(options(g)).map(lambda o: f"{g}={o}"))
 
 
-TRAIN_GROUPS = ["encoder", "decoder", "data", "optimizer", "scheduler", "trainer", "logger", "callbacks",
-                "generation", "experiment"]
+TRAIN_GROUPS = [
+    "encoder",
+    "decoder",
+    "data",
+    "optimizer",
+    "scheduler",
+    "trainer",
+    "logger",
+    "callbacks",
+    "generation",
+    "experiment",
+]
 
 
 @st.composite
@@ -127,8 +204,20 @@ def train_command_lines(draw):
 
 @st.composite
 def eval_command_lines(draw):
-    model_path = draw(st.sampled_from(["{trained}", "{trained}/hf_model", "{trained}/checkpoints/last.ckpt",
-                                       "/nonexistent/run", "{folder}", "{file}", "''", "ünïcødé"]))
+    model_path = draw(
+        st.sampled_from(
+            [
+                "{trained}",
+                "{trained}/hf_model",
+                "{trained}/checkpoints/last.ckpt",
+                "/nonexistent/run",
+                "{folder}",
+                "{file}",
+                "''",
+                "ünïcødé",
+            ]
+        )
+    )
     chosen = draw(st.lists(group_choice(["data", "generation"]), max_size=1))
     settings_ = draw(st.lists(setting(keys("eval")), max_size=3))
     return [f"model_path={model_path}", *EVAL_BASE, *chosen, *settings_, "hydra.run.dir={work}/eval"]
@@ -136,12 +225,19 @@ def eval_command_lines(draw):
 
 @st.composite
 def predict_command_lines(draw):
-    model_path = draw(st.sampled_from(["{trained}", "{trained}/hf_model", "{trained}/checkpoints/last.ckpt",
-                                       "/nonexistent/run", "{folder}"]))
-    source = draw(st.sampled_from(["-", "{text}", "{folder}", "{file}", "/nonexistent/docs.txt", "{empty}", "{binary}"]))
+    model_path = draw(
+        st.sampled_from(
+            ["{trained}", "{trained}/hf_model", "{trained}/checkpoints/last.ckpt", "/nonexistent/run", "{folder}"]
+        )
+    )
+    source = draw(
+        st.sampled_from(["-", "{text}", "{folder}", "{file}", "/nonexistent/docs.txt", "{empty}", "{binary}"])
+    )
     chosen = draw(st.lists(group_choice(["generation"]), max_size=1))
     settings_ = draw(st.lists(setting(keys("predict")), max_size=3))
-    stdin = draw(st.sampled_from([b"a short document\n\nanother one\n", b"", b"\xff\xfe broken\n", "ünï 日本\n".encode()]))
+    stdin = draw(
+        st.sampled_from([b"a short document\n\nanother one\n", b"", b"\xff\xfe broken\n", "ünï 日本\n".encode()])
+    )
     return [f"model_path={model_path}", f"input={source}", *chosen, *settings_], stdin
 
 
@@ -157,9 +253,15 @@ class Workspace:
             (fixtures / "docs.txt").write_text("a document to summarize\n", encoding="utf-8")
             (fixtures / "empty.txt").write_text("")
             (fixtures / "binary.txt").write_bytes(b"\xff\xfe\x00 not text\n")
-        self.names = {"{work}": str(self.work), "{folder}": str(fixtures / "a folder"), "{file}": str(fixtures / "data.jsonl"),
-                      "{text}": str(fixtures / "docs.txt"), "{empty}": str(fixtures / "empty.txt"),
-                      "{binary}": str(fixtures / "binary.txt"), "{trained}": str(trained)}
+        self.names = {
+            "{work}": str(self.work),
+            "{folder}": str(fixtures / "a folder"),
+            "{file}": str(fixtures / "data.jsonl"),
+            "{text}": str(fixtures / "docs.txt"),
+            "{empty}": str(fixtures / "empty.txt"),
+            "{binary}": str(fixtures / "binary.txt"),
+            "{trained}": str(trained),
+        }
 
     def fill(self, args: list[str]) -> list[str]:
         filled = []
@@ -174,8 +276,9 @@ def check_promise(script: str, args: list[str], workspace: Workspace, stdin: byt
     """Run one command line and assert the promise; remove what a successful run wrote to its run folder."""
     root_before = set(ROOT.iterdir())
     fixtures_before = in_process.files_under(workspace.work.parent / "fixtures")
-    outcome = in_process.run(script, *workspace.fill(args), cwd=workspace.work, stdin=stdin,
-                             stop_after_first_step=script == "train.py")
+    outcome = in_process.run(
+        script, *workspace.fill(args), cwd=workspace.work, stdin=stdin, stop_after_first_step=script == "train.py"
+    )
     shown = " ".join(args)
     if os.environ.get("ENCDEC_FUZZ_LOG"):  # one line per command line: what ran and how it ended
         with open(os.environ["ENCDEC_FUZZ_LOG"], "a", encoding="utf-8") as log:
@@ -184,7 +287,9 @@ def check_promise(script: str, args: list[str], workspace: Workspace, stdin: byt
     assert "Traceback" not in outcome.stderr, f"python {script} {shown}\n{outcome.stderr[-4000:]}"
     error_lines = [line for line in outcome.stderr.splitlines() if line.startswith("encdec: error:")]
     if outcome.code == 2:
-        assert len(error_lines) == 1, f"python {script} {shown}: {len(error_lines)} error lines\n{outcome.stderr[-4000:]}"
+        assert len(error_lines) == 1, (
+            f"python {script} {shown}: {len(error_lines)} error lines\n{outcome.stderr[-4000:]}"
+        )
         assert in_process.files_under(workspace.work) == set(), f"python {script} {shown}: a half-made run folder"
     else:
         assert error_lines == [], f"python {script} {shown}: exit 0 with {error_lines}"
@@ -202,8 +307,9 @@ def fuzz_root(tmp_path_factory):
 def trained(fuzz_root):
     """A tiny trained run for eval.py and predict.py to load."""
     run_dir = fuzz_root / "trained"
-    outcome = in_process.run("train.py", *TRAIN_BASE, "trainer.max_steps=1", "callbacks=none",
-                             f"hydra.run.dir={run_dir}", cwd=fuzz_root)
+    outcome = in_process.run(
+        "train.py", *TRAIN_BASE, "trainer.max_steps=1", "callbacks=none", f"hydra.run.dir={run_dir}", cwd=fuzz_root
+    )
     assert outcome.code == 0, outcome.stderr[-3000:]
     return run_dir
 
@@ -211,8 +317,14 @@ def trained(fuzz_root):
 def fuzz(profile: str):
     """Hypothesis settings of a profile: the default suite's fixed sample, or `slow`'s random thousands."""
     examples = FAST_EXAMPLES if profile == "fast" else SLOW_EXAMPLES
-    return settings(max_examples=examples, deadline=None, derandomize=profile == "fast", database=None,
-                    suppress_health_check=list(HealthCheck), print_blob=True)
+    return settings(
+        max_examples=examples,
+        deadline=None,
+        derandomize=profile == "fast",
+        database=None,
+        suppress_health_check=list(HealthCheck),
+        print_blob=True,
+    )
 
 
 @fuzz("fast")
@@ -236,9 +348,13 @@ def test_predict_command_lines_keep_the_promise(fuzz_root, trained, drawn):
 
 @pytest.mark.slow
 @fuzz("slow")
-@given(script_args=st.one_of(train_command_lines().map(lambda a: ("train.py", a, b"")),
-                             eval_command_lines().map(lambda a: ("eval.py", a, b"")),
-                             predict_command_lines().map(lambda d: ("predict.py", d[0], d[1]))))
+@given(
+    script_args=st.one_of(
+        train_command_lines().map(lambda a: ("train.py", a, b"")),
+        eval_command_lines().map(lambda a: ("eval.py", a, b"")),
+        predict_command_lines().map(lambda d: ("predict.py", d[0], d[1])),
+    )
+)
 def test_many_command_lines_keep_the_promise(fuzz_root, trained, script_args):
     script, args, stdin = script_args
     check_promise(script, args, Workspace(fuzz_root, trained if script != "train.py" else None), stdin)
@@ -247,11 +363,16 @@ def test_many_command_lines_keep_the_promise(fuzz_root, trained, script_args):
 # ------------------------------------------------------------------------------------------ what the fuzzer found
 
 
-@pytest.mark.parametrize("args, line", [
-    (["batch_size=false"], "batch_size=False must be a positive integer"),
-    (["max_source_length=-1"], "max_source_length=-1 must be a positive integer or null (the training run's "
-                               "data.max_source_length)"),
-])
+@pytest.mark.parametrize(
+    "args, line",
+    [
+        (["batch_size=false"], "batch_size=False must be a positive integer"),
+        (
+            ["max_source_length=-1"],
+            "max_source_length=-1 must be a positive integer or null (the training run's data.max_source_length)",
+        ),
+    ],
+)
 def test_found_predict_sizes_are_checked(fuzz_root, trained, args, line):
     # batch_size=false ended in a ValueError traceback from the batch sampler, after the model had loaded.
     outcome = in_process.run("predict.py", f"model_path={trained}", "input=-", *args, cwd=fuzz_root, stdin=b"a text\n")
@@ -261,7 +382,10 @@ def test_found_predict_sizes_are_checked(fuzz_root, trained, args, line):
 def test_found_a_required_key_is_named_as_such(fuzz_root):
     # The boundary had turned OmegaConf's MissingMandatoryValue into "encoder=tiny encoder=auto: Missing mandatory
     # value: encoder.pretrained"; cli.guarded's line says how to set it.
-    outcome = in_process.run("train.py", *TRAIN_BASE, "encoder=auto", f"hydra.run.dir={fuzz_root / 'run'}",
-                             cwd=fuzz_root)
-    assert (outcome.code, outcome.errors) == (2, ["encdec: error: encoder.pretrained is required: pass "
-                                                  "encoder.pretrained=VALUE on the command line"])
+    outcome = in_process.run(
+        "train.py", *TRAIN_BASE, "encoder=auto", f"hydra.run.dir={fuzz_root / 'run'}", cwd=fuzz_root
+    )
+    assert (outcome.code, outcome.errors) == (
+        2,
+        ["encdec: error: encoder.pretrained is required: pass encoder.pretrained=VALUE on the command line"],
+    )

@@ -15,8 +15,10 @@ import pytest
 import torch
 
 from conftest import ROOT, script_environment
-from test_cross_attention import compose as cross_attention_model, decoder_batch, source_batch
-from test_prefix_attention import compose as prefix_pair, lm_of
+from test_cross_attention import compose as cross_attention_model
+from test_cross_attention import decoder_batch, source_batch
+from test_prefix_attention import compose as prefix_pair
+from test_prefix_attention import lm_of
 
 HEAVY = ("torch", "transformers", "lightning")
 REGISTERED = ("encdec_cross_attention_decoder", "encdec_prefix_encoder", "encdec_prefix_decoder")
@@ -26,8 +28,14 @@ pytestmark = pytest.mark.usefixtures("single_thread")
 
 def python(code: str, *args: str) -> subprocess.CompletedProcess:
     env = script_environment({"PYTHONPATH": os.pathsep.join([str(ROOT / "src"), os.environ.get("PYTHONPATH", "")])})
-    return subprocess.run([sys.executable, "-c", textwrap.dedent(code), *args], capture_output=True, text=True,
-                          cwd=ROOT, env=env, timeout=300)
+    return subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(code), *args],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env=env,
+        timeout=300,
+    )
 
 
 def last_json(result: subprocess.CompletedProcess):
@@ -36,38 +44,42 @@ def last_json(result: subprocess.CompletedProcess):
 
 
 # Prints which of encdec's model types transformers knows, and whether the import hook is gone and left no trace.
-REGISTRATION = """
+REGISTRATION = f"""
     import importlib, json, sys
     from transformers.models.auto.configuration_auto import CONFIG_MAPPING
-    print(json.dumps({
-        "registered": [name for name in %r if name in CONFIG_MAPPING],
+    print(json.dumps({{
+        "registered": [name for name in {REGISTERED!r} if name in CONFIG_MAPPING],
         "hooks_left": [type(finder).__name__ for finder in sys.meta_path
                        if type(finder).__module__ == "encdec.auto_classes"],
         "transformers_loader": type(sys.modules["transformers"].__spec__.loader).__name__,
-    }))
-""" % (REGISTERED,)
+    }}))
+"""
 
 
 def test_the_package_the_report_and_the_run_folder_import_neither_torch_nor_transformers():
-    result = python("""
+    result = python(
+        """
         import json, sys
         import encdec, encdec.report, encdec.run_folder, encdec.errors, encdec.console
-        print(json.dumps([name for name in %r if name in sys.modules]))
-    """ % (HEAVY,))
+        print(json.dumps([name for name in HEAVY if name in sys.modules]))
+    """.replace("HEAVY", repr(HEAVY))
+    )
     assert last_json(result) == []
 
 
 def test_encdec_report_imports_neither_torch_nor_transformers():
     # The root report.py is checked in test_report.py; this is the installed command's subcommand.
-    result = python("""
+    result = python(
+        """
         import json, sys
         from encdec.console import main
         try:
             main(["report", "--help"])
         except SystemExit as done:  # argparse's --help
             assert done.code == 0, done.code
-        print(json.dumps([name for name in %r if name in sys.modules]))
-    """ % (HEAVY,))
+        print(json.dumps([name for name in HEAVY if name in sys.modules]))
+    """.replace("HEAVY", repr(HEAVY))
+    )
     assert result.stdout.startswith("usage: encdec report ")
     assert last_json(result) == []
 
@@ -79,11 +91,17 @@ def exports(tmp_path_factory):
     folder = tmp_path_factory.mktemp("exports")
     input_ids, attention_mask = source_batch()
     decoder_input_ids, decoder_attention_mask = decoder_batch()
-    inputs = dict(input_ids=input_ids, attention_mask=attention_mask, decoder_input_ids=decoder_input_ids,
-                  decoder_attention_mask=decoder_attention_mask)
+    inputs = dict(
+        input_ids=input_ids,
+        attention_mask=attention_mask,
+        decoder_input_ids=decoder_input_ids,
+        decoder_attention_mask=decoder_attention_mask,
+    )
     expected = {}
-    for name, model in (("cross_attention", cross_attention_model("llama", gate=0.5)),
-                        ("prefix", prefix_pair(lm_of("llama")))):
+    for name, model in (
+        ("cross_attention", cross_attention_model("llama", gate=0.5)),
+        ("prefix", prefix_pair(lm_of("llama"))),
+    ):
         with torch.no_grad():
             expected[name] = model(**inputs).logits
         model.save_pretrained(folder / name)
@@ -93,7 +111,8 @@ def exports(tmp_path_factory):
 
 
 # Old user code: `import encdec`, then plain transformers loading, no trust_remote_code.
-LOAD_EXPORTS = """
+LOAD_EXPORTS = (
+    """
     import sys
     %s
     heavy_before = [name for name in ("torch", "transformers") if name in sys.modules]
@@ -110,13 +129,20 @@ LOAD_EXPORTS = """
         logits[name + ":classes"] = [type(model.encoder).__name__, type(model.decoder).__name__]
     torch.save(logits, f"{folder}/reloaded.pt")
     print(heavy_before)
-""" + REGISTRATION
+"""
+    + REGISTRATION
+)
 
 
-@pytest.mark.parametrize("imports, heavy_before", [
-    ("import encdec", []),
-    pytest.param("import transformers; import encdec", ["torch", "transformers"], marks=pytest.mark.slow),  # at once
-])
+@pytest.mark.parametrize(
+    "imports, heavy_before",
+    [
+        ("import encdec", []),
+        pytest.param(
+            "import transformers; import encdec", ["torch", "transformers"], marks=pytest.mark.slow
+        ),  # at once
+    ],
+)
 def test_exports_with_encdec_decoders_load_after_import_encdec(exports, imports, heavy_before):
     folder, expected = exports
     result = python(LOAD_EXPORTS % imports, str(folder))
@@ -131,16 +157,22 @@ def test_exports_with_encdec_decoders_load_after_import_encdec(exports, imports,
     assert reloaded["prefix:classes"] == ["PrefixEncoderModel", "PrefixDecoderForCausalLM"]
 
 
-@pytest.mark.parametrize("first", [
-    "encdec.cross_attention",
-    pytest.param("encdec.prefix_attention", marks=pytest.mark.slow),
-    pytest.param("encdec.models", marks=pytest.mark.slow),
-])
+@pytest.mark.parametrize(
+    "first",
+    [
+        "encdec.cross_attention",
+        pytest.param("encdec.prefix_attention", marks=pytest.mark.slow),
+        pytest.param("encdec.models", marks=pytest.mark.slow),
+    ],
+)
 def test_whichever_module_imports_transformers_first_every_class_is_registered(first):
     # transformers is then first imported while that module is half made: the registration waits for it to finish.
     result = python(f"import encdec, {first}\n" + textwrap.dedent(REGISTRATION))
-    assert last_json(result) == {"registered": list(REGISTERED), "hooks_left": [],
-                                 "transformers_loader": "SourceFileLoader"}
+    assert last_json(result) == {
+        "registered": list(REGISTERED),
+        "hooks_left": [],
+        "transformers_loader": "SourceFileLoader",
+    }
     assert "could not register" not in result.stderr
 
 

@@ -41,27 +41,38 @@ def test_only_the_recipe_and_entry_points_import_lit():
 
 def test_data_package_has_no_lightning():
     for path in (SRC / "encdec" / "data").glob("*.py"):
-        assert not {name for name in imported_modules(path) if name.split(".")[0] in ("lightning", "pytorch_lightning")}, path
+        assert not {
+            name for name in imported_modules(path) if name.split(".")[0] in ("lightning", "pytorch_lightning")
+        }, path
 
 
 def test_no_source_file_over_400_lines():
-    sizes = {path.relative_to(ROOT).as_posix(): len(path.read_text(encoding="utf-8").splitlines())
-             for path in SRC.rglob("*.py")}
+    sizes = {
+        path.relative_to(ROOT).as_posix(): len(path.read_text(encoding="utf-8").splitlines())
+        for path in SRC.rglob("*.py")
+    }
     assert {name: n for name, n in sizes.items() if n > 400} == {}
 
 
 def test_nothing_points_outside_the_repository():
-    hits = [f"{path.relative_to(ROOT)}:{n}" for folder in ("src", "tests", "bench", "scripts", "conf", "docs")
-            for path in (ROOT / folder).rglob("*") if path.is_file() and path.suffix in (".py", ".md", ".yaml", ".sh")
-            and path != Path(__file__).resolve()
-            for n, line in enumerate(path.read_text(encoding="utf-8", errors="replace").splitlines(), 1)
-            if "DESIGN" in line]
+    hits = [
+        f"{path.relative_to(ROOT)}:{n}"
+        for folder in ("src", "tests", "bench", "scripts", "conf", "docs")
+        for path in (ROOT / folder).rglob("*")
+        if path.is_file() and path.suffix in (".py", ".md", ".yaml", ".sh") and path != Path(__file__).resolve()
+        for n, line in enumerate(path.read_text(encoding="utf-8", errors="replace").splitlines(), 1)
+        if "DESIGN" in line
+    ]
     assert hits == []
 
 
 def test_run_folder_names_are_written_only_in_run_folder_py():
     pattern = re.compile(r"""["'](\.hydra|metrics\.json|predictions\.jsonl|hf_model|optimization_results\.yaml)["']""")
-    hits = [f"{path.relative_to(ROOT)}:{n}" for path in (SRC / "encdec").rglob("*.py") if path.name != "run_folder.py"
-            for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1)
-            if pattern.search(line) and not line.lstrip().startswith("#")]
+    hits = [
+        f"{path.relative_to(ROOT)}:{n}"
+        for path in (SRC / "encdec").rglob("*.py")
+        if path.name != "run_folder.py"
+        for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1)
+        if pattern.search(line) and not line.lstrip().startswith("#")
+    ]
     assert hits == []

@@ -50,7 +50,12 @@ def evaluate(model, encoder_tokenizer, decoder_tokenizer, pairs):
 def test_tiny_model_learns_to_copy_the_lead():
     L.seed_everything(0)
     model, encoder_tokenizer, decoder_tokenizer = build_model(
-        compose_config("encoder=tiny", "decoder=tiny", "+encoder.overrides.hidden_dropout_prob=0.0", "+decoder.overrides.hidden_dropout_prob=0.0")
+        compose_config(
+            "encoder=tiny",
+            "decoder=tiny",
+            "+encoder.overrides.hidden_dropout_prob=0.0",
+            "+decoder.overrides.hidden_dropout_prob=0.0",
+        )
     )
     rng = random.Random(0)
     train, held_out = make_pairs(256, rng), make_pairs(16, rng)

@@ -84,7 +84,9 @@ def test_safetensors_cut_short_after_its_header(export, tmp_path):
     run = copy_run(export, tmp_path)
     weights = run / run_folder.HF_MODEL / "model.safetensors"
     weights.write_bytes(weights.read_bytes()[:-1000])
-    with pytest.raises(EncdecError, match=r"could not load the exported model \(SafetensorError: .*best-step2\.ckpt instead$"):
+    with pytest.raises(
+        EncdecError, match=r"could not load the exported model \(SafetensorError: .*best-step2\.ckpt instead$"
+    ):
         load_trained(weights.parent)
 
 
@@ -131,20 +133,26 @@ def test_interrupts_and_encdec_errors_pass_through(export, monkeypatch, raised):
 
 def test_eval_device_banana(export, tmp_path):
     out = tmp_path / "out"
-    line = assert_one_line(run_script("eval.py", f"model_path={export}", *EVAL, "device=banana", f"hydra.run.dir={out}"), out)
+    line = assert_one_line(
+        run_script("eval.py", f"model_path={export}", *EVAL, "device=banana", f"hydra.run.dir={out}"), out
+    )
     assert line == "encdec: error: device=banana is not a torch device: use auto, cpu, cuda or cuda:N"
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without a CUDA GPU")
 def test_eval_device_cuda_without_a_gpu(export, tmp_path):
     out = tmp_path / "out"
-    line = assert_one_line(run_script("eval.py", f"model_path={export}", *EVAL, "device=cuda", f"hydra.run.dir={out}"), out)
+    line = assert_one_line(
+        run_script("eval.py", f"model_path={export}", *EVAL, "device=cuda", f"hydra.run.dir={out}"), out
+    )
     assert line == "encdec: error: device=cuda but no CUDA GPU is available here: use device=auto or device=cpu"
 
 
 @pytest.mark.parametrize("requested", ["banana", "cuda:x", "cuda:-1", "", "0"])
 def test_pick_device_refuses_what_is_no_device(requested):
-    with pytest.raises(EncdecError, match=rf"^device={requested} is not a torch device: use auto, cpu, cuda or cuda:N$"):
+    with pytest.raises(
+        EncdecError, match=rf"^device={requested} is not a torch device: use auto, cpu, cuda or cuda:N$"
+    ):
         pick_device(requested)
 
 
@@ -174,11 +182,18 @@ def test_pick_device_accepts_auto_and_cpu():
 
 
 def report(*args) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, str(ROOT / "report.py"), *map(str, args)], capture_output=True, text=True,
-                          cwd=ROOT, timeout=120)
+    return subprocess.run(
+        [sys.executable, str(ROOT / "report.py"), *map(str, args)],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=120,
+    )
 
 
-@pytest.mark.parametrize("content, kind", [("[1, 2, 3]", "array"), ('"x"', "string"), ("7", "number"), ("null", "null")])
+@pytest.mark.parametrize(
+    "content, kind", [("[1, 2, 3]", "array"), ('"x"', "string"), ("7", "number"), ("null", "null")]
+)
 def test_report_metrics_json_that_is_not_an_object(tmp_path, content, kind):
     run = tmp_path / "runs" / "0"
     run.mkdir(parents=True)

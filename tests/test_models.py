@@ -7,7 +7,7 @@ import sys
 
 import pytest
 import torch
-from transformers import BertConfig, BertTokenizerFast, EncoderDecoderModel
+from transformers import BertConfig, EncoderDecoderModel
 
 from conftest import ROOT, compose_config
 from encdec.errors import EncdecError
@@ -69,7 +69,9 @@ def test_generation_ids_on_config_and_generation_config(tiny):
 
 def test_overrides_reach_each_side():
     cfg = compose_config(
-        "encoder=tiny", "decoder=tiny", "+encoder.overrides.hidden_dropout_prob=0.25",
+        "encoder=tiny",
+        "decoder=tiny",
+        "+encoder.overrides.hidden_dropout_prob=0.25",
         "decoder.overrides.num_hidden_layers=3",
     )
     model, _, _ = build_model(cfg)
@@ -87,14 +89,25 @@ def test_share_weights_ties_encoder_and_decoder():
     encoder_embedding = model.encoder.embeddings.word_embeddings.weight
     assert model.decoder.bert.embeddings.word_embeddings.weight is encoder_embedding
     assert model.decoder.cls.predictions.decoder.weight is encoder_embedding
-    assert model.decoder.bert.encoder.layer[1].attention.self.query.weight is model.encoder.encoder.layer[1].attention.self.query.weight
+    assert (
+        model.decoder.bert.encoder.layer[1].attention.self.query.weight
+        is model.encoder.encoder.layer[1].attention.self.query.weight
+    )
     unshared = build_model(compose_config("encoder=tiny", "decoder=tiny"))[0]
     assert sum(p.numel() for p in model.parameters()) < sum(p.numel() for p in unshared.parameters())
 
 
 def test_share_weights_refuses_different_sizes():
     with pytest.raises(EncdecError, match="share_weights"):
-        build_model(compose_config("encoder=tiny", "decoder=tiny", "model.share_weights=true", "decoder.overrides.hidden_size=32", "decoder.overrides.num_attention_heads=2"))
+        build_model(
+            compose_config(
+                "encoder=tiny",
+                "decoder=tiny",
+                "model.share_weights=true",
+                "decoder.overrides.hidden_size=32",
+                "decoder.overrides.num_attention_heads=2",
+            )
+        )
 
 
 def test_pretrained_sides_are_built_in_train_mode():
@@ -112,7 +125,15 @@ def test_random_init_differs_from_pretrained():
 
 class FakeTokenizer:
     def __init__(self, **ids):
-        self.__dict__.update({"bos_token_id": None, "eos_token_id": None, "sep_token_id": None, "cls_token_id": None, "pad_token_id": None})
+        self.__dict__.update(
+            {
+                "bos_token_id": None,
+                "eos_token_id": None,
+                "sep_token_id": None,
+                "cls_token_id": None,
+                "pad_token_id": None,
+            }
+        )
         self.__dict__.update(ids)
         self.name_or_path = "fake"
         self.eos_token = "<eos>"
@@ -145,7 +166,12 @@ def greedy_by_hand(model, input_ids, attention_mask, max_new_tokens):
         encoder_outputs = model.encoder(input_ids=input_ids, attention_mask=attention_mask)
         tokens = torch.tensor([[model.config.decoder_start_token_id]])
         for _ in range(max_new_tokens):
-            logits = model(encoder_outputs=encoder_outputs, attention_mask=attention_mask, decoder_input_ids=tokens, use_cache=False).logits
+            logits = model(
+                encoder_outputs=encoder_outputs,
+                attention_mask=attention_mask,
+                decoder_input_ids=tokens,
+                use_cache=False,
+            ).logits
             next_token = logits[:, -1].argmax(-1, keepdim=True)
             tokens = torch.cat([tokens, next_token], dim=1)
             if next_token.item() == model.config.eos_token_id:
@@ -159,7 +185,13 @@ def test_save_load_fresh_process_identical_logits_and_greedy_equals_argmax_loop(
     inputs = batch(encoder_tokenizer, decoder_tokenizer, model, ["the cat sat on the mat"], ["a cat sat"])
     with torch.no_grad():
         logits = model(**inputs).logits
-    generated = model.generate(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"], max_new_tokens=12, num_beams=1, do_sample=False)
+    generated = model.generate(
+        input_ids=inputs["input_ids"],
+        attention_mask=inputs["attention_mask"],
+        max_new_tokens=12,
+        num_beams=1,
+        do_sample=False,
+    )
     by_hand = greedy_by_hand(model, inputs["input_ids"], inputs["attention_mask"], 12)
     assert torch.equal(generated, by_hand)
 
@@ -168,8 +200,8 @@ def test_save_load_fresh_process_identical_logits_and_greedy_equals_argmax_loop(
     script = f"""
 import torch
 from transformers import EncoderDecoderModel
-model = EncoderDecoderModel.from_pretrained({str(tmp_path / 'model')!r}).eval()
-expected = torch.load({str(tmp_path / 'expected.pt')!r})
+model = EncoderDecoderModel.from_pretrained({str(tmp_path / "model")!r}).eval()
+expected = torch.load({str(tmp_path / "expected.pt")!r})
 with torch.no_grad():
     logits = model(**expected["inputs"]).logits
 inputs = expected["inputs"]
@@ -196,9 +228,25 @@ def test_share_weights_refuses_different_architectures():
 
 
 def test_decoder_start_token_prefers_the_decoder_config_then_bos_then_cls_then_eos():
-    assert generation_ids(BertConfig(decoder_start_token_id=7), FakeTokenizer(bos_token_id=1, cls_token_id=3, eos_token_id=2, pad_token_id=0))["decoder_start_token_id"] == 7
-    assert generation_ids(BertConfig(), FakeTokenizer(bos_token_id=1, cls_token_id=3, eos_token_id=2, pad_token_id=0))["decoder_start_token_id"] == 1
-    assert generation_ids(BertConfig(), FakeTokenizer(cls_token_id=3, eos_token_id=2, pad_token_id=0))["decoder_start_token_id"] == 3
+    assert (
+        generation_ids(
+            BertConfig(decoder_start_token_id=7),
+            FakeTokenizer(bos_token_id=1, cls_token_id=3, eos_token_id=2, pad_token_id=0),
+        )["decoder_start_token_id"]
+        == 7
+    )
+    assert (
+        generation_ids(BertConfig(), FakeTokenizer(bos_token_id=1, cls_token_id=3, eos_token_id=2, pad_token_id=0))[
+            "decoder_start_token_id"
+        ]
+        == 1
+    )
+    assert (
+        generation_ids(BertConfig(), FakeTokenizer(cls_token_id=3, eos_token_id=2, pad_token_id=0))[
+            "decoder_start_token_id"
+        ]
+        == 3
+    )
     ids = generation_ids(BertConfig(), FakeTokenizer(eos_token_id=2, pad_token_id=0))
     assert ids == {"decoder_start_token_id": 2, "bos_token_id": 2, "eos_token_id": 2, "pad_token_id": 0}
 
@@ -210,7 +258,9 @@ def test_gpt2_style_real_tokenizer_gets_eos_as_pad():
 
     backend = Tokenizer(models.WordLevel({"<unk>": 0, "alpha": 1, "beta": 2, "<|endoftext|>": 3}, unk_token="<unk>"))
     backend.pre_tokenizer = pre_tokenizers.Whitespace()
-    tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend, bos_token="<|endoftext|>", eos_token="<|endoftext|>", unk_token="<unk>")
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=backend, bos_token="<|endoftext|>", eos_token="<|endoftext|>", unk_token="<unk>"
+    )
     assert tokenizer.pad_token_id is None
     ids = generation_ids(GPT2Config(vocab_size=4, bos_token_id=3, eos_token_id=3), tokenizer)
     assert ids == {"decoder_start_token_id": 3, "bos_token_id": 3, "eos_token_id": 3, "pad_token_id": 3}
@@ -228,11 +278,18 @@ def test_static_cache_setting_is_checked_by_decoder_family(tiny):
     with pytest.raises(EncdecError, match="cache_implementation=paged: use dynamic"):
         configure_generation(model, decoder_tokenizer, OmegaConf.create({"cache_implementation": "paged"}))
 
-    from transformers import BertModel, BertConfig, EncoderDecoderModel, OPTForCausalLM
+    from transformers import BertConfig, BertModel, EncoderDecoderModel, OPTForCausalLM
+
     from encdec.cross_attention import add_cross_attention
     from encdec.tiny_configs import tiny_causal_lm_config
 
-    encoder = BertModel(BertConfig(vocab_size=128, hidden_size=48, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64), add_pooling_layer=False)
-    opt = EncoderDecoderModel(encoder=encoder, decoder=add_cross_attention(OPTForCausalLM(tiny_causal_lm_config("opt")), encoder_hidden_size=48))
+    encoder = BertModel(
+        BertConfig(vocab_size=128, hidden_size=48, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64),
+        add_pooling_layer=False,
+    )
+    opt = EncoderDecoderModel(
+        encoder=encoder,
+        decoder=add_cross_attention(OPTForCausalLM(tiny_causal_lm_config("opt")), encoder_hidden_size=48),
+    )
     with pytest.raises(EncdecError, match="static does not work with the opt decoder"):
         configure_generation(opt, decoder_tokenizer, OmegaConf.create({"cache_implementation": "static"}))

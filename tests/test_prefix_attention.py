@@ -56,12 +56,16 @@ def test_step_zero_equals_the_lm_reading_source_then_summary(family):
     model = compose(lm)
     input_ids, attention_mask, decoder_input_ids, decoder_attention_mask = batch()
     with torch.no_grad():
-        logits = model(input_ids=input_ids, attention_mask=attention_mask, decoder_input_ids=decoder_input_ids,
-                       decoder_attention_mask=decoder_attention_mask).logits
+        logits = model(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            decoder_input_ids=decoder_input_ids,
+            decoder_attention_mask=decoder_attention_mask,
+        ).logits
         for row in range(3):
             source = input_ids[row, attention_mask[row].bool()]
             target = decoder_input_ids[row, decoder_attention_mask[row].bool()]
-            alone = lm(input_ids=torch.cat([source, target])[None]).logits[0, len(source):]
+            alone = lm(input_ids=torch.cat([source, target])[None]).logits[0, len(source) :]
             torch.testing.assert_close(logits[row, : len(target)], alone, atol=2e-5, rtol=1e-4)
 
 
@@ -72,17 +76,25 @@ def test_generation_equals_the_lm_continuing_the_source(family):
     input_ids, attention_mask, *_ = batch()
     with torch.no_grad():
         greedy = model.generate(input_ids=input_ids, attention_mask=attention_mask, max_new_tokens=6, min_new_tokens=6)
-        uncached = model.generate(input_ids=input_ids, attention_mask=attention_mask, max_new_tokens=6,
-                                  min_new_tokens=6, use_cache=False)
+        uncached = model.generate(
+            input_ids=input_ids, attention_mask=attention_mask, max_new_tokens=6, min_new_tokens=6, use_cache=False
+        )
         beams = model.generate(input_ids=input_ids, attention_mask=attention_mask, max_new_tokens=6, num_beams=3)
         for row in range(3):
             source = input_ids[row, attention_mask[row].bool()]
             prompt = torch.cat([source, torch.tensor([START])])[None]
-            alone = lm.generate(input_ids=prompt, max_new_tokens=6, min_new_tokens=6, do_sample=False,
-                                pad_token_id=PAD, eos_token_id=EOS)
-            assert torch.equal(greedy[row], alone[0, len(source):]), row
-            alone_beams = lm.generate(input_ids=prompt, max_new_tokens=6, num_beams=3, do_sample=False,
-                                      pad_token_id=PAD, eos_token_id=EOS)[0, len(source):]
+            alone = lm.generate(
+                input_ids=prompt,
+                max_new_tokens=6,
+                min_new_tokens=6,
+                do_sample=False,
+                pad_token_id=PAD,
+                eos_token_id=EOS,
+            )
+            assert torch.equal(greedy[row], alone[0, len(source) :]), row
+            alone_beams = lm.generate(
+                input_ids=prompt, max_new_tokens=6, num_beams=3, do_sample=False, pad_token_id=PAD, eos_token_id=EOS
+            )[0, len(source) :]
             assert torch.equal(beams[row, : len(alone_beams)], alone_beams), row
     assert torch.equal(greedy, uncached)
 
@@ -95,8 +107,13 @@ def test_training_moves_both_sides_and_the_loss_falls():
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
     losses = []
     for _ in range(8):
-        loss = model(input_ids=input_ids, attention_mask=attention_mask, decoder_input_ids=decoder_input_ids,
-                     decoder_attention_mask=decoder_attention_mask, labels=labels).loss
+        loss = model(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            decoder_input_ids=decoder_input_ids,
+            decoder_attention_mask=decoder_attention_mask,
+            labels=labels,
+        ).loss
         loss.backward()
         if not losses:
             encoder_grad = model.encoder.model.layers[0].self_attn.k_proj.weight.grad
@@ -114,8 +131,12 @@ def test_save_and_reload_gives_the_same_logits(tmp_path):
     reloaded = EncoderDecoderModel.from_pretrained(tmp_path).eval()
     assert isinstance(reloaded.encoder, PrefixEncoderModel) and isinstance(reloaded.decoder, PrefixDecoderForCausalLM)
     with torch.no_grad():
-        kwargs = dict(input_ids=input_ids, attention_mask=attention_mask, decoder_input_ids=decoder_input_ids,
-                      decoder_attention_mask=decoder_attention_mask)
+        kwargs = dict(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            decoder_input_ids=decoder_input_ids,
+            decoder_attention_mask=decoder_attention_mask,
+        )
         assert torch.equal(model(**kwargs).logits, reloaded(**kwargs).logits)
 
 
@@ -124,14 +145,22 @@ def test_pairs_that_cannot_share_keys_and_values_are_refused():
     deeper = AutoModel.from_config(tiny_causal_lm_config("llama", num_hidden_layers=3))
     with pytest.raises(ValueError, match="encoder has model_type=llama, num_hidden_layers=3"):
         pair(deeper, lm)
-    bert = BertModel(BertConfig(vocab_size=128, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
-                                intermediate_size=64))
+    bert = BertModel(
+        BertConfig(vocab_size=128, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64)
+    )
     with pytest.raises(ValueError, match="the encoder is .bert.; use decoder.cross_attention.kind=gated"):
         pair(bert, lm)
 
 
-TINY_LLAMA = ["init=random", "overrides.hidden_size=64", "overrides.num_hidden_layers=2", "overrides.head_dim=16",
-              "overrides.num_attention_heads=4", "overrides.num_key_value_heads=2", "overrides.intermediate_size=128"]
+TINY_LLAMA = [
+    "init=random",
+    "overrides.hidden_size=64",
+    "overrides.num_hidden_layers=2",
+    "overrides.head_dim=16",
+    "overrides.num_attention_heads=4",
+    "overrides.num_key_value_heads=2",
+    "overrides.intermediate_size=128",
+]
 
 
 def test_train_py_pairs_one_llm_on_both_sides_through_keys_and_values(tmp_path):
@@ -157,26 +186,32 @@ def test_train_py_pairs_one_llm_on_both_sides_through_keys_and_values(tmp_path):
     import sys
 
     from conftest import script_environment
-    from test_export import DOCUMENTS, WITHOUT_ENCDEC
-
     from encdec import inference
+    from test_export import DOCUMENTS, WITHOUT_ENCDEC
 
     target = run_dir / "hf_model"
     assert "prefix_attention.py" in {p.name for p in target.glob("*.py")}
-    outside = subprocess.run([sys.executable, "-c", WITHOUT_ENCDEC, str(target), json.dumps(DOCUMENTS)],
-                             capture_output=True, text=True, timeout=300, cwd=tmp_path,
-                             env=script_environment({"HF_MODULES_CACHE": str(tmp_path / "modules"), "PYTHONPATH": ""}))
+    outside = subprocess.run(
+        [sys.executable, "-c", WITHOUT_ENCDEC, str(target), json.dumps(DOCUMENTS)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=tmp_path,
+        env=script_environment({"HF_MODULES_CACHE": str(tmp_path / "modules"), "PYTHONPATH": ""}),
+    )
     assert outside.returncode == 0, outside.stderr[-3000:]
     loaded = json.loads(outside.stdout.splitlines()[-1])
     assert loaded["encdec_loaded"] == [] and loaded["class"].startswith("transformers_modules.")
     tokenizer = AutoTokenizer.from_pretrained(target)
     batch = tokenizer(DOCUMENTS, return_tensors="pt", padding=True)
-    assert loaded["greedy"] == inference.generate_tokens(model.eval(), batch["input_ids"], batch["attention_mask"]).tolist()
+    assert (
+        loaded["greedy"]
+        == inference.generate_tokens(model.eval(), batch["input_ids"], batch["attention_mask"]).tolist()
+    )
 
 
 def test_kind_auto_picks_prefix_only_for_one_architecture_and_bad_kinds_are_refused():
     from conftest import compose_config
-
     from encdec.models import build_model, cross_attention_kind, encoder_frozen, side_config
 
     def side(role):  # compose (unlike the command line) needs + for keys the preset does not list
@@ -188,8 +223,14 @@ def test_kind_auto_picks_prefix_only_for_one_architecture_and_bad_kinds_are_refu
     llama_config = side_config(llama_pair.encoder, "encoder")[1]
     assert cross_attention_kind(llama_pair.decoder, llama_config) == "prefix"
     assert cross_attention_kind(mixed.decoder, BertConfig()) == "gated"
-    deeper = side_config(compose_config(*side("decoder"), *[o for o in side("encoder") if "num_hidden_layers" not in o],
-                                        "+encoder.overrides.num_hidden_layers=3").encoder, "encoder")[1]
+    deeper = side_config(
+        compose_config(
+            *side("decoder"),
+            *[o for o in side("encoder") if "num_hidden_layers" not in o],
+            "+encoder.overrides.num_hidden_layers=3",
+        ).encoder,
+        "encoder",
+    )[1]
     assert cross_attention_kind(llama_pair.decoder, deeper) == "gated"
     assert encoder_frozen(llama_pair.model, "prefix") and not encoder_frozen(llama_pair.model, "gated")
     assert not encoder_frozen(compose_config(*tiny_llama, "model.freeze_encoder=false").model, "prefix")

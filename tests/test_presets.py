@@ -36,7 +36,12 @@ PAPER = [(model, data) for model in MODELS for data in DATA]
 
 def test_every_paper_preset_exists_and_nothing_else_is_unaccounted_for():
     names = {p.stem for p in (CONF / "experiment").glob("*.yaml")}
-    expected = {f"{model}_{data}" for model, data in PAPER} | {"quickstart", "warm_start", "warm_start_gated", "bert2bert_cnn_dailymail_blog"}
+    expected = {f"{model}_{data}" for model, data in PAPER} | {
+        "quickstart",
+        "warm_start",
+        "warm_start_gated",
+        "bert2bert_cnn_dailymail_blog",
+    }
     assert names == expected
 
 

@@ -18,8 +18,13 @@ PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
 def report(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, str(ROOT / "report.py"), *map(str, args)], capture_output=True, text=True,
-                          cwd=cwd or ROOT, timeout=120)
+    return subprocess.run(
+        [sys.executable, str(ROOT / "report.py"), *map(str, args)],
+        capture_output=True,
+        text=True,
+        cwd=cwd or ROOT,
+        timeout=120,
+    )
 
 
 def make_run(folder: Path, lr: float, batch_size: int, *, curve: list[tuple[int, float]] | None, metrics: dict | None):
@@ -32,8 +37,9 @@ def make_run(folder: Path, lr: float, batch_size: int, *, curve: list[tuple[int,
         "seed": 42,
     }
     OmegaConf.save(OmegaConf.create(config), folder / ".hydra" / "config.yaml")
-    OmegaConf.save(OmegaConf.create([f"optimizer.lr={lr}", f"data.batch_size={batch_size}"]),
-                   folder / ".hydra" / "overrides.yaml")
+    OmegaConf.save(
+        OmegaConf.create([f"optimizer.lr={lr}", f"data.batch_size={batch_size}"]), folder / ".hydra" / "overrides.yaml"
+    )
     if metrics is not None:
         (folder / "metrics.json").write_text(json.dumps(metrics))
     if curve is not None:
@@ -44,14 +50,29 @@ def make_run(folder: Path, lr: float, batch_size: int, *, curve: list[tuple[int,
             writer.writeheader()
             for step, rouge2 in curve:  # Lightning writes training and validation rows separately
                 writer.writerow({"epoch": 0, "step": step, "train/loss": 3.0})
-                writer.writerow({"epoch": 0, "step": step, "val/loss": 2.0, "val/rouge1": 2 * rouge2,
-                                 "val/rouge2": rouge2, "val/rougeL": 1.5 * rouge2})
+                writer.writerow(
+                    {
+                        "epoch": 0,
+                        "step": step,
+                        "val/loss": 2.0,
+                        "val/rouge1": 2 * rouge2,
+                        "val/rouge2": rouge2,
+                        "val/rougeL": 1.5 * rouge2,
+                    }
+                )
 
 
 def metrics(rouge2: float, steps: int, seconds: float) -> dict:
-    return {"val/rouge1": 2 * rouge2 + 0.004, "val/rouge2": rouge2, "val/rougeL": 1.5 * rouge2 + 0.006,
-            "val/loss": 2.0, "test/rouge2": rouge2 - 0.5, "train/steps": steps, "time/seconds": seconds,
-            "initial/val/rouge2": 0.1}
+    return {
+        "val/rouge1": 2 * rouge2 + 0.004,
+        "val/rouge2": rouge2,
+        "val/rougeL": 1.5 * rouge2 + 0.006,
+        "val/loss": 2.0,
+        "test/rouge2": rouge2 - 0.5,
+        "train/steps": steps,
+        "time/seconds": seconds,
+        "initial/val/rouge2": 0.1,
+    }
 
 
 @pytest.fixture
@@ -169,18 +190,22 @@ def test_bad_path_is_one_line_and_exit_2(case, tmp_path):
     assert not list(tmp_path.glob("report.md"))
 
 
-@pytest.mark.parametrize("name, content, kind", [
-    ("optimization_results.yaml", "- 1\n- 2\n", "mapping"),
-    (".hydra/config.yaml", "- a\n- b\n", "mapping"),
-    (".hydra/overrides.yaml", "a: 1\n", "list"),
-])
+@pytest.mark.parametrize(
+    "name, content, kind",
+    [
+        ("optimization_results.yaml", "- 1\n- 2\n", "mapping"),
+        (".hydra/config.yaml", "- a\n- b\n", "mapping"),
+        (".hydra/overrides.yaml", "a: 1\n", "list"),
+    ],
+)
 def test_yaml_of_the_wrong_shape_is_named(sweep, name, content, kind):
     target = sweep / name if name.startswith("optim") else sweep / "0" / name
     target.write_text(content)
     result = report(sweep, "--out", sweep.parent / "out")
     assert result.returncode == 2
-    assert error_lines(result.stderr) == [f"encdec: error: {target} is not a YAML {kind}: it was edited or written "
-                                          "by another tool; move it aside"]
+    assert error_lines(result.stderr) == [
+        f"encdec: error: {target} is not a YAML {kind}: it was edited or written by another tool; move it aside"
+    ]
     assert not (sweep.parent / "out").exists()
 
 
@@ -205,9 +230,17 @@ def test_report_module_imports_without_torch():
 def test_report_on_a_real_grid_sweep(tmp_path):
     sweep = tmp_path / "grid"
     smoke = [arg for arg in SMOKE if not arg.startswith("logger=")]
-    result = run_script("train.py", "-m", "encoder=tiny", "decoder=tiny", "optimizer.lr=1e-4,3e-4", *smoke,
-                        "logger=csv", "trainer.val_check_interval=1",
-                        f"hydra.sweep.dir={sweep}")
+    result = run_script(
+        "train.py",
+        "-m",
+        "encoder=tiny",
+        "decoder=tiny",
+        "optimizer.lr=1e-4,3e-4",
+        *smoke,
+        "logger=csv",
+        "trainer.val_check_interval=1",
+        f"hydra.sweep.dir={sweep}",
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     done = report(sweep)
     assert done.returncode == 0, done.stderr

@@ -18,9 +18,18 @@ from conftest import ROOT, error_lines, run_script, write_jsonl
 # 7 batches an epoch, validation every 3 of them (after steps 3, 6, 10, 13, 14), a checkpoint every 2 steps: steps 6
 # and 10 are both. The CSV logger's curve is part of what must come out the same.
 SETTINGS = (
-    "encoder=tiny", "decoder=tiny", "data=files", "logger=csv", "callbacks=none",
-    "data.batch_size=2", "data.max_source_length=24", "data.max_target_length=8",
-    "trainer.max_epochs=2", "trainer.max_steps=-1", "trainer.val_check_interval=3", "checkpoint.every_n_steps=2",
+    "encoder=tiny",
+    "decoder=tiny",
+    "data=files",
+    "logger=csv",
+    "callbacks=none",
+    "data.batch_size=2",
+    "data.max_source_length=24",
+    "data.max_target_length=8",
+    "trainer.max_epochs=2",
+    "trainer.max_steps=-1",
+    "trainer.val_check_interval=3",
+    "checkpoint.every_n_steps=2",
     "generation.max_new_tokens=6",
 )
 
@@ -29,13 +38,20 @@ SETTINGS = (
 def resume_data(tmp_path_factory):
     folder = tmp_path_factory.mktemp("resume-data")
     words = "one two three four five six seven eight nine ten eleven twelve".split()
-    rows = [{"document": " ".join(words[(i + j) % 12] for j in range(9)), "summary": " ".join(words[i % 12 : i % 12 + 2])} for i in range(20)]
+    rows = [
+        {"document": " ".join(words[(i + j) % 12] for j in range(9)), "summary": " ".join(words[i % 12 : i % 12 + 2])}
+        for i in range(20)
+    ]
     files = {
         "train": write_jsonl(folder / "train.jsonl", rows[:14]),
         "validation": write_jsonl(folder / "val.jsonl", rows[14:17]),
         "test": write_jsonl(folder / "test.jsonl", rows[17:]),
     }
-    return [f"data.train_file={files['train']}", f"data.validation_file={files['validation']}", f"data.test_file={files['test']}"]
+    return [
+        f"data.train_file={files['train']}",
+        f"data.validation_file={files['validation']}",
+        f"data.test_file={files['test']}",
+    ]
 
 
 @pytest.fixture(scope="module")
@@ -50,9 +66,15 @@ def kill_after(run_dir, args, checkpoint_name, timeout=300, sig=signal.SIGKILL):
     env = {**os.environ, "TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE": "1"}
     # SIGINT as in a terminal's foreground job: under a shell's background job (`pytest &`, CI wrappers) it arrives
     # ignored, Python then installs no KeyboardInterrupt handler, and the Ctrl-C tests would see the run finish.
-    process = subprocess.Popen([sys.executable, str(ROOT / "train.py"), *args, f"hydra.run.dir={run_dir}"], cwd=ROOT, env=env,
-                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-                               preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    process = subprocess.Popen(
+        [sys.executable, str(ROOT / "train.py"), *args, f"hydra.run.dir={run_dir}"],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
     deadline = time.time() + timeout
     target = run_dir / "checkpoints" / checkpoint_name
     while not target.exists():
@@ -70,7 +92,13 @@ def final_state(run_dir):
     metrics = json.loads((run_dir / "metrics.json").read_text())
     metrics.pop("time/seconds")
     best = sorted(p.name for p in (run_dir / "checkpoints").glob("best-*.ckpt"))
-    return weights, metrics, (run_dir / "predictions.jsonl").read_text(), (run_dir / "csv" / "metrics.csv").read_text(), best
+    return (
+        weights,
+        metrics,
+        (run_dir / "predictions.jsonl").read_text(),
+        (run_dir / "csv" / "metrics.csv").read_text(),
+        best,
+    )
 
 
 def assert_same_run(a, b):
@@ -87,8 +115,14 @@ def assert_same_run(a, b):
 
 # step10.ckpt is in the middle of the second epoch: its order must be that epoch's (Lightning creates the loader's
 # iterator before it calls set_epoch on resume).
-@pytest.mark.parametrize("kill_at", ["step6.ckpt", pytest.param("step4.ckpt", marks=pytest.mark.slow),
-                                     pytest.param("step10.ckpt", marks=pytest.mark.slow)])
+@pytest.mark.parametrize(
+    "kill_at",
+    [
+        "step6.ckpt",
+        pytest.param("step4.ckpt", marks=pytest.mark.slow),
+        pytest.param("step10.ckpt", marks=pytest.mark.slow),
+    ],
+)
 def test_killed_run_resumes_bitwise(uninterrupted, resume_data, tmp_path, kill_at):
     run_dir = tmp_path / "run"
     kill_after(run_dir, [*SETTINGS, *resume_data], kill_at)
@@ -108,10 +142,17 @@ def test_killed_run_resumes_bitwise(uninterrupted, resume_data, tmp_path, kill_a
 @pytest.mark.slow
 def test_killed_run_with_length_grouped_batches_resumes_bitwise(tmp_path):
     words = "one two three four five six seven eight nine ten eleven twelve".split()
-    rows = [{"document": " ".join(words[(i + j) % 12] for j in range(2 + (i * 5) % 19)),
-             "summary": " ".join(words[i % 12 : i % 12 + 2])} for i in range(20)]
-    data = [f"data.{key}={write_jsonl(tmp_path / f'{key}.jsonl', part)}"
-            for key, part in (("train_file", rows[:14]), ("validation_file", rows[14:17]), ("test_file", rows[17:]))]
+    rows = [
+        {
+            "document": " ".join(words[(i + j) % 12] for j in range(2 + (i * 5) % 19)),
+            "summary": " ".join(words[i % 12 : i % 12 + 2]),
+        }
+        for i in range(20)
+    ]
+    data = [
+        f"data.{key}={write_jsonl(tmp_path / f'{key}.jsonl', part)}"
+        for key, part in (("train_file", rows[:14]), ("validation_file", rows[14:17]), ("test_file", rows[17:]))
+    ]
     settings = [*SETTINGS, *data, "data.group_by_length=true"]
     reference = tmp_path / "reference"
     result = run_script("train.py", *settings, f"hydra.run.dir={reference}")
@@ -144,7 +185,8 @@ def test_resume_refuses_other_settings(uninterrupted, tmp_path):
     assert result.returncode == 2
     assert error_lines(result.stderr) == [
         f"encdec: error: resume={uninterrupted} continues the run exactly as it was configured, so trainer.max_steps=12 "
-        "would be ignored: drop it, or start a new run to change settings"]
+        "would be ignored: drop it, or start a new run to change settings"
+    ]
 
 
 def test_resume_refuses_a_finished_run(uninterrupted):
@@ -167,7 +209,9 @@ def test_resume_names_a_corrupt_saved_config(tmp_path):
     torch.save({}, run_dir / "checkpoints" / "last.ckpt")
     result = run_script("train.py", f"resume={run_dir}")
     assert result.returncode == 2 and "Traceback" not in result.stderr
-    assert error_lines(result.stderr)[0].startswith(f"encdec: error: resume={run_dir}: .hydra/config.yaml is not readable YAML")
+    assert error_lines(result.stderr)[0].startswith(
+        f"encdec: error: resume={run_dir}: .hydra/config.yaml is not readable YAML"
+    )
 
 
 def test_resume_refuses_an_eval_folder(tmp_path):
@@ -178,7 +222,8 @@ def test_resume_refuses_an_eval_folder(tmp_path):
     result = run_script("train.py", f"resume={run_dir}")
     assert result.returncode == 2
     assert error_lines(result.stderr) == [
-        f"encdec: error: resume={run_dir} is the output of eval.py, not a training run: give a train.py run folder"]
+        f"encdec: error: resume={run_dir} is the output of eval.py, not a training run: give a train.py run folder"
+    ]
 
 
 @pytest.mark.parametrize("offline, expected", [(True, {"id": "abc123"}), (False, {"id": "abc123", "resume": "allow"})])
@@ -208,8 +253,14 @@ def test_tensorboard_hides_the_killed_runs_events_past_the_checkpoint(tmp_path):
     (tmp_path / "cut.ckpt").write_bytes(b"PK\x03\x04")
     assert checkpoint_step(tmp_path / "last.ckpt") == 6
     assert checkpoint_step(tmp_path / "cut.ckpt") is None and checkpoint_step(tmp_path) is None
-    spec = OmegaConf.create({"_target_": "lightning.pytorch.loggers.TensorBoardLogger", "save_dir": str(tmp_path),
-                             "name": "tensorboard", "version": ""})
+    spec = OmegaConf.create(
+        {
+            "_target_": "lightning.pytorch.loggers.TensorBoardLogger",
+            "save_dir": str(tmp_path),
+            "name": "tensorboard",
+            "version": "",
+        }
+    )
     assert _logger(spec, tmp_path, tmp_path / "last.ckpt")._kwargs == {"purge_step": 6}
     assert _logger(spec, tmp_path, None)._kwargs == {}
 
@@ -246,8 +297,15 @@ def test_an_epoch_end_checkpoint_resumes_into_the_next_epoch(tmp_path, max_steps
         model = Model()
         model.trained, model.validated = [], 0
         checkpoints = LinkedLastCheckpoint(dirpath=tmp_path, monitor="val_loss", save_top_k=-1, filename="{step}")
-        trainer = L.Trainer(max_epochs=4, max_steps=max_steps, callbacks=[checkpoints], logger=False,
-                            enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0)
+        trainer = L.Trainer(
+            max_epochs=4,
+            max_steps=max_steps,
+            callbacks=[checkpoints],
+            logger=False,
+            enable_progress_bar=False,
+            enable_model_summary=False,
+            num_sanity_val_steps=0,
+        )
         trainer.fit(model, ckpt_path=resume_from)
         return model, trainer
 
@@ -258,15 +316,22 @@ def test_an_epoch_end_checkpoint_resumes_into_the_next_epoch(tmp_path, max_steps
     assert (uninterrupted.validated, resumed.validated) == (8, 6)  # 2 batches at each of 4 / 3 epoch ends
     assert all(torch.equal(a, b) for a, b in zip(uninterrupted.parameters(), resumed.parameters()))
     # the step loggers see: epoch 0's checkpoint continues the count instead of skipping one
-    assert resumed_trainer.fit_loop.epoch_loop._batches_that_stepped == trainer.fit_loop.epoch_loop._batches_that_stepped
+    assert (
+        resumed_trainer.fit_loop.epoch_loop._batches_that_stepped == trainer.fit_loop.epoch_loop._batches_that_stepped
+    )
 
 
 @pytest.mark.slow
 def test_killed_run_with_max_steps_resumes_bitwise_from_an_epoch_end_checkpoint(resume_data, tmp_path):
     # Validation only at epoch ends (steps 7 and 14) and trainer.max_steps set: the kill comes right after the
     # checkpoint of epoch 0's validation, the case Lightning 2.6 resumed one epoch short.
-    settings = [*SETTINGS, "trainer.max_steps=14", "trainer.val_check_interval=1.0", "checkpoint.every_n_steps=null",
-                *resume_data]
+    settings = [
+        *SETTINGS,
+        "trainer.max_steps=14",
+        "trainer.val_check_interval=1.0",
+        "checkpoint.every_n_steps=null",
+        *resume_data,
+    ]
     reference = tmp_path / "reference"
     result = run_script("train.py", *settings, f"hydra.run.dir={reference}")
     assert result.returncode == 0, result.stderr[-3000:]
@@ -284,11 +349,18 @@ def test_two_process_ddp_run_stopped_by_sigterm_resumes_bitwise(tmp_path):
     # before it sets the epoch), and each rank's own random stream (documents of other lengths pad to other shapes,
     # so the ranks' dropout draws use up different amounts of it). Rank 0 alone reports the stop.
     words = "one two three four five six seven eight nine ten eleven twelve".split()
-    rows = [{"document": " ".join(words[(i + j) % 12] for j in range(3 + (5 * i) % 17)),
-             "summary": " ".join(words[i % 12 : i % 12 + 2])} for i in range(20)]
-    data = [f"data.train_file={write_jsonl(tmp_path / 'train.jsonl', rows[:14])}",
-            f"data.validation_file={write_jsonl(tmp_path / 'val.jsonl', rows[14:17])}",
-            f"data.test_file={write_jsonl(tmp_path / 'test.jsonl', rows[17:])}"]
+    rows = [
+        {
+            "document": " ".join(words[(i + j) % 12] for j in range(3 + (5 * i) % 17)),
+            "summary": " ".join(words[i % 12 : i % 12 + 2]),
+        }
+        for i in range(20)
+    ]
+    data = [
+        f"data.train_file={write_jsonl(tmp_path / 'train.jsonl', rows[:14])}",
+        f"data.validation_file={write_jsonl(tmp_path / 'val.jsonl', rows[14:17])}",
+        f"data.test_file={write_jsonl(tmp_path / 'test.jsonl', rows[17:])}",
+    ]
     settings = [*SETTINGS, "trainer=ddp", "trainer.devices=2", "trainer.accelerator=cpu", *data]
     reference = tmp_path / "reference"
     result = run_script("train.py", *settings, f"hydra.run.dir={reference}", env={"OMP_NUM_THREADS": "1"})
@@ -302,7 +374,9 @@ def test_two_process_ddp_run_stopped_by_sigterm_resumes_bitwise(tmp_path):
     assert_same_run(reference, run_dir)
 
 
-@pytest.mark.parametrize("is_last_batch, processed, position", [(True, 7, (1, 0)), (False, 3, (0, 3)), (False, 0, None)])
+@pytest.mark.parametrize(
+    "is_last_batch, processed, position", [(True, 7, (1, 0)), (False, 3, (0, 3)), (False, 0, None)]
+)
 def test_a_checkpoint_names_where_the_batches_continue(is_last_batch, processed, position):
     # After an epoch's last batch the next epoch starts from its own first batch: under DDP Lightning builds the
     # loader's iterator before it sets the epoch, so the sampler must know it from the checkpoint.
@@ -314,11 +388,18 @@ def test_a_checkpoint_names_where_the_batches_continue(is_last_batch, processed,
 
     module = Seq2SeqModule(torch.nn.Linear(1, 1), None, optimizer=torch.optim.AdamW)
     told = []
-    datamodule = SimpleNamespace(resume_position=None, train_sampler=SimpleNamespace(resume_at=lambda *at: told.append(at)))
-    module._trainer = SimpleNamespace(datamodule=datamodule, state=SimpleNamespace(fn=TrainerFn.FITTING),
-                                      world_size=1, global_rank=0)
-    progress = {"current": {"ready": processed, "completed": processed, "started": processed, "processed": processed},
-                "is_last_batch": is_last_batch}
-    module.on_load_checkpoint({"epoch": 0, "loops": {"fit_loop": {"epoch_loop.batch_progress": progress}}, "encdec": {}})
+    datamodule = SimpleNamespace(
+        resume_position=None, train_sampler=SimpleNamespace(resume_at=lambda *at: told.append(at))
+    )
+    module._trainer = SimpleNamespace(
+        datamodule=datamodule, state=SimpleNamespace(fn=TrainerFn.FITTING), world_size=1, global_rank=0
+    )
+    progress = {
+        "current": {"ready": processed, "completed": processed, "started": processed, "processed": processed},
+        "is_last_batch": is_last_batch,
+    }
+    module.on_load_checkpoint(
+        {"epoch": 0, "loops": {"fit_loop": {"epoch_loop.batch_progress": progress}}, "encdec": {}}
+    )
     assert datamodule.resume_position == position
     assert told == ([position] if position else [])

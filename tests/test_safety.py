@@ -156,8 +156,14 @@ def pipeline():
     return cfg, SummarizationDataModule(cfg.data, tokenizer, tokenizer, decoder_start_token_id=tokenizer.cls_token_id)
 
 
-cell = st.one_of(st.none(), st.text(max_size=300), st.integers(), st.floats(allow_nan=True), st.booleans(),
-                 st.text(alphabet=st.characters(codec="utf-8"), min_size=2000, max_size=5000))
+cell = st.one_of(
+    st.none(),
+    st.text(max_size=300),
+    st.integers(),
+    st.floats(allow_nan=True),
+    st.booleans(),
+    st.text(alphabet=st.characters(codec="utf-8"), min_size=2000, max_size=5000),
+)
 
 
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
@@ -169,15 +175,24 @@ def test_any_rows_are_cleaned_tokenized_and_batched(pipeline, rows):
 
     cfg, dm = pipeline
     # Mixed column types arrive as strings from json/csv readers; keep that shape here.
-    table = {"document": [None if d is None else str(d) for d, _ in rows], "summary": [None if s is None else str(s) for _, s in rows]}
+    table = {
+        "document": [None if d is None else str(d) for d, _ in rows],
+        "summary": [None if s is None else str(s) for _, s in rows],
+    }
     try:
         cleaned = _to_document_summary(datasets.Dataset.from_dict(table), cfg.data, "train")
     except EncdecError as error:
         assert "no rows with both" in str(error)
         return
     assert all(d.strip() and s.strip() for d, s in zip(cleaned["document"], cleaned["summary"]))
-    tokenized = tokenize_split(cleaned, "train", dm.encoder_tokenizer, dm.decoder_tokenizer,
-                               cfg.data.max_source_length, cfg.data.max_target_length)
+    tokenized = tokenize_split(
+        cleaned,
+        "train",
+        dm.encoder_tokenizer,
+        dm.decoder_tokenizer,
+        cfg.data.max_source_length,
+        cfg.data.max_target_length,
+    )
     batch = dm.collate([{**row, "index": i} for i, row in enumerate(tokenized)])
     assert batch["input_ids"].shape[1] <= 32 and batch["labels"].shape[1] <= 8
     assert ((batch["labels"] == IGNORE_INDEX) | (batch["labels"] >= 0)).all()

@@ -16,11 +16,10 @@ import torch
 from omegaconf import OmegaConf
 
 from conftest import SMOKE, compose_config, error_lines, run_script
-
 from encdec import run_folder
 from encdec.errors import EncdecError
-from encdec.lit.checkpoint_io import AtomicCheckpointIO
 from encdec.inference import load_trained
+from encdec.lit.checkpoint_io import AtomicCheckpointIO
 from encdec.train import _check_strategy, _checkpoint_plugins, _instantiate_trainer
 
 HAS_DEEPSPEED = importlib.util.find_spec("deepspeed") is not None
@@ -45,8 +44,9 @@ def test_fsdp_config():
     # Everything else is the default trainer's (defaults: [default]), clipping by norm included.
     default = OmegaConf.to_container(trainer_config().trainer, resolve=True)
     assert trainer["gradient_clip_val"] == default["gradient_clip_val"] == 1.0
-    assert {k: v for k, v in trainer.items() if k not in ("strategy", "accelerator", "devices", "precision")} == \
-        {k: v for k, v in default.items() if k not in ("strategy", "accelerator", "devices", "precision")}
+    assert {k: v for k, v in trainer.items() if k not in ("strategy", "accelerator", "devices", "precision")} == {
+        k: v for k, v in default.items() if k not in ("strategy", "accelerator", "devices", "precision")
+    }
 
 
 @pytest.mark.parametrize("stage", [2, 3])
@@ -61,8 +61,9 @@ def test_deepspeed_configs(stage):
     assert (trainer["accelerator"], trainer["precision"]) == ("gpu", "bf16-mixed")
     assert trainer["gradient_clip_val"] == 1.0  # DeepSpeed clips by norm itself
     # The keys given are real DeepSpeedStrategy arguments (a typo would only fail on a GPU machine).
-    from lightning.pytorch.strategies import DeepSpeedStrategy, FSDPStrategy
     import inspect
+
+    from lightning.pytorch.strategies import DeepSpeedStrategy, FSDPStrategy
 
     assert set(strategy) - {"_target_"} <= set(inspect.signature(DeepSpeedStrategy.__init__).parameters)
     fsdp = OmegaConf.to_container(trainer_config("trainer=fsdp").trainer.strategy)
@@ -75,12 +76,21 @@ def test_deepspeed_configs(stage):
 @pytest.mark.skipif(HAS_DEEPSPEED, reason="deepspeed is installed here")
 def test_missing_deepspeed_is_one_line_through_the_cli(tmp_path):
     run_dir = tmp_path / "run"
-    result = run_script("train.py", "encoder=tiny", "decoder=tiny", "trainer=deepspeed_stage_2", *SMOKE,
-                        f"hydra.run.dir={run_dir}", env={"OMP_NUM_THREADS": "1"})
+    result = run_script(
+        "train.py",
+        "encoder=tiny",
+        "decoder=tiny",
+        "trainer=deepspeed_stage_2",
+        *SMOKE,
+        f"hydra.run.dir={run_dir}",
+        env={"OMP_NUM_THREADS": "1"},
+    )
     assert result.returncode == 2, result.stderr[-2000:]
     lines = error_lines(result.stderr)
-    assert lines == ["encdec: error: trainer=deepspeed_stage_2 needs the deepspeed package: "
-                     "pip install -e '.[deepspeed]' in the encdec checkout"], result.stderr[-2000:]
+    assert lines == [
+        "encdec: error: trainer=deepspeed_stage_2 needs the deepspeed package: "
+        "pip install -e '.[deepspeed]' in the encdec checkout"
+    ], result.stderr[-2000:]
     assert "Traceback" not in result.stderr
     assert not run_dir.exists()
 
@@ -88,7 +98,9 @@ def test_missing_deepspeed_is_one_line_through_the_cli(tmp_path):
 @pytest.mark.skipif(HAS_DEEPSPEED, reason="deepspeed is installed here")
 @pytest.mark.parametrize("override", ["trainer=deepspeed_stage_3", "trainer.strategy=deepspeed_stage_2_offload"])
 def test_missing_deepspeed_names_the_fix(override):
-    with pytest.raises(EncdecError, match=r"needs the deepspeed package: pip install -e '\.\[deepspeed\]' in the encdec checkout"):
+    with pytest.raises(
+        EncdecError, match=r"needs the deepspeed package: pip install -e '\.\[deepspeed\]' in the encdec checkout"
+    ):
         _check_strategy(trainer_config(override))
 
 
@@ -97,7 +109,9 @@ def test_sharded_strategies_on_cpu_are_one_line(monkeypatch):
         _check_strategy(trainer_config("trainer=fsdp", "trainer.accelerator=cpu"))
     # Lightning accepts DeepSpeed on CPU and fails only at setup ("only supported on CUDA GPUs"): caught up front.
     real_find_spec = importlib.util.find_spec
-    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: object() if name == "deepspeed" else real_find_spec(name, *a))
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: object() if name == "deepspeed" else real_find_spec(name, *a)
+    )
     with pytest.raises(EncdecError, match="runs on CUDA GPUs only, not trainer.accelerator=cpu"):
         _check_strategy(trainer_config("trainer=deepspeed_stage_3", "trainer.accelerator=cpu"))
     _check_strategy(trainer_config("trainer=deepspeed_stage_3"))  # accelerator=gpu passes
@@ -119,10 +133,12 @@ def test_clipping_by_norm_under_fsdp_uses_fsdps_own_norm(strategy, algorithm, th
     calls = []
     wrapped = SimpleNamespace(clip_grad_norm_=lambda value: calls.append(("fsdp", value)))
     module = Seq2SeqModule(torch.nn.Linear(1, 1), None, optimizer=torch.optim.AdamW)
-    module._trainer = SimpleNamespace(strategy=FSDPStrategy() if strategy == "fsdp" else DDPStrategy(), model=wrapped,
-                                      precision_plugin=Precision())
+    module._trainer = SimpleNamespace(
+        strategy=FSDPStrategy() if strategy == "fsdp" else DDPStrategy(), model=wrapped, precision_plugin=Precision()
+    )
     module.clip_gradients = lambda optimizer, gradient_clip_val, gradient_clip_algorithm: calls.append(
-        ("lightning", gradient_clip_val, gradient_clip_algorithm))
+        ("lightning", gradient_clip_val, gradient_clip_algorithm)
+    )
     module.configure_gradient_clipping(None, 1.0, algorithm)
     assert calls == ([("fsdp", 1.0)] if through_fsdp else [("lightning", 1.0, algorithm)])
 
@@ -271,13 +287,16 @@ def test_zero3_setup_drops_the_previous_engines_hooks_and_brings_buffers_back(ze
 
     from encdec.lit.module import Seq2SeqModule
 
-    module = Seq2SeqModule(torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.Linear(2, 2)), None,
-                           optimizer=torch.optim.AdamW)
+    module = Seq2SeqModule(
+        torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.Linear(2, 2)), None, optimizer=torch.optim.AdamW
+    )
     for layer in module.model:
         layer.register_forward_pre_hook(lambda *_: None)
         layer.register_forward_hook(lambda *_: None)
         layer.register_buffer("positions", torch.arange(3), persistent=False)
-    module._trainer = SimpleNamespace(strategy=SimpleNamespace(zero_stage_3=zero_stage_3, root_device=torch.device("meta")))
+    module._trainer = SimpleNamespace(
+        strategy=SimpleNamespace(zero_stage_3=zero_stage_3, root_device=torch.device("meta"))
+    )
     module.setup("fit")
     hooks = [len(layer._forward_pre_hooks) + len(layer._forward_hooks) for layer in module.model]
     assert hooks == ([0, 0] if zero_stage_3 else [2, 2])
@@ -293,8 +312,11 @@ def test_validate_and_test_after_fit_read_zero3_shards_as_one_full_weights_file(
     from encdec import run_folder, train
 
     gathered = []
-    monkeypatch.setattr(run_folder, "single_file_checkpoint",
-                        lambda checkpoint, scratch: gathered.append((checkpoint, scratch)) or scratch)
+    monkeypatch.setattr(
+        run_folder,
+        "single_file_checkpoint",
+        lambda checkpoint, scratch: gathered.append((checkpoint, scratch)) or scratch,
+    )
     strategy = SimpleNamespace(zero_stage_3=zero_stage_3, load_full_weights=False, barrier=lambda: None)
     trainer = SimpleNamespace(strategy=strategy, is_global_zero=True)
     best = str(tmp_path / "checkpoints" / "best-step4.ckpt")
@@ -316,8 +338,11 @@ def test_eval_reads_a_deepspeed_checkpoint_folder(checkpoint_file, tmp_path, mon
     path, trained = checkpoint_file
     folder = tmp_path / "run" / "checkpoints" / "last.ckpt"
     (folder / "checkpoint").mkdir(parents=True)
-    monkeypatch.setattr(lightning_deepspeed, "convert_zero_checkpoint_to_fp32_state_dict",
-                        lambda directory, output, tag=None: Path(output).write_bytes(path.read_bytes()))
+    monkeypatch.setattr(
+        lightning_deepspeed,
+        "convert_zero_checkpoint_to_fp32_state_dict",
+        lambda directory, output, tag=None: Path(output).write_bytes(path.read_bytes()),
+    )
     for model_path in (folder, tmp_path / "run"):  # the folder itself, and the run folder holding it
         model, _, _ = load_trained(model_path)
         assert all(torch.equal(model.state_dict()[k], v) for k, v in trained.state_dict().items())
@@ -333,7 +358,10 @@ def test_a_signal_stopping_every_rank_is_reported_once(monkeypatch, capsys, rank
 
     monkeypatch.setattr(rank_zero_only, "rank", rank, raising=False)
     with pytest.raises(SystemExit) as stop:
-        exit_with(Interrupted("training stopped by SIGTERM at step 4; continue it with: python train.py resume=RUN",
-                              signal.SIGTERM))
+        exit_with(
+            Interrupted(
+                "training stopped by SIGTERM at step 4; continue it with: python train.py resume=RUN", signal.SIGTERM
+            )
+        )
     assert stop.value.code == 143
     assert ("training stopped by SIGTERM" in capsys.readouterr().err) is printed

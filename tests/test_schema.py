@@ -25,8 +25,18 @@ COMPOSED = [
     ("train", ("encoder=minilm", "decoder=tiny"), "5d572bc1f5be0520"),
     ("train", ("experiment=bert2gpt_cnn_dailymail",), "94aea3fdb7b00aa5"),
     ("train", ("hparams_search=tiny_optuna",), "c3b0a8a9b49b8fbb"),
-    ("train", ("data=files", "data.train_file=a", "data.validation_file=b", "generation=beam", "optimizer=adafactor",
-               "scheduler=none"), "0fc4cf930146c2dd"),
+    (
+        "train",
+        (
+            "data=files",
+            "data.train_file=a",
+            "data.validation_file=b",
+            "generation=beam",
+            "optimizer=adafactor",
+            "scheduler=none",
+        ),
+        "0fc4cf930146c2dd",
+    ),
     ("eval", ("model_path=x",), "32ac76df3bbe7c84"),
     ("eval", ("model_path=x", "generation=sampling", "data=xsum"), "03bc644ac26e3743"),
     ("predict", ("model_path=x", "input=-"), "a5721b59cce469b0"),
@@ -73,15 +83,23 @@ def _undeclared(declared: type, node, prefix: str) -> list[str]:
     return missing
 
 
-@pytest.mark.parametrize("group,option", [(g, o) for g in ("data", "encoder", "decoder", "generation", "experiment")
-                                          for o in options(g)])
+@pytest.mark.parametrize(
+    "group,option", [(g, o) for g in ("data", "encoder", "decoder", "generation", "experiment") for o in options(g)]
+)
 def test_every_shipped_option_passes(group, option):
     extra = {"auto": [f"{group}.pretrained=/some/folder"], "files": ["data.train_file=a", "data.validation_file=b"]}
     validate(compose_config(f"{group}={option}", *extra.get(option, [])))
 
 
-@pytest.mark.parametrize("command, args", [("eval", ["model_path=x"]), ("eval", ["model_path=x", "generation=beam"]),
-                                           ("predict", ["model_path=x", "input=-"]), ("export", ["model_path=x"])])
+@pytest.mark.parametrize(
+    "command, args",
+    [
+        ("eval", ["model_path=x"]),
+        ("eval", ["model_path=x", "generation=beam"]),
+        ("predict", ["model_path=x", "input=-"]),
+        ("export", ["model_path=x"]),
+    ],
+)
 def test_other_commands_pass(command, args):
     validate(compose_config(*args, config_name=command), command)
 
@@ -92,43 +110,75 @@ def test_every_field_has_a_help_line():
             assert spec.metadata["help"].strip(), f"{declared.__name__}.{spec.name}"
 
 
-@pytest.mark.parametrize("command, override, message", [
-    ("train", "data.batch_size=abc", "data.batch_size=abc must be a positive integer"),
-    ("train", "data.max_source_length=0", "data.max_source_length=0 must be a positive integer"),
-    ("train", "data.max_tokens_per_batch=0", "data.max_tokens_per_batch=0 must be a positive integer or null "
-                                             "(batches of a fixed size)"),
-    ("train", "+data.pad_to_multiple_of=0", "data.pad_to_multiple_of=0 must be a positive integer, or null for no "
-                                            "rounding"),
-    ("train", "data.group_by_length=1", "data.group_by_length=1: use true or false"),
-    ("train", "data.source=web", "data.source=web is unknown: use aclsum, files or hub"),
-    ("train", "data.lead_copy_sentences=-2", "data.lead_copy_sentences=-2 must be an integer >= 0 (0 adds no lead "
-                                             "copies)"),
-    ("train", "seed=4294967296", "seed=4294967296 must be an integer from 0 to 4294967295"),
-    ("train", "model.compile=1.5", "model.compile=1.5: use true or false"),
-    ("train", "model.lora.side=left", "model.lora.side=left is unknown: use decoder, encoder or both"),
-    ("train", "encoder.init=rnd", "encoder.init=rnd: use pretrained or random"),
-    ("train", "decoder.cross_attention.kind=cross", "decoder.cross_attention.kind=cross: use auto, gated or prefix"),
-    ("train", "decoder.lm_head_init=zero", "decoder.lm_head_init=zero: use identity or random"),
-    ("train", "decoder.cross_attention.every_n_layers=0", "decoder.cross_attention.every_n_layers=0 must be a "
-                                                          "positive integer"),
-    ("train", "generation.num_beams=0", "generation.num_beams=0 must be an integer >= 1"),
-    ("train", "generation.no_repeat_ngram_size=-1", "generation.no_repeat_ngram_size=-1 must be an integer >= 0"),
-    ("train", "+generation.temperature=hot", "generation.temperature=hot must be a number"),
-    ("train", "+generation.cache_implementation=paged", "generation.cache_implementation=paged: use dynamic "
-                                                        "(default) or static"),
-    ("train", "+generation.beams=2", "generation.beams is not a decoding setting; known: cache_implementation, "),
-    ("train", "optimizer.lr=0", "optimizer.lr=0 must be positive"),
-    ("train", "optimizer.new_params_lr=0", "optimizer.new_params_lr=0 must be positive, or null for optimizer.lr"),
-    ("train", "checkpoint.keep_steps=0", "checkpoint.keep_steps=0 must be an integer >= 1 or null"),
-    ("eval", "split=dev", "split=dev is unknown: use train, validation or test"),
-    ("eval", "data.eval_max_tokens_per_batch=-5", "data.eval_max_tokens_per_batch=-5 must be a positive integer or null"),
-    ("predict", "batch_size=0", "batch_size=0 must be a positive integer"),
-    ("predict", "max_tokens_per_batch=x", "max_tokens_per_batch=x must be a positive integer or null (batches of a "
-                                          "fixed size)"),
-    ("predict", "max_source_length=0", "max_source_length=0 must be a positive integer or null (the training run's "
-                                       "data.max_source_length)"),
-    ("export", "format=zip", "format=zip is not an export format: use format=hf or format=onnx"),
-])
+@pytest.mark.parametrize(
+    "command, override, message",
+    [
+        ("train", "data.batch_size=abc", "data.batch_size=abc must be a positive integer"),
+        ("train", "data.max_source_length=0", "data.max_source_length=0 must be a positive integer"),
+        (
+            "train",
+            "data.max_tokens_per_batch=0",
+            "data.max_tokens_per_batch=0 must be a positive integer or null (batches of a fixed size)",
+        ),
+        (
+            "train",
+            "+data.pad_to_multiple_of=0",
+            "data.pad_to_multiple_of=0 must be a positive integer, or null for no rounding",
+        ),
+        ("train", "data.group_by_length=1", "data.group_by_length=1: use true or false"),
+        ("train", "data.source=web", "data.source=web is unknown: use aclsum, files or hub"),
+        (
+            "train",
+            "data.lead_copy_sentences=-2",
+            "data.lead_copy_sentences=-2 must be an integer >= 0 (0 adds no lead copies)",
+        ),
+        ("train", "seed=4294967296", "seed=4294967296 must be an integer from 0 to 4294967295"),
+        ("train", "model.compile=1.5", "model.compile=1.5: use true or false"),
+        ("train", "model.lora.side=left", "model.lora.side=left is unknown: use decoder, encoder or both"),
+        ("train", "encoder.init=rnd", "encoder.init=rnd: use pretrained or random"),
+        (
+            "train",
+            "decoder.cross_attention.kind=cross",
+            "decoder.cross_attention.kind=cross: use auto, gated or prefix",
+        ),
+        ("train", "decoder.lm_head_init=zero", "decoder.lm_head_init=zero: use identity or random"),
+        (
+            "train",
+            "decoder.cross_attention.every_n_layers=0",
+            "decoder.cross_attention.every_n_layers=0 must be a positive integer",
+        ),
+        ("train", "generation.num_beams=0", "generation.num_beams=0 must be an integer >= 1"),
+        ("train", "generation.no_repeat_ngram_size=-1", "generation.no_repeat_ngram_size=-1 must be an integer >= 0"),
+        ("train", "+generation.temperature=hot", "generation.temperature=hot must be a number"),
+        (
+            "train",
+            "+generation.cache_implementation=paged",
+            "generation.cache_implementation=paged: use dynamic (default) or static",
+        ),
+        ("train", "+generation.beams=2", "generation.beams is not a decoding setting; known: cache_implementation, "),
+        ("train", "optimizer.lr=0", "optimizer.lr=0 must be positive"),
+        ("train", "optimizer.new_params_lr=0", "optimizer.new_params_lr=0 must be positive, or null for optimizer.lr"),
+        ("train", "checkpoint.keep_steps=0", "checkpoint.keep_steps=0 must be an integer >= 1 or null"),
+        ("eval", "split=dev", "split=dev is unknown: use train, validation or test"),
+        (
+            "eval",
+            "data.eval_max_tokens_per_batch=-5",
+            "data.eval_max_tokens_per_batch=-5 must be a positive integer or null",
+        ),
+        ("predict", "batch_size=0", "batch_size=0 must be a positive integer"),
+        (
+            "predict",
+            "max_tokens_per_batch=x",
+            "max_tokens_per_batch=x must be a positive integer or null (batches of a fixed size)",
+        ),
+        (
+            "predict",
+            "max_source_length=0",
+            "max_source_length=0 must be a positive integer or null (the training run's data.max_source_length)",
+        ),
+        ("export", "format=zip", "format=zip is not an export format: use format=hf or format=onnx"),
+    ],
+)
 def test_a_bad_value_is_one_line_naming_the_key(command, override, message):
     required = {"eval": ["model_path=x"], "predict": ["model_path=x", "input=-"], "export": ["model_path=x"]}
     cfg = compose_config(*required.get(command, []), override, config_name=command)
@@ -146,8 +196,10 @@ def test_sampling_needs_a_probability_and_a_temperature():
 def test_data_settings_alone_are_checked_as_on_the_command_line():
     data = compose_config().data
     check_data(data)
-    for override, message in ((dict(eval_batch_size=0), "data.eval_batch_size=0 must be a positive integer"),
-                              (dict(group_by_length=True, max_tokens_per_batch=512), "data.group_by_length=true and ")):
+    for override, message in (
+        (dict(eval_batch_size=0), "data.eval_batch_size=0 must be a positive integer"),
+        (dict(group_by_length=True, max_tokens_per_batch=512), "data.group_by_length=true and "),
+    ):
         with pytest.raises(EncdecError) as caught:
             check_data(OmegaConf.merge(data, override))
         assert str(caught.value).startswith(message)
@@ -166,7 +218,9 @@ def test_the_command_line_checks_a_single_run_before_anything_loads():
     with pytest.raises(EncdecError, match=r"^data.batch_size=abc must be a positive integer$"):
         checked_arguments(["data.batch_size=abc"], "train", CONF, check_job=check_sweep_job)
     with pytest.raises(EncdecError, match=r"^split=dev is unknown"):
-        checked_arguments(["model_path=x", "split=dev"], "eval", CONF, check_job=partial(check_sweep_job, command="eval"))
+        checked_arguments(
+            ["model_path=x", "split=dev"], "eval", CONF, check_job=partial(check_sweep_job, command="eval")
+        )
     # --cfg prints the config as composed: it checks nothing
     args, cfg = checked_arguments(["--cfg", "job", "data.batch_size=abc"], "train", CONF, check_job=check_sweep_job)
     assert cfg.data.batch_size == "abc"
@@ -175,16 +229,24 @@ def test_the_command_line_checks_a_single_run_before_anything_loads():
 def test_help_lists_every_setting_with_its_help_line():
     listing = schema.settings_help("train").splitlines()
     keys = [line.split()[0] for line in listing]
-    assert len(keys) == len(set(keys)) and {"seed", "data.batch_size", "decoder.cross_attention.kind",
-                                            "optimizer.new_params_lr", "export.push_to_hub"} <= set(keys)
+    assert len(keys) == len(set(keys)) and {
+        "seed",
+        "data.batch_size",
+        "decoder.cross_attention.kind",
+        "optimizer.new_params_lr",
+        "export.push_to_hub",
+    } <= set(keys)
     assert "data.max_train_samples" in keys and "task_name" not in keys
     row = next(line for line in listing if line.startswith("data.empty_rows "))
     assert row.split(None, 1)[1] == "rows with an empty text or summary: skip (and count) or error [skip | error]"
     result = run_script("train.py", "--help")
     assert result.returncode == 0, result.stderr
     assert all(line in result.stdout for line in listing)
-    assert result.stdout.index("== Groups") < result.stdout.index("data.batch_size ") < result.stdout.index(
-        "== Composed config")
+    assert (
+        result.stdout.index("== Groups")
+        < result.stdout.index("data.batch_size ")
+        < result.stdout.index("== Composed config")
+    )
     for command in ("eval", "predict", "export"):
         assert "model_path" in schema.settings_help(command)
 

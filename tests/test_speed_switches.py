@@ -8,7 +8,6 @@ import pytest
 import torch
 
 from conftest import compose_config
-
 from encdec.errors import EncdecError
 from encdec.lit.module import Seq2SeqModule
 from encdec.models import build_model
@@ -110,8 +109,12 @@ def sdpa_backends_seen(function, *args, **kwargs) -> dict[str, bool]:
     seen = {}
 
     def probe(*_a, **_k):
-        seen.update(cudnn=torch.backends.cuda.cudnn_sdp_enabled(), flash=torch.backends.cuda.flash_sdp_enabled(),
-                    efficient=torch.backends.cuda.mem_efficient_sdp_enabled(), math=torch.backends.cuda.math_sdp_enabled())
+        seen.update(
+            cudnn=torch.backends.cuda.cudnn_sdp_enabled(),
+            flash=torch.backends.cuda.flash_sdp_enabled(),
+            efficient=torch.backends.cuda.mem_efficient_sdp_enabled(),
+            math=torch.backends.cuda.math_sdp_enabled(),
+        )
 
     function(probe, *args, **kwargs)
     return seen
@@ -131,9 +134,15 @@ def test_cudnn_attention_is_left_out_of_training_and_generation_unless_asked(cud
 
         monkeypatch.setattr(model, "forward", forward)
         module = Seq2SeqModule(model, decoder_tokenizer, optimizer=torch.optim.AdamW, cudnn_attention=cudnn)
-        module.loss({"input_ids": torch.tensor([[5, 6, 7]]), "attention_mask": torch.ones(1, 3, dtype=torch.long),
-                     "decoder_input_ids": torch.tensor([[1, 8]]), "decoder_attention_mask": torch.ones(1, 2, dtype=torch.long),
-                     "labels": torch.tensor([[8, 2]])})
+        module.loss(
+            {
+                "input_ids": torch.tensor([[5, 6, 7]]),
+                "attention_mask": torch.ones(1, 3, dtype=torch.long),
+                "decoder_input_ids": torch.tensor([[1, 8]]),
+                "decoder_attention_mask": torch.ones(1, 2, dtype=torch.long),
+                "labels": torch.tensor([[8, 2]]),
+            }
+        )
 
     def in_generation(probe):
         original = model.generate
@@ -144,8 +153,14 @@ def test_cudnn_attention_is_left_out_of_training_and_generation_unless_asked(cud
 
         monkeypatch.setattr(model, "generate", generate)
         source = encoder_tokenizer(["a paper about graphs"], return_tensors="pt")
-        texts = generate_texts(model.eval(), decoder_tokenizer, source["input_ids"], source["attention_mask"],
-                               cudnn_attention=cudnn, max_new_tokens=3)
+        texts = generate_texts(
+            model.eval(),
+            decoder_tokenizer,
+            source["input_ids"],
+            source["attention_mask"],
+            cudnn_attention=cudnn,
+            max_new_tokens=3,
+        )
         assert len(texts) == 1
 
     default = torch.backends.cuda.cudnn_sdp_enabled()

@@ -15,12 +15,11 @@ import textwrap
 import time
 from pathlib import Path
 
+import optuna  # noqa: E402  (a dependency of the sweeps extra, which the tests install)
 import pytest
 from omegaconf import OmegaConf
 
 from conftest import ROOT, SMOKE, compose_config, error_lines, run_script
-
-import optuna  # noqa: E402  (a dependency of the sweeps extra, which the tests install)
 
 
 def trials(sweep_dir: Path, study_name: str):
@@ -109,8 +108,9 @@ def app(tmp_path):
         return [sys.executable, str(folder / "app.py"), "-m", f"hydra.sweep.dir={sweep_dir}", *overrides]
 
     def run(sweep_dir: Path, *overrides: str) -> subprocess.CompletedProcess:
-        return subprocess.run(command(sweep_dir, *overrides), capture_output=True, text=True, timeout=300,
-                              env=environment)
+        return subprocess.run(
+            command(sweep_dir, *overrides), capture_output=True, text=True, timeout=300, env=environment
+        )
 
     run.command = command
     run.env = environment
@@ -161,7 +161,9 @@ def test_failing_trials_do_not_end_the_sweep(app, tmp_path):
     sweep = tmp_path / "sweep"
     modes = ["exit", "raise", "none", "nonfinite", "ok"]
     result = app(
-        sweep, "hydra.sweeper.n_trials=5", f"mode=choice({','.join(modes)})",
+        sweep,
+        "hydra.sweeper.n_trials=5",
+        f"mode=choice({','.join(modes)})",
         "hydra.sweeper.enqueue_trials=[" + ",".join(f"{{mode:{m}}}" for m in modes) + "]",
     )
     assert result.returncode == 0, result.stderr[-3000:]
@@ -186,8 +188,13 @@ def test_a_sweep_where_no_trial_completes_fails(app, tmp_path):
 
 def _start_and_kill(app, sweep: Path, wait_for: str, *overrides: str) -> None:
     """Start the sweep, SIGKILL it (no cleanup at all) as soon as `sweep/wait_for` exists."""
-    process = subprocess.Popen(app.command(sweep, *overrides), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                               env=app.env, start_new_session=True)
+    process = subprocess.Popen(
+        app.command(sweep, *overrides),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env=app.env,
+        start_new_session=True,
+    )
     try:
         deadline = time.time() + 120
         while not (sweep / wait_for).exists():
@@ -262,23 +269,55 @@ def test_search_space_specs():
 
     from hydra_plugins.encdec_optuna_sweeper._search_space import distribution_from_spec
 
-    assert distribution_from_spec("lr", {"type": "float", "low": "1e-5", "high": 1e-3, "log": True}) == \
-        FloatDistribution(1e-5, 1e-3, log=True)
-    assert distribution_from_spec("n", {"type": "int", "low": 0, "high": 100, "step": 10}) == \
-        IntDistribution(0, 100, step=10)
+    assert distribution_from_spec(
+        "lr", {"type": "float", "low": "1e-5", "high": 1e-3, "log": True}
+    ) == FloatDistribution(1e-5, 1e-3, log=True)
+    assert distribution_from_spec("n", {"type": "int", "low": 0, "high": 100, "step": 10}) == IntDistribution(
+        0, 100, step=10
+    )
     assert distribution_from_spec("b", {"type": "categorical", "choices": [4, 8]}) == CategoricalDistribution((4, 8))
     assert distribution_from_spec("lr", "tag(log, interval(1e-5, 1e-3))") == FloatDistribution(1e-5, 1e-3, log=True)
     assert distribution_from_spec("g", "choice(greedy, beam)") == CategoricalDistribution(("greedy", "beam"))
     assert distribution_from_spec("w", "range(0, 50, 10)") == IntDistribution(0, 40, step=10)
-    for bad in ({"type": "float", "low": 1}, {"type": "gaussian"}, {"type": "float", "low": 2, "high": 1},
-                {"type": "categorical", "choices": [[1, 2]]}, {"type": "int", "low": 0, "high": 3, "stp": 1}, "0.1"):
+    for bad in (
+        {"type": "float", "low": 1},
+        {"type": "gaussian"},
+        {"type": "float", "low": 2, "high": 1},
+        {"type": "categorical", "choices": [[1, 2]]},
+        {"type": "int", "low": 0, "high": 3, "stp": 1},
+        "0.1",
+    ):
         with pytest.raises(ValueError, match="hydra.sweeper.params.p"):
             distribution_from_spec("p", bad)
 
 
-@pytest.mark.parametrize("value", [3e-4, 1e-05, 0.1, 7, 0, True, False, None, "adamw", "beam", "a b", "it's",
-                                   "1", "null", "x,y", "${oops}", 2.5e10, "/data/train.jsonl", "a:b", "-3",
-                                   "google-bert/bert-base-cased", ""])
+@pytest.mark.parametrize(
+    "value",
+    [
+        3e-4,
+        1e-05,
+        0.1,
+        7,
+        0,
+        True,
+        False,
+        None,
+        "adamw",
+        "beam",
+        "a b",
+        "it's",
+        "1",
+        "null",
+        "x,y",
+        "${oops}",
+        2.5e10,
+        "/data/train.jsonl",
+        "a:b",
+        "-3",
+        "google-bert/bert-base-cased",
+        "",
+    ],
+)
 def test_sampled_values_round_trip_through_hydra_overrides(value):
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
@@ -321,8 +360,9 @@ def test_slurm_launcher_config_composes():
     from conftest import CONF
 
     with initialize_config_dir(str(CONF), version_base="1.3"):
-        cfg = compose("train", overrides=["hydra/launcher=slurm", "hparams_search=tiny_optuna"],
-                      return_hydra_config=True)
+        cfg = compose(
+            "train", overrides=["hydra/launcher=slurm", "hparams_search=tiny_optuna"], return_hydra_config=True
+        )
     launcher = cfg.hydra.launcher
     assert launcher._target_ == "hydra_plugins.hydra_submitit_launcher.submitit_launcher.SlurmLauncher"
     assert str(launcher.submitit_folder).endswith("/.submitit/%j")
@@ -346,8 +386,9 @@ def _submitit_installed() -> bool:
 
 def test_train_grid_multirun(tmp_path):
     sweep = tmp_path / "grid"
-    result = run_script("train.py", "-m", "encoder=tiny", "decoder=tiny", "optimizer.lr=1e-4,3e-4", *SMOKE,
-                        f"hydra.sweep.dir={sweep}")
+    result = run_script(
+        "train.py", "-m", "encoder=tiny", "decoder=tiny", "optimizer.lr=1e-4,3e-4", *SMOKE, f"hydra.sweep.dir={sweep}"
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     assert run_folders(sweep) == ["0", "1"]
     for job, lr in (("0", 1e-4), ("1", 3e-4)):
@@ -372,12 +413,14 @@ def test_train_optuna_sweep_two_trials(tmp_path):
 @pytest.mark.slow
 def test_train_optuna_resume_after_one_trial(tmp_path):
     sweep = tmp_path / "optuna"
-    first = run_script("train.py", "-m", "hparams_search=tiny_optuna", "hydra.sweeper.n_trials=1", *SMOKE,
-                       f"hydra.sweep.dir={sweep}")
+    first = run_script(
+        "train.py", "-m", "hparams_search=tiny_optuna", "hydra.sweeper.n_trials=1", *SMOKE, f"hydra.sweep.dir={sweep}"
+    )
     assert first.returncode == 0, first.stderr[-3000:]
     stamp = (sweep / "0" / "metrics.json").stat().st_mtime_ns
-    second = run_script("train.py", "-m", "hparams_search=tiny_optuna", "hydra.sweeper.n_trials=2", *SMOKE,
-                        f"hydra.sweep.dir={sweep}")
+    second = run_script(
+        "train.py", "-m", "hparams_search=tiny_optuna", "hydra.sweeper.n_trials=2", *SMOKE, f"hydra.sweep.dir={sweep}"
+    )
     assert second.returncode == 0, second.stdout[-2000:] + second.stderr[-3000:]
     assert states(sweep, "tiny_optuna") == ["COMPLETE", "COMPLETE"], why(sweep, "tiny_optuna", second)
     assert (sweep / "0" / "metrics.json").stat().st_mtime_ns == stamp
@@ -386,16 +429,24 @@ def test_train_optuna_resume_after_one_trial(tmp_path):
 @pytest.mark.slow
 def test_train_optuna_killed_and_resumed(tmp_path):
     sweep = tmp_path / "optuna"
-    command = [sys.executable, str(ROOT / "train.py"), "-m", "hparams_search=tiny_optuna", *SMOKE,
-               f"hydra.sweep.dir={sweep}"]
+    command = [
+        sys.executable,
+        str(ROOT / "train.py"),
+        "-m",
+        "hparams_search=tiny_optuna",
+        *SMOKE,
+        f"hydra.sweep.dir={sweep}",
+    ]
     environment = {**os.environ, "TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE": "1"}
-    process = subprocess.Popen(command, cwd=ROOT, env=environment, stdout=subprocess.DEVNULL,
-                               stderr=subprocess.DEVNULL, start_new_session=True)
+    process = subprocess.Popen(
+        command, cwd=ROOT, env=environment, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
+    )
     try:
         deadline = time.time() + 300
         while not (sweep / "0" / "metrics.json").exists():
             assert process.poll() is None, "the sweep ended before its first trial finished:\n" + (
-                why(sweep, "tiny_optuna") if (sweep / "optuna.db").exists() else "")
+                why(sweep, "tiny_optuna") if (sweep / "optuna.db").exists() else ""
+            )
             assert time.time() < deadline
             time.sleep(0.1)
     finally:
@@ -417,9 +468,15 @@ def test_train_trial_refused_by_encdec_does_not_end_the_sweep(tmp_path):
     """A source length past the model's positions makes encdec exit 2 (SystemExit) once the model is built (the
     command-line check cannot know the model's limit); the sweeper records a FAILED trial and runs the next."""
     sweep = tmp_path / "optuna"
-    result = run_script("train.py", "-m", "hparams_search=tiny_optuna", *SMOKE, "data.max_source_length=choice(100000,32)",
-                        "hydra.sweeper.enqueue_trials=[{data.max_source_length:100000},{data.max_source_length:32}]",
-                        f"hydra.sweep.dir={sweep}")
+    result = run_script(
+        "train.py",
+        "-m",
+        "hparams_search=tiny_optuna",
+        *SMOKE,
+        "data.max_source_length=choice(100000,32)",
+        "hydra.sweeper.enqueue_trials=[{data.max_source_length:100000},{data.max_source_length:32}]",
+        f"hydra.sweep.dir={sweep}",
+    )
     assert result.returncode == 0, why(sweep, "tiny_optuna", result)
     done = trials(sweep, "tiny_optuna")
     assert [t.params["data.max_source_length"] for t in done] == [100000, 32]

@@ -19,8 +19,15 @@ from encdec.warm_start import cross_attention_from_self_attention, new_parameter
 
 def test_bert_cross_attention_starts_as_its_layers_self_attention():
     torch.manual_seed(0)
-    config = BertConfig(vocab_size=64, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,
-                        is_decoder=True, add_cross_attention=True)
+    config = BertConfig(
+        vocab_size=64,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=64,
+        is_decoder=True,
+        add_cross_attention=True,
+    )
     from transformers import BertLMHeadModel
 
     decoder = BertLMHeadModel(config)
@@ -28,9 +35,11 @@ def test_bert_cross_attention_starts_as_its_layers_self_attention():
     assert not torch.equal(layer.crossattention.self.key.weight, layer.attention.self.key.weight)
     copied = cross_attention_from_self_attention(decoder, encoder_hidden_size=32)
     assert copied == 2 * 10  # query, key, value, output dense (weights and biases) and LayerNorm, per layer
-    for self_part, cross_part in ((layer.attention.self.query, layer.crossattention.self.query),
-                                  (layer.attention.self.value, layer.crossattention.self.value),
-                                  (layer.attention.output.dense, layer.crossattention.output.dense)):
+    for self_part, cross_part in (
+        (layer.attention.self.query, layer.crossattention.self.query),
+        (layer.attention.self.value, layer.crossattention.self.value),
+        (layer.attention.output.dense, layer.crossattention.output.dense),
+    ):
         assert torch.equal(self_part.weight, cross_part.weight) and torch.equal(self_part.bias, cross_part.bias)
 
 
@@ -75,9 +84,14 @@ def test_new_parameters_are_what_no_checkpoint_provided(caplog):
     # An in-process command run earlier in this worker may have configured logging with existing loggers disabled.
     logging.getLogger("encdec.models").disabled = False
     with caplog.at_level("WARNING", logger="encdec.models"):
-        model, _, _ = build_model(compose_config("encoder=minilm", "decoder=minilm", "decoder.cross_attention.init=random"))
+        model, _, _ = build_model(
+            compose_config("encoder=minilm", "decoder=minilm", "decoder.cross_attention.init=random")
+        )
     # Said at start: the packaged MiniLM is a sentence-embedding checkpoint, its decoder begins as no language model.
-    assert "has no LM head in its checkpoint (cls.predictions" in caplog.text and "starts as no language model" in caplog.text
+    assert (
+        "has no LM head in its checkpoint (cls.predictions" in caplog.text
+        and "starts as no language model" in caplog.text
+    )
     new = {name for name, parameter in model.named_parameters() if parameter.encdec_new}
     # MiniLM has no LM head and no cross-attention: both are new, every encoder and self-attention weight is not.
     assert any("crossattention" in n for n in new) and any("cls.predictions.transform" in n for n in new)
@@ -90,17 +104,25 @@ def test_new_parameter_names_of_added_blocks_need_no_loading_report():
     torch.manual_seed(0)
     from transformers import AutoModelForCausalLM
 
-    encoder = BertModel(BertConfig(vocab_size=128, hidden_size=32, num_hidden_layers=1, num_attention_heads=4,
-                                   intermediate_size=64), add_pooling_layer=False)
-    decoder = add_cross_attention(AutoModelForCausalLM.from_config(tiny_causal_lm_config("llama")), encoder_hidden_size=32)
+    encoder = BertModel(
+        BertConfig(vocab_size=128, hidden_size=32, num_hidden_layers=1, num_attention_heads=4, intermediate_size=64),
+        add_pooling_layer=False,
+    )
+    decoder = add_cross_attention(
+        AutoModelForCausalLM.from_config(tiny_causal_lm_config("llama")), encoder_hidden_size=32
+    )
     model = EncoderDecoderModel(encoder=encoder, decoder=decoder)
     new = new_parameter_names(model, {})
     assert new and all("cross_attention_blocks." in name for name in new)
 
 
 def _module(model, new_params_lr):
-    module = Seq2SeqModule(model, decoder_tokenizer=None, optimizer=lambda params: torch.optim.AdamW(params, lr=1e-4),
-                           new_params_lr=new_params_lr)
+    module = Seq2SeqModule(
+        model,
+        decoder_tokenizer=None,
+        optimizer=lambda params: torch.optim.AdamW(params, lr=1e-4),
+        new_params_lr=new_params_lr,
+    )
     return module
 
 

@@ -44,8 +44,13 @@ TRAIN_ON_XLA = textwrap.dedent("""
 
 def torch_xla_loads() -> str | None:
     """None when torch_xla imports with this torch on its CPU device, else why not (its last line of error)."""
-    probe = subprocess.run([sys.executable, "-c", "import torch_xla, torch_xla.core.xla_model"], capture_output=True,
-                           text=True, env=XLA_ENVIRONMENT, timeout=300)
+    probe = subprocess.run(
+        [sys.executable, "-c", "import torch_xla, torch_xla.core.xla_model"],
+        capture_output=True,
+        text=True,
+        env=XLA_ENVIRONMENT,
+        timeout=300,
+    )
     return None if probe.returncode == 0 else (probe.stderr.strip().splitlines() or ["no output"])[-1]
 
 
@@ -54,8 +59,9 @@ def test_a_tiny_model_trains_on_the_xla_cpu_device_with_few_graphs():
     why_not = torch_xla_loads()
     if why_not is not None:
         pytest.skip(f"torch_xla does not load with this torch on PJRT_DEVICE=CPU: {why_not[:300]}")
-    result = subprocess.run([sys.executable, "-c", TRAIN_ON_XLA], capture_output=True, text=True, cwd=ROOT,
-                            env=XLA_ENVIRONMENT, timeout=900)
+    result = subprocess.run(
+        [sys.executable, "-c", TRAIN_ON_XLA], capture_output=True, text=True, cwd=ROOT, env=XLA_ENVIRONMENT, timeout=900
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     lines = dict(line.split(" ", 1) for line in result.stdout.splitlines() if line.startswith(("losses", "compiles")))
     losses = eval(lines["losses"])  # noqa: S307 - our own script's printed list

@@ -14,8 +14,9 @@ from __future__ import annotations
 import contextlib
 import difflib
 import logging
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from omegaconf import DictConfig, OmegaConf, open_dict
 
@@ -28,8 +29,13 @@ DECODER_OPTIONS = ("cross_attention", "lm_head_init")
 NEW_KEYS = {("data", "pad_to_multiple_of")}
 
 
-def build_model(encoder: str | dict = "minilm", decoder: str | dict = "minilm", *, generation: str | dict | None = None,
-                **options: Any):
+def build_model(
+    encoder: str | dict = "minilm",
+    decoder: str | dict = "minilm",
+    *,
+    generation: str | dict | None = None,
+    **options: Any,
+):
     """(EncoderDecoderModel, encoder tokenizer, decoder tokenizer), built as `encdec train` builds them.
 
     `encoder` / `decoder`: a preset of conf/encoder or conf/decoder (`"minilm"`, `"tiny"`, `"gpt2"`), or what
@@ -48,8 +54,13 @@ def build_model(encoder: str | dict = "minilm", decoder: str | dict = "minilm", 
         return build(cfg)
 
 
-def compose(encoder: str | dict = "minilm", decoder: str | dict = "minilm", generation: str | dict | None = None,
-            data: str | dict | None = None, **options: Any) -> DictConfig:
+def compose(
+    encoder: str | dict = "minilm",
+    decoder: str | dict = "minilm",
+    generation: str | dict | None = None,
+    data: str | dict | None = None,
+    **options: Any,
+) -> DictConfig:
     """The training config `build_model` and `datamodule` build from (their arguments, on the packaged presets)."""
     from encdec.arguments import checked_arguments
     from encdec.checks import validate
@@ -132,8 +143,9 @@ def _merge(cfg: DictConfig, group: str, key: str | dict | None = None, value: An
             node[name] = setting
 
 
-def datamodule(model, encoder_tokenizer, decoder_tokenizer, data: str | dict = "aclsum", seed: int = 42,
-               **settings: Any):
+def datamodule(
+    model, encoder_tokenizer, decoder_tokenizer, data: str | dict = "aclsum", seed: int = 42, **settings: Any
+):
     """encdec's SummarizationDataModule for `model`: a data preset (`"aclsum"`, `"files"`, ...) with `settings` on
     top (`batch_size=4`, `train_file="train.jsonl"`, `max_train_samples=100`), ready for `Trainer.fit`."""
     from encdec.lit.datamodule import SummarizationDataModule
@@ -142,7 +154,9 @@ def datamodule(model, encoder_tokenizer, decoder_tokenizer, data: str | dict = "
     # Only the data group is read: the model's sides are already built.
     cfg = compose("tiny", "tiny", data={"preset": preset or "aclsum", **given, **settings})
     return SummarizationDataModule(
-        cfg.data, encoder_tokenizer, decoder_tokenizer,
+        cfg.data,
+        encoder_tokenizer,
+        decoder_tokenizer,
         decoder_start_token_id=model.config.decoder_start_token_id,
         max_source_positions=getattr(model.encoder.config, "max_position_embeddings", None),
         max_target_positions=getattr(model.decoder.config, "max_position_embeddings", None),
@@ -150,13 +164,21 @@ def datamodule(model, encoder_tokenizer, decoder_tokenizer, data: str | dict = "
     )
 
 
-def summarize(model_path: str | Path, texts: Sequence[str], *, batch_size: int = 8, device: str = "auto",
-              max_source_length: int | None = None, **generation: Any) -> list[str]:
+def summarize(
+    model_path: str | Path,
+    texts: Sequence[str],
+    *,
+    batch_size: int = 8,
+    device: str = "auto",
+    max_source_length: int | None = None,
+    **generation: Any,
+) -> list[str]:
     """Summaries of `texts`, in order, by a trained model: a run folder, its hf_model/ or a .ckpt. `generation`
     replaces decoding settings (`num_beams=4`, `max_new_tokens=64`); documents are cut at the run's
     data.max_source_length (512 without one) unless `max_source_length` is given."""
     from encdec.evaluate import training_config
-    from encdec.inference import apply_generation_overrides, load_trained, pick_device, summarize as generate
+    from encdec.inference import apply_generation_overrides, load_trained, pick_device
+    from encdec.inference import summarize as generate
 
     if isinstance(texts, str):
         raise EncdecError("summarize takes a list of documents, not one string: summarize(model_path, [text])")
@@ -166,8 +188,16 @@ def summarize(model_path: str | Path, texts: Sequence[str], *, batch_size: int =
     with _quiet_load_report():
         model, encoder_tokenizer, decoder_tokenizer = load_trained(model_path)
     apply_generation_overrides(model, decoder_tokenizer, OmegaConf.create(generation) if generation else None)
-    return generate(model, encoder_tokenizer, decoder_tokenizer, list(texts), batch_size=batch_size,
-                    max_source_length=max_source_length or 512, device=pick_device(device), progress=False)
+    return generate(
+        model,
+        encoder_tokenizer,
+        decoder_tokenizer,
+        list(texts),
+        batch_size=batch_size,
+        max_source_length=max_source_length or 512,
+        device=pick_device(device),
+        progress=False,
+    )
 
 
 @contextlib.contextmanager

@@ -14,8 +14,8 @@ import dataclasses
 import difflib
 import inspect
 import re
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 from omegaconf import DictConfig, OmegaConf
 
@@ -33,8 +33,9 @@ VIEW_FLAGS = {"--cfg": 1, "-c": 1, "--package": 1, "-p": 1, "--resolve": 0}
 CONFIG_DIR_FLAGS = ("--config-dir", "-cd")
 
 
-def checked_arguments(args: list[str], config_name: str, config_dir: Path,
-                      check_job: Callable[[DictConfig], None] | None = None) -> tuple[list[str], DictConfig | None]:
+def checked_arguments(
+    args: list[str], config_name: str, config_dir: Path, check_job: Callable[[DictConfig], None] | None = None
+) -> tuple[list[str], DictConfig | None]:
     """`args` as Hydra should get them and the config of a single run (None under --multirun, or when Hydra's own
     flags such as --help or -cd leave the command line to Hydra), or EncdecError naming the first bad argument.
 
@@ -109,8 +110,10 @@ def _user_config_dirs(flags: list[str]) -> list[Path]:
         value = value if "=" in flag else (flags[i + 1] if i + 1 < len(flags) else "")
         folder = Path(value).expanduser().absolute()
         if not value or not folder.is_dir():
-            raise EncdecError(f"{name} {value}: no such folder; give the folder that holds your own groups "
-                              "(data/mydata.yaml, experiment/myrun.yaml, ...)")
+            raise EncdecError(
+                f"{name} {value}: no such folder; give the folder that holds your own groups "
+                "(data/mydata.yaml, experiment/myrun.yaml, ...)"
+            )
         folders.append(folder)
     return folders
 
@@ -130,7 +133,9 @@ def _compose(config_name: str, config_dir: Path | tuple[Path, ...], overrides: l
         version.setbase("1.3")
         search_path = create_config_search_path(str(primary))
         for folder in users:
-            search_path.prepend(provider="command-line", path=f"file://{folder}", anchor=SearchPathQuery(provider="schema"))
+            search_path.prepend(
+                provider="command-line", path=f"file://{folder}", anchor=SearchPathQuery(provider="schema")
+            )
         Hydra.create_main_hydra2(task_name=config_name, config_search_path=search_path)
         return compose(config_name, overrides=overrides, return_hydra_config=True)
     finally:
@@ -148,8 +153,12 @@ def _sweep_variants(args: list[str]) -> list[list[str]]:
     """One job per sweep value past the first: that value, and every other sweep at its first value."""
     sweeps = [(key, values) for _, key, values in _sweeps(args) if values != []]
     first_job = _one_job(args, multirun=True)
-    return [[*first_job[:i], f"{key}={value}", *first_job[i + 1:]]
-            for i, (key, values) in enumerate(sweeps) if values for value in values[1:]]
+    return [
+        [*first_job[:i], f"{key}={value}", *first_job[i + 1 :]]
+        for i, (key, values) in enumerate(sweeps)
+        if values
+        for value in values[1:]
+    ]
 
 
 def _sweeps(args: list[str]) -> list[tuple[str, str, list[str] | None]]:
@@ -192,14 +201,14 @@ def _added_pass_through(error: Exception, args, config_name, config_dir, multiru
     key = match.group(1)
     index = _culprit(args, key)
     group = next((g for g in PASS_THROUGH if key.startswith(g + ".")), None)
-    if index is None or group is None or _prefix(args[index]) or "." in key[len(group) + 1:]:
+    if index is None or group is None or _prefix(args[index]) or "." in key[len(group) + 1 :]:
         return None
     # encoder/decoder.overrides names are checked against the model's config class when it loads.
     if not group.endswith(".overrides"):
         others = _compose_or_none(config_name, config_dir, _one_job(_choices(args), multirun))
-        if others is None or key[len(group) + 1:] not in _accepted(others, group):
+        if others is None or key[len(group) + 1 :] not in _accepted(others, group):
             return None
-    return [*args[:index], "++" + args[index], *args[index + 1:]]
+    return [*args[:index], "++" + args[index], *args[index + 1 :]]
 
 
 def _choices(args: list[str]) -> list[str]:
@@ -230,7 +239,9 @@ def _accepted(cfg: DictConfig, group: str) -> set[str]:
     except Exception:  # noqa: BLE001 - an unimportable target is reported when the run builds it
         return set()
     signature = inspect.signature(target.__init__ if inspect.isclass(target) else target)
-    return {name for name, p in signature.parameters.items() if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)} - {"self"}
+    return {name for name, p in signature.parameters.items() if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)} - {
+        "self"
+    }
 
 
 def _explain(error: Exception, args, config_name, config_dir, multirun) -> str:
@@ -239,7 +250,9 @@ def _explain(error: Exception, args, config_name, config_dir, multirun) -> str:
     if match := re.search(r"Could not find '([^']+)/([^'/]+)'", text):
         group, name = match.groups()
         options = re.findall(r"^\t(\S+)$", text, flags=re.MULTILINE)
-        return f"{group}={name}: no such {group} option{_suggest(name, options, group + '=')}; choose from " + _listing(options)
+        return f"{group}={name}: no such {group} option{_suggest(name, options, group + '=')}; choose from " + _listing(
+            options
+        )
     if match := re.match(r"Could not override '([^']+)'", text):
         key = match.group(1)
         index = _culprit(args, key)
@@ -265,12 +278,16 @@ def _explain(error: Exception, args, config_name, config_dir, multirun) -> str:
         return f"{match.group(1)} already exists: drop the leading + (write {match.group(1)}=VALUE)"
     if text.startswith("Ambiguous value for argument"):
         arg = re.search(r"argument '([^']+)'", text)
-        return (f"{arg.group(1) if arg else first_line} lists several values: add --multirun to sweep them, "
-                "or write KEY=[a,b] for a list")
+        return (
+            f"{arg.group(1) if arg else first_line} lists several values: add --multirun to sweep them, "
+            "or write KEY=[a,b] for a list"
+        )
     if type(error).__name__ == "OverrideParseException":
         bad = next((a for a in args if not _parses(a)), None)
         if bad is not None:
-            return f"{bad}: not a valid override ({first_line}); write KEY=VALUE and quote values with spaces or brackets"
+            return (
+                f"{bad}: not a valid override ({first_line}); write KEY=VALUE and quote values with spaces or brackets"
+            )
     return f"command line: {first_line}"
 
 

@@ -39,8 +39,11 @@ def register() -> None:
     try:
         importlib.import_module(REGISTERING)
     except Exception as error:  # noqa: BLE001 - whatever breaks, the user's own import of transformers goes on
-        warnings.warn(f"encdec could not register its models with transformers' Auto classes ({type(error).__name__}: "
-                      f"{error}); import encdec.prefix_attention before from_pretrained to see why", stacklevel=2)
+        warnings.warn(
+            f"encdec could not register its models with transformers' Auto classes ({type(error).__name__}: "
+            f"{error}); import encdec.prefix_attention before from_pretrained to see why",
+            stacklevel=2,
+        )
 
 
 def _after(name: str) -> None:

@@ -30,8 +30,8 @@ import functools
 import importlib.util
 import inspect
 import os
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Callable, Iterator
 
 from omegaconf.errors import MissingMandatoryValue
 
@@ -41,8 +41,15 @@ from encdec.errors import EncdecError
 ENCDEC_SOURCE = Path(__file__).resolve().parent
 LIGHTNING = Path(importlib.util.find_spec("lightning").origin).resolve().parent
 # Raised in encdec's own source these mean a bug, whatever the input.
-PROGRAMMING_ERRORS = (AssertionError, NameError, AttributeError, ImportError, NotImplementedError, RecursionError,
-                      SyntaxError)
+PROGRAMMING_ERRORS = (
+    AssertionError,
+    NameError,
+    AttributeError,
+    ImportError,
+    NotImplementedError,
+    RecursionError,
+    SyntaxError,
+)
 MESSAGE_LIMIT = 300
 
 _depth = 0  # user_settings blocks now open: an inner one that can name no setting leaves the error to the outer one
@@ -147,8 +154,11 @@ def settings_named(groups: tuple[str, ...]) -> str:
         return override.lstrip("+~").split("=", 1)[0]
 
     last = {key(o): o for o in overrides}  # Hydra applies the last of a key's overrides
-    given = [o.lstrip("+") for o in overrides if last[key(o)] is o
-             and any(key(o) == group or key(o).startswith(group + ".") for group in groups)]
+    given = [
+        o.lstrip("+")
+        for o in overrides
+        if last[key(o)] is o and any(key(o) == group or key(o).startswith(group + ".") for group in groups)
+    ]
     keys = [o for o in given if key(o) not in groups]
     named = keys or given or [f"{group}={choices[group]}" for group in groups if choices.get(group)]
     return " ".join(named)

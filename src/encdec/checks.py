@@ -20,7 +20,9 @@ def validate(cfg: DictConfig, command: str = "train") -> None:
     if cfg.get("generation") is not None:
         _check_sampling(cfg.generation)
     if command == "train":
-        check_push_target(OmegaConf.select(cfg, "export.push_to_hub"), "export.push_to_hub")  # not after hours of training
+        check_push_target(
+            OmegaConf.select(cfg, "export.push_to_hub"), "export.push_to_hub"
+        )  # not after hours of training
         _check_optimizer(cfg)
         _check_xla(cfg)
 
@@ -37,10 +39,14 @@ def check_data(data: DictConfig) -> None:
 
 def check_data_rules(data: DictConfig) -> None:
     if data.get("group_by_length") and data.get("max_tokens_per_batch"):
-        raise EncdecError("data.group_by_length=true and data.max_tokens_per_batch both group rows by length: set one "
-                          "(group_by_length keeps data.batch_size rows per step; the token budget varies them)")
+        raise EncdecError(
+            "data.group_by_length=true and data.max_tokens_per_batch both group rows by length: set one "
+            "(group_by_length keeps data.batch_size rows per step; the token budget varies them)"
+        )
     if data.get("text_column") is not None and data.get("text_column") == data.get("summary_column"):
-        raise EncdecError(f"data.text_column and data.summary_column are both {data.text_column}: name two different columns")
+        raise EncdecError(
+            f"data.text_column and data.summary_column are both {data.text_column}: name two different columns"
+        )
 
 
 def check_generation(generation) -> None:
@@ -63,7 +69,7 @@ def _check_xla(cfg: DictConfig) -> None:
     if accelerator in ("tpu", "xla") and importlib.util.find_spec("torch_xla") is None:
         raise EncdecError(
             f"trainer.accelerator={accelerator} needs torch_xla, which is not installed: on a TPU VM install the "
-            f"torch and torch_xla pair README \"TPU\" names (this torch is {torch.__version__})"
+            f'torch and torch_xla pair README "TPU" names (this torch is {torch.__version__})'
         )
 
 
@@ -88,7 +94,13 @@ def _check_optimizer(cfg: DictConfig) -> None:
     except (TypeError, ValueError, RuntimeError) as error:
         message = " ".join(str(error).split())[:200]
         # torch names the quantity, not the argument: map its wording back to the key the user set.
-        words = {"learning rate": "lr", "weight_decay": "weight_decay", "beta": "betas", "epsilon": "eps", "momentum": "momentum"}
+        words = {
+            "learning rate": "lr",
+            "weight_decay": "weight_decay",
+            "beta": "betas",
+            "epsilon": "eps",
+            "momentum": "momentum",
+        }
         key = next((k for word, k in words.items() if word in message.lower() and k in cfg.optimizer), None)
         culprit = f"optimizer.{key}={_show(cfg.optimizer[key])}" if key else "optimizer"
         raise EncdecError(f"{culprit}: {message}") from None
@@ -110,8 +122,9 @@ def check_generation_length(model) -> None:
     positions = getattr(model.decoder.config, "max_position_embeddings", None)
     if isinstance(steps, int) and isinstance(positions, int) and steps > positions:
         key = "max_new_tokens" if config.max_new_tokens is not None else "max_length"
-        raise EncdecError(f"generation.{key}={steps} runs past the decoder's {positions} positions: "
-                          f"set generation.{key}<={positions}")
+        raise EncdecError(
+            f"generation.{key}={steps} runs past the decoder's {positions} positions: set generation.{key}<={positions}"
+        )
 
 
 def check_forward_pass(model, encoder_tokenizer, decoder_tokenizer, cfg: DictConfig) -> None:
@@ -121,9 +134,15 @@ def check_forward_pass(model, encoder_tokenizer, decoder_tokenizer, cfg: DictCon
     embeddings = model.encoder.get_input_embeddings().num_embeddings
     if len(encoder_tokenizer) > embeddings:
         size = cfg.encoder.get("overrides", {}).get("vocab_size")
-        culprit = f"encoder.overrides.vocab_size={size}" if size is not None else f"encoder.tokenizer={encoder_tokenizer.name_or_path}"
-        raise EncdecError(f"{culprit}: the encoder embeds {embeddings} tokens but its tokenizer has "
-                          f"{len(encoder_tokenizer)}: give the encoder at least as many (or its own tokenizer)")
+        culprit = (
+            f"encoder.overrides.vocab_size={size}"
+            if size is not None
+            else f"encoder.tokenizer={encoder_tokenizer.name_or_path}"
+        )
+        raise EncdecError(
+            f"{culprit}: the encoder embeds {embeddings} tokens but its tokenizer has "
+            f"{len(encoder_tokenizer)}: give the encoder at least as many (or its own tokenizer)"
+        )
     source = torch.tensor([[encoder_tokenizer.pad_token_id or 0, len(encoder_tokenizer) - 1]])
     target = torch.tensor([[model.config.decoder_start_token_id, len(decoder_tokenizer) - 1]])
     training = model.training

@@ -7,8 +7,9 @@ import functools
 import logging
 import os
 import warnings
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
@@ -47,8 +48,9 @@ def command_line(argv: list[str], config_name: str, config_dir: Path) -> list[st
     expanded = resume_arguments(argv) if config_name == "train" else argv
     resuming, argv = expanded is not argv, expanded
     try:
-        args, cfg = checked_arguments(argv[1:], config_name, config_dir, check_job=functools.partial(
-            check_sweep_job, command=config_name))
+        args, cfg = checked_arguments(
+            argv[1:], config_name, config_dir, check_job=functools.partial(check_sweep_job, command=config_name)
+        )
         if cfg is not None and not resuming and cfg.hydra.output_subdir is not None:
             # Hydra writes .hydra/ before the task runs: a folder holding results is refused before that.
             run_dir = Path(cfg.hydra.run.dir).expanduser().absolute()
@@ -75,12 +77,18 @@ def resume_arguments(argv: list[str]) -> list[str]:
         return argv
     run_dir = Path(resume[0]).expanduser().resolve()
     if not (run_dir / SAVED_CONFIG).is_file():
-        exit_with(EncdecError(f"resume={resume[0]} is not a run folder (no {SAVED_CONFIG}): give outputs/<date>/<time>"))
+        exit_with(
+            EncdecError(f"resume={resume[0]} is not a run folder (no {SAVED_CONFIG}): give outputs/<date>/<time>")
+        )
     ignored = [arg for arg in argv[1:] if not arg.startswith(("resume=", "hydra.", "-"))]
     if ignored:
         # The run continues from its own saved config, so another value would be silently dropped: say so instead.
-        exit_with(EncdecError(f"resume={resume[0]} continues the run exactly as it was configured, so {ignored[0]} "
-                              "would be ignored: drop it, or start a new run to change settings"))
+        exit_with(
+            EncdecError(
+                f"resume={resume[0]} continues the run exactly as it was configured, so {ignored[0]} "
+                "would be ignored: drop it, or start a new run to change settings"
+            )
+        )
     return [*argv, f"hydra.run.dir={run_dir}", "hydra.output_subdir=null"]
 
 
@@ -103,7 +111,9 @@ def guarded(task: Callable[[DictConfig], Any], cfg: DictConfig) -> Any:
         if error.errno != errno.ENOSPC:
             raise
         where = f" while writing {error.filename}" if error.filename else ""
-        failure = EncdecError(f"disk full{where}: free space or point hydra.run.dir at a larger disk; "
-                              "files already written were left whole")
+        failure = EncdecError(
+            f"disk full{where}: free space or point hydra.run.dir at a larger disk; "
+            "files already written were left whole"
+        )
         run_dir = None  # the run folder stays: what it holds is whole
     exit_with(failure, run_dir, _existing_before_run)

@@ -14,8 +14,8 @@ import importlib
 import io
 import re
 import sys
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 from encdec.errors import EncdecError, exit_with
 
@@ -35,8 +35,10 @@ def config_dir() -> Path:
     for folder in (package / "conf", package.parents[1] / "conf"):
         if (folder / "train.yaml").is_file():
             return folder
-    raise EncdecError(f"encdec's configs are missing: neither {package / 'conf'} nor {package.parents[1] / 'conf'} "
-                      "holds train.yaml; reinstall encdec (pip install encdec, or pip install . in a checkout)")
+    raise EncdecError(
+        f"encdec's configs are missing: neither {package / 'conf'} nor {package.parents[1] / 'conf'} "
+        "holds train.yaml; reinstall encdec (pip install encdec, or pip install . in a checkout)"
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int | None:
@@ -89,18 +91,28 @@ def _run_hydra_app(command: str, args: list[str], conf: Path) -> None:
         with contextlib.redirect_stdout(text):
             app()
     finally:
-        print(re.sub(r"(?:python |encdec )?\b(train|eval|predict|export|report)\.py\b", r"encdec \1", text.getvalue()),
-              end="")
+        print(
+            re.sub(r"(?:python |encdec )?\b(train|eval|predict|export|report)\.py\b", r"encdec \1", text.getvalue()),
+            end="",
+        )
 
 
 def usage() -> str:
-    lines = ["encdec: warm-start encoder-decoder summarizers on Lightning + Hydra.", "",
-             "Usage: encdec COMMAND [GROUP=OPTION ...] [KEY=VALUE ...] [--config-dir MYCONF]", "",
-             "Commands (encdec COMMAND --help shows each one's settings and examples):"]
+    lines = [
+        "encdec: warm-start encoder-decoder summarizers on Lightning + Hydra.",
+        "",
+        "Usage: encdec COMMAND [GROUP=OPTION ...] [KEY=VALUE ...] [--config-dir MYCONF]",
+        "",
+        "Commands (encdec COMMAND --help shows each one's settings and examples):",
+    ]
     lines += [f"  {name:<9}{what}" for name, (_, _, what) in COMMANDS.items()]
-    lines += ["", "  encdec train encoder=tiny decoder=tiny trainer.max_steps=3    a smoke run: outputs/<date>/<time>/ here",
-              "  encdec train --config-dir myconf data=mydata                 your own groups beside the packaged ones",
-              "  encdec eval model_path=outputs/DATE/TIME", ""]
+    lines += [
+        "",
+        "  encdec train encoder=tiny decoder=tiny trainer.max_steps=3    a smoke run: outputs/<date>/<time>/ here",
+        "  encdec train --config-dir myconf data=mydata                 your own groups beside the packaged ones",
+        "  encdec eval model_path=outputs/DATE/TIME",
+        "",
+    ]
     try:
         conf = config_dir()
     except EncdecError as error:

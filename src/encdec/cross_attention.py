@@ -322,7 +322,6 @@ def freeze_base(model: nn.Module) -> int:
     return frozen
 
 
-
 def __getattr__(name: str):
     # `tiny_causal_lm_config` lived here until it moved to `encdec.tiny_configs`: old imports keep working, and an
     # hf_model/ export, which copies this file, does not have to carry the tiny configs.

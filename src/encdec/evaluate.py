@@ -25,15 +25,23 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
     apply_generation_overrides(model, decoder_tokenizer, cfg.get("generation"))
     dataset = load_splits(cfg.data)[cfg.split]
     predictions = summarize(
-        model, encoder_tokenizer, decoder_tokenizer, list(dataset["document"]),
-        batch_size=cfg.data.eval_batch_size, max_source_length=cfg.data.max_source_length, device=device,
+        model,
+        encoder_tokenizer,
+        decoder_tokenizer,
+        list(dataset["document"]),
+        batch_size=cfg.data.eval_batch_size,
+        max_source_length=cfg.data.max_source_length,
+        device=device,
         max_tokens=budget,
     )
     metrics = {f"{cfg.split}/{name}": value for name, value in rouge(predictions, list(dataset["summary"])).items()}
     if cfg.get("baselines", True):
         metrics.update(lead_baselines(list(dataset["document"]), list(dataset["summary"])))
     out_dir = Path(HydraConfig.get().runtime.output_dir)
-    rows = ({"document": d, "reference": r, "prediction": p} for d, r, p in zip(dataset["document"], dataset["summary"], predictions))
+    rows = (
+        {"document": d, "reference": r, "prediction": p}
+        for d, r, p in zip(dataset["document"], dataset["summary"], predictions)
+    )
     run_folder.write_jsonl(out_dir / run_folder.PREDICTIONS, rows)
     run_folder.write_json(out_dir / run_folder.METRICS, {**metrics, "model_path": str(cfg.model_path)})
     print(json.dumps(metrics, indent=2))
@@ -67,7 +75,7 @@ def _data_of_the_run(cfg: DictConfig) -> None:
     data = OmegaConf.create(OmegaConf.to_container(trained.data, resolve=True))
     for key in keys:
         if key.startswith("data."):
-            OmegaConf.update(data, key[len("data."):], OmegaConf.select(cfg, key), force_add=True)
+            OmegaConf.update(data, key[len("data.") :], OmegaConf.select(cfg, key), force_add=True)
     with open_dict(cfg):
         cfg.data = data
     print(f"data: {data.name}, as the model was trained (data=NAME picks other data)", file=sys.stderr)
@@ -103,8 +111,13 @@ def predict(cfg: DictConfig) -> None:
     texts = [line for line in lines if line.strip()]
     summaries = iter(
         summarize(
-            model, encoder_tokenizer, decoder_tokenizer, texts,
-            batch_size=cfg.batch_size, max_source_length=max_source_length, device=device,
+            model,
+            encoder_tokenizer,
+            decoder_tokenizer,
+            texts,
+            batch_size=cfg.batch_size,
+            max_source_length=max_source_length,
+            device=device,
             max_tokens=budget,
         )
     )

@@ -12,10 +12,10 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 
 import encdec
-from encdec.cross_attention import MODEL_TYPE
-from encdec.prefix_attention import DECODER_TYPE, ENCODER_TYPE
 from encdec import run_folder
+from encdec.cross_attention import MODEL_TYPE
 from encdec.errors import EncdecError
+from encdec.prefix_attention import DECODER_TYPE, ENCODER_TYPE
 
 REMOTE_CODE_ENTRY = "modeling_encdec"
 AUTO_MAP = {
@@ -29,8 +29,10 @@ _OTHER_ENCDEC_IMPORT = re.compile(r"^\s*(import encdec\b|from encdec\b)", re.MUL
 
 def needs_remote_code(model) -> bool:
     """Whether plain transformers lacks a side's classes (encdec's cross-attention, or its prefix pair)."""
-    return (getattr(model.config.decoder, "model_type", None) in (MODEL_TYPE, DECODER_TYPE)
-            or getattr(model.config.encoder, "model_type", None) == ENCODER_TYPE)
+    return (
+        getattr(model.config.decoder, "model_type", None) in (MODEL_TYPE, DECODER_TYPE)
+        or getattr(model.config.encoder, "model_type", None) == ENCODER_TYPE
+    )
 
 
 def write_remote_code(folder: Path) -> list[str]:
@@ -43,12 +45,17 @@ def write_remote_code(folder: Path) -> list[str]:
         module, name = pending.pop()
         text = _ENCDEC_IMPORT.sub(r"\1from .\2 import", (package / f"{module}.py").read_text(encoding="utf-8"))
         if _OTHER_ENCDEC_IMPORT.search(text):
-            raise RuntimeError(f"encdec/{module}.py imports encdec in a form the export cannot make relative "
-                               "(use `from encdec.MODULE import NAME`)")
+            raise RuntimeError(
+                f"encdec/{module}.py imports encdec in a form the export cannot make relative "
+                "(use `from encdec.MODULE import NAME`)"
+            )
         (folder / f"{name}.py").write_text(text, encoding="utf-8")
         written.append(f"{name}.py")
-        pending += [(needed, needed) for needed in _RELATIVE_IMPORT.findall(text)
-                    if f"{needed}.py" not in written and (needed, needed) not in pending]
+        pending += [
+            (needed, needed)
+            for needed in _RELATIVE_IMPORT.findall(text)
+            if f"{needed}.py" not in written and (needed, needed) not in pending
+        ]
     config_path = folder / "config.json"
     config = json.loads(config_path.read_text(encoding="utf-8"))
     config["auto_map"] = AUTO_MAP
@@ -67,13 +74,16 @@ def check_push_target(repo_id, key: str) -> None:
     try:
         validate_repo_id(str(repo_id))
     except HFValidationError as error:
-        raise EncdecError(f"{key}={repo_id} is not a Hub repository name ({str(error).splitlines()[0]}): "
-                          "use ORG/NAME") from None
+        raise EncdecError(
+            f"{key}={repo_id} is not a Hub repository name ({str(error).splitlines()[0]}): use ORG/NAME"
+        ) from None
     if os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on"):
         raise EncdecError(f"{key}={repo_id} needs the Hub, but HF_HUB_OFFLINE is set: unset it, or drop {key}")
     if get_token() is None:
-        raise EncdecError(f"{key}={repo_id} needs a Hugging Face token with write access: run `hf auth login` or "
-                          f"set HF_TOKEN, or drop {key}")
+        raise EncdecError(
+            f"{key}={repo_id} needs a Hugging Face token with write access: run `hf auth login` or "
+            f"set HF_TOKEN, or drop {key}"
+        )
 
 
 def push_to_hub(folder: Path, repo_id: str, key: str) -> str:
@@ -84,12 +94,15 @@ def push_to_hub(folder: Path, repo_id: str, key: str) -> str:
     api = HfApi()
     try:
         api.create_repo(repo_id, repo_type="model", exist_ok=True)
-        api.upload_folder(folder_path=str(folder), repo_id=repo_id, repo_type="model",
-                          commit_message="Upload an encdec summarizer")
+        api.upload_folder(
+            folder_path=str(folder), repo_id=repo_id, repo_type="model", commit_message="Upload an encdec summarizer"
+        )
     except Exception as error:  # noqa: BLE001 - HTTP, network and auth errors of huggingface_hub and httpx alike
         first = next((line.strip() for line in str(error).splitlines() if line.strip()), type(error).__name__)
-        raise EncdecError(f"{key}={repo_id}: the upload failed ({type(error).__name__}: {first[:200]}); {folder} is "
-                          f"complete, upload it later with `hf upload {repo_id} {folder}`") from error
+        raise EncdecError(
+            f"{key}={repo_id}: the upload failed ({type(error).__name__}: {first[:200]}); {folder} is "
+            f"complete, upload it later with `hf upload {repo_id} {folder}`"
+        ) from error
     return f"https://huggingface.co/{repo_id}"
 
 
@@ -107,8 +120,10 @@ def export(cfg: DictConfig) -> Path:
     path = Path(str(cfg.model_path)).expanduser()
     if not path.exists():
         raise EncdecError(f"model_path={path}: no such file or folder")
-    run_dir = next((folder for folder in (path, path.parent, path.parent.parent)
-                    if (folder / run_folder.SAVED_CONFIG).is_file()), None)
+    run_dir = next(
+        (folder for folder in (path, path.parent, path.parent.parent) if (folder / run_folder.SAVED_CONFIG).is_file()),
+        None,
+    )
     target = Path(str(cfg.output_dir)).expanduser() if cfg.get("output_dir") else _default_target(path, run_dir)
     if cfg.format == "onnx" and not cfg.get("output_dir"):
         target = target.with_name("onnx")
@@ -122,8 +137,15 @@ def export(cfg: DictConfig) -> Path:
         export_onnx(model, encoder_tokenizer, decoder_tokenizer, target, max_source_length or 512)
     else:
         share_weights = bool(run_config is not None and run_config.get("model", {}).get("share_weights"))
-        run_folder.export_hf_model(model, encoder_tokenizer, decoder_tokenizer, target, untie=share_weights,
-                                   run_config=run_config, metrics=run_folder_metrics(run_dir))
+        run_folder.export_hf_model(
+            model,
+            encoder_tokenizer,
+            decoder_tokenizer,
+            target,
+            untie=share_weights,
+            run_config=run_config,
+            metrics=run_folder_metrics(run_dir),
+        )
     print(f"exported {target}", flush=True)
     if cfg.get("push_to_hub"):
         print(f"uploaded {push_to_hub(target, cfg.push_to_hub, 'push_to_hub')}", flush=True)
@@ -136,5 +158,6 @@ def _default_target(path: Path, run_dir: Path | None) -> Path:
         return path
     if run_dir is not None and path == run_dir:
         return run_dir / run_folder.HF_MODEL
-    raise EncdecError(f"model_path={path} is not a run folder nor an hf_model/ export: give output_dir=FOLDER "
-                      "for its export")
+    raise EncdecError(
+        f"model_path={path} is not a run folder nor an hf_model/ export: give output_dir=FOLDER for its export"
+    )

@@ -61,8 +61,11 @@ def _layer_names(part: torch.nn.Module) -> list[str]:
     """The distinct last names of the layers LoRA can wrap (Linear; GPT-2's Conv1D), cross-attention left out."""
     from transformers.pytorch_utils import Conv1D
 
-    names = {name.rpartition(".")[2] for name, module in part.named_modules()
-             if isinstance(module, (torch.nn.Linear, Conv1D)) and not is_cross_attention(name)}
+    names = {
+        name.rpartition(".")[2]
+        for name, module in part.named_modules()
+        if isinstance(module, (torch.nn.Linear, Conv1D)) and not is_cross_attention(name)
+    }
     return sorted(names)
 
 

@@ -13,8 +13,10 @@ from pathlib import Path
 
 from encdec.errors import EncdecError
 
-CONVERT = ("convert it with transformers 4.57 first: python scripts/tf_flax_to_encdec.py {folder} EXPORT OUT "
-           "(EXPORT: the encdec export it was fine-tuned from, for its tokenizers), then use OUT")
+CONVERT = (
+    "convert it with transformers 4.57 first: python scripts/tf_flax_to_encdec.py {folder} EXPORT OUT "
+    "(EXPORT: the encdec export it was fine-tuned from, for its tokenizers), then use OUT"
+)
 
 
 def check_pytorch_weights(folder: Path, given: Path) -> None:
@@ -28,14 +30,18 @@ def check_pytorch_weights(folder: Path, given: Path) -> None:
         except (SafetensorError, OSError):
             return  # damaged: the load itself reports it, with the checkpoint to use instead
         if written_by in ("tf", "flax"):
-            raise EncdecError(f"model_path={given}: {file.name} was written by {_framework(written_by)} (its weight "
-                              "names are not PyTorch's; transformers 5 would load a random model without an error): "
-                              + CONVERT.format(folder=folder))
+            raise EncdecError(
+                f"model_path={given}: {file.name} was written by {_framework(written_by)} (its weight "
+                "names are not PyTorch's; transformers 5 would load a random model without an error): "
+                + CONVERT.format(folder=folder)
+            )
     if not any(folder.glob("*.safetensors")) and not any(folder.glob("pytorch_model*.bin")):
         for name, framework in (("tf_model.h5", "tf"), ("flax_model.msgpack", "flax")):
             if (folder / name).is_file():
-                raise EncdecError(f"model_path={given}: {folder} holds {_framework(framework)} weights ({name}) only, "
-                                  "which transformers 5 cannot read: " + CONVERT.format(folder=folder))
+                raise EncdecError(
+                    f"model_path={given}: {folder} holds {_framework(framework)} weights ({name}) only, "
+                    "which transformers 5 cannot read: " + CONVERT.format(folder=folder)
+                )
 
 
 def _framework(written_by: str) -> str:

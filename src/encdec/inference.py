@@ -16,10 +16,10 @@ import encdec.cross_attention  # noqa: F401  (registers encdec's decoders with t
 import encdec.prefix_attention  # noqa: F401  (and the prefix pair's encoder and decoder)
 from encdec import run_folder
 from encdec.boundary import user_settings
+from encdec.data.sampling import EvalBatchSampler
 from encdec.errors import EncdecError
 from encdec.finetune import add_lora, merged_copy
 from encdec.foreign_weights import check_pytorch_weights
-from encdec.data.sampling import EvalBatchSampler
 from encdec.models import attention_kernels, configure_generation, load_tokenizer
 
 
@@ -30,7 +30,9 @@ def load_trained(path: str | Path) -> tuple[EncoderDecoderModel, PreTrainedToken
         raise EncdecError(f"model_path={path}: no such file or folder")
     if path.is_file():
         if path.suffix != ".ckpt":
-            raise EncdecError(f"model_path={path} is a file but not a .ckpt checkpoint: give a run folder, hf_model/ or .ckpt")
+            raise EncdecError(
+                f"model_path={path} is a file but not a .ckpt checkpoint: give a run folder, hf_model/ or .ckpt"
+            )
         return _load_checkpoint(path)
     if path.suffix == ".ckpt":  # a DeepSpeed checkpoint: a folder of per-rank shards
         # Gathered beside it, not in /tmp: the full float32 weights need the disk the checkpoints already fit on.
@@ -43,10 +45,12 @@ def load_trained(path: str | Path) -> tuple[EncoderDecoderModel, PreTrainedToken
         check_pytorch_weights(path, given)
     if (path / "config.json").is_file() and (path / run_folder.ENCODER_TOKENIZER).is_dir():
         model = _load_export(given, path, "model", EncoderDecoderModel.from_pretrained, path)
-        encoder_tokenizer = _load_export(given, path, "encoder tokenizer", AutoTokenizer.from_pretrained,
-                                         path / run_folder.ENCODER_TOKENIZER)
-        decoder_tokenizer = _load_export(given, path, "decoder tokenizer", AutoTokenizer.from_pretrained,
-                                         path / run_folder.DECODER_TOKENIZER)
+        encoder_tokenizer = _load_export(
+            given, path, "encoder tokenizer", AutoTokenizer.from_pretrained, path / run_folder.ENCODER_TOKENIZER
+        )
+        decoder_tokenizer = _load_export(
+            given, path, "decoder tokenizer", AutoTokenizer.from_pretrained, path / run_folder.DECODER_TOKENIZER
+        )
         return model.eval(), encoder_tokenizer, decoder_tokenizer
     if path.name == run_folder.HF_MODEL and (path / "config.json").is_file():
         raise EncdecError(
@@ -93,7 +97,9 @@ def _load_checkpoint(path: Path):
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:
-        raise EncdecError(f"model_path={path} is not a readable checkpoint ({type(error).__name__}): it may be truncated") from error
+        raise EncdecError(
+            f"model_path={path} is not a readable checkpoint ({type(error).__name__}): it may be truncated"
+        ) from error
     if not isinstance(checkpoint, dict) or "encdec" not in checkpoint or "state_dict" not in checkpoint:
         raise EncdecError(f"model_path={path} is not a checkpoint written by encdec's train.py")
     saved = checkpoint["encdec"]
@@ -153,7 +159,9 @@ def pick_device(requested: str = "auto") -> torch.device:
     elif device.type != "cpu":
         backend = torch.backends.mps if device.type == "mps" else getattr(torch, device.type, None)
         if not callable(getattr(backend, "is_available", None)) or not backend.is_available():
-            raise EncdecError(f"device={requested} but no {device.type} device is available here: use device=auto or device=cpu")
+            raise EncdecError(
+                f"device={requested} but no {device.type} device is available here: use device=auto or device=cpu"
+            )
     return device
 
 
@@ -178,13 +186,19 @@ def summarize(
     summary_room = 0
     if max_tokens is not None:
         summary_room = model.generation_config.max_new_tokens or model.generation_config.max_length or 0
-    batches = list(EvalBatchSampler([len(ids) for ids in encoded], batch_size, max_tokens=max_tokens,
-                                    target_tokens=summary_room))
+    batches = list(
+        EvalBatchSampler([len(ids) for ids in encoded], batch_size, max_tokens=max_tokens, target_tokens=summary_room)
+    )
     summaries: list[str] = [""] * len(documents)
     for batch in tqdm(batches, desc="summarizing", disable=not progress or len(batches) < 2):
         padded = encoder_tokenizer.pad({"input_ids": [encoded[i] for i in batch]}, return_tensors="pt")
-        texts = generate_texts(model, decoder_tokenizer, padded["input_ids"].to(device), padded["attention_mask"].to(device),
-                               cudnn_attention=cudnn_attention)
+        texts = generate_texts(
+            model,
+            decoder_tokenizer,
+            padded["input_ids"].to(device),
+            padded["attention_mask"].to(device),
+            cudnn_attention=cudnn_attention,
+        )
         for index, text in zip(batch, texts):
             summaries[index] = text
     return summaries

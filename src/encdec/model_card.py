@@ -20,12 +20,25 @@ _HUB_NAMES = {
 }
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
 _ROUGE_COLUMNS = ("rouge1", "rouge2", "rougeL")
-_SCORE_ROWS = (("validation", "val/{}"), ("test", "test/{}"),
-               ("lead-1 baseline (first sentence)", "baseline/lead1/{}"),
-               ("lead-3 baseline (first three sentences)", "baseline/lead3/{}"))
+_SCORE_ROWS = (
+    ("validation", "val/{}"),
+    ("test", "test/{}"),
+    ("lead-1 baseline (first sentence)", "baseline/lead1/{}"),
+    ("lead-3 baseline (first three sentences)", "baseline/lead3/{}"),
+)
 # The decoding settings a reader needs to reproduce the scores; the rest of generation_config.json is ids.
-_GENERATION_KEYS = ("num_beams", "max_new_tokens", "min_new_tokens", "length_penalty", "no_repeat_ngram_size",
-                    "repetition_penalty", "do_sample", "top_k", "top_p", "temperature")
+_GENERATION_KEYS = (
+    "num_beams",
+    "max_new_tokens",
+    "min_new_tokens",
+    "length_penalty",
+    "no_repeat_ngram_size",
+    "repetition_penalty",
+    "do_sample",
+    "top_k",
+    "top_p",
+    "temperature",
+)
 
 
 def render(model, run_config: DictConfig | None, metrics: dict | None, remote_code: bool) -> str:
@@ -38,10 +51,17 @@ def render(model, run_config: DictConfig | None, metrics: dict | None, remote_co
     dataset = _dataset(data)
     metadata = {
         # One entry per model: MiniLM -> MiniLM (or BERTShare) warm-starts both sides from the same checkpoint.
-        "base_model": list(dict.fromkeys(
-            name for name in (_hub_name(side.get("pretrained")) for side in (encoder, decoder)
-                              if side.get("init", "pretrained") == "pretrained")
-            if name and _HUB_ID.match(name))),
+        "base_model": list(
+            dict.fromkeys(
+                name
+                for name in (
+                    _hub_name(side.get("pretrained"))
+                    for side in (encoder, decoder)
+                    if side.get("init", "pretrained") == "pretrained"
+                )
+                if name and _HUB_ID.match(name)
+            )
+        ),
         "datasets": [dataset] if dataset and _HUB_ID.match(dataset) else [],
         "metrics": ["rouge"],
         "library_name": "transformers",
@@ -49,18 +69,28 @@ def render(model, run_config: DictConfig | None, metrics: dict | None, remote_co
         "tags": ["summarization", "encoder-decoder", "encdec"] + (["custom_code"] if remote_code else []),
     }
     metadata = {key: value for key, value in metadata.items() if value}
-    cross_attention = ("encdec's gated cross-attention, whose modeling code is in this folder" if remote_code
-                       else "its own cross-attention")
+    cross_attention = (
+        "encdec's gated cross-attention, whose modeling code is in this folder"
+        if remote_code
+        else "its own cross-attention"
+    )
     lines = [
-        "---", yaml.safe_dump(metadata, sort_keys=False).strip(), "---", "",
-        f"# {encoder_name} → {decoder_name} summarizer", "",
+        "---",
+        yaml.safe_dump(metadata, sort_keys=False).strip(),
+        "---",
+        "",
+        f"# {encoder_name} → {decoder_name} summarizer",
+        "",
         f"An encoder-decoder summarizer built from {_start(encoder_name, encoder)} as encoder and "
         f"{_start(decoder_name, decoder)} as decoder (with {cross_attention}), fine-tuned with "
         f"encdec on **{dataset or data.get('name', 'unknown data')}**"
-        + (f" for {metrics['train/steps']} steps." if metrics and "train/steps" in metrics else "."), "",
+        + (f" for {metrics['train/steps']} steps." if metrics and "train/steps" in metrics else "."),
+        "",
         *_scores(metrics or {}),
-        f"Generation settings (`generation_config.json`): {_generation(model.generation_config)}.", "",
-        "## How to use", "",
+        f"Generation settings (`generation_config.json`): {_generation(model.generation_config)}.",
+        "",
+        "## How to use",
+        "",
         "```python",
         "from transformers import AutoModelForSeq2SeqLM, AutoTokenizer",
         "",
@@ -70,12 +100,16 @@ def render(model, run_config: DictConfig | None, metrics: dict | None, remote_co
         'target_tokenizer = AutoTokenizer.from_pretrained(path, subfolder="decoder_tokenizer")',
         'ids = model.generate(**source_tokenizer(["Text to summarize ..."], return_tensors="pt"))',
         "print(target_tokenizer.batch_decode(ids, skip_special_tokens=True))",
-        "```", "",
+        "```",
+        "",
     ]
     if remote_code:
-        lines += ["`trust_remote_code=True` runs `modeling_encdec.py` and `cross_attention*.py` from this folder; with "
-                  "the `encdec` package installed and imported, `EncoderDecoderModel.from_pretrained(path)` loads it "
-                  "without that flag.", ""]
+        lines += [
+            "`trust_remote_code=True` runs `modeling_encdec.py` and `cross_attention*.py` from this folder; with "
+            "the `encdec` package installed and imported, `EncoderDecoderModel.from_pretrained(path)` loads it "
+            "without that flag.",
+            "",
+        ]
     lines += ["The license is the user's to set: it must respect the licenses of the base models and the data.", ""]
     return "\n".join(lines)
 
@@ -119,8 +153,12 @@ def _scores(metrics: dict) -> list[str]:
     rows = [(label, values) for label, values in rows if all(isinstance(v, (int, float)) for v in values)]
     if not rows:
         return []
-    return ["| | ROUGE-1 | ROUGE-2 | ROUGE-L |", "|---|---|---|---|",
-            *(f"| {label} | " + " | ".join(f"{value:.2f}" for value in values) + " |" for label, values in rows), ""]
+    return [
+        "| | ROUGE-1 | ROUGE-2 | ROUGE-L |",
+        "|---|---|---|---|",
+        *(f"| {label} | " + " | ".join(f"{value:.2f}" for value in values) + " |" for label, values in rows),
+        "",
+    ]
 
 
 def _generation(generation_config) -> str:

@@ -46,7 +46,10 @@ def side_config(side: DictConfig, role: str) -> tuple[str, PretrainedConfig]:
     """Resolve the side's source and load its config with `overrides` applied (like `encoder_`-prefixed kwargs)."""
     resolved = sources.resolve(side.pretrained, f"{role}.pretrained")
     config = sources.load_from_hub_or_cache(
-        AutoConfig.from_pretrained, resolved, f"{role}.pretrained", trust_remote_code=bool(side.get("trust_remote_code"))
+        AutoConfig.from_pretrained,
+        resolved,
+        f"{role}.pretrained",
+        trust_remote_code=bool(side.get("trust_remote_code")),
     )
     overrides = as_dict(side.get("overrides"))
     known = set(config.to_dict())
@@ -65,7 +68,10 @@ def load_tokenizer(side: DictConfig, role: str) -> PreTrainedTokenizerBase:
     source = side.get("tokenizer") or side.pretrained
     resolved = sources.resolve(source, f"{role}.tokenizer" if side.get("tokenizer") else f"{role}.pretrained")
     return sources.load_from_hub_or_cache(
-        AutoTokenizer.from_pretrained, resolved, f"{role}.pretrained", trust_remote_code=bool(side.get("trust_remote_code"))
+        AutoTokenizer.from_pretrained,
+        resolved,
+        f"{role}.pretrained",
+        trust_remote_code=bool(side.get("trust_remote_code")),
     )
 
 
@@ -116,8 +122,10 @@ def cross_attention_kind(side: DictConfig, encoder_config: PretrainedConfig) -> 
         problem = prefix_attention.pairing_problem(encoder_config, side_config(side, "decoder")[1])
         kind = "gated" if problem else "prefix"
         if kind == "prefix":
-            _say_once("decoder.cross_attention.kind=auto: prefix (encoder and decoder are one decoder-only "
-                      "architecture: the decoder's self-attention reads the encoder's keys and values, layer by layer)")
+            _say_once(
+                "decoder.cross_attention.kind=auto: prefix (encoder and decoder are one decoder-only "
+                "architecture: the decoder's self-attention reads the encoder's keys and values, layer by layer)"
+            )
     return kind
 
 
@@ -180,7 +188,9 @@ def _start_missing_lm_head(lm: PreTrainedModel, missing: list[str], side: DictCo
     started = how == "identity" and warm_start.identity_head_transform(lm)
     log.warning(
         "decoder.pretrained=%s has no LM head in its checkpoint (%s): the decoder starts as no language model; "
-        "its head %s", side.pretrained, ", ".join(sorted({k.rsplit(".", 1)[0] for k in head})),
+        "its head %s",
+        side.pretrained,
+        ", ".join(sorted({k.rsplit(".", 1)[0] for k in head})),
         "transform starts as the identity before the tied embeddings" if started else "starts random",
     )
 
@@ -363,8 +373,10 @@ def configure_generation(model: EncoderDecoderModel, decoder_tokenizer, generati
     cache = settings.get("cache_implementation")
     family = getattr(getattr(model.decoder.config, "base_config", model.decoder.config), "model_type", None)
     if cache == "static" and family in NO_STATIC_CACHE:
-        raise EncdecError(f"generation.cache_implementation=static does not work with the {family} decoder "
-                          "(its positions come from the attention mask): use dynamic")
+        raise EncdecError(
+            f"generation.cache_implementation=static does not work with the {family} decoder "
+            "(its positions come from the attention mask): use dynamic"
+        )
     model.generation_config.update(**{k: v for k, v in settings.items() if v is not None})
     if not settings.get("do_sample"):
         for key in ("top_k", "top_p", "temperature"):

@@ -29,8 +29,9 @@ def check_available() -> None:
         import onnxruntime  # noqa: F401
         import onnxscript  # noqa: F401
     except ImportError as missing:
-        raise EncdecError(f"format=onnx needs {missing.name}: pip install 'encdec[onnx]' (onnx, onnxruntime, "
-                          "onnxscript)") from None
+        raise EncdecError(
+            f"format=onnx needs {missing.name}: pip install 'encdec[onnx]' (onnx, onnxruntime, onnxscript)"
+        ) from None
 
 
 def export_onnx(model, encoder_tokenizer, decoder_tokenizer, target: Path, max_source_length: int) -> None:
@@ -44,34 +45,50 @@ def export_onnx(model, encoder_tokenizer, decoder_tokenizer, target: Path, max_s
     self_layers = len(self_shapes)
 
     def fill(folder: Path) -> None:
-        documents = encoder_tokenizer(["a first document of some words .", "a second , longer document with more "
-                                       "words than the first one has ."], return_tensors="pt", padding=True)
+        documents = encoder_tokenizer(
+            ["a first document of some words .", "a second , longer document with more words than the first one has ."],
+            return_tensors="pt",
+            padding=True,
+        )
         source_ids, source_mask = documents["input_ids"], documents["attention_mask"]
         with torch.no_grad():
             states, *cross = EncoderGraph(model, cross_layers)(source_ids, source_mask)
         # Example sizes above 1, with sizes from 1 allowed: the exporter specialises dimensions it sees at 0 or 1.
         batch, source, past = (torch.export.Dim(name, min=1) for name in ("batch", "source", "past"))
         cross_names = [f"cross.{j}.{part}" for j in range(len(cross_layers)) for part in ("key", "value")]
-        _export(EncoderGraph(model, cross_layers), (source_ids, source_mask), folder / "encoder.onnx",
-                ["input_ids", "attention_mask"], ["encoder_hidden_states", *cross_names],
-                ({0: batch, 1: source}, {0: batch, 1: source}))
+        _export(
+            EncoderGraph(model, cross_layers),
+            (source_ids, source_mask),
+            folder / "encoder.onnx",
+            ["input_ids", "attention_mask"],
+            ["encoder_hidden_states", *cross_names],
+            ({0: batch, 1: source}, {0: batch, 1: source}),
+        )
         # One tensor per input: the exporter would make inputs that alias one tensor one graph input.
         self_past = [torch.randn(2, heads, EXAMPLE_PAST, size) for heads, size in self_shapes for _ in range(2)]
         tokens = torch.full((2, 1), model.generation_config.decoder_start_token_id, dtype=torch.long)
         past_names = [f"past.{i}.{part}" for i in range(self_layers) for part in ("key", "value")]
-        _export(DecoderStepGraph(model, self_layers, cross_layers),
-                (tokens, states, source_mask, *self_past, *cross),
-                folder / "decoder.onnx",
-                ["input_ids", "encoder_hidden_states", "encoder_attention_mask", *past_names, *cross_names],
-                ["logits", *[name.replace("past.", "present.") for name in past_names]],
-                ({0: batch}, {0: batch, 1: source}, {0: batch, 1: source},  # the last: the cache (`*past`)
-                 ({0: batch, 2: past},) * len(past_names) + ({0: batch, 2: source},) * len(cross_names)))
+        _export(
+            DecoderStepGraph(model, self_layers, cross_layers),
+            (tokens, states, source_mask, *self_past, *cross),
+            folder / "decoder.onnx",
+            ["input_ids", "encoder_hidden_states", "encoder_attention_mask", *past_names, *cross_names],
+            ["logits", *[name.replace("past.", "present.") for name in past_names]],
+            (
+                {0: batch},
+                {0: batch, 1: source},
+                {0: batch, 1: source},  # the last: the cache (`*past`)
+                ({0: batch, 2: past},) * len(past_names) + ({0: batch, 2: source},) * len(cross_names),
+            ),
+        )
         encoder_tokenizer.save_pretrained(folder / run_folder.ENCODER_TOKENIZER)
         decoder_tokenizer.save_pretrained(folder / run_folder.DECODER_TOKENIZER)
         for side in (run_folder.ENCODER_TOKENIZER, run_folder.DECODER_TOKENIZER):
             if not (folder / side / "tokenizer.json").is_file():
-                raise EncdecError(f"format=onnx: the {side.split('_')[0]} tokenizer has no tokenizer.json (not a fast "
-                                  "tokenizer), which the runner reads: use a model with a fast tokenizer")
+                raise EncdecError(
+                    f"format=onnx: the {side.split('_')[0]} tokenizer has no tokenizer.json (not a fast "
+                    "tokenizer), which the runner reads: use a model with a fast tokenizer"
+                )
         model.generation_config.save_pretrained(folder)
         settings = {"max_source_length": max_source_length, "encoder_pad_token_id": encoder_tokenizer.pad_token_id}
         (folder / "encdec_onnx.json").write_text(json.dumps(settings, indent=2) + "\n", encoding="utf-8")
@@ -97,9 +114,11 @@ def _check_against_pytorch(folder: Path, model, source_ids, source_mask) -> None
         worst = max(worst, float(abs(logits - expected.numpy()).max()))
         tokens = torch.cat([tokens, expected.argmax(-1, keepdim=True)], dim=1)
     if worst > 1e-3:
-        raise EncdecError(f"format=onnx: the exported {model.config.decoder.model_type} decoder's logits differ from "
-                          f"PyTorch's by {worst:.2g} within three steps: this decoder's cache is not one the ONNX "
-                          "export knows how to carry")
+        raise EncdecError(
+            f"format=onnx: the exported {model.config.decoder.model_type} decoder's logits differ from "
+            f"PyTorch's by {worst:.2g} within three steps: this decoder's cache is not one the ONNX "
+            "export knows how to carry"
+        )
 
 
 def _export(module: nn.Module, args: tuple, path: Path, input_names, output_names, dynamic_shapes) -> None:
@@ -107,5 +126,14 @@ def _export(module: nn.Module, args: tuple, path: Path, input_names, output_name
     logging.getLogger("torch.onnx").setLevel(logging.ERROR)
     with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        torch.onnx.export(module.eval(), args, str(path), dynamo=True, input_names=input_names,
-                          output_names=output_names, dynamic_shapes=dynamic_shapes, optimize=False, verbose=False)
+        torch.onnx.export(
+            module.eval(),
+            args,
+            str(path),
+            dynamo=True,
+            input_names=input_names,
+            output_names=output_names,
+            dynamic_shapes=dynamic_shapes,
+            optimize=False,
+            verbose=False,
+        )

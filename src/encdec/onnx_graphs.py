@@ -28,9 +28,11 @@ def check_supported(model) -> None:
     source as a self-attention prefix) is refused by name rather than traced on a guess."""
     kind = getattr(model.config.decoder, "model_type", "")
     if kind.startswith("encdec_") and kind != MODEL_TYPE:
-        raise EncdecError(f"format=onnx: the ONNX export does not support encdec's {kind} decoder yet (it carries a "
-                          f"decoder's own cross-attention or encdec's gated one, {MODEL_TYPE}): use format=hf, or "
-                          "train with decoder.cross_attention.kind=gated")
+        raise EncdecError(
+            f"format=onnx: the ONNX export does not support encdec's {kind} decoder yet (it carries a "
+            f"decoder's own cross-attention or encdec's gated one, {MODEL_TYPE}): use format=hf, or "
+            "train with decoder.cross_attention.kind=gated"
+        )
 
 
 def cache_layout(model) -> tuple[list[tuple[int, int]], list[int]]:
@@ -42,13 +44,17 @@ def cache_layout(model) -> tuple[list[tuple[int, int]], list[int]]:
     kind = model.config.decoder.model_type
     cross_layers = [index for index, layer in enumerate(cache.cross_attention_cache.layers) if _filled(layer)]
     if not cross_layers:
-        raise EncdecError(f"format=onnx: the {kind} decoder keeps no cross-attention keys/values in its cache, which "
-                          "the ONNX export carries between steps: export a decoder with cross-attention (BERT, "
-                          "RoBERTa, GPT-2, encdec's gated cross-attention)")
+        raise EncdecError(
+            f"format=onnx: the {kind} decoder keeps no cross-attention keys/values in its cache, which "
+            "the ONNX export carries between steps: export a decoder with cross-attention (BERT, "
+            "RoBERTa, GPT-2, encdec's gated cross-attention)"
+        )
     if cache.self_attention_cache.get_seq_length() != 1:
-        raise EncdecError(f"format=onnx: the {kind} decoder's self-attention cache holds "
-                          f"{cache.self_attention_cache.get_seq_length()} positions after one token (a decoder mode "
-                          "that puts the source there?): the ONNX export supports cross-attention decoders only")
+        raise EncdecError(
+            f"format=onnx: the {kind} decoder's self-attention cache holds "
+            f"{cache.self_attention_cache.get_seq_length()} positions after one token (a decoder mode "
+            "that puts the source there?): the ONNX export supports cross-attention decoders only"
+        )
     return [(layer.keys.shape[1], layer.keys.shape[-1]) for layer in cache.self_attention_cache.layers], cross_layers
 
 
@@ -64,8 +70,14 @@ def _first_step(model, input_ids, attention_mask) -> tuple[torch.Tensor, Encoder
         states = model.enc_to_dec_proj(states)
     start = torch.full_like(input_ids[:, :1], model.generation_config.decoder_start_token_id)
     cache = EncoderDecoderCache(DynamicCache(), DynamicCache())
-    model.decoder(input_ids=start, position_ids=torch.zeros_like(start), encoder_hidden_states=states,
-                  encoder_attention_mask=attention_mask, cache=cache, use_cache=True)
+    model.decoder(
+        input_ids=start,
+        position_ids=torch.zeros_like(start),
+        encoder_hidden_states=states,
+        encoder_attention_mask=attention_mask,
+        cache=cache,
+        use_cache=True,
+    )
     return states, cache
 
 
@@ -89,7 +101,7 @@ class DecoderStepGraph(nn.Module):
         self.self_layers, self.cross_layers = self_layers, cross_layers
 
     def forward(self, input_ids, encoder_hidden_states, encoder_attention_mask, *past):
-        self_past, cross = past[:2 * self.self_layers], past[2 * self.self_layers:]
+        self_past, cross = past[: 2 * self.self_layers], past[2 * self.self_layers :]
         self_cache, cross_cache = DynamicCache(), DynamicCache()
         for index in range(self.self_layers):
             self_cache.update(self_past[2 * index], self_past[2 * index + 1], index)
@@ -101,14 +113,26 @@ class DecoderStepGraph(nn.Module):
         # Explicit positions also keep BERT from slicing its position buffer by the cache length, which the exporter
         # turns into a symbolic is_causal flag that SDPA cannot take.
         batch, past_length = input_ids.shape[0], self_past[0].shape[2]
-        attention_mask = torch.cat([torch.zeros(batch, 1, dtype=torch.long, device=input_ids.device),
-                                    torch.ones(batch, past_length, dtype=torch.long, device=input_ids.device)], dim=1)
+        attention_mask = torch.cat(
+            [
+                torch.zeros(batch, 1, dtype=torch.long, device=input_ids.device),
+                torch.ones(batch, past_length, dtype=torch.long, device=input_ids.device),
+            ],
+            dim=1,
+        )
         positions = torch.full_like(input_ids, past_length - 1)
         # encoder_hidden_states is read for its shape only (the cross-attention keys/values come from the cache), as
         # the decoders want it there to take their cross-attention path at all.
-        outputs = self.decoder(input_ids=input_ids, attention_mask=attention_mask, position_ids=positions,
-                               encoder_hidden_states=encoder_hidden_states,
-                               encoder_attention_mask=encoder_attention_mask, cache=cache, use_cache=True)
+        outputs = self.decoder(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            position_ids=positions,
+            encoder_hidden_states=encoder_hidden_states,
+            encoder_attention_mask=encoder_attention_mask,
+            cache=cache,
+            use_cache=True,
+        )
         layers = cache.self_attention_cache.layers
-        return outputs.logits[:, -1, :], *(tensor for index in range(self.self_layers)
-                                           for tensor in (layers[index].keys, layers[index].values))
+        return outputs.logits[:, -1, :], *(
+            tensor for index in range(self.self_layers) for tensor in (layers[index].keys, layers[index].values)
+        )

@@ -51,8 +51,8 @@ class OnnxSummarizer:
         input_ids = np.full((len(rows), width), self.export["encoder_pad_token_id"], dtype=np.int64)
         attention_mask = np.zeros((len(rows), width), dtype=np.int64)
         for index, row in enumerate(rows):
-            input_ids[index, :len(row)] = row
-            attention_mask[index, :len(row)] = 1
+            input_ids[index, : len(row)] = row
+            attention_mask[index, : len(row)] = 1
         return input_ids, attention_mask
 
     def summarize(self, documents: list[str], max_source_length: int | None = None, **overrides) -> list[str]:
@@ -68,8 +68,11 @@ class OnnxSummarizer:
 
     def empty_cache(self, rows: int) -> dict[str, np.ndarray]:
         """The self-attention cache before the first step: the masked placeholder slot."""
-        return {cache.name: np.zeros((rows, cache.shape[1], 1, cache.shape[3]), dtype=np.float32)
-                for cache in self.decoder.get_inputs() if cache.name.startswith("past.")}
+        return {
+            cache.name: np.zeros((rows, cache.shape[1], 1, cache.shape[3]), dtype=np.float32)
+            for cache in self.decoder.get_inputs()
+            if cache.name.startswith("past.")
+        }
 
     def step(self, last_tokens: np.ndarray, encoded: dict[str, np.ndarray], cache: dict[str, np.ndarray]):
         """The next token's logits `[rows, vocab]` for `last_tokens` `[rows, 1]`, and the cache grown by them."""
@@ -156,30 +159,32 @@ class OnnxSummarizer:
             cache = {name: value[rows] for name, value in cache.items()}
 
             just_finished = stops & among_best[None, :]
-            candidates = top_scores / np.float32(length ** length_penalty)  # the new token's length
+            candidates = top_scores / np.float32(length**length_penalty)  # the new token's length
             full = np.all(is_finished, axis=-1, keepdims=True) & (early_stopping is True)
             candidates = candidates + full.astype(np.float32) * _NEVER_FINISHED
             candidates = candidates + (~may_improve).astype(np.float32) * _NEVER_FINISHED
             candidates = candidates + (~just_finished).astype(np.float32) * _NEVER_FINISHED
             merged_scores = np.concatenate([finished_scores, candidates], axis=1)
             chosen = _top_k(merged_scores, beams)
-            finished_tokens = np.take_along_axis(np.concatenate([finished_tokens, top_tokens], axis=1),
-                                                 chosen[:, :, None], axis=1)
+            finished_tokens = np.take_along_axis(
+                np.concatenate([finished_tokens, top_tokens], axis=1), chosen[:, :, None], axis=1
+            )
             finished_scores = np.take_along_axis(merged_scores, chosen, axis=1)
-            finished_origins = np.take_along_axis(np.concatenate([finished_origins, top_origins], axis=1),
-                                                  chosen[:, :, None], axis=1)
+            finished_origins = np.take_along_axis(
+                np.concatenate([finished_origins, top_origins], axis=1), chosen[:, :, None], axis=1
+            )
             is_finished = np.take_along_axis(np.concatenate([is_finished, just_finished], axis=1), chosen, axis=1)
             length += 1
 
             hypothetical = max_length - 1 if early_stopping == "never" and length_penalty > 0.0 else length - 1
-            best_running = running_scores[:, :1] / np.float32(hypothetical ** length_penalty)
+            best_running = running_scores[:, :1] / np.float32(hypothetical**length_penalty)
             worst_finished = np.where(is_finished, finished_scores.min(axis=1, keepdims=True), _NEVER_FINISHED)
             may_improve = may_improve & np.any(best_running > worst_finished, axis=-1, keepdims=True)
             open_beam = not (is_finished.all() and early_stopping is True)
             if not (may_improve.any() and open_beam and not stops.all()):
                 break
         generated = int(((finished_origins[:, 0, :] + 1) != 0).sum(axis=1).max())
-        return finished_tokens[:, 0, :1 + generated]
+        return finished_tokens[:, 0, : 1 + generated]
 
 
 def _eos_ids(settings) -> np.ndarray:
@@ -218,9 +223,10 @@ def _processed(tokens: np.ndarray, scores: np.ndarray, settings, eos: np.ndarray
     length = tokens.shape[1]
     if size and length + 1 >= size:
         for row, sequence in enumerate(tokens.tolist()):
-            prefix = tuple(sequence[length + 1 - size:])
-            banned = [sequence[i + size - 1] for i in range(length - size + 1)
-                      if tuple(sequence[i:i + size - 1]) == prefix]
+            prefix = tuple(sequence[length + 1 - size :])
+            banned = [
+                sequence[i + size - 1] for i in range(length - size + 1) if tuple(sequence[i : i + size - 1]) == prefix
+            ]
             scores[row, banned] = -np.inf
     if length - 1 < (settings.get("min_new_tokens") or 0) and eos.size:
         scores[:, eos] = -np.inf
@@ -231,7 +237,10 @@ if __name__ == "__main__":
     if len(sys.argv) != 2:
         sys.exit("usage: python runner.py ONNX_FOLDER < documents.txt")
     lines = sys.stdin.read().splitlines()
-    summaries = iter(OnnxSummarizer(sys.argv[1]).summarize([line for line in lines if line.strip()]) if any(
-        line.strip() for line in lines) else [])
+    summaries = iter(
+        OnnxSummarizer(sys.argv[1]).summarize([line for line in lines if line.strip()])
+        if any(line.strip() for line in lines)
+        else []
+    )
     for line in lines:
         print(next(summaries) if line.strip() else "", flush=True)

@@ -98,8 +98,14 @@ class PrefixEncoderModel(WrappedLM):
             kwargs.pop(unused, None)
         # A plain cache, not one built from the config: a sliding-window layer would crop a long source.
         cache = DynamicCache()
-        self.model(input_ids=input_ids, attention_mask=attention_mask, inputs_embeds=inputs_embeds,
-                   use_cache=True, **{self._cache_argument: cache}, **kwargs)
+        self.model(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            inputs_embeds=inputs_embeds,
+            use_cache=True,
+            **{self._cache_argument: cache},
+            **kwargs,
+        )
         return BaseModelOutput(last_hidden_state=pack_keys_values(cache))
 
 
@@ -132,8 +138,13 @@ class PrefixDecoderForCausalLM(WrappedCausalLM):
             if self_cache is None:
                 self_cache = DynamicCache()
             attention_mask, position_ids = self._read_source(
-                self_cache, encoder_hidden_states, encoder_attention_mask, attention_mask, position_ids,
-                input_ids if input_ids is not None else inputs_embeds)
+                self_cache,
+                encoder_hidden_states,
+                encoder_attention_mask,
+                attention_mask,
+                position_ids,
+                input_ids if input_ids is not None else inputs_embeds,
+            )
         outputs = self.lm(
             input_ids=input_ids,
             attention_mask=attention_mask,
@@ -180,15 +191,22 @@ def pairing_problem(encoder_config, decoder_config) -> str | None:
     ways and has no cache to hand over)."""
     for role, config in (("encoder", encoder_config), ("decoder", decoder_config)):
         if type(config) in MODEL_FOR_MASKED_LM_MAPPING or type(config) not in MODEL_FOR_CAUSAL_LM_MAPPING:
-            return f"it needs a decoder-only LM (Llama, Qwen2, SmolLM2, GPT-2, ...) on both sides; the {role} is " \
-                   f"'{config.model_type}'"
-    sizes = [(config.model_type, *(getattr(config, key, None) for key in _SAME_SIZES))
-             for config in (encoder_config, decoder_config)]
+            return (
+                f"it needs a decoder-only LM (Llama, Qwen2, SmolLM2, GPT-2, ...) on both sides; the {role} is "
+                f"'{config.model_type}'"
+            )
+    sizes = [
+        (config.model_type, *(getattr(config, key, None) for key in _SAME_SIZES))
+        for config in (encoder_config, decoder_config)
+    ]
     if sizes[0] != sizes[1]:
-        encoder, decoder = (", ".join(f"{k}={v}" for k, v in zip(("model_type", *_SAME_SIZES), values))
-                            for values in sizes)
-        return f"the decoder reads the encoder's keys and values layer by layer, so both need one architecture and " \
-               f"sizes; encoder has {encoder}, decoder {decoder}"
+        encoder, decoder = (
+            ", ".join(f"{k}={v}" for k, v in zip(("model_type", *_SAME_SIZES), values)) for values in sizes
+        )
+        return (
+            f"the decoder reads the encoder's keys and values layer by layer, so both need one architecture and "
+            f"sizes; encoder has {encoder}, decoder {decoder}"
+        )
     return None
 
 

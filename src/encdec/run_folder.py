@@ -9,8 +9,9 @@ import json
 import os
 import shutil
 import tempfile
+from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import IO, Any, Callable, Iterable
+from typing import IO, Any
 
 from encdec.errors import EncdecError
 
@@ -54,14 +55,18 @@ def check_creatable(run_dir: Path, existing: Path | None) -> None:
         return
     first_missing = run_dir.relative_to(existing).parts[0]
     if (existing / first_missing).exists():
-        raise EncdecError(f"hydra.run.dir={run_dir} cannot be made: {existing / first_missing} is a file; "
-                          "choose a folder you can write to")
+        raise EncdecError(
+            f"hydra.run.dir={run_dir} cannot be made: {existing / first_missing} is a file; "
+            "choose a folder you can write to"
+        )
     try:
         (existing / first_missing).mkdir()
         (existing / first_missing).rmdir()
     except OSError as error:
-        raise EncdecError(f"hydra.run.dir={run_dir} cannot be made ({error.strerror} at {existing / first_missing}); "
-                          "choose a folder you can write to") from None
+        raise EncdecError(
+            f"hydra.run.dir={run_dir} cannot be made ({error.strerror} at {existing / first_missing}); "
+            "choose a folder you can write to"
+        ) from None
 
 
 def saved_config(run_dir: Path, culprit: str):
@@ -72,8 +77,10 @@ def saved_config(run_dir: Path, culprit: str):
     try:
         return OmegaConf.load(saved)
     except Exception as error:  # noqa: BLE001 - YAML parser and OmegaConf errors alike
-        raise EncdecError(f"{culprit}: {saved.relative_to(run_dir)} is not readable YAML ({type(error).__name__}): "
-                          "restore it from a copy of the run") from None
+        raise EncdecError(
+            f"{culprit}: {saved.relative_to(run_dir)} is not readable YAML ({type(error).__name__}): "
+            "restore it from a copy of the run"
+        ) from None
 
 
 def single_file_checkpoint(checkpoint: Path, scratch: Path) -> Path:
@@ -163,8 +170,15 @@ def write_jsonl(path: Path, rows: Iterable[dict[str, Any]]) -> None:
     write_text_atomic(path, "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows))
 
 
-def export_hf_model(model, encoder_tokenizer, decoder_tokenizer, target: Path, untie: bool = False,
-                    run_config=None, metrics: dict | None = None) -> None:
+def export_hf_model(
+    model,
+    encoder_tokenizer,
+    decoder_tokenizer,
+    target: Path,
+    untie: bool = False,
+    run_config=None,
+    metrics: dict | None = None,
+) -> None:
     """save_pretrained, atomically (see write_folder_atomic).
 
     The folder is self-contained: the encoder's tokenizer also at its top (what AutoTokenizer loads), the decoder's

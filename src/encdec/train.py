@@ -30,14 +30,14 @@ from encdec.cli import invoked_as
 from encdec.data.loading import load_splits
 from encdec.errors import EncdecError, Interrupted
 from encdec.export import push_to_hub
+from encdec.finetune import count_parameters, merged_copy
+from encdec.inference import load_trained
 from encdec.lit import lightning_private
 from encdec.lit.checkpoint_io import AtomicCheckpointIO
 from encdec.lit.datamodule import SummarizationDataModule
 from encdec.lit.module import Seq2SeqModule
 from encdec.lit.resume import BEST_CHECKPOINT, ContinuedCSVHistory, checkpoint_callbacks, resume_point, resumed_logger
 from encdec.metrics import LEAD_SENTENCES, ROUGE_TYPES, lead_baselines
-from encdec.finetune import count_parameters, merged_copy
-from encdec.inference import load_trained
 from encdec.models import build_model
 
 log = logging.getLogger(__name__)
@@ -90,11 +90,15 @@ def build(cfg: DictConfig):
         model, encoder_tokenizer, decoder_tokenizer = build_model(cfg)
         check_forward_pass(model, encoder_tokenizer, decoder_tokenizer, cfg)
     total, trainable = count_parameters(model)
-    say(f"model: {cfg.encoder.name} -> {cfg.decoder.name}: {total / 1e6:.1f}M parameters, {trainable / 1e6:.1f}M trainable")
+    say(
+        f"model: {cfg.encoder.name} -> {cfg.decoder.name}: {total / 1e6:.1f}M parameters, {trainable / 1e6:.1f}M trainable"
+    )
     return raw_splits, model, encoder_tokenizer, decoder_tokenizer
 
 
-def build_datamodule(cfg: DictConfig, model, encoder_tokenizer, decoder_tokenizer, raw_splits) -> SummarizationDataModule:
+def build_datamodule(
+    cfg: DictConfig, model, encoder_tokenizer, decoder_tokenizer, raw_splits
+) -> SummarizationDataModule:
     datamodule = SummarizationDataModule(
         cfg.data,
         encoder_tokenizer,
@@ -145,16 +149,21 @@ def build_trainer(cfg: DictConfig, run_dir: Path, resume_from: Path | None):
     return trainer, best_checkpoint
 
 
-def evaluate(cfg: DictConfig, trainer: L.Trainer, module: Seq2SeqModule, datamodule, best_checkpoint, raw_splits,
-             run_dir: Path) -> tuple[str | None, dict[str, float]]:
+def evaluate(
+    cfg: DictConfig, trainer: L.Trainer, module: Seq2SeqModule, datamodule, best_checkpoint, raw_splits, run_dir: Path
+) -> tuple[str | None, dict[str, float]]:
     """The best checkpoint on validation and test, test ROUGE beside the lead baselines of the same rows. Returns the
     checkpoint evaluated and every metric the run folder records."""
     before = module.initial_metrics
     best = best_checkpoint.best_model_path or None
     evaluated = _loadable_for_evaluation(trainer, best, run_dir)
     after = _final_validation(trainer, best) or _rouge(
-        trainer.validate(module, datamodule=datamodule, ckpt_path=evaluated, verbose=False), "val")
-    say(f"validation ROUGE after training:  {_format(after)}" + (f" (best checkpoint {Path(best).name})" if best else ""))
+        trainer.validate(module, datamodule=datamodule, ckpt_path=evaluated, verbose=False), "val"
+    )
+    say(
+        f"validation ROUGE after training:  {_format(after)}"
+        + (f" (best checkpoint {Path(best).name})" if best else "")
+    )
     test = _rouge(trainer.test(module, datamodule=datamodule, ckpt_path=evaluated, verbose=False), "test")
     baselines = lead_baselines(list(raw_splits["test"]["document"]), list(raw_splits["test"]["summary"]))
     say(f"test ROUGE: {_format(test)}")
@@ -164,8 +173,16 @@ def evaluate(cfg: DictConfig, trainer: L.Trainer, module: Seq2SeqModule, datamod
     return evaluated, metrics
 
 
-def export(cfg: DictConfig, trainer: L.Trainer, module: Seq2SeqModule, built, best: str | None, evaluated: str | None,
-           metrics: dict[str, float], run_dir: Path) -> None:
+def export(
+    cfg: DictConfig,
+    trainer: L.Trainer,
+    module: Seq2SeqModule,
+    built,
+    best: str | None,
+    evaluated: str | None,
+    metrics: dict[str, float],
+    run_dir: Path,
+) -> None:
     """hf_model/, predictions.jsonl and metrics.json (last: its presence marks a finished run), then the Hub upload.
 
     Under FSDP and DeepSpeed the model holds only this rank's shards of the weights: export from the checkpoint that
@@ -180,8 +197,12 @@ def export(cfg: DictConfig, trainer: L.Trainer, module: Seq2SeqModule, built, be
         return
     run_folder.export_hf_model(
         merged_copy(model) if export_from is None else load_trained(export_from)[0],
-        encoder_tokenizer, decoder_tokenizer, run_dir / run_folder.HF_MODEL,
-        untie=bool(cfg.model.get("share_weights")), run_config=cfg, metrics=metrics,
+        encoder_tokenizer,
+        decoder_tokenizer,
+        run_dir / run_folder.HF_MODEL,
+        untie=bool(cfg.model.get("share_weights")),
+        run_config=cfg,
+        metrics=metrics,
     )
     if export_from is not None and str(export_from) != best:  # a scratch file of ours
         shutil.rmtree(export_from) if export_from.is_dir() else export_from.unlink(missing_ok=True)
@@ -238,7 +259,9 @@ def _flat(tree: dict, prefix: str = "") -> dict:
         if isinstance(value, dict):
             flat.update(_flat(value, f"{prefix}{key}/"))
         else:
-            flat[f"{prefix}{key}"] = value if isinstance(value, (int, float, str, bool)) or value is None else str(value)
+            flat[f"{prefix}{key}"] = (
+                value if isinstance(value, (int, float, str, bool)) or value is None else str(value)
+            )
     return flat
 
 
@@ -272,7 +295,9 @@ def _check_strategy(cfg: DictConfig) -> None:
     if kind == "deepspeed" and importlib.util.find_spec("deepspeed") is None:
         raise EncdecError(f"{label} needs the deepspeed package: pip install -e '.[deepspeed]' in the encdec checkout")
     accelerator = str(cfg.trainer.get("accelerator"))
-    if not (accelerator in ("gpu", "cuda") or (kind == "deepspeed" and accelerator == "auto" and torch.cuda.is_available())):
+    if not (
+        accelerator in ("gpu", "cuda") or (kind == "deepspeed" and accelerator == "auto" and torch.cuda.is_available())
+    ):
         raise EncdecError(
             f"{label} runs on CUDA GPUs only, not trainer.accelerator={accelerator}: "
             "pass trainer.accelerator=gpu, or use trainer=ddp trainer.accelerator=cpu for data parallel on CPU"

@@ -36,7 +36,8 @@ def new_parameter_names(model: nn.Module, missing_keys: dict[str, list[str]]) ->
     """
     missing = {prefix + key for prefix, keys in missing_keys.items() for key in keys}
     return {
-        name for name, _ in model.named_parameters()
+        name
+        for name, _ in model.named_parameters()
         if name in missing or "cross_attention_blocks." in name or name.startswith("enc_to_dec_proj.")
     }
 
@@ -94,19 +95,28 @@ def _into_added_blocks(decoder, encoder_hidden_size: int) -> int:
         attention = next((getattr(layer, n) for n in ("self_attn", "attention", "attn") if hasattr(layer, n)), None)
         projections = [getattr(attention, n, None) for n in ("q_proj", "k_proj", "v_proj", "o_proj")]
         if attention is None or any(not isinstance(p, nn.Linear) for p in projections):
-            log.warning("decoder.cross_attention.init=self_attention: %s has no separate q/k/v/o projections; "
-                        "its cross-attention starts random", type(layer).__name__)
+            log.warning(
+                "decoder.cross_attention.init=self_attention: %s has no separate q/k/v/o projections; "
+                "its cross-attention starts random",
+                type(layer).__name__,
+            )
             return copied
         q, k, v, o = projections
         if q.weight.shape != block.q_proj.weight.shape or o.weight.shape != block.o_proj.weight.shape:
-            log.warning("decoder.cross_attention.init=self_attention: the blocks' heads differ from the decoder's "
-                        "(decoder.cross_attention.num_heads); they start random")
+            log.warning(
+                "decoder.cross_attention.init=self_attention: the blocks' heads differ from the decoder's "
+                "(decoder.cross_attention.num_heads); they start random"
+            )
             return copied
         block.q_proj.weight.copy_(q.weight)
         block.o_proj.weight.copy_(o.weight)
         copied += 2
         norm = getattr(layer, "input_layernorm", None)
-        if norm is not None and getattr(norm, "weight", None) is not None and norm.weight.shape == block.norm.weight.shape:
+        if (
+            norm is not None
+            and getattr(norm, "weight", None) is not None
+            and norm.weight.shape == block.norm.weight.shape
+        ):
             block.norm.weight.copy_(norm.weight)
             copied += 1
         if encoder_hidden_size == q.weight.shape[1]:

@@ -110,7 +110,9 @@ def _load_files(data: DictConfig) -> dict[str, datasets.Dataset]:
         try:
             loaded[split] = datasets.load_dataset(builder, data_files=str(path), split="train")
         except UnicodeDecodeError as error:
-            raise EncdecError(f"data.{split}_file={path} is not UTF-8 text ({error.reason}): re-save it as UTF-8") from error
+            raise EncdecError(
+                f"data.{split}_file={path} is not UTF-8 text ({error.reason}): re-save it as UTF-8"
+            ) from error
         except Exception as error:  # datasets wraps parser errors in several types; the cause is what helps
             cause = error.__cause__ or error.__context__ or error
             if isinstance(cause, UnicodeDecodeError):
@@ -146,8 +148,10 @@ def _column_kind(feature) -> str | None:
 def _load_hub(data: DictConfig) -> dict[str, datasets.Dataset]:
     if not sources.hub_reachable():
         try:
-            return dict(datasets.load_dataset(data.path, data.get("config_name"), download_mode="reuse_cache_if_exists"))
-        except Exception:
+            return dict(
+                datasets.load_dataset(data.path, data.get("config_name"), download_mode="reuse_cache_if_exists")
+            )
+        except Exception:  # noqa: BLE001 - offline, any failure means the same: the set is not cached
             raise EncdecError(
                 f"data={data.name}: data set '{data.path}' is not cached and the Hugging Face Hub cannot be reached "
                 "(offline): connect once to download it, or use data=files with local files"
@@ -168,8 +172,10 @@ def _to_document_summary(dataset: datasets.Dataset, data: DictConfig, split: str
             )
         kind = _column_kind(dataset.features[column])
         if kind is not None:
-            raise EncdecError(f"data.{role}={column} holds {kind} in the {split} split, not text: name the column "
-                              f"holding the {'document' if role == 'text_column' else 'summary'} as a string")
+            raise EncdecError(
+                f"data.{role}={column} holds {kind} in the {split} split, not text: name the column "
+                f"holding the {'document' if role == 'text_column' else 'summary'} as a string"
+            )
     if len(dataset) == 0:
         raise EncdecError(f"the {split} split has no rows: give it at least one (document, summary) pair")
     if (text_column, summary_column) != ("document", "summary"):
@@ -189,7 +195,9 @@ def _to_document_summary(dataset: datasets.Dataset, data: DictConfig, split: str
                 f"the {split} split has {dropped} rows with an empty or missing text or summary: fix them, "
                 "or set data.empty_rows=skip"
             )
-        log.warning("data: skipped %d of %d %s rows with an empty or missing text or summary", dropped, len(dataset), split)
+        log.warning(
+            "data: skipped %d of %d %s rows with an empty or missing text or summary", dropped, len(dataset), split
+        )
     if len(kept) == 0:
         raise EncdecError(f"the {split} split has no rows with both a text and a summary: check the column names")
     return kept

@@ -16,7 +16,8 @@ list's length is a multiple of the world size, so every rank takes the same numb
 
 from __future__ import annotations
 
-from typing import Iterator, Protocol, Sequence
+from collections.abc import Iterator, Sequence
+from typing import Protocol
 
 import numpy as np
 import torch
@@ -83,7 +84,10 @@ class ResumableBatchSampler(Sampler[list[int]]):
         return {"epoch": self.epoch, "position": position, "seed": self.seed, "num_replicas": self.num_replicas}
 
     def load_state_dict(self, state: dict[str, int]) -> None:
-        if state.get("seed", self.seed) != self.seed or state.get("num_replicas", self.num_replicas) != self.num_replicas:
+        if (
+            state.get("seed", self.seed) != self.seed
+            or state.get("num_replicas", self.num_replicas) != self.num_replicas
+        ):
             raise ValueError(
                 f"cannot resume batches of seed {state.get('seed')} on {state.get('num_replicas')} ranks "
                 f"with seed {self.seed} on {self.num_replicas} ranks"
@@ -139,8 +143,11 @@ class GroupedByLength(FixedSize):
             return super().global_batches(epoch, seed, shuffle, num_replicas)
         # A whole number of runs per group (below), so no run mixes the shortest of one group with the next's longest.
         group = self.batch_size * -(-self.GROUPED_BATCHES // num_replicas) * num_replicas
-        order = [row for start in range(0, len(order), group)
-                 for row in sorted(order[start : start + group], key=lambda row: self.lengths[row], reverse=True)]
+        order = [
+            row
+            for start in range(0, len(order), group)
+            for row in sorted(order[start : start + group], key=lambda row: self.lengths[row], reverse=True)
+        ]
         batches = [order[i : i + self.batch_size] for i in range(0, len(order), self.batch_size)]
         # Shuffled in runs of num_replicas neighbours: under DDP the ranks' batches of one step have similar lengths,
         # so no rank waits long for another. A short last run stays last, so every other step's stay neighbours.
@@ -148,7 +155,9 @@ class GroupedByLength(FixedSize):
         runs = [batches[i : i + num_replicas] for i in range(0, whole, num_replicas)]
         runs = [runs[i] for i in torch.randperm(len(runs), generator=generator).tolist()]
         if runs:
-            longest = max(range(len(runs)), key=lambda i: max(sum(self.lengths[row]) for batch in runs[i] for row in batch))
+            longest = max(
+                range(len(runs)), key=lambda i: max(sum(self.lengths[row]) for batch in runs[i] for row in batch)
+            )
             runs = [runs[longest], *runs[:longest], *runs[longest + 1 :]]
         return _pad_to_ranks([batch for run in runs for batch in run] + batches[whole:], num_replicas)
 
@@ -171,8 +180,13 @@ class TokenBudget:
     max_batch_size: an optional cap on items per batch.
     """
 
-    def __init__(self, lengths: Sequence[int] | Sequence[Sequence[int]], max_tokens: int,
-                 bucket_size: int | None = None, max_batch_size: int | None = None):
+    def __init__(
+        self,
+        lengths: Sequence[int] | Sequence[Sequence[int]],
+        max_tokens: int,
+        bucket_size: int | None = None,
+        max_batch_size: int | None = None,
+    ):
         array = np.asarray(lengths, dtype=np.int64)
         if array.ndim == 1:
             array = np.stack([array, np.zeros_like(array)], axis=1)
@@ -242,8 +256,9 @@ class TokenBudget:
         return batches
 
 
-def training_order(lengths: Sequence[tuple[int, int]], batch_size: int, max_tokens: int | None,
-                   group_by_length: bool) -> BatchOrder:
+def training_order(
+    lengths: Sequence[tuple[int, int]], batch_size: int, max_tokens: int | None, group_by_length: bool
+) -> BatchOrder:
     """The strategy the data settings name: a token budget, batches grouped by length, or fixed-size batches."""
     if max_tokens:
         return TokenBudget(lengths, max_tokens)
@@ -259,7 +274,7 @@ def dataset_lengths(dataset, columns: Sequence[str] = ("input_ids", "labels")) -
 
         table = dataset.with_format("arrow")[:]
         columns_lengths = [pc.list_value_length(table[c]).to_numpy(zero_copy_only=False) for c in columns]
-    except Exception:  # not a datasets.Dataset (a list of dicts, a torch Dataset): count in Python
+    except Exception:  # noqa: BLE001 - not a datasets.Dataset (a list of dicts, a torch Dataset): count in Python
         columns_lengths = [[len(row[c]) for row in dataset] for c in columns]
     return [tuple(int(n) for n in row) for row in zip(*columns_lengths)]
 

@@ -31,14 +31,22 @@ def end_of_summary_id(decoder_tokenizer: PreTrainedTokenizerBase) -> int | None:
     return eos if eos is not None else decoder_tokenizer.sep_token_id
 
 
-def tokenize_split(dataset: datasets.Dataset, split: str, encoder_tokenizer: PreTrainedTokenizerBase,
-                   decoder_tokenizer: PreTrainedTokenizerBase, max_source: int, max_target: int) -> datasets.Dataset:
+def tokenize_split(
+    dataset: datasets.Dataset,
+    split: str,
+    encoder_tokenizer: PreTrainedTokenizerBase,
+    decoder_tokenizer: PreTrainedTokenizerBase,
+    max_source: int,
+    max_target: int,
+) -> datasets.Dataset:
     """`input_ids` (the document, truncated to max_source) and `labels` (the summary + eos, at most max_target)."""
     eos = end_of_summary_id(decoder_tokenizer)
 
     def tokenize(batch):
         sources = encoder_tokenizer(batch["document"], max_length=max_source, truncation=True)
-        targets = decoder_tokenizer(batch["summary"], max_length=max_target - 1, truncation=True, add_special_tokens=False)
+        targets = decoder_tokenizer(
+            batch["summary"], max_length=max_target - 1, truncation=True, add_special_tokens=False
+        )
         return {"input_ids": sources["input_ids"], "labels": [ids + [eos] for ids in targets["input_ids"]]}
 
     # Named by what determines the tokens, so datasets' cache serves a second run with the same tokenizers at once.
@@ -55,7 +63,9 @@ def tokenize_split(dataset: datasets.Dataset, split: str, encoder_tokenizer: Pre
             ]
         ).encode()
     ).hexdigest()[:32]
-    return dataset.map(tokenize, batched=True, remove_columns=[], new_fingerprint=fingerprint, desc=f"tokenizing {split}")
+    return dataset.map(
+        tokenize, batched=True, remove_columns=[], new_fingerprint=fingerprint, desc=f"tokenizing {split}"
+    )
 
 
 @dataclass
@@ -73,11 +83,23 @@ class Seq2SeqCollator:
     pad_to_multiple_of: int | None = None
 
     @classmethod
-    def for_tokenizers(cls, encoder_tokenizer: PreTrainedTokenizerBase, decoder_tokenizer: PreTrainedTokenizerBase,
-                       decoder_start_token_id: int, max_source_length: int, max_target_length: int,
-                       pad_to_multiple_of: int | None = None) -> "Seq2SeqCollator":
-        return cls(encoder_tokenizer.pad_token_id, decoder_tokenizer.pad_token_id, decoder_start_token_id,
-                   max_source_length, max_target_length, pad_to_multiple_of)
+    def for_tokenizers(
+        cls,
+        encoder_tokenizer: PreTrainedTokenizerBase,
+        decoder_tokenizer: PreTrainedTokenizerBase,
+        decoder_start_token_id: int,
+        max_source_length: int,
+        max_target_length: int,
+        pad_to_multiple_of: int | None = None,
+    ) -> Seq2SeqCollator:
+        return cls(
+            encoder_tokenizer.pad_token_id,
+            decoder_tokenizer.pad_token_id,
+            decoder_start_token_id,
+            max_source_length,
+            max_target_length,
+            pad_to_multiple_of,
+        )
 
     def __call__(self, rows: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
         source_width = self.padded_width(max(len(r["input_ids"]) for r in rows), self.max_source_length)

@@ -73,7 +73,12 @@ class PredictionSamples(L.Callback):
         table = [[r["document"][: self.max_document_chars], r["reference"], r["prediction"]] for r in rows]
         for logger in trainer.loggers:
             if isinstance(logger, WandbLogger):
-                logger.log_table("val/predictions", columns=["document", "reference", "prediction"], data=table, step=trainer.global_step)
+                logger.log_table(
+                    "val/predictions",
+                    columns=["document", "reference", "prediction"],
+                    data=table,
+                    step=trainer.global_step,
+                )
             elif isinstance(logger, TensorBoardLogger):
                 text = "\n\n".join(f"**reference:** {r}\n\n**prediction:** {p}" for _, r, p in table)
                 logger.experiment.add_text("val/predictions", text, global_step=trainer.global_step)
@@ -91,7 +96,7 @@ class CrossAttentionHeatmap(L.Callback):
             return
         try:
             figure = self.figure(trainer, pl_module)
-        except Exception as error:  # a picture must never stop training
+        except Exception as error:  # noqa: BLE001 - a picture must never stop training
             log.warning("cross-attention heatmap skipped: %s", error)
             return
         if figure is None:

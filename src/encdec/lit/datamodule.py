@@ -37,8 +37,13 @@ class SummarizationDataModule(L.LightningDataModule):
         self.decoder_start_token_id = decoder_start_token_id
         self._check_lengths(max_source_positions, max_target_positions)
         self.collate = Seq2SeqCollator.for_tokenizers(
-            encoder_tokenizer, decoder_tokenizer, decoder_start_token_id, data.max_source_length,
-            data.max_target_length, data.get("pad_to_multiple_of"))
+            encoder_tokenizer,
+            decoder_tokenizer,
+            decoder_start_token_id,
+            data.max_source_length,
+            data.max_target_length,
+            data.get("pad_to_multiple_of"),
+        )
         self.raw: dict[str, datasets.Dataset] = {}
         self.tokenized: dict[str, datasets.Dataset] = {}
 
@@ -57,8 +62,14 @@ class SummarizationDataModule(L.LightningDataModule):
             return
         self.raw = raw_splits if raw_splits is not None else load_splits(self.data)
         for split, dataset in self.raw.items():
-            self.tokenized[split] = tokenize_split(dataset, split, self.encoder_tokenizer, self.decoder_tokenizer,
-                                                   self.data.max_source_length, self.data.max_target_length)
+            self.tokenized[split] = tokenize_split(
+                dataset,
+                split,
+                self.encoder_tokenizer,
+                self.decoder_tokenizer,
+                self.data.max_source_length,
+                self.data.max_target_length,
+            )
 
     def setup(self, stage: str | None = None) -> None:
         self.prepare()
@@ -80,13 +91,23 @@ class SummarizationDataModule(L.LightningDataModule):
         if split != "train":
             source_lengths = [lengths[0] for lengths in dataset_lengths(dataset, ("input_ids",))]
             sampler = EvalBatchSampler(
-                source_lengths, self.data.eval_batch_size, num_replicas=replicas, rank=rank,
-                max_tokens=self.data.get("eval_max_tokens_per_batch"), target_tokens=self.data.max_target_length,
+                source_lengths,
+                self.data.eval_batch_size,
+                num_replicas=replicas,
+                rank=rank,
+                max_tokens=self.data.get("eval_max_tokens_per_batch"),
+                target_tokens=self.data.max_target_length,
             )
             return DataLoader(dataset, batch_sampler=sampler, **common)
-        order = training_order(dataset_lengths(dataset), self.data.batch_size, self.data.get("max_tokens_per_batch"),
-                               bool(self.data.get("group_by_length")))
-        self.train_sampler = ResumableBatchSampler(order, seed=self.seed, shuffle=shuffle, num_replicas=replicas, rank=rank)
+        order = training_order(
+            dataset_lengths(dataset),
+            self.data.batch_size,
+            self.data.get("max_tokens_per_batch"),
+            bool(self.data.get("group_by_length")),
+        )
+        self.train_sampler = ResumableBatchSampler(
+            order, seed=self.seed, shuffle=shuffle, num_replicas=replicas, rank=rank
+        )
         if self.resume_position is not None:
             self.train_sampler.resume_at(*self.resume_position)
         return DataLoader(dataset, batch_sampler=self.train_sampler, **common)

@@ -27,11 +27,15 @@ def warn_if_unchecked() -> None:
     """One warning when the installed Lightning is a minor release these internals were not checked on."""
     minor = ".".join(L.__version__.split(".")[:2])
     if all(".".join(version.split(".")[:2]) != minor for version in CHECKED_ON):
-        warnings.warn(f"encdec's exact resume was checked on Lightning {', '.join(CHECKED_ON)}, not {L.__version__}: "
-                      "run scripts/check_latest.sh before trusting resume= on it", stacklevel=2)
+        warnings.warn(
+            f"encdec's exact resume was checked on Lightning {', '.join(CHECKED_ON)}, not {L.__version__}: "
+            "run scripts/check_latest.sh before trusting resume= on it",
+            stacklevel=2,
+        )
 
 
 # -- the fit loop ---------------------------------------------------------------------------------------------------
+
 
 def batches_done_in_epoch(checkpoint: dict) -> tuple[int, bool]:
     """(training batches of the checkpoint's epoch already trained, whether that was the epoch's last batch), read
@@ -62,6 +66,7 @@ def set_logging_step(trainer: L.Trainer, step: int) -> None:
 
 # -- ModelCheckpoint ------------------------------------------------------------------------------------------------
 
+
 def every_n_train_steps(callback: ModelCheckpoint) -> int:
     return int(callback._every_n_train_steps or 0)
 
@@ -83,6 +88,7 @@ def save_last_now(callback: ModelCheckpoint, trainer: L.Trainer) -> None:
 
 
 # -- strategies -----------------------------------------------------------------------------------------------------
+
 
 def remove_deepspeed_hooks(module) -> None:
     """DeepSpeed ZeRO-3 leaves parameter-gathering hooks on the module it wrapped; a module reused after fit (a

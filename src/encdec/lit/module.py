@@ -7,10 +7,10 @@ transformers' DataCollatorForSeq2Seq: `input_ids`, `attention_mask`, `labels` (-
 
 from __future__ import annotations
 
-from typing import Any, Callable
-
 import functools
 import time
+from collections.abc import Callable
+from typing import Any
 
 import lightning as L
 import torch
@@ -21,10 +21,10 @@ from lightning.pytorch.trainer.states import TrainerFn
 from transformers import EncoderDecoderModel, PreTrainedTokenizerBase
 from transformers.models.encoder_decoder.modeling_encoder_decoder import shift_tokens_right
 
+from encdec.data.tokenize import IGNORE_INDEX
 from encdec.errors import EncdecError
 from encdec.inference import generate_texts
 from encdec.lit import lightning_private, resume
-from encdec.data.tokenize import IGNORE_INDEX
 from encdec.metrics import rouge
 from encdec.models import attention_kernels
 
@@ -107,9 +107,11 @@ class Seq2SeqModule(L.LightningModule):
             return batch["decoder_input_ids"], batch.get("decoder_attention_mask")
         config = self.model.config
         if config.decoder_start_token_id is None or config.pad_token_id is None:
-            raise EncdecError("the batch has labels but no decoder_input_ids, and model.config has no "
-                              "decoder_start_token_id/pad_token_id to shift them with: build the model with "
-                              "encdec.build_model, or put decoder_input_ids in the batch")
+            raise EncdecError(
+                "the batch has labels but no decoder_input_ids, and model.config has no "
+                "decoder_start_token_id/pad_token_id to shift them with: build the model with "
+                "encdec.build_model, or put decoder_input_ids in the batch"
+            )
         return shift_tokens_right(batch["labels"], config.pad_token_id, config.decoder_start_token_id), None
 
     def training_step(self, batch, batch_idx):
@@ -138,8 +140,10 @@ class Seq2SeqModule(L.LightningModule):
             return  # nothing to score against: the loss is all this batch reports
         predictions = self.generate(batch["input_ids"], batch.get("attention_mask"), **self._generation_sync())
         documents = batch.get("document") or [""] * len(predictions)
-        self._rows[stage].extend({"document": document, "reference": reference, "prediction": prediction}
-                                 for document, reference, prediction in zip(documents, references, predictions))
+        self._rows[stage].extend(
+            {"document": document, "reference": reference, "prediction": prediction}
+            for document, reference, prediction in zip(documents, references, predictions)
+        )
 
     def _raw_splits(self) -> dict | None:
         """encdec's SummarizationDataModule keeps the untruncated texts that its batches' `index` points into."""
@@ -207,8 +211,14 @@ class Seq2SeqModule(L.LightningModule):
         return {"synced_gpus": True} if sharded and self.trainer.world_size > 1 else {}
 
     def generate(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, **overrides) -> list[str]:
-        return generate_texts(self.model, self.decoder_tokenizer, input_ids, attention_mask,
-                              cudnn_attention=self.cudnn_attention, **overrides)
+        return generate_texts(
+            self.model,
+            self.decoder_tokenizer,
+            input_ids,
+            attention_mask,
+            cudnn_attention=self.cudnn_attention,
+            **overrides,
+        )
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         # Enough to rebuild the model from the checkpoint alone (eval.py on a .ckpt), without its pretrained sources.
@@ -236,7 +246,11 @@ class Seq2SeqModule(L.LightningModule):
             optimizer.zero_grad(set_to_none=True)
 
     def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None) -> None:
-        if gradient_clip_val and gradient_clip_algorithm in (None, "norm") and isinstance(self.trainer.strategy, FSDPStrategy):
+        if (
+            gradient_clip_val
+            and gradient_clip_algorithm in (None, "norm")
+            and isinstance(self.trainer.strategy, FSDPStrategy)
+        ):
             # Lightning's FSDP precision plugin clips by value only (Lightning issue #19235); the norm over all
             # shards is FSDP's own method on the wrapped module.
             self.trainer.model.clip_grad_norm_(gradient_clip_val)
@@ -248,7 +262,9 @@ class Seq2SeqModule(L.LightningModule):
             clip = plugin.clip_grad_by_value if gradient_clip_algorithm == "value" else plugin.clip_grad_by_norm
             clip(optimizer, gradient_clip_val)
             return
-        self.clip_gradients(optimizer, gradient_clip_val=gradient_clip_val, gradient_clip_algorithm=gradient_clip_algorithm)
+        self.clip_gradients(
+            optimizer, gradient_clip_val=gradient_clip_val, gradient_clip_algorithm=gradient_clip_algorithm
+        )
 
     def configure_optimizers(self):
         params = [p for p in self.model.parameters() if p.requires_grad]
@@ -256,7 +272,10 @@ class Seq2SeqModule(L.LightningModule):
         if self.new_params_lr and new:
             pretrained = [p for p in params if not getattr(p, "encdec_new", False)]
             # Named groups: LearningRateMonitor logs each rate under its name (lr-AdamW/new).
-            params = [{"params": pretrained, "name": "pretrained"}, {"params": new, "lr": self.new_params_lr, "name": "new"}]
+            params = [
+                {"params": pretrained, "name": "pretrained"},
+                {"params": new, "lr": self.new_params_lr, "name": "new"},
+            ]
             params = [group for group in params if group["params"]]
         optimizer = self.optimizer_factory(params)
         if self.scheduler_factory is None:

@@ -43,25 +43,30 @@ from encdec.errors import EncdecError
 from encdec.lit import lightning_private as private
 from encdec.lit.checkpoint_io import LinkedLastCheckpoint
 
-
-
 # The best checkpoint's file name (Lightning fills in the step); train.py reads the step back from it.
 BEST_CHECKPOINT = "best-step{step}"
 
 
 # -- the resume point -----------------------------------------------------------------------------------------------
 
+
 def resume_point(run_dir: Path):
     """The saved config of a killed run and the newest checkpoint to continue from."""
     cfg = run_folder.saved_config(run_dir, f"resume={run_dir}")
     if cfg.get("task_name", "train") != "train":
-        raise EncdecError(f"resume={run_dir} is the output of {cfg.task_name}.py, not a training run: give a train.py run folder")
+        raise EncdecError(
+            f"resume={run_dir} is the output of {cfg.task_name}.py, not a training run: give a train.py run folder"
+        )
     if (run_dir / run_folder.METRICS).exists():
-        raise EncdecError(f"resume={run_dir}: this run already finished ({run_folder.METRICS} exists); start a new run instead")
+        raise EncdecError(
+            f"resume={run_dir}: this run already finished ({run_folder.METRICS} exists); start a new run instead"
+        )
     run_folder.remove_stale_temporaries(run_dir)
     checkpoints = sorted((run_dir / run_folder.CHECKPOINTS).glob("*.ckpt"), key=_modified)
     if not checkpoints:
-        raise EncdecError(f"resume={run_dir}: no checkpoint in {run_dir / run_folder.CHECKPOINTS}; start a new run instead")
+        raise EncdecError(
+            f"resume={run_dir}: no checkpoint in {run_dir / run_folder.CHECKPOINTS}; start a new run instead"
+        )
     newest = checkpoints[-1]
     if newest.is_file() and not _readable_checkpoint(newest):
         raise EncdecError(
@@ -92,6 +97,7 @@ def _modified(checkpoint: Path) -> float:
 
 
 # -- RNG and sampler state ------------------------------------------------------------------------------------------
+
 
 def save_state(checkpoint: dict, trainer: L.Trainer | None) -> None:
     """Into `checkpoint["encdec"]`: every generator a training step draws from, on every rank. Lightning restores
@@ -142,8 +148,13 @@ def restore_state(checkpoint: dict, trainer: L.Trainer | None) -> None:
 def _numpy_state_to_tensors(state) -> dict:
     # numpy arrays are not allowed in weights_only checkpoints; tensors and plain numbers are.
     name, keys, position, has_gauss, cached_gaussian = state
-    return {"name": name, "keys": torch.from_numpy(keys.astype(np.int64)), "position": int(position),
-            "has_gauss": int(has_gauss), "cached_gaussian": float(cached_gaussian)}
+    return {
+        "name": name,
+        "keys": torch.from_numpy(keys.astype(np.int64)),
+        "position": int(position),
+        "has_gauss": int(has_gauss),
+        "cached_gaussian": float(cached_gaussian),
+    }
 
 
 def _numpy_state_from_tensors(saved: dict):
@@ -152,6 +163,7 @@ def _numpy_state_from_tensors(saved: dict):
 
 
 # -- checkpoint timing ----------------------------------------------------------------------------------------------
+
 
 def checkpoint_callbacks(checkpoint: DictConfig, run_dir: Path) -> tuple[LinkedLastCheckpoint, list[ModelCheckpoint]]:
     """The best/last checkpoint callback, and it with the step checkpoints (checkpoint.every_n_steps) if any."""
@@ -169,9 +181,15 @@ def checkpoint_callbacks(checkpoint: DictConfig, run_dir: Path) -> tuple[LinkedL
         keep = checkpoint.get("keep_steps")
         # keep_steps=N: the N newest step checkpoints (the "best" N by step); null keeps them all.
         kept = {"monitor": "step", "mode": "max", "save_top_k": keep} if keep else {"save_top_k": -1}
-        callbacks.append(StepCheckpoint(dirpath=run_dir / run_folder.CHECKPOINTS, filename="step{step}",
-                                        auto_insert_metric_name=False, every_n_train_steps=checkpoint.every_n_steps,
-                                        **kept))
+        callbacks.append(
+            StepCheckpoint(
+                dirpath=run_dir / run_folder.CHECKPOINTS,
+                filename="step{step}",
+                auto_insert_metric_name=False,
+                every_n_train_steps=checkpoint.every_n_steps,
+                **kept,
+            )
+        )
     return best, callbacks
 
 
@@ -223,7 +241,6 @@ class ContinuedCSVHistory(L.Callback):
                 table.writerows(kept)
             # The writer then appends, and rewrites the header itself if a new metric appears.
             writer.metrics_keys = list(header)
-
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         # Resumed from a checkpoint of the last step, fit runs no batch, so Lightning's logging step stays one behind

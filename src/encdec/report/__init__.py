@@ -23,8 +23,8 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 from encdec.report.plot import PLOT, plot
 from encdec.report.runs import ReportError, find_runs, is_run, load_run, read_studies

@@ -3,8 +3,8 @@ when there is something to plot)."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 from encdec.report.runs import Run, cell, differing_keys, labels
 
@@ -21,7 +21,6 @@ def plot(runs: Sequence[Run], target: Path, title: str) -> bool:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-
     from matplotlib.ticker import MaxNLocator
 
     keys = differing_keys(runs)
@@ -31,11 +30,20 @@ def plot(runs: Sequence[Run], target: Path, title: str) -> bool:
     markers = "os^Dv<>pP*Xh"
     for index, (run, points) in enumerate(curves):
         steps, values = zip(*points)
-        detail = ", ".join(f"{key.split('.')[-1] if len(keys) > 2 else key}={cell(run.config.get(key))}" for key in keys[:3])
+        detail = ", ".join(
+            f"{key.split('.')[-1] if len(keys) > 2 else key}={cell(run.config.get(key))}" for key in keys[:3]
+        )
         label = names[run.path] + (f" ({detail})" if detail else "") + ("" if run.complete else " [incomplete]")
         # distinct markers keep runs with identical curves (all 0 early on) apart
-        axes.plot(steps, values, marker=markers[index % len(markers)], markersize=5, linewidth=1.6, alpha=0.9,
-                  label=label[:70])
+        axes.plot(
+            steps,
+            values,
+            marker=markers[index % len(markers)],
+            markersize=5,
+            linewidth=1.6,
+            alpha=0.9,
+            label=label[:70],
+        )
     axes.set_title(title)
     axes.set_xlabel("training step")
     axes.set_ylabel("validation ROUGE-2 F1 (%)")

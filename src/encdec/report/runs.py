@@ -7,9 +7,10 @@ import csv
 import json
 import os
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from encdec.run_folder import (
     CHECKPOINTS,
@@ -141,7 +142,7 @@ def _load_yaml(path: Path, expected: type) -> Any:
 
     try:
         content = OmegaConf.to_container(OmegaConf.load(path), resolve=False)
-    except Exception as error:  # a truncated file from a killed run
+    except Exception as error:  # noqa: BLE001 - a truncated file from a killed run
         raise ReportError(f"{path} could not be read: {' '.join(str(error).split())[:200]}") from None
     if content is None:
         return expected()
@@ -198,8 +199,9 @@ def read_curve(path: Path) -> list[dict[str, float]]:
 
 def read_studies(sources: Sequence[Path]) -> dict[Path, dict]:
     """The Optuna summaries (optimization_results.yaml) found in the given sweep folders."""
-    return {source: _load_yaml(source / OPTUNA_RESULTS, dict) for source in sources
-            if (source / OPTUNA_RESULTS).is_file()}
+    return {
+        source: _load_yaml(source / OPTUNA_RESULTS, dict) for source in sources if (source / OPTUNA_RESULTS).is_file()
+    }
 
 
 # -------------------------------------------------------------------------------------- what sets runs apart
@@ -230,4 +232,3 @@ def labels(runs: Sequence[Run]) -> dict[Path, str]:
         return {runs[0].path: runs[0].path.name or str(runs[0].path)}
     common = Path(os.path.commonpath([str(run.path.resolve()) for run in runs]))
     return {run.path: str(run.path.resolve().relative_to(common)) for run in runs}
-

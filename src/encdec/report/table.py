@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import math
 import os
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from encdec.report.plot import PLOT
 from encdec.report.runs import PLOTTED, Run, cell, differing_keys
@@ -20,7 +21,9 @@ def _number(value: Any, digits: int) -> str:
     return f"{value:.{digits}f}"
 
 
-def markdown(runs: Sequence[Run], out_dir: Path, studies: dict[Path, dict], sources: Sequence[Path], plotted: bool) -> str:
+def markdown(
+    runs: Sequence[Run], out_dir: Path, studies: dict[Path, dict], sources: Sequence[Path], plotted: bool
+) -> str:
     keys = differing_keys(runs)
     per_key = len(keys) <= MAX_KEY_COLUMNS
     header = ["run"]
@@ -63,7 +66,8 @@ def markdown(runs: Sequence[Run], out_dir: Path, studies: dict[Path, dict], sour
     if len(runs) > 1:
         lines.append(
             "Config: only the keys whose values differ between the runs."
-            if keys else "Config: the runs' configs are identical."
+            if keys
+            else "Config: the runs' configs are identical."
         )
     lines += ["", "| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
     lines += ["| " + " | ".join(cells) + " |" for cells in rows]
@@ -86,7 +90,9 @@ def markdown(runs: Sequence[Run], out_dir: Path, studies: dict[Path, dict], sour
         lines.append(f"![validation ROUGE-2 against step]({PLOT})")
         if without:
             lines.append("")
-            lines.append("Not plotted (no `csv/metrics.csv`; train with logger=csv): " + ", ".join(f"`{p}`" for p in without))
+            lines.append(
+                "Not plotted (no `csv/metrics.csv`; train with logger=csv): " + ", ".join(f"`{p}`" for p in without)
+            )
     else:
         lines.append("No plot: no run has a validation curve in `csv/metrics.csv` (train with logger=csv).")
     return "\n".join(lines) + "\n"

@@ -20,17 +20,20 @@ import json
 import logging
 import socket
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from encdec.run_folder import METRICS, OPTUNA_RESULTS
-
+from hydra_plugins.encdec_optuna_sweeper._search_space import (
+    distribution_from_override,
+    distribution_from_spec,
+    override_value,
+)
 from hydra_plugins.encdec_optuna_sweeper._values import _consecutive, _fmt, _objective, _params_text
-from hydra_plugins.encdec_optuna_sweeper._search_space import (distribution_from_override, distribution_from_spec,
-                                                             override_value)
 
 log = logging.getLogger("encdec.optuna")
 
@@ -81,7 +84,7 @@ class SweeperSettings:
     enqueue_trials: list[dict[str, Any]] = field(default_factory=list)
 
     @classmethod
-    def from_config(cls, settings: dict[str, Any]) -> "SweeperSettings":
+    def from_config(cls, settings: dict[str, Any]) -> SweeperSettings:
         plain = {k: _plain(v) for k, v in settings.items()}
         unknown = sorted(set(plain) - set(cls.__dataclass_fields__))
         if unknown:
@@ -237,14 +240,20 @@ class OptunaSweep:
         elif study.user_attrs.get("fixed_overrides") not in (None, fixed):
             log.warning(
                 "study %s was started with overrides %s; this run passes %s",
-                study.study_name, study.user_attrs.get("fixed_overrides"), fixed,
+                study.study_name,
+                study.user_attrs.get("fixed_overrides"),
+                fixed,
             )
 
         done = self._counted(study)
         remaining = max(0, self.settings.n_trials - done)
         log.info(
             "study %s in %s: %d of %d trials done, %d to run",
-            study.study_name, self._storage(), done, self.settings.n_trials, remaining,
+            study.study_name,
+            self._storage(),
+            done,
+            self.settings.n_trials,
+            remaining,
         )
         returns = []
         while remaining > 0:
@@ -267,7 +276,7 @@ class OptunaSweep:
             try:
                 self.sweeper.validate_batch_is_legal([lines])
                 launchable.append((trial, lines))
-            except Exception as error:  # a sampled value the config refuses (e.g. an unknown group option)
+            except Exception as error:  # noqa: BLE001 - a sampled value the config refuses (e.g. an unknown group option)
                 results[trial.number] = error
         try:
             for group in _consecutive(launchable):
@@ -308,7 +317,9 @@ class OptunaSweep:
             # An unexpected exception (a bug, not encdec's one-line user error) keeps its traceback.
             trace = isinstance(error, BaseException) and not isinstance(error, TrialFailed)
             log.warning(
-                "trial %d failed (%s); the sweep goes on", trial.number, " ".join(str(problem).split())[:300],
+                "trial %d failed (%s); the sweep goes on",
+                trial.number,
+                " ".join(str(problem).split())[:300],
                 exc_info=error if trace else None,
             )
         else:
@@ -366,6 +377,7 @@ class OptunaSweep:
             # A search in which nothing ran to the end is an error for scripts and CI, not a quiet success.
             print(
                 f"encdec: error: no trial of study {study.study_name} completed: see the failed trials' messages above",
-                file=sys.stderr, flush=True,
+                file=sys.stderr,
+                flush=True,
             )
             raise SystemExit(1)

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import numbers
 import re
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 
 def distribution_from_spec(key: str, spec: Any, parser=None):
@@ -31,7 +32,9 @@ def distribution_from_spec(key: str, spec: Any, parser=None):
         if kind == "float":
             step = spec.get("step")
             return FloatDistribution(
-                float(spec["low"]), float(spec["high"]), log=bool(spec.get("log", False)),
+                float(spec["low"]),
+                float(spec["high"]),
+                log=bool(spec.get("log", False)),
                 step=None if step is None else float(step),
             )
         if kind == "int":
