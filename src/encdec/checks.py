@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
+import types
+import typing
+
 import hydra
 import torch
 from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
 
 from encdec import schema
 from encdec.boundary import user_settings
@@ -14,7 +19,7 @@ from encdec.export import check_push_target
 
 def validate(cfg: DictConfig, command: str = "train") -> None:
     """Every setting encdec owns checked against its schema (encdec.schema), and the rules that tie keys together."""
-    schema.check_against(schema.COMMANDS[command], cfg)
+    check_against(schema.COMMANDS[command], cfg)
     if "data" in cfg:
         check_data_rules(cfg.data)
     if cfg.get("generation") is not None:
@@ -33,7 +38,7 @@ def check_run_settings(cfg: DictConfig) -> None:
 
 def check_data(data: DictConfig) -> None:
     """data.* given without a command line (encdec.datamodule): its schema and its rules."""
-    schema.check_against(schema.Data, data, "data.")
+    check_against(schema.Data, data, "data.")
     check_data_rules(data)
 
 
@@ -51,7 +56,7 @@ def check_data_rules(data: DictConfig) -> None:
 
 def check_generation(generation) -> None:
     """Decoding settings given without a command line (encdec.build_model, a saved run's overrides): a dict."""
-    schema.check_against(schema.Generation, generation, "generation.")
+    check_against(schema.Generation, generation, "generation.")
     _check_sampling(generation)
 
 
@@ -152,3 +157,67 @@ def check_forward_pass(model, encoder_tokenizer, decoder_tokenizer, cfg: DictCon
             model(input_ids=source, attention_mask=torch.ones_like(source), decoder_input_ids=target, use_cache=False)
     finally:
         model.train(training)
+
+
+def check_against(declared: type, node, prefix: str = "") -> None:
+    """Each key of `node` (a DictConfig or dict) that the dataclass `declared` declares, checked for its type and range; nested
+    groups recursively. Keys it does not declare are left alone unless it is in schema.CLOSED; a `???` value is left to
+    the step that reads it (cli.guarded says it is required)."""
+    hints = typing.get_type_hints(declared)
+    for spec in dataclasses.fields(declared):
+        if spec.name not in node or (isinstance(node, DictConfig) and OmegaConf.is_missing(node, spec.name)):
+            continue
+        try:
+            value, kind = node[spec.name], hints[spec.name]
+        except OmegaConfBaseException as error:  # an interpolation that does not resolve
+            given = OmegaConf.to_container(node, resolve=False)[spec.name]
+            raise EncdecError(f"{prefix}{spec.name}={given}: {str(error).splitlines()[0]}") from None
+        # `X | None` and `Optional[X]` alike (the formatter's pyupgrade writes the first).
+        nullable = typing.get_origin(kind) in (typing.Union, types.UnionType) and type(None) in typing.get_args(kind)
+        if nullable:
+            kind = next(arg for arg in typing.get_args(kind) if arg is not type(None))
+        if value is None and nullable:
+            continue
+        if dataclasses.is_dataclass(kind):
+            if not isinstance(value, (DictConfig, dict)):
+                raise EncdecError(f"{prefix}{spec.name}={value}: give a group of settings ({prefix}{spec.name}.KEY=V)")
+            check_against(kind, value, f"{prefix}{spec.name}.")
+        else:
+            _check_value(f"{prefix}{spec.name}", value, kind, spec.metadata)
+    if declared in schema.CLOSED:
+        unknown = sorted(str(key) for key in node if key not in {spec.name for spec in dataclasses.fields(declared)})
+        if unknown:
+            known = sorted(spec.name for spec in dataclasses.fields(declared) if spec.name != "name")
+            raise EncdecError(f"{prefix}{unknown[0]} is not a decoding setting; known: {', '.join(known)}")
+
+
+def _check_value(key: str, value, kind, meta) -> None:
+    if meta["choices"]:
+        if value not in meta["choices"]:
+            raise EncdecError(f"{key}={value}{meta['says'] or ': use ' + ' or '.join(meta['choices'])}")
+    elif kind is bool:
+        if not isinstance(value, bool):
+            raise EncdecError(f"{key}={value}: use true or false")
+    elif kind is int:
+        low, high = meta["low"], meta["high"]
+        if (
+            isinstance(value, bool)
+            or not isinstance(value, int)
+            or (low is not None and value < low)
+            or (high is not None and value > high)
+        ):
+            must = meta["must"] or (
+                "a positive integer"
+                if low == 1 and high is None
+                else f"an integer from {low} to {high}"
+                if high is not None
+                else f"an integer >= {low}"
+                if low is not None
+                else "an integer"
+            )
+            raise EncdecError(f"{key}={value} must be {must}{meta['note']}")
+    elif kind is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise EncdecError(f"{key}={value} must be a number")
+        if meta["positive"] and value <= 0:
+            raise EncdecError(f"{key}={value} must be positive{meta['note']}")

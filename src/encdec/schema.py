@@ -2,7 +2,7 @@
 
 One dataclass per config group (`Data` for `data`, `Side` for `encoder`, ...) and one per command (`Train`, `Eval`,
 `Predict`, `Export`). A field's type is its annotation; its range and help line are its metadata (`setting(...)`).
-`check_against` walks a config against them and raises EncdecError with one line naming the key and what it takes;
+`encdec.checks.check_against` walks a config against them and raises EncdecError with one line naming the key and what it takes;
 encdec.checks.validate runs it, with the rules that tie keys together, once per command line before Hydra starts the
 run (cli.command_line), so a bad value costs a second and leaves no run folder. `--help` lists every field with its
 help line (`settings_help`, the `${encdec_settings:COMMAND}` resolver in conf/hydra/help/), and the "did you mean"
@@ -25,10 +25,8 @@ import typing
 from dataclasses import dataclass
 from typing import Any
 
-from omegaconf import DictConfig, OmegaConf
-from omegaconf.errors import OmegaConfBaseException
+from omegaconf import OmegaConf
 
-from encdec.errors import EncdecError
 from encdec.metrics import ROUGE_TYPES
 
 MONITORED = ("val/loss", *(f"val/{name}" for name in ROUGE_TYPES))
@@ -333,69 +331,6 @@ GROUPS = {
 # Groups that take no key they do not declare: generation's keys are handed to transformers' GenerationConfig, which
 # would silently keep an unknown one.
 CLOSED = (Generation,)
-
-
-def check_against(schema: type, node, prefix: str = "") -> None:
-    """Each key of `node` (a DictConfig or dict) that `schema` declares, checked for its type and range; nested
-    groups recursively. Keys it does not declare are left alone unless `schema` is CLOSED; a `???` value is left to
-    the step that reads it (cli.guarded says it is required)."""
-    hints = typing.get_type_hints(schema)
-    for spec in dataclasses.fields(schema):
-        if spec.name not in node or (isinstance(node, DictConfig) and OmegaConf.is_missing(node, spec.name)):
-            continue
-        try:
-            value, kind = node[spec.name], hints[spec.name]
-        except OmegaConfBaseException as error:  # an interpolation that does not resolve
-            given = OmegaConf.to_container(node, resolve=False)[spec.name]
-            raise EncdecError(f"{prefix}{spec.name}={given}: {str(error).splitlines()[0]}") from None
-        nullable = typing.get_origin(kind) is typing.Union and type(None) in typing.get_args(kind)
-        if nullable:
-            kind = next(arg for arg in typing.get_args(kind) if arg is not type(None))
-        if value is None and nullable:
-            continue
-        if dataclasses.is_dataclass(kind):
-            if not isinstance(value, (DictConfig, dict)):
-                raise EncdecError(f"{prefix}{spec.name}={value}: give a group of settings ({prefix}{spec.name}.KEY=V)")
-            check_against(kind, value, f"{prefix}{spec.name}.")
-        else:
-            _check_value(f"{prefix}{spec.name}", value, kind, spec.metadata)
-    if schema in CLOSED:
-        unknown = sorted(str(key) for key in node if key not in {spec.name for spec in dataclasses.fields(schema)})
-        if unknown:
-            known = sorted(spec.name for spec in dataclasses.fields(schema) if spec.name != "name")
-            raise EncdecError(f"{prefix}{unknown[0]} is not a decoding setting; known: {', '.join(known)}")
-
-
-def _check_value(key: str, value, kind, meta) -> None:
-    if meta["choices"]:
-        if value not in meta["choices"]:
-            raise EncdecError(f"{key}={value}{meta['says'] or ': use ' + ' or '.join(meta['choices'])}")
-    elif kind is bool:
-        if not isinstance(value, bool):
-            raise EncdecError(f"{key}={value}: use true or false")
-    elif kind is int:
-        low, high = meta["low"], meta["high"]
-        if (
-            isinstance(value, bool)
-            or not isinstance(value, int)
-            or (low is not None and value < low)
-            or (high is not None and value > high)
-        ):
-            must = meta["must"] or (
-                "a positive integer"
-                if low == 1 and high is None
-                else f"an integer from {low} to {high}"
-                if high is not None
-                else f"an integer >= {low}"
-                if low is not None
-                else "an integer"
-            )
-            raise EncdecError(f"{key}={value} must be {must}{meta['note']}")
-    elif kind is float:
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise EncdecError(f"{key}={value} must be a number")
-        if meta["positive"] and value <= 0:
-            raise EncdecError(f"{key}={value} must be positive{meta['note']}")
 
 
 def declared(command: str, path: str) -> set[str]:
