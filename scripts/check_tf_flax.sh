@@ -17,15 +17,11 @@ cd "$(dirname "$0")/.."
 VENV="${TF_FLAX_VENV:-/tmp/encdec-tf-flax}"
 WORK="$(mktemp -d)"
 trap 'rm -rf "$WORK"' EXIT
-# jax/flax pinned to releases transformers 4.57's Flax generation still runs on: with jax 0.10, Flax's
-# no_repeat_ngram_size processor (the exports' greedy default sets it) fails in jax.experimental.sparse
-# ("bcoo_gather: mode=GatherScatterMode.CLIP not yet supported").
-JAX_PINS=("jax[cpu]==0.4.38" "flax==0.10.2")
-if ! "$VENV/bin/python" -c "import transformers, tensorflow, tf_keras, jax, flax, torch; assert jax.__version__ == '0.4.38'" 2>/dev/null; then
+if ! "$VENV/bin/python" -c "import transformers, tensorflow, tf_keras, jax, flax, torch" 2>/dev/null; then
   python3 -m venv "$VENV"
   # torch first and pinned: a bare `torch` could pull a multi-GB CUDA build.
   "$VENV/bin/pip" install -q "torch==2.13.0"
-  "$VENV/bin/pip" install -q "transformers==4.57.6" "tensorflow-cpu==2.21.0" "tf-keras==2.21.0" "${JAX_PINS[@]}"
+  "$VENV/bin/pip" install -q "transformers==4.57.6" "tensorflow-cpu==2.21.0" "tf-keras==2.21.0" "jax[cpu]" flax
 fi
 export TOKENIZERS_PARALLELISM=false HF_HUB_OFFLINE=1
 python scripts/tf_flax_reference.py export "$WORK"
