@@ -15,6 +15,7 @@ For each export scripts/tf_flax_reference.py wrote (WORK/KIND/hf_model, a tiny B
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import sys
@@ -38,13 +39,30 @@ STEP = 0.02  # the fine-tuning step's learning rate: moves the weights, keeps su
 # ...]). Zeros given as position_ids land there as the right token_type_ids, and the encoder then makes its own
 # positions (0, 1, 2, ...): the encoder sees exactly what PyTorch's does.
 WORKAROUND = "position_ids"
+# transformers 4.57's FlaxNoRepeatNGramLogitsProcessor fails on every jax tried (0.10: "bcoo_gather: mode=CLIP not
+# yet supported"; 0.4.38: a (5,) vs (4,) shape mismatch in get_banned_tokens_mask), and encdec's greedy default sets
+# no_repeat_ngram_size=3: Flax generates without it, and is compared with PyTorch generating without it too.
+FLAX_GENERATION = {"no_repeat_ngram_size": 0}
 
 
 def flax_generate(model, input_ids, attention_mask, generation_config, workaround=True):
     extra = {WORKAROUND: np.zeros_like(input_ids)} if workaround else {}
+    config = copy.deepcopy(generation_config)
+    config.update(**FLAX_GENERATION)
     return np.asarray(
-        model.generate(input_ids, attention_mask=attention_mask, generation_config=generation_config, **extra).sequences
+        model.generate(input_ids, attention_mask=attention_mask, generation_config=config, **extra).sequences
     )
+
+
+def flax_ngram_trap(model, input_ids, attention_mask, generation_config) -> None:
+    """Report (not require) that Flax still fails on the export's own no_repeat_ngram_size."""
+    try:
+        extra = {WORKAROUND: np.zeros_like(input_ids)}
+        model.generate(input_ids, attention_mask=attention_mask, generation_config=generation_config, **extra)
+        outcome = "works on this jax: FLAX_GENERATION and docs/export.md can drop no_repeat_ngram_size=0"
+    except Exception as error:  # noqa: BLE001 - reporting whatever jax or transformers raise, in one line
+        outcome = f"fails as documented ({type(error).__name__}: {str(error).splitlines()[0][:100]})"
+    print(f"  Flax generate with no_repeat_ngram_size={generation_config.no_repeat_ngram_size}: {outcome}", flush=True)
 
 
 def tf_generate(model, input_ids, attention_mask, generation_config):
@@ -99,6 +117,7 @@ def main(work: Path) -> None:
         reference = np.load(work / kind / "reference.npz")
         input_ids, attention_mask = reference["input_ids"], reference["attention_mask"]
         expected, expected_logits = reference["tokens"], reference["logits"]
+        expected_flax = reference["tokens_flax"]
         generation_config = GenerationConfig.from_pretrained(export)
         print(f"{kind}:", flush=True)
 
@@ -119,7 +138,7 @@ def main(work: Path) -> None:
         model.save_pretrained(work / f"tf-{kind}" / "saved", safe_serialization=True)
         tokens = tf_generate(model, input_ids, attention_mask, generation_config)
         logits = model(input_ids=input_ids, attention_mask=attention_mask, decoder_input_ids=tokens[:, :-1]).logits
-        fine_tuned[f"tf-{kind}"] = [tokens.tolist(), logits.numpy().tolist()]
+        fine_tuned[f"tf-{kind}"] = [tokens.tolist(), logits.numpy().tolist(), {}]
 
         model = FlaxEncoderDecoderModel.from_pretrained(export, from_pt=True)
         logits = model(input_ids=input_ids, attention_mask=attention_mask, decoder_input_ids=expected[:, :-1]).logits
@@ -127,21 +146,22 @@ def main(work: Path) -> None:
             same(
                 "Flax generate + position_ids workaround",
                 flax_generate(model, input_ids, attention_mask, generation_config),
-                expected,
+                expected_flax,
             ),
             close("Flax", np.asarray(logits), expected_logits),
         ]
         trap = flax_generate(model, input_ids, attention_mask, generation_config, workaround=False)
         print(
-            f"  Flax generate without the workaround: {trap[:, :6].tolist()} (PyTorch: {expected[:, :6].tolist()})",
+            f"  Flax generate without the workaround: {trap[:, :6].tolist()} (PyTorch: {expected_flax[:, :6].tolist()})",
             flush=True,
         )
-        checks.append(not np.array_equal(trap[:, : expected.shape[1]], expected))  # the trap is real
+        checks.append(not np.array_equal(trap[:, : expected_flax.shape[1]], expected_flax))  # the trap is real
+        flax_ngram_trap(model, input_ids, attention_mask, generation_config)
         fine_tune_flax(model, input_ids, attention_mask, jnp.asarray(expected))
         model.save_pretrained(work / f"flax-{kind}" / "saved", safe_serialization=True)
         tokens = flax_generate(model, input_ids, attention_mask, generation_config)
         logits = model(input_ids=input_ids, attention_mask=attention_mask, decoder_input_ids=tokens[:, :-1]).logits
-        fine_tuned[f"flax-{kind}"] = [tokens.tolist(), np.asarray(logits).tolist()]
+        fine_tuned[f"flax-{kind}"] = [tokens.tolist(), np.asarray(logits).tolist(), FLAX_GENERATION]
         if not all(checks):
             failures.append(kind)
     (work / "fine_tuned.json").write_text(json.dumps(fine_tuned))
