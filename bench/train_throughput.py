@@ -52,6 +52,17 @@ SCENARIOS = {
         "max_target": 128,
         "runs": ["hf", "hf-fused", "encdec", BEST],
     },
+    # Issue 21's CPU table: encdec's defaults (no speed flags) vs Seq2SeqTrainer's best settings, 400 real rows of
+    # spread lengths. The verdict line compares `encdec` with the faster HF row.
+    "defaults-cpu": {
+        "model": "minilm",
+        "data": "aclsum-sections",
+        "rows": 400,
+        "batch_size": 8,
+        "max_source": 256,
+        "max_target": 32,
+        "runs": ["hf", "hf-fused", "encdec", "encdec+random"],
+    },
     "minilm-synthetic": {
         "model": "minilm",
         "data": "synthetic",
@@ -165,7 +176,11 @@ def run_spec(name: str) -> dict:
         elif lever in ("foreach", "fused", "for-loop"):
             spec["optimizer"] = lever
         elif lever == "group":
-            spec["group_by_length"] = True  # data.group_by_length: batch_size rows, grouped by length
+            spec["group_by_length"] = True  # data.group_by_length: batch_size rows, grouped by length (the default)
+        elif lever == "random":
+            spec["group_by_length"] = False  # random batches of batch_size rows (the default before 2026-11-30)
+        elif lever == "strict":
+            spec["length_jitter"] = 0.0  # grouped by a strict length sort
         elif lever == "nodecmask":
             spec["decoder_mask"] = False
         elif lever == "ckpt":
@@ -191,6 +206,8 @@ def run_spec(name: str) -> dict:
 def load_rows(spec: dict, cfg, model, encoder_tokenizer, decoder_tokenizer) -> list[dict]:
     if spec["data"] == "synthetic":
         return truncate(common.synthetic_rows(spec["rows"], seed=0), spec["max_source"], spec["max_target"])
+    if spec["data"] == "aclsum-sections":
+        return aclsum_section_rows(spec, encoder_tokenizer, decoder_tokenizer)
     from encdec.lit.datamodule import SummarizationDataModule
 
     datamodule = SummarizationDataModule(
@@ -199,6 +216,34 @@ def load_rows(spec: dict, cfg, model, encoder_tokenizer, decoder_tokenizer) -> l
     datamodule.prepare()
     train = datamodule.tokenized["train"]
     return [{"input_ids": r["input_ids"], "labels": r["labels"]} for r in train.select(range(spec["rows"]))]
+
+
+def aclsum_section_rows(spec: dict, encoder_tokenizer, decoder_tokenizer) -> list[dict]:
+    """Real rows of spread lengths: each ACLSum paper's abstract, introduction and conclusion as a document, with its
+    challenge, approach and outcome summary in turn (all 247 papers, shuffled with seed 0, the first `rows`), tokenized
+    as encdec's data module does. At 256/32 MiniLM tokens: sources 39..256 (median 231), targets 14..32."""
+    import random
+
+    import datasets
+
+    from encdec import sources
+    from encdec.data.loading import ACLSUM_ASPECTS, ACLSUM_SECTIONS
+    from encdec.data.tokenize import tokenize_split
+
+    rows = []
+    for name in ("train.jsonl", "val.jsonl", "test.jsonl"):
+        for line in (sources.package_dir("aclsum") / "dataset" / name).read_text().splitlines():
+            paper = json.loads(line)
+            for section, aspect in zip(ACLSUM_SECTIONS, ACLSUM_ASPECTS):
+                document, summary = " ".join(paper["sentences"][section]), paper["summary"][aspect]
+                if document.strip() and summary.strip():
+                    rows.append({"document": document, "summary": summary})
+    random.Random(0).shuffle(rows)
+    dataset = datasets.Dataset.from_list(rows[: spec["rows"]])
+    tokenized = tokenize_split(
+        dataset, "train", encoder_tokenizer, decoder_tokenizer, spec["max_source"], spec["max_target"]
+    )
+    return [{"input_ids": row["input_ids"], "labels": row["labels"]} for row in tokenized]
 
 
 def truncate(rows: list[dict], max_source: int, max_target: int) -> list[dict]:
@@ -417,10 +462,11 @@ def worker_encdec(spec: dict, rows: list[dict], model, encoder_tokenizer, decode
 
     extra: dict = {}
     dataset = datasets.Dataset.from_list(rows)
-    if spec.get("group_by_length"):
-        from omegaconf import OmegaConf
+    from omegaconf import OmegaConf
 
-        OmegaConf.update(cfg, "data.group_by_length", True)
+    for key in ("group_by_length", "length_jitter"):  # levers; without them the data preset's defaults
+        if key in spec:
+            OmegaConf.update(cfg, f"data.{key}", spec[key])
 
     class DataModule(SummarizationDataModule):
         def prepare(self):
@@ -661,6 +707,9 @@ def padding_analysis(save: bool = True) -> None:
     sets["aclsum-train-100"] = load_rows(
         {"data": "aclsum", "rows": 100}, cfg, model, encoder_tokenizer, decoder_tokenizer
     )
+    sets["aclsum-sections-400 (256/32)"] = aclsum_section_rows(
+        {"rows": 400, "max_source": 256, "max_target": 32}, encoder_tokenizer, decoder_tokenizer
+    )
     out = []
     for name, rows in sets.items():
         sources = np.array([len(r["input_ids"]) for r in rows])
@@ -669,12 +718,17 @@ def padding_analysis(save: bool = True) -> None:
         n = len(rows)
         schemes = {}
         order = np.random.default_rng(0).permutation(n)
-        schemes["random (encdec default, hf-random)"] = [order[i : i + batch] for i in range(0, n, batch)]
+        schemes["random (hf-random; encdec group_by_length=false)"] = [order[i : i + batch] for i in range(0, n, batch)]
         indices = list(
             LengthGroupedSampler(batch, lengths=sources.tolist(), generator=torch.Generator().manual_seed(0))
         )
         schemes["hf group_by_length"] = [indices[i : i + batch] for i in range(0, n, batch)]
-        schemes["encdec group_by_length"] = ResumableBatchSampler(GroupedByLength(lengths, batch), seed=0).batches()
+        schemes["encdec group_by_length, strict"] = ResumableBatchSampler(
+            GroupedByLength(lengths, batch), seed=0
+        ).batches()
+        schemes["encdec default (grouped, jitter 0.1)"] = ResumableBatchSampler(
+            GroupedByLength(lengths, batch, 0.1), seed=0
+        ).batches()
         items = calibrate_budget(lengths, batch)
         schemes[f"budget items ({items} tokens)"] = ResumableBatchSampler(TokenBudget(lengths, items), seed=0).batches()
         memory = batch * (512 + 128)
@@ -1072,8 +1126,20 @@ def main() -> None:
         *(k for k in optional if all(k in r for r in rows)),
         *("vs_" + r for r in references),
     ]
+    hf_rows = [row for row in rows if run_spec(row["run"])["framework"] == "hf"]
+    if hf_rows and "encdec" in base:
+        best = max(hf_rows, key=lambda row: row["tokens_per_s"])
+        for row in rows:
+            row["vs_best_hf"] = row["tokens_per_s"] / best["tokens_per_s"]
+        columns.append("vs_best_hf")
     print()
     print(common.table(rows, columns))
+    if hf_rows and "encdec" in base:
+        ratio = base["encdec"]["vs_best_hf"]
+        print(
+            f"encdec defaults vs the best Seq2SeqTrainer row ({best['run']}): {ratio:.2f}x "
+            f"({'at least as fast' if ratio >= 1 else 'SLOWER'})"
+        )
     flops = next((r for runs in results.values() for r in runs if "flops_per_padded_token" in r), None)
     if flops:
         rows_, source, target = flops["flop_count_batch"]

@@ -182,12 +182,20 @@ def test_a_column_that_is_not_text_is_named_with_what_it_holds(tmp_path, tiny_fi
 
 def test_group_by_length_reaches_the_training_batches(tiny_files):
     decoder_tokenizer = word_tokenizer("alpha beta gamma delta epsilon zeta theta kappa lambda sigma omega".split())
-    plain, _ = datamodule_for(tiny_files, decoder_tokenizer, batch_size=2)
-    grouped, _ = datamodule_for(tiny_files, decoder_tokenizer, batch_size=2, group_by_length=True)
+    plain, _ = datamodule_for(tiny_files, decoder_tokenizer, batch_size=2, group_by_length=False)
+    grouped, _ = datamodule_for(tiny_files, decoder_tokenizer, batch_size=2)  # the default
     plain.train_dataloader()
     loader = grouped.train_dataloader()
     assert type(plain.train_sampler.order).__name__ == "FixedSize"
+    assert type(grouped.train_sampler.order).__name__ == "GroupedByLength" and grouped.train_sampler.order.jitter == 0.1
     lengths = grouped.train_sampler.order.lengths
     assert lengths == [(len(row["input_ids"]), len(row["labels"])) for row in grouped.tokenized["train"]]
     batches = [batch["index"].tolist() for batch in loader]
     assert batches == grouped.train_sampler.batches() and all(len(batch) == 2 for batch in batches[:-1])
+    # A run folder saved before length_jitter existed has no such key: its resume keeps the strict order it trained on.
+    from omegaconf import OmegaConf
+
+    saved = OmegaConf.masked_copy(grouped.data, [key for key in grouped.data if key != "length_jitter"])
+    grouped.data = saved
+    grouped.train_dataloader()
+    assert grouped.train_sampler.order.jitter == 0.0

@@ -43,11 +43,7 @@ def check_data(data: DictConfig) -> None:
 
 
 def check_data_rules(data: DictConfig) -> None:
-    if data.get("group_by_length") and data.get("max_tokens_per_batch"):
-        raise EncdecError(
-            "data.group_by_length=true and data.max_tokens_per_batch both group rows by length: set one "
-            "(group_by_length keeps data.batch_size rows per step; the token budget varies them)"
-        )
+    # data.max_tokens_per_batch, when set, replaces group_by_length (on by default): no rule between the two.
     if data.get("text_column") is not None and data.get("text_column") == data.get("summary_column"):
         raise EncdecError(
             f"data.text_column and data.summary_column are both {data.text_column}: name two different columns"
@@ -221,3 +217,6 @@ def _check_value(key: str, value, kind, meta) -> None:
             raise EncdecError(f"{key}={value} must be a number")
         if meta["positive"] and value <= 0:
             raise EncdecError(f"{key}={value} must be positive{meta['note']}")
+        if meta["low"] is not None and value < meta["low"]:
+            must = meta["must"] or f"a number >= {meta['low']}"
+            raise EncdecError(f"{key}={value} must be {must}{meta['note']}")

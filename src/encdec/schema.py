@@ -83,6 +83,10 @@ class Data:
         note=FIXED_SIZE,
     )
     group_by_length: bool = setting("batch_size rows per step, each batch of rows of similar length (less padding)")
+    length_jitter: float = setting(
+        "group_by_length sorts by length times a random factor in [e^-x, e^x], new each epoch (0: strict sort)",
+        low=0,
+    )
     lead_copy_sentences: int = setting(
         "also train on each document -> its first N sentences (0: off)", low=0, note=" (0 adds no lead copies)"
     )

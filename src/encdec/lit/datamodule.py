@@ -104,6 +104,8 @@ class SummarizationDataModule(L.LightningDataModule):
             self.data.batch_size,
             self.data.get("max_tokens_per_batch"),
             bool(self.data.get("group_by_length")),
+            # Absent from configs saved before it existed: their strict order, so they resume bit for bit.
+            float(self.data.get("length_jitter", 0.0)),
         )
         self.train_sampler = ResumableBatchSampler(
             order, seed=self.seed, shuffle=shuffle, num_replicas=replicas, rank=rank
