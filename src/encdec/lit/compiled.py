@@ -1,0 +1,47 @@
+"""model.compile: the training forward compiled for a handful of shapes (widths padded to buckets).
+
+Compiled with dynamic=False, a graph is specialised to its widths: inductor picks kernels and tiles for each, where
+dynamic=True compiles one graph with symbolic sizes that serves every padded length less well. So batches are padded
+to a few widths (`BUCKET_MULTIPLE`, through the collator's pad_to_multiple_of, as trainer=tpu does for XLA) and each
+width pair gets its own graph. Only the batch's row count stays symbolic (`maybe_mark_dynamic`): under
+data.max_tokens_per_batch, or in evaluation batches, the rows vary with the widths, and static rows would multiply
+the graphs by every row count seen.
+
+Shapes to expect: one graph per (source width, target width) pair a run meets, and a second one for a pair met in a
+batch of a single row (dynamo specialises a size of 1). Widths are the multiples of 64 up to each length limit, plus
+the limit itself: aclsum's 192 / 96 tokens give 3 x 2 pairs, cnn_dailymail's 512 / 128 give 8 x 2.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+
+# Multiples of 64 rather than powers of two: a row wastes under 64 padded tokens (powers of two waste up to half of
+# a long row), the widths stay multiples of the GPU's matmul tiles, and the count stays small (limit / 64 widths).
+BUCKET_MULTIPLE = 64
+# dynamo keeps this many graphs per function before falling back to eager (8 by default): enough for 1024 / 512-token
+# limits (16 x 8 width pairs would need 128, twice that with single-row batches; raise it there).
+RECOMPILE_LIMIT = 64
+BATCH_KEYS = ("input_ids", "attention_mask", "decoder_input_ids", "decoder_attention_mask")
+
+
+def bucket_multiple(data, compile: bool) -> int | None:
+    """The batch widths' multiple: data.pad_to_multiple_of when set, else BUCKET_MULTIPLE under model.compile."""
+    return data.get("pad_to_multiple_of") or (BUCKET_MULTIPLE if compile else None)
+
+
+def compile_forward(forward: Callable, backend: str | Callable = "inductor") -> Callable:
+    """`forward` compiled with static widths (a `backend` callable lets tests record each graph it is handed)."""
+    limit = torch._dynamo.config.recompile_limit
+    torch._dynamo.config.recompile_limit = max(limit, RECOMPILE_LIMIT)
+    return torch.compile(forward, dynamic=False, backend=backend)
+
+
+def mark_rows_dynamic(inputs: dict) -> dict:
+    """Let the row count vary without a new graph; the widths stay static (one graph per bucket)."""
+    for key in BATCH_KEYS:
+        if inputs.get(key) is not None:
+            torch._dynamo.maybe_mark_dynamic(inputs[key], 0)
+    return inputs
