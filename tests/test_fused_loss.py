@@ -202,3 +202,22 @@ def test_compiled_losses_equal_eager_with_one_graph_per_width_bucket():
     # One graph per width pair for each forward (the plain one, and the fused one whose LM head is the identity).
     assert len(graphs) == 2 * len(widths)
     torch._dynamo.reset()
+
+
+@pytest.mark.parametrize(
+    "overrides, multiple",
+    [((), None), (("model.compile=true",), 64), (("model.compile=true", "+data.pad_to_multiple_of=8"), 8)],
+)
+def test_compile_pads_training_batches_to_width_buckets(overrides, multiple, monkeypatch):
+    """train.py's data module rounds widths up to 64 under model.compile, to data.pad_to_multiple_of when set."""
+    from encdec import train
+    from encdec.lit.datamodule import SummarizationDataModule
+
+    def prepare(self, raw_splits=None):
+        self.tokenized = {"train": [], "validation": [], "test": []}
+
+    monkeypatch.setattr(SummarizationDataModule, "prepare", prepare)
+    cfg = compose_config("encoder=tiny", "decoder=tiny", *overrides)
+    model, encoder_tokenizer, decoder_tokenizer = build_model(cfg)
+    datamodule = train.build_datamodule(cfg, model, encoder_tokenizer, decoder_tokenizer, None)
+    assert datamodule.collate.pad_to_multiple_of == multiple

@@ -34,8 +34,9 @@ def bucket_multiple(data, compile: bool) -> int | None:
 
 def compile_forward(forward: Callable, backend: str | Callable = "inductor") -> Callable:
     """`forward` compiled with static widths (a `backend` callable lets tests record each graph it is handed)."""
-    limit = torch._dynamo.config.recompile_limit
-    torch._dynamo.config.recompile_limit = max(limit, RECOMPILE_LIMIT)
+    config = torch._dynamo.config
+    name = "recompile_limit" if hasattr(config, "recompile_limit") else "cache_size_limit"  # torch < 2.6: the latter
+    setattr(config, name, max(getattr(config, name), RECOMPILE_LIMIT))
     return torch.compile(forward, dynamic=False, backend=backend)
 
 
