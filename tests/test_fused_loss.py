@@ -221,3 +221,18 @@ def test_compile_pads_training_batches_to_width_buckets(overrides, multiple, mon
     model, encoder_tokenizer, decoder_tokenizer = build_model(cfg)
     datamodule = train.build_datamodule(cfg, model, encoder_tokenizer, decoder_tokenizer, None)
     assert datamodule.collate.pad_to_multiple_of == multiple
+
+
+def test_compiled_fused_loss_has_the_plain_loss_and_gradients():
+    """Through AOT autograd (forward and backward graphs, as inductor gets them), with the LM head as the identity."""
+    model = tiny_pair("bert-gpt2")
+    batch = padded_batch(vocab_of(model))
+    plain_loss, plain_grads = loss_and_grads(model, batch)
+    torch._dynamo.reset()
+    settings = {"compile": True, "compile_backend": "aot_eager", "fused_loss": True, "loss_chunk_tokens": 5}
+    fused_loss, fused_grads = loss_and_grads(model, batch, **settings)
+    torch._dynamo.reset()
+    torch.testing.assert_close(fused_loss, plain_loss, rtol=1e-6, atol=1e-6)
+    assert fused_grads.keys() == plain_grads.keys()
+    for parameter, gradient in plain_grads.items():
+        torch.testing.assert_close(fused_grads[parameter], gradient, rtol=1e-5, atol=1e-6, msg=parameter)
