@@ -24,7 +24,8 @@ from encdec.tiny_configs import tiny_causal_lm_config
 pytestmark = pytest.mark.usefixtures("single_thread")
 START, PAD, EOS = 1, 0, 2
 ENCODER_WIDTH = 24
-PAIRS = ["bert-bert", "bert-gpt2", "bert-llama-gated", "llama-llama-prefix"]
+PAIRS = ["bert-bert", "bert-gpt2", "bert-llama-gated", "llama-llama-prefix", "bert-bart", "bert-qwen2-gated"]
+PAIRS += ["bert-gemma-gated", "bert-opt-gated", "bert-gpt_neox-gated"]  # a scaled embedding, a projection, no ties
 
 
 def tiny_encoder() -> BertModel:
@@ -44,14 +45,15 @@ def lm(family: str, cross_attention: bool = False):
 
 def tiny_pair(name: str) -> EncoderDecoderModel:
     """Each way encdec reaches an LM head: BERT's (transform, then a linear with a bias, from encdec's builder),
-    GPT-2's tied one, a Llama inside encdec's gated cross-attention wrapper and inside a prefix pair."""
+    GPT-2's and BART's own, an LM inside encdec's gated cross-attention wrapper and a Llama inside a prefix pair."""
     if name == "bert-bert":
         torch.manual_seed(0)
         return build_model(compose_config("encoder=tiny", "decoder=tiny"))[0].eval()
-    if name == "bert-gpt2":
-        model = EncoderDecoderModel(encoder=tiny_encoder(), decoder=lm("gpt2", cross_attention=True))
-    elif name == "bert-llama-gated":
-        decoder = add_cross_attention(lm("llama"), encoder_hidden_size=ENCODER_WIDTH)
+    family = name.split("-")[1]
+    if name in ("bert-gpt2", "bert-bart"):  # their own cross-attention
+        model = EncoderDecoderModel(encoder=tiny_encoder(), decoder=lm(family, cross_attention=True))
+    elif name.endswith("-gated"):
+        decoder = add_cross_attention(lm(family), encoder_hidden_size=ENCODER_WIDTH)
         for block in decoder.cross_attention_blocks.values():
             torch.nn.init.constant_(block.attn_gate, 0.5)  # open, so the cross-attention has gradients to compare
         model = EncoderDecoderModel(encoder=tiny_encoder(), decoder=decoder)

@@ -37,8 +37,8 @@ def lm_head(model: torch.nn.Module) -> torch.nn.Linear:
     config = getattr(config, "base_config", None) or config  # encdec's wrappers keep the LM's config there
     transforms = [name for name in LOGIT_TRANSFORMS if getattr(config, name, None) not in (None, 1, 1.0)]
     if not isinstance(head, torch.nn.Linear) or transforms:
-        reason = f"it changes its logits after the LM head ({transforms[0]})" if transforms else "no linear LM head"
-        raise EncdecError(f"model.fused_loss=true: the decoder {config.model_type} has {reason}; set it false")
+        reason = f"changes its logits after the LM head ({transforms[0]})" if transforms else "has no linear LM head"
+        raise EncdecError(f"model.fused_loss=true: the {config.model_type} decoder {reason}; set it false")
     return head
 
 

@@ -9,7 +9,9 @@ the graphs by every row count seen.
 
 Shapes to expect: one graph per (source width, target width) pair a run meets, and a second one for a pair met in a
 batch of a single row (dynamo specialises a size of 1). Widths are the multiples of 64 up to each length limit, plus
-the limit itself: aclsum's 192 / 96 tokens give 3 x 2 pairs, cnn_dailymail's 512 / 128 give 8 x 2.
+the limit itself: aclsum's 192 / 96 tokens give 3 x 2 pairs, cnn_dailymail's 512 / 128 give 8 x 2. Batches from
+elsewhere (`Seq2SeqModule(compile=True)` on a user's DataLoader) should be padded the same way, e.g.
+`encdec.datamodule(..., pad_to_multiple_of=64)`: past RECOMPILE_LIMIT widths, dynamo runs the forward eagerly.
 """
 
 from __future__ import annotations
