@@ -7,9 +7,11 @@ width pair gets its own graph. Only the batch's row count stays symbolic (`maybe
 data.max_tokens_per_batch, or in evaluation batches, the rows vary with the widths, and static rows would multiply
 the graphs by every row count seen.
 
-Shapes to expect: one graph per (source width, target width) pair a run meets, and a second one for a pair met in a
-batch of a single row (dynamo specialises a size of 1). Widths are the multiples of 64 up to each length limit, plus
-the limit itself: aclsum's 192 / 96 tokens give 3 x 2 pairs, cnn_dailymail's 512 / 128 give 8 x 2. Batches from
+Shapes to expect: one graph per (source width, target width) pair a run meets, in training mode and again in eval
+mode (the validation loss: dynamo guards on `module.training`), and one more of each for a pair met in a batch of a
+single row (dynamo specialises a size of 1): at most 4 per pair. Widths are the multiples of 64 up to each length
+limit, plus the limit itself: aclsum's 192 / 96 tokens give 3 x 2 pairs (at most 24 graphs), cnn_dailymail's
+512 / 128 give 8 x 2 (at most 64). Batches from
 elsewhere (`Seq2SeqModule(compile=True)` on a user's DataLoader) should be padded the same way, e.g.
 `encdec.datamodule(..., pad_to_multiple_of=64)`: past RECOMPILE_LIMIT widths, dynamo runs the forward eagerly.
 """
@@ -23,9 +25,9 @@ import torch
 # Multiples of 64 rather than powers of two: a row wastes under 64 padded tokens (powers of two waste up to half of
 # a long row), the widths stay multiples of the GPU's matmul tiles, and the count stays small (limit / 64 widths).
 BUCKET_MULTIPLE = 64
-# dynamo keeps this many graphs per function before falling back to eager (8 by default): enough for 1024 / 512-token
-# limits (16 x 8 width pairs would need 128, twice that with single-row batches; raise it there).
-RECOMPILE_LIMIT = 64
+# dynamo keeps this many graphs per function before running it eagerly (8 by default): 4 per width pair for up to 32
+# pairs (1024 / 256-token limits: 16 x 4 pairs, would need more; in practice runs meet far fewer than all pairs).
+RECOMPILE_LIMIT = 128
 BATCH_KEYS = ("input_ids", "attention_mask", "decoder_input_ids", "decoder_attention_mask")
 
 
