@@ -136,7 +136,9 @@ class Model:
     lora: Lora = setting("LoRA adapters instead of full fine-tuning")
     attn_implementation: str | None = setting("null: transformers' choice; sdpa, eager, flash_attention_2")
     gradient_checkpointing: bool | None = setting("recompute activations in backward: less memory, ~15-20% slower")
-    compile: bool | None = setting("torch.compile the training forward (pays on GPU)")
+    compile: bool | None = setting("torch.compile the training forward, widths padded to buckets (pays on GPU)")
+    fused_loss: bool | None = setting("the loss from chunks of logits, never the whole batch's (less GPU memory)")
+    loss_chunk_tokens: int = setting("model.fused_loss: labelled tokens per chunk of logits", low=1)
     cudnn_attention: bool | None = setting("let SDPA pick cuDNN attention (slower with dynamic padding)")
 
 

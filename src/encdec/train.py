@@ -34,6 +34,7 @@ from encdec.finetune import count_parameters, merged_copy
 from encdec.inference import load_trained
 from encdec.lit import lightning_private
 from encdec.lit.checkpoint_io import AtomicCheckpointIO
+from encdec.lit.compiled import bucket_multiple
 from encdec.lit.datamodule import SummarizationDataModule
 from encdec.lit.module import Seq2SeqModule
 from encdec.lit.resume import BEST_CHECKPOINT, ContinuedCSVHistory, checkpoint_callbacks, resume_point, resumed_logger
@@ -107,6 +108,7 @@ def build_datamodule(
         max_source_positions=getattr(model.encoder.config, "max_position_embeddings", None),
         max_target_positions=getattr(model.decoder.config, "max_position_embeddings", None),
         seed=cfg.seed,
+        pad_to_multiple_of=bucket_multiple(cfg.data, bool(cfg.model.get("compile"))),
     )
     datamodule.prepare(raw_splits)
     sizes = {split: len(ds) for split, ds in datamodule.tokenized.items()}
@@ -124,6 +126,8 @@ def build_module(cfg: DictConfig, model, decoder_tokenizer) -> Seq2SeqModule:
         run_config=OmegaConf.to_container(cfg, resolve=True),
         compile=bool(cfg.model.get("compile")),
         cudnn_attention=bool(cfg.model.get("cudnn_attention", False)),
+        fused_loss=bool(cfg.model.get("fused_loss")),
+        loss_chunk_tokens=cfg.model.get("loss_chunk_tokens") or 4096,
     )
 
 

@@ -26,6 +26,7 @@ class SummarizationDataModule(L.LightningDataModule):
         max_source_positions: int | None = None,
         max_target_positions: int | None = None,
         seed: int = 0,
+        pad_to_multiple_of: int | None = None,
     ):
         super().__init__()
         self.seed = seed
@@ -42,7 +43,8 @@ class SummarizationDataModule(L.LightningDataModule):
             decoder_start_token_id,
             data.max_source_length,
             data.max_target_length,
-            data.get("pad_to_multiple_of"),
+            # data.pad_to_multiple_of, else the caller's (train.py: width buckets under model.compile)
+            data.get("pad_to_multiple_of") or pad_to_multiple_of,
         )
         self.raw: dict[str, datasets.Dataset] = {}
         self.tokenized: dict[str, datasets.Dataset] = {}

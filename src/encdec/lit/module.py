@@ -7,6 +7,7 @@ transformers' DataCollatorForSeq2Seq: `input_ids`, `attention_mask`, `labels` (-
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import time
 from collections.abc import Callable
@@ -23,8 +24,10 @@ from transformers.models.encoder_decoder.modeling_encoder_decoder import shift_t
 
 from encdec.data.tokenize import IGNORE_INDEX
 from encdec.errors import EncdecError
+from encdec.fused_loss import chunked_cross_entropy, hidden_states_out, lm_head
 from encdec.inference import generate_texts
 from encdec.lit import lightning_private, resume
+from encdec.lit.compiled import compile_forward, mark_rows_dynamic
 from encdec.metrics import rouge
 from encdec.models import attention_kernels
 
@@ -41,12 +44,21 @@ class Seq2SeqModule(L.LightningModule):
         run_config: dict | None = None,
         compile: bool = False,
         cudnn_attention: bool = False,
+        fused_loss: bool = False,
+        loss_chunk_tokens: int = 4096,
+        compile_backend: str | Callable = "inductor",
     ):
         super().__init__()
         self.model = model
-        # Only the teacher-forced forward is compiled (fixed call pattern, dynamic lengths); generation stays eager.
-        # Compiling the bound method leaves the module, its parameter names and checkpoints untouched.
-        self._compiled_forward = torch.compile(model.forward, dynamic=True) if compile else None
+        # Only the teacher-forced forward is compiled (fixed call pattern, one graph per width bucket: lit/compiled.py);
+        # generation stays eager. Compiling the bound method leaves the module, its parameter names and checkpoints
+        # untouched.
+        self._compiled_forward = compile_forward(model.forward, compile_backend) if compile else None
+        # The loss from chunks of logits, never all of them (encdec.fused_loss); checked here, not at the first step.
+        if fused_loss:
+            lm_head(model)
+        self.fused_loss = fused_loss
+        self.loss_chunk_tokens = loss_chunk_tokens
         self.cudnn_attention = cudnn_attention
         self.decoder_tokenizer = decoder_tokenizer
         # Without one, the optimizer=adamw preset's (lr 1e-4): a user's own Lightning script needs to pass nothing.
@@ -79,6 +91,10 @@ class Seq2SeqModule(L.LightningModule):
         weights are already partitioned. Two engines' hooks break the first training forward ("IndexError: pop from an
         empty deque"); CPU buffers (BERT's position ids) break the first embedding lookup."""
         strategy = self.trainer.strategy
+        sharded = isinstance(strategy, FSDPStrategy) or getattr(strategy, "zero_stage_3", False)
+        if self.fused_loss and sharded:
+            # The chunks read the LM head's weight outside its forward, where a sharded strategy holds only a shard.
+            raise EncdecError("model.fused_loss=true needs the LM head's whole weight: not under FSDP or ZeRO stage 3")
         if not getattr(strategy, "zero_stage_3", False):
             return
         lightning_private.remove_deepspeed_hooks(self)
@@ -89,14 +105,20 @@ class Seq2SeqModule(L.LightningModule):
     def loss(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         # The loss is ours, not EncoderDecoderModel's: its labels path rebuilds decoder masks from pad ids.
         decoder_input_ids, decoder_attention_mask = self._decoder_inputs(batch)
-        with attention_kernels(self.cudnn_attention):
-            logits = (self._compiled_forward or self.model)(
-                input_ids=batch["input_ids"],
-                attention_mask=batch.get("attention_mask"),
-                decoder_input_ids=decoder_input_ids,
-                decoder_attention_mask=decoder_attention_mask,
-                use_cache=False,
-            ).logits
+        inputs = {
+            "input_ids": batch["input_ids"],
+            "attention_mask": batch.get("attention_mask"),
+            "decoder_input_ids": decoder_input_ids,
+            "decoder_attention_mask": decoder_attention_mask,
+        }
+        head = lm_head(self.model) if self.fused_loss else None
+        with attention_kernels(self.cudnn_attention), hidden_states_out(head) if head else contextlib.nullcontext():
+            if self._compiled_forward is None:
+                logits = self.model(**inputs, use_cache=False).logits
+            else:
+                logits = self._compiled_forward(**mark_rows_dynamic(inputs), use_cache=False).logits
+        if head is not None:  # `logits` are the hidden states the LM head reads
+            return chunked_cross_entropy(logits, head, batch["labels"], self.loss_chunk_tokens)
         return F.cross_entropy(logits.float().flatten(0, 1), batch["labels"].flatten(), ignore_index=IGNORE_INDEX)
 
     def _decoder_inputs(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor | None]:
