@@ -217,6 +217,40 @@ def llama_tiny_dir() -> str:
     return str(folder)
 
 
+def smollm2_135m_dir() -> str:
+    """A local folder holding SmolLM2-135M's config (Llama: 30 layers, hidden 576, 9 heads over 3 key/value heads,
+    intermediate 1536, vocab 49152, tied embeddings; rope theta left at the default, it changes no FLOP) and a
+    WordPiece tokenizer over a generated 49152-word vocabulary (bert_base_dir's special ids: [PAD]=0, [CLS]=101,
+    [SEP]=102), so encoder=auto / decoder=auto build the quickstart's model shape (a SmolLM2 prefix pair) with random
+    weights from nothing but transformers: the GPU machine has no hub and the packaged GGUF is not carried there."""
+    from transformers import LlamaConfig
+
+    folder = Path(tempfile.gettempdir()) / "encdec-bench-smollm2-135m"
+    if not (folder / "config.json").is_file() or not (folder / "tokenizer_config.json").is_file():
+        folder.mkdir(parents=True, exist_ok=True)
+        vocab = ["[PAD]", *(f"[unused{i}]" for i in range(1, 100)), "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+        vocab += [f"tok{i}" for i in range(len(vocab), 49152)]
+        (folder / "vocab.txt").write_text("\n".join(vocab) + "\n")
+        (folder / "tokenizer_config.json").write_text(
+            json.dumps({"tokenizer_class": "BertTokenizer", "do_lower_case": True, "model_max_length": 8192})
+        )
+        LlamaConfig(
+            vocab_size=49152,
+            hidden_size=576,
+            num_hidden_layers=30,
+            num_attention_heads=9,
+            num_key_value_heads=3,
+            intermediate_size=1536,
+            max_position_embeddings=8192,
+            rms_norm_eps=1e-5,
+            tie_word_embeddings=True,
+            pad_token_id=0,
+            bos_token_id=101,
+            eos_token_id=102,
+        ).save_pretrained(folder)
+    return str(folder)
+
+
 MODELS = {
     # The packaged MiniLM -> MiniLM (22M + 27M parameters, 6 layers, 384 wide).
     "minilm": (),
@@ -233,6 +267,16 @@ MODELS = {
     ),
     # BERT-base shape on both sides (bert2bert, Rothe et al.), random weights, generated vocabulary: ~247M parameters.
     "bert2bert-base": ("encoder=auto", "encoder.init=random", "decoder=auto", "decoder.init=random"),
+    # The quickstart's model shape: SmolLM2-135M on both sides as a prefix pair (the decoder's self-attention reads the
+    # encoder's keys and values layer by layer), the encoder frozen (model.freeze_encoder=null), random weights:
+    # ~135M trained + ~135M frozen parameters; the 49152-word LM head and its cross-entropy dominate the step's memory.
+    "smollm2-prefix": (
+        "encoder=auto",
+        "encoder.init=random",
+        "decoder=auto",
+        "decoder.init=random",
+        "decoder.cross_attention.kind=prefix",
+    ),
 }
 
 
@@ -242,6 +286,9 @@ def model_overrides(name: str) -> list[str]:
         overrides.append(f"decoder.pretrained={gpt2_config_dir()}")
     if name == "bert2bert-base":
         folder = bert_base_dir()
+        overrides += [f"encoder.pretrained={folder}", f"decoder.pretrained={folder}"]
+    if name == "smollm2-prefix":
+        folder = smollm2_135m_dir()
         overrides += [f"encoder.pretrained={folder}", f"decoder.pretrained={folder}"]
     return overrides
 
