@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # One prepared GPU check (see bench/README.md, "GPU"): encdec's Lightning path vs transformers' Seq2SeqTrainer on a
-# random-weight bert2bert-base (BERT-base shape both sides, ~247M parameters), synthetic lognormal lengths 512/128,
-# batch 32, bf16-mixed on both sides: tokens/s, ratio vs Seq2SeqTrainer, peak GPU memory, MFU.
+# random-weight bert2bert-base (BERT-base shape both sides, ~247M parameters; SCENARIO=smollm2-prefix: the
+# quickstart's SmolLM2-135M prefix pair), synthetic lognormal lengths 512/128, batch 32, bf16-mixed on both sides:
+# tokens/s, ratio vs the best Seq2SeqTrainer row, peak GPU memory, MFU. Runs go in the scenario's order; those that
+# would start past BUDGET_S are left out of the table (train_throughput.py --deadline), the finished ones stay.
 #
 #   bash bench/gpu_check.sh          # on the device machine, from anywhere; ~5-7 min, hard-bounded by BUDGET_S
 #
@@ -11,8 +13,10 @@
 # Results: bench/results/train_gpu.json and the log, both copied into "$OUT" when it is set.
 #
 # Environment: PYTHON (python3), BUDGET_S (420: hard bound on the whole script, seconds), MAX_SECONDS (60: timed
-# seconds after which a run stops early), RUNS (the scenario's: hf,encdec,encdec+budget), EXTRA (more arguments for
-# train_throughput.py, e.g. "--rows 24000 --batch-size 64"), GPU_CHECK_DEVICE (cuda; cpu only to dry-run this script).
+# seconds after which a run stops early), SCENARIO (bert2bert-base, or smollm2-prefix), RUNS (the scenario's CUDA list;
+# a comma-separated list of run names), EXTRA (more arguments for train_throughput.py, e.g. "--rows 24000
+# --batch-size 64"), GPU_CHECK_DEVICE (cuda; cpu only to dry-run this script: then the CUDA run list on the CPU).
+# Log: $OUT/gpu_check_$SCENARIO.log (and gpu_check.log, the latest call's).
 set -uo pipefail
 cd "$(dirname "$0")/.." || exit 2
 ROOT=$PWD
@@ -20,6 +24,7 @@ PY=${PYTHON:-python3}
 BUDGET_S=${BUDGET_S:-420}
 MAX_SECONDS=${MAX_SECONDS:-60}
 DEVICE=${GPU_CHECK_DEVICE:-cuda}
+SCENARIO=${SCENARIO:-bert2bert-base}
 START=$(date +%s)
 export PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1
 export TRANSFORMERS_NO_ADVISORY_WARNINGS=1 OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
@@ -28,7 +33,7 @@ LOG=$(mktemp /tmp/encdec-gpu-check.XXXXXX.log)
 log() { echo "[gpu_check +$(( $(date +%s) - START ))s] $*" | tee -a "$LOG"; }
 save_out() {
     if [ -n "${OUT:-}" ]; then
-        mkdir -p "$OUT" && cp "$LOG" "$OUT/gpu_check.log"
+        mkdir -p "$OUT" && cp "$LOG" "$OUT/gpu_check_$SCENARIO.log" && cp "$LOG" "$OUT/gpu_check.log"
         [ -f "$ROOT/bench/results/train_gpu.json" ] && cp "$ROOT/bench/results/train_gpu.json" "$OUT/train_gpu.json"
         [ -f "$RESULTS" ] && [ "$RESULTS" != "$ROOT/bench/results/train_gpu.json" ] && cp "$RESULTS" "$OUT/"
     fi
@@ -99,9 +104,10 @@ fi
 
 # -- 2. the benchmark, hard-bounded ---------------------------------------------------------------------------------
 LEFT=$(( BUDGET_S - ($(date +%s) - START) - 10 ))
-log "bench: bert2bert-base on $DEVICE, timeout ${LEFT}s"
-ARGS=(--device "$DEVICE" --scenario bert2bert-base --max-seconds "$MAX_SECONDS" --results "$RESULTS")
-[ -n "${RUNS:-}" ] && ARGS+=(--runs "$RUNS")
+log "bench: $SCENARIO on $DEVICE, timeout ${LEFT}s (no run starts after $(( LEFT - 25 ))s)"
+ARGS=(--device "$DEVICE" --scenario "$SCENARIO" --max-seconds "$MAX_SECONDS" --results "$RESULTS"
+      --deadline $(( LEFT - 25 )))
+ARGS+=(--runs "${RUNS:-cuda}")
 # shellcheck disable=SC2206
 [ -n "${EXTRA:-}" ] && ARGS+=(${EXTRA})
 log "$PY bench/train_throughput.py ${ARGS[*]}"
@@ -112,22 +118,29 @@ status=${PIPESTATUS[0]}
 
 # -- 3. summary ------------------------------------------------------------------------------------------------------
 if [ $status -eq 0 ] && [ -f "$RESULTS" ]; then
-    "$PY" - "$RESULTS" <<'EOF' 2>&1 | tee -a "$LOG"
+    "$PY" - "$RESULTS" "$SCENARIO" <<'EOF' 2>&1 | tee -a "$LOG"
 import json, sys
 data = json.load(open(sys.argv[1]))
 m = data["machine"]
-scenario = data["scenarios"]["bert2bert-base"]
+scenario = data["scenarios"][sys.argv[2]]
 setup = scenario["setup"]
-print(f"SUMMARY {m.get('gpu', m['cpu'])} | torch {m['torch']} CUDA {m.get('cuda')} | transformers {m['transformers']} "
+print(f"SUMMARY {sys.argv[2]} on {m.get('gpu', m['cpu'])} | torch {m['torch']} CUDA {m.get('cuda')} | transformers {m['transformers']} "
       f"| lightning {m['lightning']} | {setup['precision']} | batch {setup['batch_size']} | {setup['rows']} rows "
       f"| peak {setup.get('peak_tflops')} TFLOP/s")
 anchor = scenario["anchor"]
 for row in scenario["summary"]:
-    print(f"  {row['run']:16s} {row['tokens_per_s']:10.0f} tok/s  vs {anchor} {row['vs_' + anchor]:5.2f}x  "
+    print(f"  {row['run']:32s} {row['tokens_per_s']:10.0f} tok/s  vs {anchor} {row['vs_' + anchor]:5.2f}x  "
+          f"vs best hf {row.get('vs_best_hf', float('nan')):5.2f}x  "
           f"pad {row['padding_fraction']:.3f}  MFU {row.get('mfu', float('nan')):.3f} "
           f"(useful {row.get('useful_mfu', float('nan')):.3f})  gpu peak {row.get('peak_cuda_mib', float('nan')):.0f} MiB")
 runs = [r for rs in scenario["runs"].values() for r in rs]
 capped = [name for name, rs in scenario["runs"].items() if any(r.get("capped_by_max_seconds") for r in rs)]
+for name, reason in scenario.get("failed", {}).items():
+    print(f"  {name:32s} NOT IN THE TABLE: {reason.splitlines()[0][:160]}")
+compiled = {n: r.get("new_width_pairs_in_timed_steps") for n, rs in scenario["runs"].items() for r in rs
+            if scenario["run_meaning"][n].get("compile")}
+if compiled:
+    print(f"  +compile: width pairs first met in timed steps (each compiled inside the clock): {compiled}")
 if capped:
     print(f"  capped by --max-seconds (fewer rows than a full epoch, tokens/s still exact): {', '.join(capped)}")
 if runs and "flops_per_padded_token" in runs[0]:

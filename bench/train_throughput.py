@@ -113,8 +113,9 @@ SCENARIOS = {
     },
     # BERT-base shape on both sides (12 layers, 768, 12 heads, 3072, vocab 30522), random weights, synthetic lognormal
     # lengths (mean 209 + 52 tokens). On CPU batch 8 (a smoke only: use --rows/--max-source/--max-target); on CUDA
-    # batch 32 and 48000 rows: 1500 steps, ~8.2 PFLOP at ~0.65 GFLOP per token, i.e. ~30 s at 30% MFU of an H100 and
-    # ~60 s where the step is bound by the host's kernel launches (~40 ms); --max-seconds caps a slower run.
+    # batch 32 and 16000 rows: 500 steps, ~2.7 PFLOP at ~0.65 GFLOP per token, i.e. ~7 s at 40% MFU of an H200 and
+    # ~50 s at the 0.1 s/step measured there (2026-11-26); --max-seconds caps it (48000 rows until 2026-11-30: the
+    # smaller epoch saves each run's process seconds of data preparation, never the timed steps).
     "bert2bert-base": {
         "model": "bert2bert-base",
         "data": "synthetic",
@@ -129,7 +130,7 @@ SCENARIOS = {
         # runs out, so the later rows are the ones a short call loses). encdec+budget+compile+fusedloss is the
         # everything row; +compile runs skip --compile-skip-steps untimed steps (their graphs compile there).
         "cuda": {
-            "rows": 48000,
+            "rows": 16000,
             "batch_size": 32,
             "runs": [
                 "hf-fused+nocudnn",
@@ -160,7 +161,7 @@ SCENARIOS = {
         "max_target": 128,
         "runs": ["hf-fused", "encdec", "encdec+fusedloss"],
         "cuda": {
-            "rows": 48000,
+            "rows": 16000,
             "batch_size": 32,
             "runs": [
                 "hf-fused+nocudnn",
@@ -335,10 +336,15 @@ class Steps:
     """Per-step token counts and end times; tokens are counted from the batches the model actually got.
 
     The first `skip` steps run untimed (torch.compile's compilation, cuDNN or allocator warm-up): the clock starts at
-    step `skip`, and only the steps after it count.
+    step `skip`, and only the steps after it count. With `exclude_new_widths` (+compile runs) a timed step whose
+    (source, target) width pair no earlier step had (so its graph compiles now) is bracketed by syncs and left out of
+    the clock and the tokens: tokens/s is the steady state a long run reaches once each width bucket has its graph,
+    and `compile_seconds_in_timed_steps` says what the left-out compilations cost.
     """
 
-    def __init__(self, device: str = "cpu", max_seconds: float | None = None, skip: int = 0):
+    def __init__(
+        self, device: str = "cpu", max_seconds: float | None = None, skip: int = 0, exclude_new_widths: bool = False
+    ):
         self.batches: list[dict] = []
         self.starts: list[float] = []
         self.ends: list[float] = []
@@ -346,6 +352,11 @@ class Steps:
         self.max_seconds = max_seconds
         self.skip = skip
         self.capped = False
+        self.exclude_new_widths = exclude_new_widths
+        self.seen: set = set()
+        self.excluded: list[int] = []
+        self.excluded_seconds = 0.0
+        self._excluding = False
 
     def _sync(self) -> None:
         if self.device == "cuda":
@@ -354,16 +365,27 @@ class Steps:
             torch.cuda.synchronize()
 
     def start(self) -> None:
-        if len(self.starts) == self.skip:
+        step = len(self.starts)
+        widths = self.batches[step]["widths"] if len(self.batches) > step else None
+        new = widths is not None and widths not in self.seen
+        self.seen.add(widths)
+        self._excluding = self.exclude_new_widths and new and step >= self.skip
+        if step == self.skip or self._excluding:
             self._sync()  # the clock starts with an idle GPU (warm-up, FLOP count and skipped steps finished)
         self.starts.append(time.perf_counter())
 
     def end(self, last: bool) -> bool:
         """Stamp a step's end; True when --max-seconds says stop after this step. On CUDA only the final end waits for
         the GPU: a sync per step would stop the CPU from queueing ahead, as it does in real training."""
+        if self._excluding:  # a compiling step: its whole time (host and GPU) leaves the clock
+            self._sync()
+            self.excluded_seconds += time.perf_counter() - self.starts[-1]
+            self.excluded.append(len(self.ends))
+            self._excluding = False
         now = time.perf_counter()
         timed = len(self.ends) >= self.skip
-        stop = timed and self.max_seconds is not None and now - self.starts[self.skip] >= self.max_seconds
+        elapsed = now - self.starts[self.skip] - self.excluded_seconds if timed else 0.0
+        stop = timed and self.max_seconds is not None and elapsed >= self.max_seconds
         if last or stop:
             self._sync()
             now = time.perf_counter()
@@ -386,9 +408,13 @@ class Steps:
     def summary(self) -> dict:
         if len(self.ends) <= self.skip:
             raise SystemExit(f"--skip-steps {self.skip}: the run had only {len(self.ends)} steps")
-        steps = len(self.ends) - self.skip
-        batches = self.batches[self.skip : len(self.ends)]
-        seconds = self.ends[-1] - self.starts[self.skip]
+        excluded = set(self.excluded)
+        timed = [i for i in range(self.skip, len(self.ends)) if i not in excluded]
+        if not timed:
+            raise SystemExit(f"every timed step compiled a new width pair ({len(excluded)}): run longer")
+        steps = len(timed)
+        batches = [self.batches[i] for i in timed]
+        seconds = self.ends[-1] - self.starts[self.skip] - self.excluded_seconds
         source = sum(b["source"] for b in batches)
         target = sum(b["target"] for b in batches)
         padded = sum(b["padded"] for b in batches)
@@ -396,7 +422,7 @@ class Steps:
         # step puts a compilation inside the clock (raise --compile-skip-steps when this is not 0).
         seen = {b["widths"] for b in self.batches[: self.skip]}
         new_timed = 0
-        for b in batches:
+        for b in self.batches[self.skip : len(self.ends)]:
             new_timed += b["widths"] not in seen
             seen.add(b["widths"])
         return {
@@ -413,6 +439,15 @@ class Steps:
             "width_pairs": len(seen),
             "new_width_pairs_in_timed_steps": new_timed,
             **({"untimed_first_steps": self.skip} if self.skip else {}),
+            **({"untimed_seconds": round(self.starts[self.skip] - self.starts[0], 2)} if self.skip else {}),
+            **(
+                {
+                    "compile_steps_left_out": len(excluded),
+                    "compile_seconds_in_timed_steps": round(self.excluded_seconds, 2),
+                }
+                if self.exclude_new_widths
+                else {}
+            ),
             **({"capped_by_max_seconds": self.capped} if self.max_seconds is not None else {}),
         }
 
@@ -595,6 +630,7 @@ def worker_encdec(spec: dict, rows: list[dict], model, encoder_tokenizer, decode
         cudnn_attention=spec.get("cudnn_attention", False),
         compile=bool(spec.get("compile")),
         fused_loss=bool(spec.get("fused_loss")),
+        compile_backend=spec.get("compile_backend", "inductor"),
     )
 
     class Timer(L.Callback):
@@ -737,7 +773,7 @@ def worker(spec: dict) -> None:
         if device == "cuda":
             torch.cuda.synchronize()
             torch.cuda.reset_peak_memory_stats()  # the peak of the training run: weights, grads, AdamW state, activations
-        steps = Steps(device, spec.get("max_seconds"), spec.get("skip_steps", 0))
+        steps = Steps(device, spec.get("max_seconds"), spec.get("skip_steps", 0), bool(spec.get("compile")))
         if spec["framework"] == "hf":
             extra = worker_hf(spec, rows, model, encoder_tokenizer, steps)
         else:
@@ -1078,6 +1114,11 @@ def main() -> None:
         "the width buckets met there compile outside the clock",
     )
     parser.add_argument(
+        "--compile-backend",
+        default="inductor",
+        help="torch.compile backend of +compile runs (default inductor, the product's; aot_eager for a quick CPU dry run)",
+    )
+    parser.add_argument(
         "--deadline",
         type=float,
         help="seconds from the start after which no further run starts (each run's process is also killed at it); "
@@ -1164,10 +1205,11 @@ def main() -> None:
             spec.pop("runs", None)
             if spec.get("compile"):
                 spec["skip_steps"] = max(args.skip_steps, args.compile_skip_steps)
+                spec["compile_backend"] = args.compile_backend
             timeout = 3600.0
             if args.deadline is not None:
                 timeout = args.deadline - (time.time() - main_started)
-                if timeout < 20:
+                if timeout < (args.max_seconds or 0) + 25:  # a run needs ~25 s of start-up besides its timed seconds
                     print(f"  {name:28s} NOT RUN: --deadline {args.deadline:.0f} s reached", flush=True)
                     failed.setdefault(name, "not run: --deadline reached")
                     continue
@@ -1189,8 +1231,11 @@ def main() -> None:
                 )
             if result.get("capped_by_max_seconds"):
                 more += f"  CAPPED after {result['steps']} steps"
-            if result.get("new_width_pairs_in_timed_steps") and spec.get("compile"):
-                more += f"  ({result['new_width_pairs_in_timed_steps']} width pairs compiled in timed steps)"
+            if spec.get("compile"):
+                more += (
+                    f"  compile: {result['untimed_seconds']:.0f} s in {result['untimed_first_steps']} untimed steps, "
+                    f"{result['compile_steps_left_out']} timed steps left out ({result['compile_seconds_in_timed_steps']:.0f} s)"
+                )
             print(
                 f"  {name:28s} {result['tokens_per_s']:8.1f} tok/s  {result['s_per_step']:6.2f} s/step  "
                 f"rows/step {result['rows_per_step']:5.2f}  pad {result['padding_fraction']:.3f}  "
