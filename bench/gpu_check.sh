@@ -137,10 +137,13 @@ runs = [r for rs in scenario["runs"].values() for r in rs]
 capped = [name for name, rs in scenario["runs"].items() if any(r.get("capped_by_max_seconds") for r in rs)]
 for name, reason in scenario.get("failed", {}).items():
     print(f"  {name:32s} NOT IN THE TABLE: {reason.splitlines()[0][:160]}")
-compiled = {n: r.get("new_width_pairs_in_timed_steps") for n, rs in scenario["runs"].items() for r in rs
-            if scenario["run_meaning"][n].get("compile")}
-if compiled:
-    print(f"  +compile: width pairs first met in timed steps (each compiled inside the clock): {compiled}")
+for name, rs in scenario["runs"].items():
+    for r in rs:
+        if scenario["run_meaning"][name].get("compile"):
+            print(f"  {name}: compilation {r.get('untimed_seconds', 0):.0f} s in {r.get('untimed_first_steps', 0)} "
+                  f"untimed steps + {r.get('compile_seconds_in_timed_steps', 0):.0f} s in "
+                  f"{r.get('compile_steps_left_out', 0)} timed steps left out of the clock (new width pairs); "
+                  f"{r.get('width_pairs')} width pairs in all")
 if capped:
     print(f"  capped by --max-seconds (fewer rows than a full epoch, tokens/s still exact): {', '.join(capped)}")
 if runs and "flops_per_padded_token" in runs[0]:

@@ -1210,14 +1210,14 @@ def main() -> None:
             if args.deadline is not None:
                 timeout = args.deadline - (time.time() - main_started)
                 if timeout < (args.max_seconds or 0) + 25:  # a run needs ~25 s of start-up besides its timed seconds
-                    print(f"  {name:28s} NOT RUN: --deadline {args.deadline:.0f} s reached", flush=True)
+                    print(f"  {name:32s} NOT RUN: --deadline {args.deadline:.0f} s reached", flush=True)
                     failed.setdefault(name, "not run: --deadline reached")
                     continue
             try:
                 result = common.run_worker(Path(__file__), spec, timeout=timeout)
             except (RuntimeError, subprocess.TimeoutExpired) as error:
                 reason = "killed at --deadline" if isinstance(error, subprocess.TimeoutExpired) else "failed"
-                print(f"  {name:28s} {reason.upper()}: {str(error)[-1500:]}", flush=True)
+                print(f"  {name:32s} {reason.upper()}: {str(error)[-1500:]}", flush=True)
                 failed[name] = f"{reason}: {str(error)[-1500:]}"
                 continue
             results[name].append(result)
@@ -1237,7 +1237,7 @@ def main() -> None:
                     f"{result['compile_steps_left_out']} timed steps left out ({result['compile_seconds_in_timed_steps']:.0f} s)"
                 )
             print(
-                f"  {name:28s} {result['tokens_per_s']:8.1f} tok/s  {result['s_per_step']:6.2f} s/step  "
+                f"  {name:32s} {result['tokens_per_s']:8.1f} tok/s  {result['s_per_step']:6.2f} s/step  "
                 f"rows/step {result['rows_per_step']:5.2f}  pad {result['padding_fraction']:.3f}  "
                 f"rss {result['peak_rss_mib']:.0f} MiB{more}",
                 flush=True,
