@@ -1283,7 +1283,7 @@ def main() -> None:
         *("vs_" + r for r in references),
     ]
     hf_rows = [row for row in rows if run_spec(row["run"])["framework"] == "hf"]
-    if hf_rows and "encdec" in base:
+    if hf_rows:
         best = max(hf_rows, key=lambda row: row["tokens_per_s"])
         for row in rows:
             row["vs_best_hf"] = row["tokens_per_s"] / best["tokens_per_s"]
