@@ -41,7 +41,7 @@ if compgen -G "$ROOT/.whl/*.whl" >/dev/null; then
         "$ROOT"/.whl/*.whl 2>&1 | tail -3
     export PYTHONPATH="/tmp/encdec-site${PYTHONPATH:+:$PYTHONPATH}"
 fi
-export PYTHONPATH="$ROOT/src:$ROOT/bench:$PYTHONPATH" HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
+export PYTHONPATH="$ROOT/src:$ROOT/bench${PYTHONPATH:+:$PYTHONPATH}" HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 log "python $("$PY" --version 2>&1); budget ${BUDGET_S}s"
 
 if [[ $SKIP != *" 1 "* ]]; then

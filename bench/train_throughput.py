@@ -126,18 +126,22 @@ SCENARIOS = {
         "runs": ["hf", "encdec", "encdec+budget"],
         # Issue 21 on a GPU: the best-configured Seq2SeqTrainer (fused AdamW, group_by_length, cuDNN attention off:
         # hf-fused+nocudnn, the anchor and the vs_best_hf reference) against encdec's defaults and each lever, most
-        # telling first: the core five fit one bounded call (bench/gpu_all.sh; --deadline drops the tail when time
-        # runs out, so the later rows are the ones a short call loses). encdec+budget+compile+fusedloss is the
-        # everything row; +compile runs skip --compile-skip-steps untimed steps (their graphs compile there).
+        # telling first: the first four fit one bounded call (bench/gpu_all.sh; --deadline drops the tail when time
+        # runs out, so the later rows are the ones a short call loses). budget-memory is the GPU-sized budget (2.4x
+        # the rows per step at the same worst-case memory: the lever for a host-bound step);
+        # encdec+budget+compile+fusedloss is the everything row at batch 32's rows; +compile runs skip
+        # --compile-skip-steps untimed steps, leave later compiling steps out of the clock and stop after
+        # --compile-max-seconds.
         "cuda": {
             "rows": 16000,
             "batch_size": 32,
             "runs": [
                 "hf-fused+nocudnn",
                 "encdec",
+                "encdec+budget-memory",
+                "encdec+budget+compile+fusedloss",
                 "encdec+budget",
                 "encdec+budget+fusedloss",
-                "encdec+budget+compile+fusedloss",
                 "encdec+fusedloss",
                 "encdec+compile",
                 "encdec+nosync",
@@ -167,8 +171,8 @@ SCENARIOS = {
                 "hf-fused+nocudnn",
                 "encdec",
                 "encdec+fusedloss",
-                "encdec+budget+fusedloss",
                 "encdec+budget-memory+fusedloss",
+                "encdec+budget+fusedloss",
                 "encdec+budget+compile+fusedloss",
                 "encdec+budget",
             ],
@@ -339,11 +343,18 @@ class Steps:
     step `skip`, and only the steps after it count. With `exclude_new_widths` (+compile runs) a timed step whose
     (source, target) width pair no earlier step had (so its graph compiles now) is bracketed by syncs and left out of
     the clock and the tokens: tokens/s is the steady state a long run reaches once each width bucket has its graph,
-    and `compile_seconds_in_timed_steps` says what the left-out compilations cost.
+    and `compile_seconds_in_timed_steps` says what the left-out compilations cost. `max_wall_seconds` (+compile runs)
+    also stops the run that long after its first step, compilations included, with the steady steps it has: one graph
+    per width bucket can take minutes to compile, more than a bounded GPU call has.
     """
 
     def __init__(
-        self, device: str = "cpu", max_seconds: float | None = None, skip: int = 0, exclude_new_widths: bool = False
+        self,
+        device: str = "cpu",
+        max_seconds: float | None = None,
+        skip: int = 0,
+        exclude_new_widths: bool = False,
+        max_wall_seconds: float | None = None,
     ):
         self.batches: list[dict] = []
         self.starts: list[float] = []
@@ -357,6 +368,8 @@ class Steps:
         self.excluded: list[int] = []
         self.excluded_seconds = 0.0
         self._excluding = False
+        self.max_wall_seconds = max_wall_seconds
+        self.wall_capped = False
 
     def _sync(self) -> None:
         if self.device == "cuda":
@@ -385,12 +398,17 @@ class Steps:
         now = time.perf_counter()
         timed = len(self.ends) >= self.skip
         elapsed = now - self.starts[self.skip] - self.excluded_seconds if timed else 0.0
-        stop = timed and self.max_seconds is not None and elapsed >= self.max_seconds
+        capped = timed and self.max_seconds is not None and elapsed >= self.max_seconds
+        steady = len(self.ends) + 1 - self.skip - len(self.excluded)  # timed steps kept, this one included
+        walled = timed and steady > 0 and self.max_wall_seconds is not None
+        walled = walled and now - self.starts[0] >= self.max_wall_seconds
+        stop = capped or walled
         if last or stop:
             self._sync()
             now = time.perf_counter()
         self.ends.append(now)
-        self.capped = self.capped or (stop and not last)
+        self.capped = self.capped or (capped and not last)
+        self.wall_capped = self.wall_capped or (walled and not last)
         return stop
 
     def count(self, batch) -> None:
@@ -449,6 +467,7 @@ class Steps:
                 else {}
             ),
             **({"capped_by_max_seconds": self.capped} if self.max_seconds is not None else {}),
+            **({"capped_by_compile_max_seconds": self.wall_capped} if self.max_wall_seconds is not None else {}),
         }
 
 
@@ -773,7 +792,13 @@ def worker(spec: dict) -> None:
         if device == "cuda":
             torch.cuda.synchronize()
             torch.cuda.reset_peak_memory_stats()  # the peak of the training run: weights, grads, AdamW state, activations
-        steps = Steps(device, spec.get("max_seconds"), spec.get("skip_steps", 0), bool(spec.get("compile")))
+        steps = Steps(
+            device,
+            spec.get("max_seconds"),
+            spec.get("skip_steps", 0),
+            exclude_new_widths=bool(spec.get("compile")),
+            max_wall_seconds=spec.get("compile_max_seconds") if spec.get("compile") else None,
+        )
         if spec["framework"] == "hf":
             extra = worker_hf(spec, rows, model, encoder_tokenizer, steps)
         else:
@@ -1114,6 +1139,13 @@ def main() -> None:
         "the width buckets met there compile outside the clock",
     )
     parser.add_argument(
+        "--compile-max-seconds",
+        type=float,
+        default=120,
+        help="a +compile run stops this many seconds after its first step, compilations included, with the steady "
+        "steps it has (default 120; their tokens/s stays exact)",
+    )
+    parser.add_argument(
         "--compile-backend",
         default="inductor",
         help="torch.compile backend of +compile runs (default inductor, the product's; aot_eager for a quick CPU dry run)",
@@ -1206,6 +1238,7 @@ def main() -> None:
             if spec.get("compile"):
                 spec["skip_steps"] = max(args.skip_steps, args.compile_skip_steps)
                 spec["compile_backend"] = args.compile_backend
+                spec["compile_max_seconds"] = args.compile_max_seconds
             timeout = 3600.0
             if args.deadline is not None:
                 timeout = args.deadline - (time.time() - main_started)
@@ -1236,6 +1269,8 @@ def main() -> None:
                     f"  compile: {result['untimed_seconds']:.0f} s in {result['untimed_first_steps']} untimed steps, "
                     f"{result['compile_steps_left_out']} timed steps left out ({result['compile_seconds_in_timed_steps']:.0f} s)"
                 )
+                if result.get("capped_by_compile_max_seconds"):
+                    more += f"  STOPPED by --compile-max-seconds after {result['steps']} steady steps"
             print(
                 f"  {name:32s} {result['tokens_per_s']:8.1f} tok/s  {result['s_per_step']:6.2f} s/step  "
                 f"rows/step {result['rows_per_step']:5.2f}  pad {result['padding_fraction']:.3f}  "
