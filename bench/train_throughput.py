@@ -344,7 +344,7 @@ class Steps:
     (source, target) width pair no earlier step had (so its graph compiles now) is bracketed by syncs and left out of
     the clock and the tokens: tokens/s is the steady state a long run reaches once each width bucket has its graph,
     and `compile_seconds_in_timed_steps` says what the left-out compilations cost. `max_wall_seconds` (+compile runs)
-    also stops the run that long after its first step, compilations included, with the steady steps it has: one graph
+    also stops the run that long after its first step, compilations included, once it has 5 steady seconds: one graph
     per width bucket can take minutes to compile, more than a bounded GPU call has.
     """
 
@@ -399,8 +399,9 @@ class Steps:
         timed = len(self.ends) >= self.skip
         elapsed = now - self.starts[self.skip] - self.excluded_seconds if timed else 0.0
         capped = timed and self.max_seconds is not None and elapsed >= self.max_seconds
-        steady = len(self.ends) + 1 - self.skip - len(self.excluded)  # timed steps kept, this one included
-        walled = timed and steady > 0 and self.max_wall_seconds is not None
+        # The wall cap waits for a few steady seconds (5, or --max-seconds if less): a tokens/s over 100-odd steps.
+        steady = min(5.0, self.max_seconds or 5.0)
+        walled = timed and self.max_wall_seconds is not None and elapsed >= steady
         walled = walled and now - self.starts[0] >= self.max_wall_seconds
         stop = capped or walled
         if last or stop:
