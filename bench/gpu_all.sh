@@ -20,8 +20,9 @@
 # warm-up, FLOP count) plus its MAX_SECONDS timed seconds, so ~45 s at MAX_SECONDS=20; each gpu_check.sh call adds
 # ~15-35 s (import check, weights saved once). A +compile run compiles one graph per width pair (multiples of 64 up to
 # 512/128: up to 8 x 2), which may take minutes: it stops --compile-max-seconds (120) after its first step once it
-# has 5 steady seconds, so it costs ~25 + 120 s. TRAIN_S=530 gives bert2bert-base ~318 s (530 - SMOL_S 212): setup 25 + hf-fused+nocudnn, encdec, encdec+budget-memory (3 x 45) + encdec+budget+compile+fusedloss (<= 148) = 308,
-# and smollm2-prefix ~212 s: setup 25 + hf-fused+nocudnn, encdec, encdec+fusedloss, encdec+budget-memory+fusedloss
+# has 5 steady seconds, so it costs ~25 + 120 s. TRAIN_S=530 gives bert2bert-base ~318 s (530 - SMOL_S 212): setup 25
+# + hf-fused+nocudnn, encdec, encdec+budget-memory (3 x 45) + encdec+budget+compile+fusedloss (~148) = 308, and
+# smollm2-prefix ~212 s: setup 25 + hf-fused+nocudnn, encdec, encdec+fusedloss, encdec+budget-memory+fusedloss
 # (4 x ~47). Each list goes on in order while time is left (train_throughput.py --deadline: no run starts without
 # MAX_SECONDS + 25 s left, a run still going at the deadline is killed), and the table keeps every finished run, so a
 # short call loses the tail of a list, never the whole table. Device minutes: machine start (~2-4 min) + 590 s call
