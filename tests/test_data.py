@@ -183,7 +183,7 @@ def test_a_column_that_is_not_text_is_named_with_what_it_holds(tmp_path, tiny_fi
 def test_group_by_length_reaches_the_training_batches(tiny_files):
     decoder_tokenizer = word_tokenizer("alpha beta gamma delta epsilon zeta theta kappa lambda sigma omega".split())
     plain, _ = datamodule_for(tiny_files, decoder_tokenizer, batch_size=2, group_by_length=False)
-    grouped, _ = datamodule_for(tiny_files, decoder_tokenizer, batch_size=2)  # the default
+    grouped, _ = datamodule_for(tiny_files, decoder_tokenizer, batch_size=2, group_by_length=True)
     plain.train_dataloader()
     loader = grouped.train_dataloader()
     assert type(plain.train_sampler.order).__name__ == "FixedSize"

@@ -43,7 +43,7 @@ def check_data(data: DictConfig) -> None:
 
 
 def check_data_rules(data: DictConfig) -> None:
-    # data.max_tokens_per_batch, when set, replaces group_by_length (on by default): no rule between the two.
+    # data.max_tokens_per_batch, when set, replaces group_by_length (auto by default): no rule between the two.
     if data.get("text_column") is not None and data.get("text_column") == data.get("summary_column"):
         raise EncdecError(
             f"data.text_column and data.summary_column are both {data.text_column}: name two different columns"
@@ -189,7 +189,8 @@ def check_against(declared: type, node, prefix: str = "") -> None:
 
 def _check_value(key: str, value, kind, meta) -> None:
     if meta["choices"]:
-        if value not in meta["choices"]:
+        # By type too: 1 is not true, nor 0 false (`1 in (True,)` holds in Python).
+        if not any(type(value) is type(choice) and value == choice for choice in meta["choices"]):
             raise EncdecError(f"{key}={value}{meta['says'] or ': use ' + ' or '.join(meta['choices'])}")
     elif kind is bool:
         if not isinstance(value, bool):

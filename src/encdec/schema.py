@@ -82,7 +82,11 @@ class Data:
         low=1,
         note=FIXED_SIZE,
     )
-    group_by_length: bool = setting("batch_size rows per step, each batch of rows of similar length (less padding)")
+    group_by_length: bool | str = setting(
+        "batch_size rows per step of similar length (less padding); auto: only where random batches pad over 10%",
+        choices=("auto", True, False),
+        says=": use auto, true or false",
+    )
     length_jitter: float = setting(
         "group_by_length sorts by length times a random factor in [e^-x, e^x], new each epoch (0: strict sort)",
         low=0,
@@ -366,9 +370,17 @@ def _rows(schema: type, prefix: str):
             yield from _rows(kind, f"{prefix}{spec.name}.")
         else:
             choices = spec.metadata["choices"]
-            yield f"{prefix}{spec.name}", spec.metadata["help"] + (f" [{' | '.join(choices)}]" if choices else "")
+            yield (
+                f"{prefix}{spec.name}",
+                spec.metadata["help"] + (f" [{' | '.join(map(_shown, choices))}]" if choices else ""),
+            )
 
 
 def register_help() -> None:
     """`${encdec_settings:train}` in conf/hydra/help/*.yaml: the listing above, made when --help prints it."""
     OmegaConf.register_new_resolver("encdec_settings", settings_help, replace=True)
+
+
+def _shown(choice) -> str:
+    """A choice as a user types it: true/false, not Python's True/False."""
+    return str(choice).lower() if isinstance(choice, bool) else str(choice)

@@ -105,7 +105,7 @@ class SummarizationDataModule(L.LightningDataModule):
             dataset_lengths(dataset),
             self.data.batch_size,
             self.data.get("max_tokens_per_batch"),
-            bool(self.data.get("group_by_length")),
+            self.data.get("group_by_length") or False,
             # Absent from configs saved before it existed: their strict order, so they resume bit for bit.
             float(self.data.get("length_jitter", 0.0)),
         )
