@@ -298,14 +298,16 @@ def training_order(
     max_tokens: int | None,
     group_by_length: bool | str,
     length_jitter: float = 0.0,
+    announce: bool = True,
 ) -> BatchOrder:
     """The strategy the data settings name: a token budget, batches grouped by length, or fixed-size batches
-    (group_by_length="auto": grouped when random batches would pad more than AUTO_GROUP_PADDING)."""
+    (group_by_length="auto": grouped when random batches would pad more than AUTO_GROUP_PADDING, which is logged
+    when `announce`: by DDP's rank 0 alone, since any record makes another rank write a log file of its own)."""
     if max_tokens:
         return TokenBudget(lengths, max_tokens)
     if group_by_length == "auto" and lengths:
         group, padding = grouping_pays(lengths, batch_size)
-        log.info(
+        (log.info if announce else log.debug)(
             "data.group_by_length=auto: random batches would pad %.1f%% of their tokens, so %s",
             100 * padding,
             "batches are grouped by length" if group else "batches stay random (grouping would save little)",

@@ -108,6 +108,7 @@ class SummarizationDataModule(L.LightningDataModule):
             self.data.get("group_by_length") or False,
             # Absent from configs saved before it existed: their strict order, so they resume bit for bit.
             float(self.data.get("length_jitter", 0.0)),
+            announce=rank == 0,
         )
         self.train_sampler = ResumableBatchSampler(
             order, seed=self.seed, shuffle=shuffle, num_replicas=replicas, rank=rank
