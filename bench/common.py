@@ -162,6 +162,19 @@ def gpt2_config_dir() -> str:
     return str(folder)
 
 
+def write_wordpiece_tokenizer(folder: Path, vocab_size: int, model_max_length: int) -> None:
+    """vocab.txt over a generated vocabulary with bert-base-uncased's special ids ([PAD]=0, [UNK]=100, [CLS]=101,
+    [SEP]=102, [MASK]=103) and the tokenizer_config.json that makes it a BertTokenizer, in `folder` (created)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    vocab = ["[PAD]", *(f"[unused{i}]" for i in range(1, 100)), "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+    vocab += [f"tok{i}" for i in range(len(vocab), vocab_size)]
+    (folder / "vocab.txt").write_text("\n".join(vocab) + "\n")
+    # vocab.txt + this is all AutoTokenizer needs, in transformers 4 and 5 alike (their constructors differ).
+    (folder / "tokenizer_config.json").write_text(
+        json.dumps({"tokenizer_class": "BertTokenizer", "do_lower_case": True, "model_max_length": model_max_length})
+    )
+
+
 def bert_base_dir() -> str:
     """A local folder holding a BERT-base config.json (12 layers, 768 wide, 12 heads, 3072, vocab 30522) and a
     WordPiece tokenizer over a generated vocabulary ([PAD]=0, [UNK]=100, [CLS]=101, [SEP]=102, [MASK]=103, as in
@@ -171,14 +184,7 @@ def bert_base_dir() -> str:
 
     folder = Path(tempfile.gettempdir()) / "encdec-bench-bert-base"
     if not (folder / "config.json").is_file() or not (folder / "tokenizer_config.json").is_file():
-        folder.mkdir(parents=True, exist_ok=True)
-        vocab = ["[PAD]", *(f"[unused{i}]" for i in range(1, 100)), "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
-        vocab += [f"tok{i}" for i in range(len(vocab), 30522)]
-        (folder / "vocab.txt").write_text("\n".join(vocab) + "\n")
-        # vocab.txt + this is all AutoTokenizer needs, in transformers 4 and 5 alike (their constructors differ).
-        (folder / "tokenizer_config.json").write_text(
-            json.dumps({"tokenizer_class": "BertTokenizer", "do_lower_case": True, "model_max_length": 512})
-        )
+        write_wordpiece_tokenizer(folder, 30522, 512)
         BertConfig(
             vocab_size=30522,
             hidden_size=768,
@@ -227,13 +233,7 @@ def smollm2_135m_dir() -> str:
 
     folder = Path(tempfile.gettempdir()) / "encdec-bench-smollm2-135m"
     if not (folder / "config.json").is_file() or not (folder / "tokenizer_config.json").is_file():
-        folder.mkdir(parents=True, exist_ok=True)
-        vocab = ["[PAD]", *(f"[unused{i}]" for i in range(1, 100)), "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
-        vocab += [f"tok{i}" for i in range(len(vocab), 49152)]
-        (folder / "vocab.txt").write_text("\n".join(vocab) + "\n")
-        (folder / "tokenizer_config.json").write_text(
-            json.dumps({"tokenizer_class": "BertTokenizer", "do_lower_case": True, "model_max_length": 8192})
-        )
+        write_wordpiece_tokenizer(folder, 49152, 8192)
         LlamaConfig(
             vocab_size=49152,
             hidden_size=576,
