@@ -3,7 +3,8 @@ half-made run folder; never a traceback, never a file outside the run folder.
 
 Command lines are drawn from the real config space (the options under conf/, the keys of each group's config) with
 values of the wrong type, out of range, empty, huge, unicode, paths that do not exist or are folders, and
-inconsistent `encoder.overrides.*` / `decoder.overrides.*`; they run through train.py (stopped after its first
+inconsistent `encoder.overrides.*` / `decoder.overrides.*` (sizes and counts among them zero and negative, which must
+never run); they run through train.py (stopped after its first
 training step), eval.py and predict.py inside the test process on tiny models.
 
 The default suite runs a fixed sample (FAST_EXAMPLES per script); `-m slow` runs ENCDEC_FUZZ_EXAMPLES (default 2000)
@@ -115,8 +116,14 @@ MODEL_OVERRIDES = [
     "initializer_range",
     "is_decoder",
     "bos_token_id",
+    # other families' spellings: not fields of the tiny BERT, refused by name (or first as sizes below 1)
+    "num_key_value_heads",
+    "head_dim",
+    "n_layer",
 ]
-SIZES = ["1", "2", "3", "4", "7", "16", "24", "32", "64", "100", "0", "-1", str(2**40), "abc", "1.5", "gelu", "null"]
+SIZES = ["1", "2", "3", "4", "7", "16", "24", "32", "64", "100", str(2**40), "abc", "1.5", "gelu", "null"]
+# Sizes and counts below 1: never a run (issue 28: num_hidden_layers=-1 built an encoder with no layers and exited 0).
+NON_POSITIVE = ["0", "-1", "-2", "-64", "-0.5", "0.0", str(-(2**40))]
 LEFT_OUT_OPTIONS = {"logger": {"default", "wandb"}, "trainer": {"ddp"}, "decoder": {"smollm2"}}
 
 
@@ -169,7 +176,7 @@ def setting(key_choices: list[str]):
 def model_override():
     side = st.sampled_from(["encoder", "decoder"])
     return (
-        st.tuples(side, st.sampled_from(MODEL_OVERRIDES), st.sampled_from(SIZES))
+        st.tuples(side, st.sampled_from(MODEL_OVERRIDES), st.sampled_from(SIZES + NON_POSITIVE))
         .filter(lambda t: allowed(t[1], t[2]))
         .map(lambda t: f"{t[0]}.overrides.{t[1]}={t[2]}")
     )
@@ -293,9 +300,26 @@ def check_promise(script: str, args: list[str], workspace: Workspace, stdin: byt
         assert in_process.files_under(workspace.work) == set(), f"python {script} {shown}: a half-made run folder"
     else:
         assert error_lines == [], f"python {script} {shown}: exit 0 with {error_lines}"
+        assert not non_positive_sizes(args), f"python {script} {shown}: ran with {non_positive_sizes(args)}"
     assert set(ROOT.iterdir()) == root_before, f"python {script} {shown}: wrote into the repository"
     assert in_process.files_under(workspace.work.parent / "fixtures") == fixtures_before
     shutil.rmtree(workspace.work)
+
+
+def non_positive_sizes(args: list[str]) -> list[str]:
+    """The command line's encoder/decoder.overrides that set a size or count below 1: refused, never run."""
+    from encdec.checks import is_size_key
+
+    last = {arg.lstrip("+").partition("=")[0]: arg for arg in args}  # Hydra applies a key's last override
+    found = []
+    for key, arg in last.items():
+        if ".overrides." in key and is_size_key(key.rsplit(".", 1)[1]):
+            try:
+                if float(arg.partition("=")[2]) <= 0:
+                    found.append(arg)
+            except ValueError:
+                pass
+    return found
 
 
 @pytest.fixture(scope="module")
@@ -330,6 +354,19 @@ def fuzz(profile: str):
 @fuzz("fast")
 @given(args=train_command_lines())
 def test_train_command_lines_keep_the_promise(fuzz_root, args):
+    check_promise("train.py", args, Workspace(fuzz_root, None))
+
+
+@st.composite
+def model_override_command_lines(draw):
+    """Only encoder/decoder.overrides (half of them sizes below 1): every size and count reaching a config."""
+    overrides = draw(st.lists(model_override(), min_size=1, max_size=3))
+    return [*TRAIN_BASE, *overrides, "hydra.run.dir={work}/run"]
+
+
+@fuzz("fast")
+@given(args=model_override_command_lines())
+def test_model_override_command_lines_keep_the_promise(fuzz_root, args):
     check_promise("train.py", args, Workspace(fuzz_root, None))
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import re
 import types
 import typing
 
@@ -12,7 +13,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from encdec import schema
-from encdec.boundary import user_settings
+from encdec.boundary import settings_named, user_settings
 from encdec.errors import EncdecError
 from encdec.export import check_push_target
 
@@ -20,6 +21,9 @@ from encdec.export import check_push_target
 def validate(cfg: DictConfig, command: str = "train") -> None:
     """Every setting encdec owns checked against its schema (encdec.schema), and the rules that tie keys together."""
     check_against(schema.COMMANDS[command], cfg)
+    for role in ("encoder", "decoder"):
+        if isinstance(cfg.get(role), DictConfig):
+            check_model_overrides(cfg[role].get("overrides"), role)
     if "data" in cfg:
         check_data_rules(cfg.data)
     if cfg.get("generation") is not None:
@@ -72,6 +76,85 @@ def _check_xla(cfg: DictConfig) -> None:
             f"trainer.accelerator={accelerator} needs torch_xla, which is not installed: on a TPU VM install the "
             f'torch and torch_xla pair README "TPU" names (this torch is {torch.__version__})'
         )
+
+
+# A model config's sizes and counts (widths, layers, heads, key/value heads, head size, vocabulary, positions,
+# feed-forward sizes), by name across the families' spellings: each must be a positive integer. A family builds a
+# model from 0 or -1 of them without a word (num_hidden_layers=-1: an encoder with no layers that trains and exports).
+SIZE_KEYS = re.compile(
+    r"^(num|n)_"  # num_hidden_layers, num_key_value_heads, n_head, n_embd, n_positions, n_inner, ...
+    r"|_(size|dim|layers|heads|positions)$|position_embeddings$"  # hidden_size, head_dim, max_position_embeddings
+    r"|^(d_model|d_ff|d_kv|n_ctx)$"
+)
+# Names the pattern matches whose 0 means something: Qwen2's layers before sliding windows start.
+SIZE_KEYS_ZERO_ALLOWED = frozenset({"max_window_layers", "num_labels", "n_shared_experts", "num_shared_experts"})
+
+
+def is_size_key(key: str) -> bool:
+    return bool(SIZE_KEYS.search(key)) and key not in SIZE_KEYS_ZERO_ALLOWED
+
+
+def check_model_overrides(overrides, role: str) -> None:
+    """`encoder/decoder.overrides.*` that set a size or count of the model (SIZE_KEYS): a positive integer (or null,
+    which a family reads as its default), before anything loads. Lists (per-layer sizes) are checked element-wise."""
+    if not overrides:
+        return
+    items = OmegaConf.to_container(overrides, resolve=False) if OmegaConf.is_config(overrides) else dict(overrides)
+    for key, value in items.items():
+        if not is_size_key(str(key)) or value is None:
+            continue
+        values = value if isinstance(value, list) else [value]
+        if not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in values):
+            shown = _show(value)
+            raise EncdecError(
+                f"{role}.overrides.{key}={shown} must be a positive integer (a size or count of the {role}): "
+                f"set {role}.overrides.{key} to 1 or more, or leave it out for the pretrained config's value"
+            )
+
+
+# (width, heads) attribute pairs; a family with its own head_dim (Llama, Gemma, Mistral) may have heads x head_dim
+# differ from the width, so for those only the key/value heads are checked.
+_WIDTH_HEADS = (("hidden_size", "num_attention_heads"), ("d_model", "decoder_attention_heads"))
+
+
+def check_model_config(config, role: str, overrides: dict) -> None:
+    """The rules between sizes that a family checks only when its model is built or first runs, or never (Qwen2 with
+    5 heads on a width of 64 builds 12-wide heads and a 60-wide attention without a word): checked on the config with
+    `overrides` applied, before weights load. The line names the override that broke the rule, and the fix."""
+
+    prefix = f"{role}.overrides."
+    commanded = {t.split("=", 1)[0][len(prefix) :] for t in settings_named((role,)).split() if t.startswith(prefix)}
+
+    def spelled(key: str) -> str:  # the override's own name for `key` (GPT-2's n_head for num_attention_heads)
+        return next((k for k in (key, config.attribute_map.get(key)) if k in overrides), key)
+
+    def culprit(*keys: str) -> str:  # the key the command line set, else the preset's override, else the first
+        names = [spelled(k) for k in keys]
+        return next((k for k in names if k in commanded), next((k for k in names if k in overrides), names[0]))
+
+    head_dim = getattr(config, "head_dim", None)
+    for width_key, heads_key in _WIDTH_HEADS:
+        width, heads = getattr(config, width_key, None), getattr(config, heads_key, None)
+        if head_dim is None and _positive_ints(width, heads) and width % heads:
+            key = culprit(heads_key, width_key)
+            fixes = [f"{spelled(heads_key)} to a divisor of {width}", f"{spelled(width_key)} to a multiple of {heads}"]
+            if key == spelled(width_key):
+                fixes.reverse()
+            raise EncdecError(
+                f"{prefix}{key}={getattr(config, key)}: the {role}'s width {width} is not a multiple of its {heads} "
+                f"attention heads: set {prefix}{fixes[0]} (or {fixes[1]})"
+            )
+    heads, kv_heads = getattr(config, "num_attention_heads", None), getattr(config, "num_key_value_heads", None)
+    if _positive_ints(heads, kv_heads) and heads % kv_heads:
+        key = culprit("num_key_value_heads", "num_attention_heads")
+        raise EncdecError(
+            f"{prefix}{key}={getattr(config, key)}: the {role}'s {heads} attention heads are not a multiple of its "
+            f"{kv_heads} key/value heads: set {prefix}{spelled('num_key_value_heads')} to a divisor of {heads}"
+        )
+
+
+def _positive_ints(*values) -> bool:
+    return all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in values)
 
 
 # encdec's own optimizer settings, taken out before the rest goes to the optimizer class.
@@ -130,7 +213,7 @@ def check_generation_length(model) -> None:
 
 def check_forward_pass(model, encoder_tokenizer, decoder_tokenizer, cfg: DictConfig) -> None:
     """The built model run once on two tokens, each tokenizer's highest id among them: settings that only fail when
-    the model runs (embeddings smaller than the tokenizer, encoder.overrides.type_vocab_size=0, ...) fail here, in the
+    the model runs (embeddings smaller than the tokenizer, ...) fail here, in the
     model's build step, not in the first validation. Evaluation mode and no gradients: no randomness is drawn."""
     embeddings = model.encoder.get_input_embeddings().num_embeddings
     if len(encoder_tokenizer) > embeddings:

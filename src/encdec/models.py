@@ -26,7 +26,7 @@ from transformers import (
 
 from encdec import finetune, prefix_attention, sources, warm_start
 from encdec.boundary import for_role, user_settings
-from encdec.checks import check_generation, check_generation_length
+from encdec.checks import check_generation, check_generation_length, check_model_config
 from encdec.errors import EncdecError
 
 log = logging.getLogger(__name__)
@@ -60,6 +60,7 @@ def side_config(side: DictConfig, role: str) -> tuple[str, PretrainedConfig]:
                 f"use one of its fields, e.g. {', '.join(sorted(k for k in known if not k.startswith('_'))[:8])}"
             )
         setattr(config, key, value)
+    check_model_config(config, role, overrides)  # heads dividing the width, ... before weights load
     return resolved, config
 
 
