@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import subprocess
 import sys
@@ -60,6 +61,39 @@ def run_script(script: str, *args: str, stdin: str | None = None, timeout: int =
 
 def error_lines(stderr: str) -> list[str]:
     return [line for line in stderr.splitlines() if line.startswith("encdec: error:")]
+
+
+def assert_sane_metrics(metrics: dict, keys: tuple[str, ...]) -> None:
+    """`keys` are there as floats, and every number is one a real run can produce: finite, ROUGE (any key naming
+    rouge, baselines included) in [0, 100], a loss above 0 (a cross-entropy over a vocabulary of thousands)."""
+    for key in keys:
+        assert isinstance(metrics.get(key), float), (key, metrics.get(key))
+    numbers = {k: v for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+    assert all(math.isfinite(v) for v in numbers.values()), numbers
+    rouge = {k: v for k, v in numbers.items() if "rouge" in k}
+    losses = {k: v for k, v in numbers.items() if k.split("/")[-1] == "loss"}
+    assert rouge and all(0 <= v <= 100 for v in rouge.values()), rouge
+    assert losses and all(v > 0 for v in losses.values()), losses
+
+
+GENERATE_SETTINGS = ("num_beams", "max_new_tokens", "max_length")
+
+
+def spy_on_generate(monkeypatch) -> list[dict]:
+    """The decoding settings each `EncoderDecoderModel.generate` call of this process runs with (its arguments over
+    the model's generation config), in call order."""
+    from transformers import EncoderDecoderModel
+
+    calls: list[dict] = []
+    original = EncoderDecoderModel.generate
+
+    def generate(self, *args, **kwargs):
+        config = kwargs.get("generation_config") or self.generation_config
+        calls.append({key: kwargs.get(key, getattr(config, key)) for key in GENERATE_SETTINGS})
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(EncoderDecoderModel, "generate", generate)
+    return calls
 
 
 def write_jsonl(path: Path, rows: list[dict]) -> Path:

@@ -11,7 +11,7 @@ import torch
 from transformers import DataCollatorForSeq2Seq
 
 import encdec
-from conftest import compose_config
+from conftest import compose_config, spy_on_generate
 from encdec import run_folder
 from encdec.checks import check_run_settings
 from encdec.errors import EncdecError
@@ -204,12 +204,15 @@ def test_build_model_mistakes_are_one_line_naming_the_culprit(arguments, message
     assert str(error.value).startswith(message) and "\n" not in str(error.value)
 
 
-def test_summarize_a_trained_model_with_generation_settings(tiny, tmp_path):
+def test_summarize_a_trained_model_with_generation_settings(tiny, tmp_path, monkeypatch):
     model, encoder_tokenizer, decoder_tokenizer = tiny
     run_folder.export_hf_model(model, encoder_tokenizer, decoder_tokenizer, tmp_path / "hf_model")
     documents = ["alpha beta gamma delta", "kappa lambda sigma omega theta zeta"]
+    calls = spy_on_generate(monkeypatch)
     greedy = encdec.summarize(tmp_path / "hf_model", documents, device="cpu", max_new_tokens=3)
     beam = encdec.summarize(tmp_path / "hf_model", documents, device="cpu", num_beams=2, max_new_tokens=3)
+    # Both documents in one batch each time; the settings given are those generate ran with.
+    assert [(c["num_beams"], c["max_new_tokens"]) for c in calls] == [(1, 3), (2, 3)]
     assert len(greedy) == len(beam) == 2 and all(isinstance(text, str) for text in greedy + beam)
     assert all(len(decoder_tokenizer(text, add_special_tokens=False)["input_ids"]) <= 3 for text in greedy)
     with pytest.raises(EncdecError, match="summarize takes a list of documents"):

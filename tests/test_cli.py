@@ -9,7 +9,7 @@ import sys
 import pytest
 from transformers import AutoTokenizer, GenerationConfig
 
-from conftest import ROOT, SMOKE, error_lines, run_script, script_environment
+from conftest import ROOT, SMOKE, assert_sane_metrics, error_lines, run_script, script_environment, spy_on_generate
 
 
 @pytest.fixture(scope="module")
@@ -39,8 +39,7 @@ def test_run_folder_contract(trained_run):
         assert (run_dir / name).exists(), name
     assert list((run_dir / "checkpoints").glob("best-*.ckpt"))
     metrics = json.loads((run_dir / "metrics.json").read_text())
-    for key in ("val/rouge1", "val/rouge2", "val/rougeL", "val/rougeLsum", "val/loss", "test/rouge2"):
-        assert isinstance(metrics[key], float), key
+    assert_sane_metrics(metrics, ("val/rouge1", "val/rouge2", "val/rougeL", "val/rougeLsum", "val/loss", "test/rouge2"))
     assert metrics["train/steps"] == 2
     rows = [json.loads(line) for line in (run_dir / "predictions.jsonl").read_text().splitlines()]
     assert len(rows) == 2 and set(rows[0]) == {"document", "reference", "prediction"}
@@ -328,6 +327,24 @@ def test_predict_with_a_generation_preset(trained_run):
     result = run_script("predict.py", f"model_path={run_dir}", "input=-", "generation=beam", stdin="a document\n")
     assert result.returncode == 0, result.stderr[-2000:]
     assert len(result.stdout.splitlines()) == 1
+
+
+@pytest.mark.parametrize("preset, beams", [(None, 1), ("beam", 4)])
+def test_predict_generates_with_the_saved_length_and_the_presets_beams(
+    trained_run, monkeypatch, tmp_path, preset, beams
+):
+    # The run saved its summary length (data.max_target_length=8 in SMOKE); a preset brings its beams, and its
+    # max_new_tokens (null without data) keeps the saved length.
+    import in_process
+
+    run_dir, _ = trained_run
+    saved = json.loads((run_dir / "hf_model" / "generation_config.json").read_text())
+    assert saved["max_new_tokens"] == 8 and saved.get("num_beams", 1) == 1
+    calls = spy_on_generate(monkeypatch)
+    args = [f"model_path={run_dir}", "input=-", *([f"generation={preset}"] if preset else [])]
+    outcome = in_process.run("predict.py", *args, cwd=tmp_path, stdin=b"a document\nanother document\n")
+    assert outcome.code == 0, outcome.stderr[-2000:]
+    assert calls == [{"num_beams": beams, "max_new_tokens": 8, "max_length": calls[0]["max_length"]}]
 
 
 def test_predict_stdin_that_is_not_utf8(trained_run):

@@ -29,6 +29,20 @@ def batches(model, count: int, seed: int = 0) -> list[dict[str, torch.Tensor]]:
     return out
 
 
+def fit_only_trainer(**settings) -> L.Trainer:
+    """A CPU Trainer that only trains: no logger, checkpoint, progress bar, summary or validation."""
+    return L.Trainer(
+        accelerator="cpu",
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        limit_val_batches=0,
+        **settings,
+    )
+
+
 class GradientsAtBatchStart(L.Callback):
     """Records, before each training_step's forward, whether any parameter still holds a gradient."""
 
@@ -46,16 +60,9 @@ def test_gradients_are_freed_right_after_each_optimizer_step(accumulate):
     model, _, decoder_tokenizer = build_model(compose_config("encoder=tiny", "decoder=tiny"))
     module = Seq2SeqModule(model, decoder_tokenizer, optimizer=lambda params: torch.optim.AdamW(params, lr=1e-3))
     probe = GradientsAtBatchStart()
-    trainer = L.Trainer(
-        accelerator="cpu",
+    trainer = fit_only_trainer(
         max_steps=3,
         accumulate_grad_batches=accumulate,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        num_sanity_val_steps=0,
-        limit_val_batches=0,
         gradient_clip_val=1.0,
         callbacks=[probe],
     )
@@ -109,16 +116,9 @@ def test_fused_adamw_is_clipped_under_bf16_mixed(algorithm):
     )
     norms = NormsAroundClipping()
     clip = 0.05
-    trainer = L.Trainer(
-        accelerator="cpu",
+    trainer = fit_only_trainer(
         precision="bf16-mixed",
         max_steps=3,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        num_sanity_val_steps=0,
-        limit_val_batches=0,
         gradient_clip_val=clip,
         gradient_clip_algorithm=algorithm,
         callbacks=[norms],
@@ -130,3 +130,34 @@ def test_fused_adamw_is_clipped_under_bf16_mixed(algorithm):
         assert max(norms.after) == pytest.approx(clip, rel=1e-3)
     else:
         assert max(norms.largest_after) == pytest.approx(clip) and all(a < b for a, b in zip(norms.after, norms.before))
+
+
+class RatesUsedBySteps(L.Callback):
+    """The learning rate each optimizer step ran with (read just before the step)."""
+
+    def __init__(self):
+        self.rates: list[float] = []
+
+    def on_before_optimizer_step(self, trainer, pl_module, optimizer):
+        self.rates.append(optimizer.param_groups[0]["lr"])
+
+
+@pytest.mark.parametrize("scheduler", ["linear_warmup", "constant", "inverse_sqrt"])
+def test_the_scheduler_steps_every_optimizer_step(scheduler):
+    # The schedules warm up over 10 steps: step n (0-based) runs at lr * n / 10. A scheduler stepped per epoch, or
+    # never, would leave every step of this one-epoch run at 0.
+    from encdec.train import _optimizer, _scheduler
+
+    torch.manual_seed(0)
+    cfg = compose_config("encoder=tiny", "decoder=tiny", f"scheduler={scheduler}", "optimizer.lr=1e-3")
+    model, _, decoder_tokenizer = build_model(cfg)
+    module = Seq2SeqModule(model, decoder_tokenizer, optimizer=_optimizer(cfg), scheduler=_scheduler(cfg))
+    rates = RatesUsedBySteps()
+    trainer = fit_only_trainer(
+        max_steps=3,
+        max_epochs=1,
+        callbacks=[rates],
+    )
+    trainer.fit(module, train_dataloaders=DataLoader(batches(model, 3), batch_size=None))
+    assert cfg.scheduler.num_warmup_steps == 10 and trainer.global_step == 3
+    assert rates.rates == pytest.approx([0.0, 1e-4, 2e-4], rel=1e-9, abs=1e-15)

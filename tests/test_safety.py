@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 from omegaconf import OmegaConf
 from transformers import AutoTokenizer, GenerationConfig
 
-from conftest import compose_config
+from conftest import SMOKE, compose_config, run_script
 from encdec import run_folder
 from encdec.data.loading import _to_document_summary
 from encdec.data.tokenize import IGNORE_INDEX, tokenize_split
@@ -147,6 +147,33 @@ def test_no_secret_in_saved_config(monkeypatch):
     monkeypatch.setenv("HF_TOKEN", "hf_secret456")
     text = OmegaConf.to_yaml(compose_config())
     assert "secret-key-123" not in text and "hf_secret456" not in text
+
+
+def test_no_secret_in_any_file_a_run_writes(tmp_path):
+    # A smoke run with both secrets in its environment and the CSV and TensorBoard loggers on (they log the config as
+    # hyperparameters): no file of the run folder holds either value, in any encoding a file could carry it.
+    secrets = {"HF_TOKEN": "hf_Q7sEcReTtOkEn9x", "WANDB_API_KEY": "wandb0f1e2d3c4b5a69788796a5b4c3d2e1f0"}
+    run_dir = tmp_path / "run"
+    result = run_script(
+        "train.py",
+        "encoder=tiny",
+        "decoder=tiny",
+        *(o for o in SMOKE if not o.startswith("logger=")),
+        "logger=[csv,tensorboard]",
+        f"hydra.run.dir={run_dir}",
+        env=secrets,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    files = [path for path in run_dir.rglob("*") if path.is_file()]
+    names = {path.relative_to(run_dir).parts[0] for path in files}
+    assert {".hydra", "checkpoints", "hf_model", "metrics.json", "predictions.jsonl", "csv"} <= names, names
+    assert any("tfevents" in path.name for path in files)
+    for path in files:
+        data = path.read_bytes()
+        for name, value in secrets.items():
+            for encoded in (value.encode(), value.encode("utf-16-le")):
+                assert encoded not in data, f"{name}'s value in {path.relative_to(run_dir)}"
+    assert not any(value in result.stdout + result.stderr for value in secrets.values())
 
 
 @pytest.fixture(scope="module")
