@@ -17,7 +17,7 @@ from pathlib import Path
 import hydra
 import lightning as L
 from hydra.core.hydra_config import HydraConfig
-from lightning.pytorch.strategies import DeepSpeedStrategy, FSDPStrategy
+from lightning.pytorch.strategies import DeepSpeedStrategy, FSDPStrategy, ModelParallelStrategy
 from lightning.pytorch.trainer.states import TrainerStatus
 from lightning.pytorch.utilities import rank_zero_only
 from lightning.pytorch.utilities.exceptions import SIGTERMException
@@ -332,11 +332,13 @@ def _checkpoint_plugins(cfg: DictConfig) -> list:
     _, kind = _strategy(cfg)
     strategy = cfg.trainer.get("strategy")
     fsdp_sharded = kind == "fsdp" and isinstance(strategy, DictConfig) and strategy.get("state_dict_type") == "sharded"
-    return [] if kind == "deepspeed" or fsdp_sharded else [AtomicCheckpointIO()]
+    # Lightning's XLA strategies take only their own XLACheckpointIO (it moves tensors off the device first).
+    xla = str(cfg.trainer.get("accelerator")) in ("tpu", "xla")
+    return [] if kind == "deepspeed" or fsdp_sharded or xla else [AtomicCheckpointIO()]
 
 
 def _shards_weights(trainer: L.Trainer) -> bool:
-    return isinstance(trainer.strategy, (DeepSpeedStrategy, FSDPStrategy))
+    return isinstance(trainer.strategy, (DeepSpeedStrategy, FSDPStrategy, ModelParallelStrategy))
 
 
 @rank_zero_only

@@ -94,6 +94,8 @@ class CrossAttentionHeatmap(L.Callback):
     def on_validation_epoch_end(self, trainer, pl_module):
         if trainer.sanity_checking or not trainer.is_global_zero or trainer.datamodule is None:
             return
+        if getattr(pl_module, "_generation_sync", dict)():  # sharded weights: rank 0 alone cannot run a forward
+            return
         try:
             figure = self.figure(trainer, pl_module)
         except Exception as error:  # noqa: BLE001 - a picture must never stop training

@@ -17,7 +17,7 @@ import lightning as L
 import torch
 import torch.nn.functional as F
 from lightning.pytorch.plugins.precision import MixedPrecision
-from lightning.pytorch.strategies import DeepSpeedStrategy, FSDPStrategy
+from lightning.pytorch.strategies import DeepSpeedStrategy, FSDPStrategy, ModelParallelStrategy
 from lightning.pytorch.trainer.states import TrainerFn
 from transformers import EncoderDecoderModel, PreTrainedTokenizerBase
 from transformers.models.encoder_decoder.modeling_encoder_decoder import shift_tokens_right
@@ -26,7 +26,7 @@ from encdec.data.tokenize import IGNORE_INDEX
 from encdec.errors import EncdecError
 from encdec.fused_loss import chunked_cross_entropy, hidden_states_out, lm_head
 from encdec.inference import generate_texts
-from encdec.lit import lightning_private, resume
+from encdec.lit import fsdp2, lightning_private, resume
 from encdec.lit.compiled import compile_forward, mark_rows_dynamic
 from encdec.metrics import rouge
 from encdec.models import attention_kernels
@@ -84,6 +84,10 @@ class Seq2SeqModule(L.LightningModule):
         killed run spent past its last checkpoint is not in it: that work is done again)."""
         return self.seconds_before_resume + time.time() - self._clock_started
 
+    def configure_model(self) -> None:
+        """trainer=fsdp2: the model sharded by FSDP2 (encdec.lit.fsdp2); nothing under other strategies."""
+        fsdp2.shard(self)
+
     def setup(self, stage: str) -> None:
         """ZeRO stage 3 across train.py's validate, fit, validate, test: each call wraps this module in a new DeepSpeed
         engine, but the previous engine's parameter hooks stay on every submodule (Lightning strips them before an
@@ -91,7 +95,9 @@ class Seq2SeqModule(L.LightningModule):
         weights are already partitioned. Two engines' hooks break the first training forward ("IndexError: pop from an
         empty deque"); CPU buffers (BERT's position ids) break the first embedding lookup."""
         strategy = self.trainer.strategy
-        sharded = isinstance(strategy, FSDPStrategy) or getattr(strategy, "zero_stage_3", False)
+        sharded = isinstance(strategy, (FSDPStrategy, ModelParallelStrategy)) or getattr(
+            strategy, "zero_stage_3", False
+        )
         if self.fused_loss and sharded:
             # The chunks read the LM head's weight outside its forward, where a sharded strategy holds only a shard.
             raise EncdecError("model.fused_loss=true needs the LM head's whole weight: not under FSDP or ZeRO stage 3")
@@ -229,7 +235,9 @@ class Seq2SeqModule(L.LightningModule):
         """Under sharded weights (FSDP, DeepSpeed stage 3) every forward gathers parameters from all ranks, so a rank
         whose batch is done must keep stepping until every rank's is (transformers' synced_gpus)."""
         strategy = self.trainer.strategy
-        sharded = isinstance(strategy, FSDPStrategy) or bool(getattr(strategy, "zero_stage_3", False))
+        sharded = isinstance(strategy, (FSDPStrategy, ModelParallelStrategy)) or bool(
+            getattr(strategy, "zero_stage_3", False)
+        )
         return {"synced_gpus": True} if sharded and self.trainer.world_size > 1 else {}
 
     def generate(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, **overrides) -> list[str]:
