@@ -4,6 +4,7 @@
 #      Seq2SeqTrainer, bf16 (train_gpu.json): bert2bert-base, then SCENARIO=smollm2-prefix (the SmolLM2 row)
 #   2. bench/generation.py --device cuda: greedy and beam-4, encdec's summarize vs plain generate (generation_gpu.json)
 #   3. bench/gpu_smoke.sh with TRAINER=fsdp: train.py under Lightning's FSDPStrategy on one GPU, then eval.py
+#   3b. the same with TRAINER=fsdp2 (FSDP2 through ModelParallelStrategy; SKIP="3b" leaves it out)
 #   4. the same with TRAINER=deepspeed_stage_2, and deepspeed_stage_3 with a tiny Llama decoder (encdec's added
 #      cross-attention), when deepspeed imports (bench/gpu_wheels.sh builds it into .whl/)
 #   5. RESUME=1 bench/gpu_smoke.sh under deepspeed_stage_3 (trainer=gpu without deepspeed): SIGTERM, resume=RUN
@@ -83,6 +84,15 @@ if [[ $SKIP != *" 3 "* ]]; then
     TRAINER=fsdp OUT="$OUTDIR" timeout --kill-after=5 "$limit" bash bench/gpu_smoke.sh > "$OUTDIR/fsdp_smoke.log" 2>&1
     log "   exit $?"
     grep -E "ROUGE|SMOKE|Error|error" "$OUTDIR/fsdp_smoke.log" | tail -8
+fi
+if [[ $SKIP != *" 3b "* ]]; then
+    # FSDP2 (trainer=fsdp2, ModelParallelStrategy + fully_shard) on CUDA/NCCL in bf16-mixed: CPU/gloo is tested in
+    # tests/test_fsdp2.py (run folder, SIGKILL at three write points resuming bitwise); this is its GPU smoke.
+    limit=$(( ($(left) - 10) / 3 ))
+    log "3b. train.py trainer=fsdp2 on ${DEVICES:-1} GPU(s), then eval.py (${limit}s)"
+    TRAINER=fsdp2 OUT="$OUTDIR" timeout --kill-after=5 "$limit" bash bench/gpu_smoke.sh > "$OUTDIR/fsdp2_smoke.log" 2>&1
+    log "   exit $?"
+    grep -E "ROUGE|SMOKE|Error|error" "$OUTDIR/fsdp2_smoke.log" | tail -8
 fi
 if [ "$DEEPSPEED" = 1 ]; then
     for stage in 2 3; do

@@ -1,6 +1,8 @@
 """trainer=tpu's XLA path on torch_xla's CPU device (PJRT_DEVICE=CPU), where a torch_xla that loads with this torch
-is installed. None does here: torch_xla 2.9.0, the newest published, is built against torch 2.9 and fails to import
-on torch 2.13 (undefined symbol in _XLAC; README "TPU"). The test is skipped then, saying why."""
+is installed. In the project's venv none does: torch_xla 2.9.0, the newest published, is built against torch 2.9 and
+fails to import on torch 2.13 (undefined symbol in _XLAC), so the test is skipped there, saying why.
+`bash scripts/check_xla.sh` builds a side venv with torch 2.9.0 + torch_xla 2.9.0 + encdec and runs it inside
+(docs/scaling.md "TPU")."""
 
 from __future__ import annotations
 
