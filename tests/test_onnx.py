@@ -218,11 +218,14 @@ def test_export_refuses_an_encdec_decoder_type_it_does_not_know():
 
     from encdec.onnx_graphs import check_supported
 
-    model = SimpleNamespace(config=SimpleNamespace(decoder=SimpleNamespace(model_type="encdec_prefix_decoder")))
+    model = SimpleNamespace(
+        config=SimpleNamespace(
+            encoder=SimpleNamespace(model_type="bert"), decoder=SimpleNamespace(model_type="encdec_projector_decoder")
+        )
+    )
     with pytest.raises(
         EncdecError,
-        match=r"^format=onnx: the ONNX export does not support encdec's "
-        r"encdec_prefix_decoder decoder yet .*: use format=hf",
+        match=r"^format=onnx: the ONNX export does not support the projector pairing kind yet .*: use format=hf",
     ):
         check_supported(model)
     for supported in ("encdec_cross_attention_decoder", "bert", "gpt2"):

@@ -240,7 +240,9 @@ def test_kind_auto_picks_prefix_only_for_one_architecture_and_bad_kinds_are_refu
     assert all(p.requires_grad for p in model.decoder.parameters())
     from encdec.checks import validate
 
-    with pytest.raises(EncdecError, match=r"decoder.cross_attention.kind=bogus: use auto, gated or prefix"):
+    with pytest.raises(
+        EncdecError, match=r"decoder.cross_attention.kind=bogus: use auto or gated or prefix or projector"
+    ):
         validate(compose_config(*tiny_llama, "decoder.cross_attention.kind=bogus"))
     with pytest.raises(EncdecError, match=r"kind=prefix: it needs a decoder-only LM .* the encoder is 'bert'"):
         build_model(compose_config("encoder=tiny", *side("decoder"), "decoder.cross_attention.kind=prefix"))

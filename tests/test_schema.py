@@ -139,7 +139,7 @@ def test_every_field_has_a_help_line():
         (
             "train",
             "decoder.cross_attention.kind=cross",
-            "decoder.cross_attention.kind=cross: use auto, gated or prefix",
+            "decoder.cross_attention.kind=cross: use auto or gated or prefix or projector",
         ),
         ("train", "decoder.lm_head_init=zero", "decoder.lm_head_init=zero: use identity or random"),
         (

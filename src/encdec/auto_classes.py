@@ -38,6 +38,7 @@ def register() -> None:
     _uninstall()
     try:
         importlib.import_module(REGISTERING)
+        importlib.import_module("encdec.pairings").import_all()  # every other pairing kind's classes
     except Exception as error:  # noqa: BLE001 - whatever breaks, the user's own import of transformers goes on
         warnings.warn(
             f"encdec could not register its models with transformers' Auto classes ({type(error).__name__}: "

@@ -4,6 +4,7 @@ the decoder's modeling code, a model card, permissions as the umask says), uploa
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import re
@@ -11,11 +12,8 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
-import encdec
-from encdec import run_folder
-from encdec.cross_attention import MODEL_TYPE
+from encdec import pairings, run_folder
 from encdec.errors import EncdecError
-from encdec.prefix_attention import DECODER_TYPE, ENCODER_TYPE
 
 REMOTE_CODE_ENTRY = "modeling_encdec"
 AUTO_MAP = {
@@ -24,37 +22,56 @@ AUTO_MAP = {
 }
 _ENCDEC_IMPORT = re.compile(r"^(\s*)from encdec\.(\w+) import", re.MULTILINE)
 _RELATIVE_IMPORT = re.compile(r"^\s*from \.(\w+) import", re.MULTILINE)
+# remote_modeling.py's line that the export replaces with the modules it carries
+_KIND_MODULES_LINE = "_KIND_MODULES: tuple[str, ...] | None = None"
 _OTHER_ENCDEC_IMPORT = re.compile(r"^\s*(import encdec\b|from encdec\b)", re.MULTILINE)
 
 
 def needs_remote_code(model) -> bool:
-    """Whether plain transformers lacks a side's classes (encdec's cross-attention, or its prefix pair)."""
-    return (
-        getattr(model.config.decoder, "model_type", None) in (MODEL_TYPE, DECODER_TYPE)
-        or getattr(model.config.encoder, "model_type", None) == ENCODER_TYPE
-    )
+    """Whether plain transformers lacks a side's classes (a pairing kind's: `encdec.pairings`)."""
+    return bool(_kind_modules(model))
+
+
+def _kind_modules(model) -> list[str]:
+    """The modules of the pairing kinds whose classes the model's two sides are."""
+    kinds = [
+        pairings.kind_of_model_type(getattr(side, "model_type", None))
+        for side in (model.config.encoder, model.config.decoder)
+    ]
+    return sorted({kind.module for kind in kinds if kind is not None})
 
 
 def write_remote_code(folder: Path) -> list[str]:
-    """Copy `remote_modeling.py` as `modeling_encdec.py`, and every encdec module it imports (transitively) under its
-    own name with the imports made relative, then name the classes in config.json's `auto_map`. Copied at export
-    time, so an export always carries the code that trained it. Returns the file names written."""
-    package = Path(encdec.__file__).parent
-    pending, written = [("remote_modeling", REMOTE_CODE_ENTRY)], []
+    """Copy `remote_modeling.py` as `modeling_encdec.py`, every pairing kind's module (`encdec.pairings`) and every
+    encdec module those import (transitively), each under its own name with the imports made relative, then name the
+    classes in config.json's `auto_map`. Copied at export time, so an export always carries the code that trained it.
+    Returns the file names written."""
+    kind_modules = {kind.module.rpartition(".")[2]: kind.module for kind in pairings.KINDS.values()}
+    pending = [
+        ("encdec.remote_modeling", REMOTE_CODE_ENTRY),
+        *((module, name) for name, module in kind_modules.items()),
+    ]
+    written: list[str] = []
     while pending:
         module, name = pending.pop()
-        text = _ENCDEC_IMPORT.sub(r"\1from .\2 import", (package / f"{module}.py").read_text(encoding="utf-8"))
+        text = _ENCDEC_IMPORT.sub(
+            r"\1from .\2 import", Path(importlib.util.find_spec(module).origin).read_text("utf-8")
+        )
         if _OTHER_ENCDEC_IMPORT.search(text):
             raise RuntimeError(
-                f"encdec/{module}.py imports encdec in a form the export cannot make relative "
+                f"{module} imports encdec in a form the export cannot make relative "
                 "(use `from encdec.MODULE import NAME`)"
             )
+        if name == REMOTE_CODE_ENTRY:
+            # Static imports: transformers copies an entry's relative imports into its module cache by reading them.
+            imports = "".join(f"from .{m} import __name__ as _{m}  # noqa: F401\n" for m in sorted(kind_modules))
+            text = text.replace(_KIND_MODULES_LINE, f"{imports}_KIND_MODULES = {tuple(sorted(kind_modules))!r}", 1)
         (folder / f"{name}.py").write_text(text, encoding="utf-8")
         written.append(f"{name}.py")
         pending += [
-            (needed, needed)
+            (f"encdec.{needed}", needed)
             for needed in _RELATIVE_IMPORT.findall(text)
-            if f"{needed}.py" not in written and (needed, needed) not in pending
+            if f"{needed}.py" not in written and needed not in [queued for _, queued in pending]
         ]
     config_path = folder / "config.json"
     config = json.loads(config_path.read_text(encoding="utf-8"))

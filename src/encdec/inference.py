@@ -12,15 +12,15 @@ from transformers import AutoTokenizer, EncoderDecoderConfig, EncoderDecoderMode
 from transformers.cache_utils import DynamicCache, EncoderDecoderCache
 from transformers.generation import utils as generation_utils
 
-import encdec.cross_attention  # noqa: F401  (registers encdec's decoders with transformers' Auto classes)
-import encdec.prefix_attention  # noqa: F401  (and the prefix pair's encoder and decoder)
-from encdec import run_folder
+from encdec import pairings, run_folder
 from encdec.boundary import user_settings
 from encdec.data.sampling import EvalBatchSampler
 from encdec.errors import EncdecError
 from encdec.finetune import add_lora, merged_copy
 from encdec.foreign_weights import check_pytorch_weights
 from encdec.models import attention_kernels, configure_generation, load_tokenizer
+
+pairings.import_all()  # registers every pairing kind's classes with transformers' Auto classes
 
 
 @user_settings("model_path")

@@ -24,16 +24,13 @@ from transformers import (
     PreTrainedTokenizerBase,
 )
 
-from encdec import finetune, prefix_attention, sources, warm_start
+from encdec import finetune, pairings, sources, warm_start
 from encdec.boundary import for_role, user_settings
 from encdec.checks import check_generation, check_generation_length, check_model_config
 from encdec.errors import EncdecError
 
 log = logging.getLogger(__name__)
 
-# gated: cross-attention modules (the decoder's own, or encdec's gated blocks); prefix: the decoder's self-attention
-# reads the encoder's keys and values layer by layer (encdec.prefix_attention)
-CROSS_ATTENTION_KINDS = ("gated", "prefix")
 # Families whose position ids are derived from `input_ids != padding_idx`: a start token equal to pad breaks them.
 PADDING_IDX_POSITIONS = {"roberta", "xlm-roberta", "camembert", "xlm-roberta-xl", "data2vec-text"}
 
@@ -116,17 +113,25 @@ def has_native_cross_attention(config: PretrainedConfig) -> bool:
 
 @user_settings("decoder")
 def cross_attention_kind(side: DictConfig, encoder_config: PretrainedConfig) -> str:
-    """`decoder.cross_attention.kind`, with auto resolved: prefix when the encoder is the decoder's own decoder-only
-    architecture and sizes (it can hand over the keys and values the decoder's self-attention reads), else gated."""
+    """`decoder.cross_attention.kind`, with auto resolved to the first kind of `pairings.AUTO_ORDER` that can pair
+    these two (prefix for one decoder-only architecture on both sides, projector for a pretrained decoder-only LM,
+    else gated), said in one log line with why."""
     kind = (side.get("cross_attention") or {}).get("kind", "gated")
+    if kind not in pairings.KINDS and kind != "auto":
+        raise EncdecError(
+            f"decoder.cross_attention.kind={kind} is not a pairing kind: use auto, {', '.join(pairings.names())}"
+        )
     if kind == "auto":
-        problem = prefix_attention.pairing_problem(encoder_config, side_config(side, "decoder")[1])
-        kind = "gated" if problem else "prefix"
-        if kind == "prefix":
-            _say_once(
-                "decoder.cross_attention.kind=auto: prefix (encoder and decoder are one decoder-only "
-                "architecture: the decoder's self-attention reads the encoder's keys and values, layer by layer)"
-            )
+        decoder_config = side_config(side, "decoder")[1]
+        for name in pairings.AUTO_ORDER:
+            module = pairings.module_of(name)
+            if (
+                not hasattr(module, "pairing_problem")
+                or module.pairing_problem(encoder_config, decoder_config, side) is None
+            ):
+                kind = name
+                break
+        _say_once(f"decoder.cross_attention.kind=auto: {kind} ({pairings.KINDS[kind].why})")
     return kind
 
 
@@ -141,7 +146,7 @@ def _say_once(message: str) -> None:
 @user_settings("decoder")
 def build_decoder(side: DictConfig, encoder_hidden_size: int, kind: str = "gated") -> tuple[PreTrainedModel, list[str]]:
     """The decoder with cross-attention, started as `decoder.cross_attention` says, and the keys its checkpoint lacked.
-    With `kind="prefix"` it is the plain causal LM, for `prefix_attention.pair` to wrap with its encoder."""
+    With any kind but gated it is the plain causal LM, for the kind's `build` to wrap (encdec.pairings)."""
     resolved, config = side_config(side, "decoder")
     if getattr(config, "is_encoder_decoder", False):
         # BART-like checkpoints: AutoModelForCausalLM maps them to their decoder-only *ForCausalLM class.
@@ -163,8 +168,8 @@ def build_decoder(side: DictConfig, encoder_hidden_size: int, kind: str = "gated
     xattn = as_dict(side.get("cross_attention"))
     init, gate_init = xattn.pop("init", "random"), xattn.pop("gate_init", 0.0)
     xattn.pop("kind", None)
-    if kind == "prefix":
-        return lm, missing  # build_model pairs it with the encoder (prefix_attention.pair)
+    if kind != "gated":
+        return lm, missing  # build_model wraps it with its kind's `build` (encdec.pairings)
     if native:
         decoder = lm
     else:
@@ -266,17 +271,21 @@ def build_model(cfg: DictConfig) -> tuple[EncoderDecoderModel, PreTrainedTokeniz
     encoder, encoder_missing = build_encoder(cfg.encoder)
     kind = cross_attention_kind(cfg.decoder, encoder.config)
     decoder, decoder_missing = build_decoder(cfg.decoder, encoder_hidden_size=encoder.config.hidden_size, kind=kind)
-    if kind == "prefix":
+    added: set[str] = set()
+    if kind != "gated":
+        module = pairings.module_of(kind)
+        problem = getattr(module, "pairing_problem", lambda *_: None)(encoder.config, decoder.config)
+        if problem:
+            raise EncdecError(f"decoder.cross_attention.kind={kind}: {problem}; use decoder.cross_attention.kind=auto")
         try:
-            encoder, decoder = prefix_attention.pair(encoder, decoder)
+            encoder, decoder, encoder_prefix, decoder_prefix, added = module.build(encoder, decoder, cfg.decoder)
         except ValueError as error:
             raise EncdecError(str(error)) from None
-        # the wrappers keep the loaded models under `model.` and `lm.`
-        encoder_missing = [f"model.{key}" for key in encoder_missing]
-        decoder_missing = [f"lm.{key}" for key in decoder_missing]
+        encoder_missing = [f"{encoder_prefix}{key}" for key in encoder_missing]
+        decoder_missing = [f"{decoder_prefix}{key}" for key in decoder_missing]
     check_vocab(decoder, decoder_tokenizer)
     model = EncoderDecoderModel(encoder=encoder, decoder=decoder)
-    new = warm_start.new_parameter_names(model, {"encoder.": encoder_missing, "decoder.": decoder_missing})
+    new = warm_start.new_parameter_names(model, {"encoder.": encoder_missing, "decoder.": decoder_missing}) | added
     for name, parameter in model.named_parameters():
         # Marked on the tensor itself, so the mark survives LoRA's wrapping and the optimizer can find the new ones.
         parameter.encdec_new = name in new
@@ -297,9 +306,9 @@ def encoder_frozen(model_cfg: DictConfig, kind: str) -> bool:
     steps: test ROUGE-2 12.87 frozen, 13.44 trained; README, "Warm-start levers")."""
     frozen = model_cfg.get("freeze_encoder")
     if frozen is None:
-        frozen = kind == "prefix"
+        frozen = pairings.KINDS[kind].freezes_encoder
         if frozen:
-            _say_once("model.freeze_encoder=null: the encoder is frozen (a prefix pair)")
+            _say_once(f"model.freeze_encoder=null: the encoder is frozen (decoder.cross_attention.kind={kind})")
     return bool(frozen)
 
 

@@ -18,20 +18,25 @@ import torch
 from torch import nn
 from transformers.cache_utils import DynamicCache, EncoderDecoderCache
 
-from encdec.cross_attention import MODEL_TYPE
+from encdec import pairings
 from encdec.errors import EncdecError
 
 
 def check_supported(model) -> None:
-    """Decoders the graphs know how to carry: transformers' own cross-attention decoders (BERT, GPT-2, ...) and
-    encdec's gated cross-attention. Any other encdec decoder type (a mode added later, such as one that reads the
-    source as a self-attention prefix) is refused by name rather than traced on a guess."""
-    kind = getattr(model.config.decoder, "model_type", "")
-    if kind.startswith("encdec_") and kind != MODEL_TYPE:
+    """Decoders the graphs know how to carry: transformers' own cross-attention decoders (BERT, GPT-2, ...) and the
+    pairing kinds marked `onnx` in `encdec.pairings` (encdec's gated cross-attention). Any other kind is refused by
+    name rather than traced on a guess."""
+    kinds = [
+        pairings.kind_of_model_type(getattr(side, "model_type", None))
+        for side in (model.config.encoder, model.config.decoder)
+    ]
+    unsupported = next((kind for kind in kinds if kind is not None and not kind.onnx), None)
+    if unsupported is not None:
+        supported = ", ".join(kind.name for kind in pairings.KINDS.values() if kind.onnx)
         raise EncdecError(
-            f"format=onnx: the ONNX export does not support encdec's {kind} decoder yet (it carries a "
-            f"decoder's own cross-attention or encdec's gated one, {MODEL_TYPE}): use format=hf, or "
-            "train with decoder.cross_attention.kind=gated"
+            f"format=onnx: the ONNX export does not support the {unsupported.name} pairing kind yet (it carries "
+            f"a decoder's own cross-attention or these kinds: {supported}): use format=hf, or train with "
+            "decoder.cross_attention.kind=gated"
         )
 
 

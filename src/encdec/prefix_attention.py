@@ -168,13 +168,12 @@ class PrefixDecoderForCausalLM(WrappedCausalLM):
     def _read_source(self, cache, encoder_hidden_states, source_mask, target_mask, position_ids, inputs):
         """Fill an empty cache with the source's keys and values; the attention mask and positions over both."""
         batch, source = encoder_hidden_states.shape[:2]
-        if cache.get_seq_length() == 0:
-            for layer_index, (keys, values) in enumerate(unpack_keys_values(encoder_hidden_states, self.config)):
-                cache.update(keys, values, layer_index)
-        done = cache.get_seq_length() - source  # summary tokens already in the cache (generation)
-        length = inputs.shape[1]
         if source_mask is None:
             source_mask = torch.ones(batch, source, dtype=torch.long, device=encoder_hidden_states.device)
+        if cache.get_seq_length() == 0:
+            self._fill_cache(cache, encoder_hidden_states, source_mask)
+        done = cache.get_seq_length() - source  # summary tokens already in the cache (generation)
+        length = inputs.shape[1]
         if target_mask is None:
             target_mask = torch.ones(batch, done + length, dtype=source_mask.dtype, device=source_mask.device)
         elif target_mask.shape[1] == length and done > 0:
@@ -184,8 +183,13 @@ class PrefixDecoderForCausalLM(WrappedCausalLM):
             position_ids = continue_positions(source_mask)[:, None] + steps
         return torch.cat([source_mask, target_mask.to(source_mask.dtype)], dim=1), position_ids
 
+    def _fill_cache(self, cache: Cache, encoder_hidden_states: torch.Tensor, source_mask: torch.Tensor) -> None:
+        """The source's keys and values into the empty cache: here unpacked from what the encoder handed over."""
+        for layer_index, (keys, values) in enumerate(unpack_keys_values(encoder_hidden_states, self.config)):
+            cache.update(keys, values, layer_index)
 
-def pairing_problem(encoder_config, decoder_config) -> str | None:
+
+def pairing_problem(encoder_config, decoder_config, side=None) -> str | None:
     """Why these two configs cannot talk through keys and values, or None when they can: both must be one decoder-only
     architecture with the same layers and key/value heads (a model with a masked-LM head, BERT or RoBERTa, reads both
     ways and has no cache to hand over)."""
@@ -217,6 +221,13 @@ def pair(encoder: PreTrainedModel, lm: PreTrainedModel) -> tuple[PrefixEncoderMo
     if problem:
         raise ValueError(f"decoder.cross_attention.kind=prefix: {problem}; use decoder.cross_attention.kind=gated")
     return prefix_encoder(encoder), prefix_decoder(lm)
+
+
+def build(encoder: PreTrainedModel, lm: PreTrainedModel, side=None):
+    """The pairing kind's entry (`encdec.pairings`): the wrapped pair, where it keeps the loaded models, and no new
+    parameters."""
+    encoder, decoder = pair(encoder, lm)
+    return encoder, decoder, "model.", "lm.", set()
 
 
 def prefix_encoder(model: PreTrainedModel) -> PrefixEncoderModel:

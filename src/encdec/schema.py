@@ -27,6 +27,7 @@ from typing import Any
 
 from omegaconf import OmegaConf
 
+from encdec import pairings
 from encdec.metrics import ROUGE_TYPES
 
 MONITORED = ("val/loss", *(f"val/{name}" for name in ROUGE_TYPES))
@@ -146,12 +147,22 @@ class Model:
     cudnn_attention: bool | None = setting("let SDPA pick cuDNN attention (slower with dynamic padding)")
 
 
+class _PairingKinds:
+    """The choices of `decoder.cross_attention.kind`, read from `encdec.pairings` when checked (a kind registered at
+    run time is one too)."""
+
+    def __iter__(self):
+        return iter(("auto", *pairings.names()))
+
+    def __bool__(self) -> bool:
+        return True
+
+
 @dataclass
 class CrossAttention:
     kind: str = setting(
-        "auto (prefix for a decoder-only pair of one architecture, else gated), prefix or gated",
-        choices=("auto", "gated", "prefix"),
-        says=": use auto, gated or prefix",
+        "how the decoder reads the encoder: auto (the kind measured best for the pair: docs/decoders.md) or a kind",
+        choices=_PairingKinds(),
     )
     init: str = setting(
         "random, or self_attention: start as a copy of each layer's self-attention",

@@ -42,6 +42,8 @@ from encdec.metrics import LEAD_SENTENCES, ROUGE_TYPES, lead_baselines
 from encdec.models import build_model
 
 log = logging.getLogger(__name__)
+# Training rows a pairing kind's `prepare` reads (documents and summaries): enough for a projector's vocabulary.
+PREPARE_ROWS = 2000
 
 
 def run(cfg: DictConfig) -> float | None:
@@ -56,6 +58,7 @@ def run(cfg: DictConfig) -> float | None:
         logger.log_hyperparams(_flat(OmegaConf.to_container(cfg, resolve=True)))
     with _interruption_named(trainer, run_dir), lightning_settings():
         if resume_from is None:
+            prepare_pairing(cfg, model, encoder_tokenizer, decoder_tokenizer, raw_splits["train"])
             module.initial_metrics = _rouge(trainer.validate(module, datamodule=datamodule, verbose=False), "val")
             say(f"validation ROUGE before training: {_format(module.initial_metrics)}")
         trainer.fit(module, datamodule=datamodule, ckpt_path=resume_from)
@@ -114,6 +117,19 @@ def build_datamodule(
     sizes = {split: len(ds) for split, ds in datamodule.tokenized.items()}
     say(f"data: {cfg.data.name}: {sizes['train']} train, {sizes['validation']} validation, {sizes['test']} test")
     return datamodule
+
+
+def prepare_pairing(cfg: DictConfig, model, encoder_tokenizer, decoder_tokenizer, train_split) -> None:
+    """What the pairing kind learns from the training texts before training (`prepare` in `encdec.pairings`: a
+    projector's vocabulary); a resumed run has it in its checkpoint."""
+    from encdec import pairings
+
+    kind = pairings.kind_of_model_type(getattr(model.config.decoder, "model_type", None))
+    prepare = kind and getattr(pairings.module_of(kind.name), "prepare", None)
+    if prepare is None:
+        return
+    rows = train_split.select(range(min(len(train_split), PREPARE_ROWS)))
+    say(prepare(model, encoder_tokenizer, decoder_tokenizer, list(rows["document"]) + list(rows["summary"]), cfg.data))
 
 
 def build_module(cfg: DictConfig, model, decoder_tokenizer) -> Seq2SeqModule:
