@@ -13,7 +13,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from conftest import ROOT, error_lines, run_script, write_jsonl
+from conftest import ROOT, assert_sane_metrics, error_lines, run_script, write_jsonl
 
 # 7 batches an epoch, validation every 3 of them (after steps 3, 6, 10, 13, 14), a checkpoint every 2 steps: steps 6
 # and 10 are both. The CSV logger's curve is part of what must come out the same.
@@ -59,7 +59,17 @@ def uninterrupted(resume_data, tmp_path_factory):
     run_dir = tmp_path_factory.mktemp("reference") / "run"
     result = run_script("train.py", *SETTINGS, *resume_data, f"hydra.run.dir={run_dir}")
     assert result.returncode == 0, result.stderr[-3000:]
+    (run_dir.parent / "stdout.txt").write_text(result.stdout)
     return run_dir
+
+
+def test_run_records_training_seconds_and_peak_memory(uninterrupted):
+    metrics = json.loads((uninterrupted / "metrics.json").read_text())
+    assert_sane_metrics(metrics, ("time/seconds", "time/train_seconds", "memory/peak_rss_gb"))
+    assert 0 < metrics["time/train_seconds"] < metrics["time/seconds"]
+    assert 0.1 < metrics["memory/peak_rss_gb"] < 64  # a Python process with torch loaded, on any machine we test
+    summary = (uninterrupted.parent / "stdout.txt").read_text().splitlines()
+    assert f"peak memory: {metrics['memory/peak_rss_gb']:.2f} GB RSS" in summary
 
 
 def kill_after(run_dir, args, checkpoint_name, timeout=300, sig=signal.SIGKILL):
@@ -90,7 +100,9 @@ def kill_after(run_dir, args, checkpoint_name, timeout=300, sig=signal.SIGKILL):
 def final_state(run_dir):
     weights = load_file(run_dir / "hf_model" / "model.safetensors")
     metrics = json.loads((run_dir / "metrics.json").read_text())
-    metrics.pop("time/seconds")
+    # Clocks and the process's memory peak differ from run to run; the rest must be the same.
+    for key in ("time/seconds", "time/train_seconds", "memory/peak_rss_gb", "memory/peak_cuda_gb"):
+        metrics.pop(key, None)
     best = sorted(p.name for p in (run_dir / "checkpoints").glob("best-*.ckpt"))
     return (
         weights,
@@ -127,7 +139,8 @@ def test_killed_run_resumes_bitwise(uninterrupted, resume_data, tmp_path, kill_a
     run_dir = tmp_path / "run"
     kill_after(run_dir, [*SETTINGS, *resume_data], kill_at)
     newest = max((run_dir / "checkpoints").glob("*.ckpt"), key=lambda path: path.stat().st_mtime)
-    worked = torch.load(newest, weights_only=False)["encdec"]["seconds"]
+    saved = torch.load(newest, weights_only=False)["encdec"]
+    worked, trained = saved["seconds"], saved["train_seconds"]
     started = time.time()
     result = run_script("train.py", f"resume={run_dir}")
     resumed_for = time.time() - started
@@ -135,8 +148,11 @@ def test_killed_run_resumes_bitwise(uninterrupted, resume_data, tmp_path, kill_a
     assert "resuming" in result.stdout
     assert_same_run(uninterrupted, run_dir)
     # time/seconds is the whole run's: the killed part up to its checkpoint, then the resumed part
-    seconds = json.loads((run_dir / "metrics.json").read_text())["time/seconds"]
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    seconds = metrics["time/seconds"]
     assert worked > 0 and worked < seconds <= worked + resumed_for + 0.1
+    # time/train_seconds too: the killed part's training steps up to its checkpoint, then the resumed part's
+    assert 0 < trained < metrics["time/train_seconds"] < seconds
 
 
 @pytest.mark.slow

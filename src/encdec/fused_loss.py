@@ -7,6 +7,9 @@ linear), only the positions with a label are kept, and the cross-entropy is summ
 of them. Each chunk's logits are made (in the head's dtype, then float32 as in the plain loss), reduced to a sum
 and freed; backward recomputes them one chunk at a time (activation checkpointing), so one chunk of logits is
 alive at any time. The sum over chunks divided by the labelled tokens is the plain loss, mean over non-ignored.
+
+Validation and test always take the chunked path where the head allows it (Seq2SeqModule.evaluation_loss): without
+gradients nothing is recomputed, so it costs nothing and spares the logits of the padded positions.
 """
 
 from __future__ import annotations
@@ -57,15 +60,29 @@ def _chunk_loss(hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor |
     return F.cross_entropy(logits.float(), labels, reduction="sum")
 
 
+def summed_cross_entropy(
+    hidden: torch.Tensor, head: torch.nn.Linear, labels: torch.Tensor, chunk_tokens: int
+) -> torch.Tensor:
+    """`F.cross_entropy(head(hidden).float(), labels, ignore_index=IGNORE_INDEX, reduction="sum")`, holding at most
+    `chunk_tokens` rows of logits at once in forward and in backward. Without gradients (evaluation) each chunk is
+    computed once and freed; with them, backward recomputes it (activation checkpointing)."""
+    keep = labels.flatten() != IGNORE_INDEX
+    hidden = hidden.flatten(0, -2)[keep]
+    labels = labels.flatten()[keep]
+    total = hidden[:0].sum(dtype=torch.float32)  # 0, in the graph even when no position has a label
+    recompute = torch.is_grad_enabled() and (hidden.requires_grad or head.weight.requires_grad)
+    for hidden_chunk, label_chunk in zip(hidden.split(chunk_tokens), labels.split(chunk_tokens)):
+        if recompute:
+            chunk = checkpoint(_chunk_loss, hidden_chunk, head.weight, head.bias, label_chunk, use_reentrant=False)
+        else:
+            chunk = _chunk_loss(hidden_chunk, head.weight, head.bias, label_chunk)
+        total = total + chunk
+    return total
+
+
 def chunked_cross_entropy(
     hidden: torch.Tensor, head: torch.nn.Linear, labels: torch.Tensor, chunk_tokens: int
 ) -> torch.Tensor:
     """`F.cross_entropy(head(hidden).float(), labels, ignore_index=IGNORE_INDEX)` (mean over labelled positions),
     holding at most `chunk_tokens` rows of logits at once in forward and in backward."""
-    keep = labels.flatten() != IGNORE_INDEX
-    hidden = hidden.flatten(0, -2)[keep]
-    labels = labels.flatten()[keep]
-    total = hidden[:0].sum(dtype=torch.float32)  # 0, in the graph even when no position has a label
-    for hidden_chunk, label_chunk in zip(hidden.split(chunk_tokens), labels.split(chunk_tokens)):
-        total = total + checkpoint(_chunk_loss, hidden_chunk, head.weight, head.bias, label_chunk, use_reentrant=False)
-    return total / keep.sum()
+    return summed_cross_entropy(hidden, head, labels, chunk_tokens) / (labels != IGNORE_INDEX).sum()

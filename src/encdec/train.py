@@ -36,6 +36,7 @@ from encdec.lit import lightning_private
 from encdec.lit.checkpoint_io import AtomicCheckpointIO
 from encdec.lit.compiled import bucket_multiple
 from encdec.lit.datamodule import SummarizationDataModule
+from encdec.lit.memory import describe, peak_memory_metrics, release_freed_memory
 from encdec.lit.module import Seq2SeqModule
 from encdec.lit.resume import BEST_CHECKPOINT, ContinuedCSVHistory, checkpoint_callbacks, resume_point, resumed_logger
 from encdec.metrics import LEAD_SENTENCES, ROUGE_TYPES, lead_baselines
@@ -61,7 +62,9 @@ def run(cfg: DictConfig) -> float | None:
             prepare_pairing(cfg, model, encoder_tokenizer, decoder_tokenizer, raw_splits["train"])
             module.initial_metrics = _rouge(trainer.validate(module, datamodule=datamodule, verbose=False), "val")
             say(f"validation ROUGE before training: {_format(module.initial_metrics)}")
+            release_freed_memory()
         trainer.fit(module, datamodule=datamodule, ckpt_path=resume_from)
+        release_training_state(trainer)
         evaluated, metrics = evaluate(cfg, trainer, module, datamodule, best_checkpoint, raw_splits, run_dir)
     best = best_checkpoint.best_model_path or None
     export(cfg, trainer, module, (model, encoder_tokenizer, decoder_tokenizer), best, evaluated, metrics, run_dir)
@@ -144,6 +147,7 @@ def build_module(cfg: DictConfig, model, decoder_tokenizer) -> Seq2SeqModule:
         cudnn_attention=bool(cfg.model.get("cudnn_attention", False)),
         fused_loss=bool(cfg.model.get("fused_loss")),
         loss_chunk_tokens=cfg.model.get("loss_chunk_tokens") or 4096,
+        eval_loss_rows=cfg.data.get("batch_size"),
     )
 
 
@@ -177,19 +181,30 @@ def evaluate(
     before = module.initial_metrics
     best = best_checkpoint.best_model_path or None
     evaluated = _loadable_for_evaluation(trainer, best, run_dir)
+    # The best checkpoint written at the step training ended holds the weights in memory: test those, not a reload.
+    reload = None if _best_is_final(trainer, best) and not _shards_weights(trainer) else evaluated
+    if isinstance(trainer.strategy.checkpoint_io, AtomicCheckpointIO):
+        trainer.strategy.checkpoint_io.map_loads = True  # weights only: the optimizer's state is never read
     after = _final_validation(trainer, best) or _rouge(
-        trainer.validate(module, datamodule=datamodule, ckpt_path=evaluated, verbose=False), "val"
+        trainer.validate(module, datamodule=datamodule, ckpt_path=reload, verbose=False), "val"
     )
     say(
         f"validation ROUGE after training:  {_format(after)}"
         + (f" (best checkpoint {Path(best).name})" if best else "")
     )
-    test = _rouge(trainer.test(module, datamodule=datamodule, ckpt_path=evaluated, verbose=False), "test")
+    test = _rouge(trainer.test(module, datamodule=datamodule, ckpt_path=reload, verbose=False), "test")
     baselines = lead_baselines(list(raw_splits["test"]["document"]), list(raw_splits["test"]["summary"]))
     say(f"test ROUGE: {_format(test)}")
     say(_beside_baselines(test, baselines))
     metrics = {**after, **test, **{f"initial/{k}": v for k, v in before.items()}, **baselines}
-    metrics.update({"train/steps": trainer.global_step, "time/seconds": round(module.seconds_worked(), 1)})
+    metrics.update(
+        {
+            "train/steps": trainer.global_step,
+            "time/seconds": round(module.seconds_worked(), 1),
+            "time/train_seconds": round(module.train_seconds, 3),
+        }
+    )
+    release_freed_memory()
     return evaluated, metrics
 
 
@@ -227,10 +242,22 @@ def export(
     if export_from is not None and str(export_from) != best:  # a scratch file of ours
         shutil.rmtree(export_from) if export_from.is_dir() else export_from.unlink(missing_ok=True)
     run_folder.write_jsonl(run_dir / run_folder.PREDICTIONS, module.last_predictions.get("test", []))
+    metrics.update(peak_memory_metrics())  # after the export, the run's last big step
     run_folder.write_json(run_dir / run_folder.METRICS, metrics)
+    say(describe(metrics))
     say(f"run folder: {run_dir}")
     if OmegaConf.select(cfg, "export.push_to_hub"):  # last: a failed upload leaves every result in place
         say(f"uploaded {push_to_hub(run_dir / run_folder.HF_MODEL, cfg.export.push_to_hub, 'export.push_to_hub')}")
+
+
+def release_training_state(trainer: L.Trainer) -> None:
+    """After fit: Lightning's strategy keeps the optimizer, and with it AdamW's two float32 copies of every trained
+    weight (1.08 GB for the default model), through validate and test, which never use it. Drop it (DeepSpeed's
+    engine holds its own), and hand the freed memory back before evaluation."""
+    if not isinstance(trainer.strategy, DeepSpeedStrategy):
+        trainer.strategy.optimizers = []
+        trainer.strategy.lr_scheduler_configs = []
+    release_freed_memory()
 
 
 @contextlib.contextmanager
@@ -250,10 +277,15 @@ def _interruption_named(trainer: L.Trainer, run_dir: Path):
         raise Interrupted(f"training stopped by {name} at step {trainer.global_step}; {then}", number) from None
 
 
+def _best_is_final(trainer: L.Trainer, best: str | None) -> bool:
+    """The best checkpoint was saved at the step training ended: it holds the weights the module holds now."""
+    return best is not None and Path(best).name == BEST_CHECKPOINT.format(step=trainer.global_step) + ".ckpt"
+
+
 def _final_validation(trainer: L.Trainer, best: str | None) -> dict[str, float] | None:
     """The last validation's scores when the best checkpoint was saved right after it, at the step training ended:
     those are the weights `validate` would load, and validating them again would only repeat the same generation."""
-    if best is None or Path(best).name != BEST_CHECKPOINT.format(step=trainer.global_step) + ".ckpt":
+    if not _best_is_final(trainer, best):
         return None
     scores = _rouge([{k: v for k, v in trainer.callback_metrics.items() if k.startswith("val/")}], "val")
     return scores if "val/rouge2" in scores else None

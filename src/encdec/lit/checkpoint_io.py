@@ -17,8 +17,22 @@ from encdec.run_folder import write_atomic
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
+    def __init__(self) -> None:
+        super().__init__()
+        # Set for validate and test after fit (train.py): they load only the weights of a checkpoint that also holds
+        # the optimizer's state (AdamW: twice the trained weights). Mapped from the file instead of read, the state
+        # is never touched, so it costs no memory. Not while fitting: a resumed optimizer would keep the file mapped.
+        self.map_loads = False
+
     def save_checkpoint(self, checkpoint: dict[str, Any], path, storage_options: Any | None = None) -> None:
         write_atomic(Path(path), lambda handle: torch.save(checkpoint, handle), binary=True)
+
+    def load_checkpoint(
+        self, path, map_location=lambda storage, loc: storage, weights_only: bool | None = None
+    ) -> dict[str, Any]:
+        if not self.map_loads or not Path(path).is_file():
+            return super().load_checkpoint(path, map_location=map_location, weights_only=weights_only)
+        return torch.load(path, map_location=map_location, weights_only=weights_only, mmap=True)
 
 
 class LinkedLastCheckpoint(ModelCheckpoint):

@@ -24,7 +24,7 @@ from transformers.models.encoder_decoder.modeling_encoder_decoder import shift_t
 
 from encdec.data.tokenize import IGNORE_INDEX
 from encdec.errors import EncdecError
-from encdec.fused_loss import chunked_cross_entropy, hidden_states_out, lm_head
+from encdec.fused_loss import chunked_cross_entropy, hidden_states_out, lm_head, summed_cross_entropy
 from encdec.inference import generate_texts
 from encdec.lit import fsdp2, lightning_private, resume
 from encdec.lit.compiled import compile_forward, mark_rows_dynamic
@@ -47,6 +47,7 @@ class Seq2SeqModule(L.LightningModule):
         fused_loss: bool = False,
         loss_chunk_tokens: int = 4096,
         compile_backend: str | Callable = "inductor",
+        eval_loss_rows: int | None = None,
     ):
         super().__init__()
         self.model = model
@@ -59,6 +60,8 @@ class Seq2SeqModule(L.LightningModule):
             lm_head(model)
         self.fused_loss = fused_loss
         self.loss_chunk_tokens = loss_chunk_tokens
+        # Validation/test loss: rows per forward (train.py: data.batch_size); None: the whole evaluation batch.
+        self.eval_loss_rows = eval_loss_rows
         self.cudnn_attention = cudnn_attention
         self.decoder_tokenizer = decoder_tokenizer
         # Without one, the optimizer=adamw preset's (lr 1e-4): a user's own Lightning script needs to pass nothing.
@@ -73,6 +76,9 @@ class Seq2SeqModule(L.LightningModule):
         # Wall-clock seconds the run has worked, summed over its resumed parts (metrics.json's time/seconds).
         self.seconds_before_resume = 0.0
         self._clock_started = time.time()
+        # Seconds inside training steps (each batch's start to its end, validation excluded), over resumed parts too.
+        self.train_seconds = 0.0
+        self._step_started: float | None = None
         self._outputs: dict[str, list[tuple[int, str]]] = {"val": [], "test": []}
         # Ordinary batches carry their references (texts, or labels to decode) instead of an index into datamodule.raw.
         self._rows: dict[str, list[dict[str, str]]] = {"val": [], "test": []}
@@ -95,10 +101,7 @@ class Seq2SeqModule(L.LightningModule):
         weights are already partitioned. Two engines' hooks break the first training forward ("IndexError: pop from an
         empty deque"); CPU buffers (BERT's position ids) break the first embedding lookup."""
         strategy = self.trainer.strategy
-        sharded = isinstance(strategy, (FSDPStrategy, ModelParallelStrategy)) or getattr(
-            strategy, "zero_stage_3", False
-        )
-        if self.fused_loss and sharded:
+        if self.fused_loss and self._shards_weights():
             # The chunks read the LM head's weight outside its forward, where a sharded strategy holds only a shard.
             raise EncdecError("model.fused_loss=true needs the LM head's whole weight: not under FSDP or ZeRO stage 3")
         if not getattr(strategy, "zero_stage_3", False):
@@ -108,24 +111,89 @@ class Seq2SeqModule(L.LightningModule):
             for name, buffer in submodule.named_buffers(recurse=False):
                 setattr(submodule, name, buffer.to(strategy.root_device))
 
+    def on_train_batch_start(self, batch, batch_idx) -> None:
+        self._step_started = time.perf_counter()
+
+    def on_train_batch_end(self, outputs, batch, batch_idx) -> None:
+        if self._step_started is not None:
+            self.train_seconds += time.perf_counter() - self._step_started
+            self._step_started = None
+
     def loss(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Mean cross-entropy over the labelled target tokens; without gradients, `evaluation_loss`."""
+        if not torch.is_grad_enabled():
+            return self.evaluation_loss(batch)
         # The loss is ours, not EncoderDecoderModel's: its labels path rebuilds decoder masks from pad ids.
+        inputs = self._model_inputs(batch)
+        head = lm_head(self.model) if self.fused_loss else None
+        logits = self._forward(inputs, head)
+        if head is not None:  # `logits` are the hidden states the LM head reads
+            return chunked_cross_entropy(logits, head, batch["labels"], self.loss_chunk_tokens)
+        return F.cross_entropy(logits.float().flatten(0, 1), batch["labels"].flatten(), ignore_index=IGNORE_INDEX)
+
+    @torch.no_grad()
+    def evaluation_loss(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """The training loss's value, within float rounding, in bounded memory. Validation and test batches are cut
+        for generation (up to data.eval_max_tokens_per_batch tokens: all 50 aclsum validation papers in one), and the
+        plain loss over one of them would hold rows x target x vocabulary logits and their log-softmax (1.9 GB for
+        SmolLM2's 49k vocabulary) besides every row's activations. Here the rows go through in slices of
+        `eval_loss_rows` and each slice's logits in chunks of `loss_chunk_tokens` labelled tokens (where the LM head
+        allows it: encdec.fused_loss); the sums over slices and chunks, divided by the labelled tokens, are the mean.
+        Under sharded weights (FSDP, ZeRO stage 3) every rank must run the same forwards, and XLA wants one static
+        shape: one forward of the whole batch there, as training computes it."""
+        labels = batch["labels"]
+        if self._shards_weights() or labels.device.type == "xla":
+            return F.cross_entropy(
+                self._forward(self._model_inputs(batch), None).float().flatten(0, 1),
+                labels.flatten(),
+                ignore_index=IGNORE_INDEX,
+            )
+        head = self._chunkable_head()
+        rows = labels.shape[0]
+        step = self.eval_loss_rows or rows
+        total = torch.zeros((), dtype=torch.float32, device=labels.device)
+        for start in range(0, rows, step):
+            part = {k: v[start : start + step] for k, v in batch.items() if _per_row(v, rows)}
+            outputs = self._forward(self._model_inputs(part), head)
+            if head is not None:
+                total += summed_cross_entropy(outputs, head, part["labels"], self.loss_chunk_tokens)
+            else:
+                total += F.cross_entropy(
+                    outputs.float().flatten(0, 1), part["labels"].flatten(), ignore_index=IGNORE_INDEX, reduction="sum"
+                )
+        return total / (labels != IGNORE_INDEX).sum()
+
+    def _chunkable_head(self) -> torch.nn.Linear | None:
+        """The LM head whose logits can be made chunk by chunk, or None (a head that changes its logits after it)."""
+        try:
+            return lm_head(self.model)
+        except EncdecError:
+            return None
+
+    def _shards_weights(self) -> bool:
+        """Each rank holds only shards of the weights (FSDP, FSDP2, DeepSpeed stage 3)."""
+        if self._trainer is None:
+            return False
+        strategy = self.trainer.strategy
+        return isinstance(strategy, (FSDPStrategy, ModelParallelStrategy)) or bool(
+            getattr(strategy, "zero_stage_3", False)
+        )
+
+    def _forward(self, inputs: dict[str, torch.Tensor | None], head: torch.nn.Linear | None) -> torch.Tensor:
+        """The model's logits, or with `head` the hidden states that head reads."""
+        with attention_kernels(self.cudnn_attention), hidden_states_out(head) if head else contextlib.nullcontext():
+            if self._compiled_forward is None:
+                return self.model(**inputs, use_cache=False).logits
+            return self._compiled_forward(**mark_rows_dynamic(inputs), use_cache=False).logits
+
+    def _model_inputs(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor | None]:
         decoder_input_ids, decoder_attention_mask = self._decoder_inputs(batch)
-        inputs = {
+        return {
             "input_ids": batch["input_ids"],
             "attention_mask": batch.get("attention_mask"),
             "decoder_input_ids": decoder_input_ids,
             "decoder_attention_mask": decoder_attention_mask,
         }
-        head = lm_head(self.model) if self.fused_loss else None
-        with attention_kernels(self.cudnn_attention), hidden_states_out(head) if head else contextlib.nullcontext():
-            if self._compiled_forward is None:
-                logits = self.model(**inputs, use_cache=False).logits
-            else:
-                logits = self._compiled_forward(**mark_rows_dynamic(inputs), use_cache=False).logits
-        if head is not None:  # `logits` are the hidden states the LM head reads
-            return chunked_cross_entropy(logits, head, batch["labels"], self.loss_chunk_tokens)
-        return F.cross_entropy(logits.float().flatten(0, 1), batch["labels"].flatten(), ignore_index=IGNORE_INDEX)
 
     def _decoder_inputs(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor | None]:
         """The batch's decoder inputs, or, as EncoderDecoderModel does with labels alone, the labels shifted right
@@ -234,11 +302,7 @@ class Seq2SeqModule(L.LightningModule):
     def _generation_sync(self) -> dict:
         """Under sharded weights (FSDP, DeepSpeed stage 3) every forward gathers parameters from all ranks, so a rank
         whose batch is done must keep stepping until every rank's is (transformers' synced_gpus)."""
-        strategy = self.trainer.strategy
-        sharded = isinstance(strategy, (FSDPStrategy, ModelParallelStrategy)) or bool(
-            getattr(strategy, "zero_stage_3", False)
-        )
-        return {"synced_gpus": True} if sharded and self.trainer.world_size > 1 else {}
+        return {"synced_gpus": True} if self._shards_weights() and self.trainer.world_size > 1 else {}
 
     def generate(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, **overrides) -> list[str]:
         return generate_texts(
@@ -257,6 +321,7 @@ class Seq2SeqModule(L.LightningModule):
             "model_config": self.model.config.to_dict(),
             "initial_metrics": self.initial_metrics,
             "seconds": self.seconds_worked(),
+            "train_seconds": self.train_seconds,
         }
         resume.save_state(checkpoint, self._trainer)
 
@@ -267,6 +332,7 @@ class Seq2SeqModule(L.LightningModule):
         if self._trainer is not None and self.trainer.state.fn == TrainerFn.FITTING:
             # A resume (not validate/test loading the best checkpoint): count what the killed run had worked.
             self.seconds_before_resume = saved.get("seconds", 0.0)
+            self.train_seconds = saved.get("train_seconds", 0.0)
 
     def optimizer_step(self, epoch, batch_idx, optimizer, optimizer_closure=None) -> None:
         super().optimizer_step(epoch, batch_idx, optimizer, optimizer_closure)
@@ -312,3 +378,7 @@ class Seq2SeqModule(L.LightningModule):
             return optimizer
         scheduler = self.scheduler_factory(optimizer, num_training_steps=int(self.trainer.estimated_stepping_batches))
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+
+def _per_row(value, rows: int) -> bool:
+    return isinstance(value, torch.Tensor) and value.dim() > 0 and value.shape[0] == rows
