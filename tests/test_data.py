@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import torch
 from tokenizers import Tokenizer, models, pre_tokenizers
 from transformers import AutoTokenizer, PreTrainedTokenizerFast
@@ -199,3 +201,55 @@ def test_group_by_length_reaches_the_training_batches(tiny_files):
     grouped.data = saved
     grouped.train_dataloader()
     assert grouped.train_sampler.order.jitter == 0.0
+
+
+def test_tokenizing_processes_one_per_core_for_large_splits(monkeypatch):
+    from encdec.data import tokenize
+
+    monkeypatch.setattr(tokenize.os, "sched_getaffinity", lambda pid: {0, 1, 2, 3}, raising=False)
+    per = tokenize.ROWS_PER_PROCESS
+    assert [tokenize.tokenizing_processes(rows) for rows in (0, per, 2 * per - 1, 2 * per, 3 * per, 40 * per)] == [
+        None,
+        None,
+        None,
+        2,
+        3,
+        4,
+    ]
+
+
+def test_tokenizing_in_processes_gives_the_same_tokens_and_cache_on_any_core_count(tmp_path, tiny_files):
+    import datasets
+
+    from encdec.data.tokenize import tokenize_split
+
+    words = "alpha beta gamma delta epsilon zeta theta kappa lambda sigma omega".split()
+    encoder_tokenizer = datamodule_for(tiny_files, word_tokenizer(words))[1]
+    decoder_tokenizer = word_tokenizer(words)
+    rows = [
+        {"document": " ".join(words[(i + j) % 11] for j in range(3 + i % 9)), "summary": words[i % 11]}
+        for i in range(40)
+    ]
+    path = tmp_path / "rows.jsonl"
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    cache = tmp_path / "cache"
+
+    def tokenized(num_proc):
+        dataset = datasets.load_dataset("json", data_files=str(path), split="train", cache_dir=str(cache))
+        return tokenize_split(dataset, "train", encoder_tokenizer, decoder_tokenizer, 8, 4, num_proc=num_proc)
+
+    in_one = tokenized(None)  # written by this process: cache-<fingerprint>.arrow
+    assert tokenized(2).cache_files == in_one.cache_files  # and read from there by two
+    for processes in (2, 3):
+        # A fresh cache for each count: this one is written by `processes` processes, then read by the others.
+        for arrow in cache.rglob("cache-*.arrow"):
+            arrow.unlink()
+        written = tokenized(processes)
+        shards = sorted(f["filename"] for f in written.cache_files)
+        assert len(shards) == processes and all(f"_of_{processes:05d}.arrow" in name for name in shards)
+        assert written._fingerprint == in_one._fingerprint
+        assert written["input_ids"] == in_one["input_ids"] and written["labels"] == in_one["labels"]
+        for other in (None, 2, 4):  # read from that cache whatever the count: nothing is tokenized again
+            again = tokenized(other)
+            assert sorted(f["filename"] for f in again.cache_files) == shards
+            assert again._fingerprint == in_one._fingerprint and again["input_ids"] == in_one["input_ids"]
