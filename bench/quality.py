@@ -1,14 +1,18 @@
 """Learning curves: validation ROUGE-2 and loss against steps and training seconds, for encdec's defaults, each
-warm-start lever, and HF `Seq2SeqTrainer` on the same model, data and steps (the anchor).
+warm-start lever, HF `Seq2SeqTrainer` on the same model, data and steps (an anchor), and the decoder alone: the same
+decoder LM fine-tuned by itself as a plain causal LM with HF `Trainer` (the anchor a pairing must beat, issue 26).
 
     python bench/quality.py                                   # every lever, aclsum, CPU: bench/results/quality_cpu.json
     python bench/quality.py --levers default,prefix+trained_encoder,hf-seq2seqtrainer --steps 25 --eval-every 5
+    python bench/quality.py --levers default,minilm-smollm2,decoder-alone --steps 26 --eval-every 13
     python bench/quality.py --device cuda --results quality_gpu.json
 
 Each encdec curve is one `train.py` run (the user's recipe, validation every --eval-every steps on aclsum's
 validation split, nothing else changed but the lever's overrides); the test split is scored once, at the end. The
 lead-1 and lead-3 baselines are computed the same way (encdec.metrics.lead_baselines) and drawn on the plot, so a
-curve that stays below them has not learned to summarize yet.
+curve that stays below them has not learned to summarize yet. At the end a table gives each run's test ROUGE-1/2/L,
+its training seconds, whether it beats lead-1, lead-3 and the decoder alone in all three, and its training seconds
+over the decoder alone's.
 """
 
 from __future__ import annotations
@@ -134,8 +138,24 @@ LEVERS: dict[str, tuple[str, tuple[str, ...]]] = {
         "experiment=warm_start_gated: the best gated combination (+ lead copies, gates 0.5, 96 tokens)",
         ("experiment=warm_start_gated",),
     ),
+    "minilm-smollm2": (
+        "MiniLM -> SmolLM2, kind=auto (projector)",
+        ("experiment=quickstart", "encoder=minilm", "decoder=smollm2"),
+    ),
 }
 HF_ANCHOR = "hf-seq2seqtrainer"
+DECODER_ALONE = "decoder-alone"
+# Runs that are not train.py: each a worker module of bench/ (its `worker(spec)`) trained on the 'default' config.
+ANCHORS = {
+    HF_ANCHOR: ("quality_hf", "HF Seq2SeqTrainer on the 'default' model, data and steps"),
+    DECODER_ALONE: (
+        "quality_decoder_alone",
+        "the decoder alone: the 'default' decoder LM as a plain causal LM in HF Trainer on [document; bos; summary; "
+        "eos], the same data, lengths, batch, steps, optimizer, schedule, clipping and decoding",
+    ),
+}
+SCORES = ("rouge1", "rouge2", "rougeL")
+LEADS = (1, 3)  # encdec.metrics.LEAD_SENTENCES
 
 
 def train_overrides(steps: int, eval_every: int, device: str, run_dir: Path) -> list[str]:
@@ -179,15 +199,16 @@ def run_encdec(name: str, overrides: tuple[str, ...], args, folder: Path) -> dic
     return {
         "overrides": list(overrides),
         "curve": curve,
+        "train_seconds": curve[-1]["seconds"] if curve else None,  # the clock's: optimizer steps, validation excluded
         "wall_seconds": round(time.perf_counter() - started, 1),
-        "test": {k: round(v, 2) for k, v in metrics.items() if k.startswith(("test/", "baseline/"))},
+        "test": {k: round(v, 2) for k, v in metrics.items() if k.startswith(("test/", "baseline/", "time/"))},
     }
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument(
-        "--levers", default=",".join([*LEVERS, HF_ANCHOR]), help="comma-separated: " + ", ".join([*LEVERS, HF_ANCHOR])
+        "--levers", default=",".join([*LEVERS, *ANCHORS]), help="comma-separated: " + ", ".join([*LEVERS, *ANCHORS])
     )
     parser.add_argument("--steps", type=int, default=39)
     parser.add_argument("--eval-every", type=int, default=13)
@@ -203,35 +224,40 @@ def main() -> None:
     parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
-        import quality_hf
+        import importlib
 
-        quality_hf.worker(json.loads(args.worker))
+        spec = json.loads(args.worker)
+        importlib.import_module(ANCHORS[spec.get("anchor", HF_ANCHOR)][0]).worker(spec)
         return
     results_name = args.results or f"quality_{args.device}.json"
-    unknown = [n for n in args.levers.split(",") if n not in LEVERS and n != HF_ANCHOR]
+    unknown = [n for n in args.levers.split(",") if n not in LEVERS and n not in ANCHORS]
     if unknown:
-        parser.error(f"unknown lever {unknown[0]}: use {', '.join([*LEVERS, HF_ANCHOR])}")
+        parser.error(f"unknown lever {unknown[0]}: use {', '.join([*LEVERS, *ANCHORS])}")
     runs: dict[str, dict] = {}
     names = args.levers.split(",")
     with tempfile.TemporaryDirectory(prefix="encdec-quality-") as scratch:
 
         def measure(name: str) -> None:
             print(f"[quality] {name} ...", flush=True)
-            if name == HF_ANCHOR:
+            if name in ANCHORS:
                 spec = {
+                    "anchor": name,
                     "steps": args.steps,
                     "eval_every": args.eval_every,
                     "device": args.device,
                     "overrides": [*LEVERS["default"][1], *args.extra],
                 }
                 run = {"overrides": spec["overrides"], **common.run_worker(Path(__file__), spec, timeout=7200)}
+                run["wall_seconds"] = run["process_seconds"]  # the whole subprocess, as for a train.py run
+                run.setdefault("train_seconds", run["curve"][-1]["seconds"] if run["curve"] else None)
             else:
                 run = run_encdec(name, (*LEVERS[name][1], *args.extra), args, Path(scratch))
-            run["description"] = LEVERS.get(name, ("HF Seq2SeqTrainer on the 'default' model, data and steps",))[0]
+            run["description"] = LEVERS[name][0] if name in LEVERS else ANCHORS[name][1]
             last = run["curve"][-1] if run["curve"] else {}
             print(
                 f"[quality] {name}: val rouge2 {last.get('rouge2', float('nan')):.2f} at step {last.get('step')}, "
-                f"{last.get('seconds', 0):.0f} s of training; test {run.get('test', {})}",
+                f"{last.get('seconds', 0):.0f} s of training, {run['wall_seconds']:.0f} s in all; "
+                f"test {run.get('test', {})}",
                 flush=True,
             )
             with lock:
@@ -251,7 +277,7 @@ def main() -> None:
                 common.write_results(results_name, payload, merge_key="runs")
 
         lock = threading.Lock()
-        baselines = _validation_baselines()
+        baselines = _validation_baselines(args.extra)
         if args.parallel > 1:
             # Several runs at once share the device: steps and ROUGE are unaffected, the seconds are not comparable.
             from concurrent.futures import ThreadPoolExecutor
@@ -267,14 +293,83 @@ def main() -> None:
                 measure(name)
     import quality_plot
 
-    quality_plot.plot(common.RESULTS / results_name)
+    print(f"[quality] plot: {quality_plot.plot(common.RESULTS / results_name)}", flush=True)
+    rows = summary_rows({n: runs[n] for n in names if n in runs}, baselines["test"])
+    common.write_results(results_name, {"summary": rows})
+    print(f"\n[quality] test ROUGE of this invocation's runs ({args.steps} steps, {args.device}):", flush=True)
+    print(summary_table(rows), flush=True)
 
 
-def _validation_baselines() -> dict[str, float]:
+def summary_rows(runs: dict[str, dict], leads: dict[str, float]) -> list[dict]:
+    """One row per lead baseline and per run: test ROUGE-1/2/L, training and wall seconds, whether the run beats
+    lead-1, lead-3 and the decoder-alone anchor in all three scores, and its training seconds over the anchor's."""
+    anchor = runs.get(DECODER_ALONE, {})
+    anchor_test = anchor.get("test", {})
+    anchor_seconds = anchor.get("train_seconds")
+    rows = [{"run": f"lead-{k}", **{n: leads.get(f"baseline/lead{k}/{n}") for n in SCORES}} for k in LEADS]
+
+    def beats(test: dict, reference: dict) -> bool | None:
+        if not all(f"test/{n}" in test for n in SCORES) or not reference:
+            return None
+        return all(test[f"test/{n}"] > reference[n] for n in SCORES)
+
+    for name, run in runs.items():
+        test = run.get("test", {})
+        seconds = run.get("train_seconds")
+        rows.append(
+            {
+                "run": name,
+                **{n: test.get(f"test/{n}") for n in SCORES},
+                "train_seconds": seconds,
+                "wall_seconds": run.get("wall_seconds"),
+                **{
+                    f"beats_lead{k}": beats(test, {n: leads.get(f"baseline/lead{k}/{n}") for n in SCORES})
+                    for k in LEADS
+                },
+                "beats_decoder_alone": None
+                if name == DECODER_ALONE
+                else beats(test, {n: anchor_test[f"test/{n}"] for n in SCORES if f"test/{n}" in anchor_test}),
+                "train_seconds_vs_decoder_alone": round(seconds / anchor_seconds, 2)
+                if seconds is not None and anchor_seconds
+                else None,
+            }
+        )
+    return rows
+
+
+def summary_table(rows: list[dict]) -> str:
+    def cell(value, digits: int = 2) -> str:
+        if value is None:
+            return "-"
+        if isinstance(value, bool):
+            return "yes" if value else "no"
+        return f"{value:.{digits}f}"
+
+    lines = [
+        {
+            "run": row["run"],
+            "test R-1/2/L": " / ".join(cell(row.get(n)) for n in SCORES),
+            "train s": cell(row.get("train_seconds"), 0),
+            "wall s": cell(row.get("wall_seconds"), 0),
+            "> lead-1 (all 3)": cell(row.get("beats_lead1")),
+            "> lead-3 (all 3)": cell(row.get("beats_lead3")),
+            "> decoder-alone (all 3)": "(anchor)"
+            if row["run"] == DECODER_ALONE
+            else cell(row.get("beats_decoder_alone")),
+            "train s / decoder-alone's": cell(row.get("train_seconds_vs_decoder_alone")),
+        }
+        for row in rows
+    ]
+    return common.table(lines, list(lines[0]))
+
+
+def _validation_baselines(extra: list[str] = ()) -> dict[str, float]:
     from encdec.data.loading import load_splits
     from encdec.metrics import lead_baselines
 
-    splits = load_splits(common.compose("experiment=quickstart").data)
+    # The runs' data caps (data.max_test_samples=4, ...) apply to the baselines too; hydra.* keys are not the config's.
+    overrides = [o for o in extra if not o.lstrip("+~").startswith("hydra.")]
+    splits = load_splits(common.compose("experiment=quickstart", *overrides).data)
     return {
         split: lead_baselines(list(splits[split]["document"]), list(splits[split]["summary"]))
         for split in ("validation", "test")
