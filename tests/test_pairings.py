@@ -215,3 +215,23 @@ def test_the_projector_learns_the_alignment_and_generates_after_a_reload(tmp_pat
     assert torch.equal(model.generate(**batch, **beams), reloaded.generate(**batch, **beams)), (
         "beam search differs after a reload"
     )
+
+
+def test_the_projector_mixes_its_top_tokens_as_the_full_softmax_would():
+    """The prefix vector is the softmax-weighted mean of the decoder's token embeddings: over the `top_k` most likely
+    tokens it equals the full softmax restricted to them, and with every token it is the full softmax itself."""
+    from encdec.projector_prefix import VocabularyProjector
+
+    torch.manual_seed(0)
+    embeddings, states = torch.randn(300, 24), torch.randn(2, 5, 12)
+    projector = VocabularyProjector(12, 32, 24, temperature=0.5, top_k=300)
+    with torch.no_grad():
+        logits = projector.logits(states, embeddings) / 0.5
+        assert torch.allclose(projector(states, embeddings), logits.softmax(-1) @ embeddings, atol=1e-5)
+        projector.top_k = 4
+        top = logits.topk(4, dim=-1)
+        expected = (top.values.softmax(-1).unsqueeze(-1) * embeddings[top.indices]).sum(-2)
+        assert torch.allclose(projector(states, embeddings), expected, atol=1e-5)
+    out = projector(states, embeddings)
+    out.sum().backward()
+    assert projector.fc1.weight.grad.abs().sum() > 0  # the queries learn through the chosen tokens' weights

@@ -9,7 +9,7 @@ from pathlib import Path
 import yaml
 from omegaconf import DictConfig, OmegaConf
 
-from encdec import run_folder
+from encdec import pairings, run_folder
 
 # encdec's offline packages hold copies of these Hub models and data sets; the Hub names are what base_model and
 # datasets must list for the Hub to link them.
@@ -69,8 +69,9 @@ def render(model, run_config: DictConfig | None, metrics: dict | None, remote_co
         "tags": ["summarization", "encoder-decoder", "encdec"] + (["custom_code"] if remote_code else []),
     }
     metadata = {key: value for key, value in metadata.items() if value}
+    kind = pairings.kind_of_model_type(getattr(model.config.decoder, "model_type", None))
     cross_attention = (
-        "encdec's gated cross-attention, whose modeling code is in this folder"
+        f"encdec's {kind.name if kind else 'gated'} pairing, whose modeling code is in this folder"
         if remote_code
         else "its own cross-attention"
     )
@@ -105,7 +106,7 @@ def render(model, run_config: DictConfig | None, metrics: dict | None, remote_co
     ]
     if remote_code:
         lines += [
-            "`trust_remote_code=True` runs `modeling_encdec.py` and `cross_attention*.py` from this folder; with "
+            "`trust_remote_code=True` runs `modeling_encdec.py` and the modules beside it from this folder; with "
             "the `encdec` package installed and imported, `EncoderDecoderModel.from_pretrained(path)` loads it "
             "without that flag.",
             "",

@@ -100,8 +100,9 @@ register(
         module="encdec.projector_prefix",
         model_types=("encdec_projector_decoder",),
         why=(
-            "the decoder is a pretrained decoder-only LM: the encoder's states, projected onto its vocabulary, become "
-            "a prefix its self-attention reads (new cross-attention learns far slower: docs/decoders.md)"
+            "the decoder is a pretrained decoder-only LM and the encoder another model: the encoder's states, "
+            "projected onto the decoder's vocabulary, become a prefix its self-attention reads; new cross-attention "
+            "learns far slower, docs/decoders.md"
         ),
     ),
     auto_before="gated",
