@@ -21,7 +21,9 @@ def is_cross_attention(name: str) -> bool:
 def apply(model: EncoderDecoderModel, model_cfg: DictConfig, freeze_encoder: bool | None = None) -> None:
     """`freeze_encoder`: model.freeze_encoder with its null (auto) already resolved by the caller."""
     if model_cfg.get("freeze_encoder") if freeze_encoder is None else freeze_encoder:
-        for param in model.encoder.parameters():
+        # A decoder's own reading of the source (a projector) belongs to the source side: fixed with the encoder.
+        source_side = getattr(model.decoder, "source_parameters", lambda: [])()
+        for param in [*model.encoder.parameters(), *source_side]:
             param.requires_grad_(False)
     if model_cfg.get("freeze_decoder", False):
         # The pretrained decoder stays as it is; its (new) cross-attention and the projection still learn.

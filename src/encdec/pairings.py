@@ -104,6 +104,7 @@ register(
             "projected onto the decoder's vocabulary, become a prefix its self-attention reads; new cross-attention "
             "learns far slower, docs/decoders.md"
         ),
+        freezes_encoder=True,
     ),
     auto_before="gated",
 )

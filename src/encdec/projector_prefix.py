@@ -106,15 +106,24 @@ class ProjectorDecoderForCausalLM(PrefixDecoderForCausalLM):
             config.projector_top_k,
         )
 
+    def source_parameters(self) -> list[nn.Parameter]:
+        """The parameters that read the source: `model.freeze_encoder` fixes them with the encoder."""
+        return list(self.projector.parameters())
+
     def _fill_cache(self, cache: Cache, encoder_hidden_states: torch.Tensor, source_mask: torch.Tensor) -> None:
         embeddings = self.lm.get_input_embeddings().weight
-        prefix = self.projector(encoder_hidden_states.to(embeddings.dtype), embeddings)
-        self.lm.base_model(
-            inputs_embeds=prefix,
-            attention_mask=source_mask,
-            use_cache=True,
-            **{self._cache_argument: cache},
-        )
+        # With the source side fixed (encoder and projector frozen), the source's keys and values are read as the
+        # prefix pair reads its frozen encoder's: without gradients, so a step trains the LM on the summary tokens
+        # only, at a third of the cost of back-propagating through the source too.
+        trains_source = encoder_hidden_states.requires_grad or any(p.requires_grad for p in self.source_parameters())
+        with torch.set_grad_enabled(torch.is_grad_enabled() and trains_source):
+            prefix = self.projector(encoder_hidden_states.to(embeddings.dtype), embeddings)
+            self.lm.base_model(
+                inputs_embeds=prefix,
+                attention_mask=source_mask,
+                use_cache=True,
+                **{self._cache_argument: cache},
+            )
 
 
 def pairing_problem(encoder_config, decoder_config, side=None) -> str | None:
@@ -237,6 +246,8 @@ def fit_projector(
     vocabulary, targets = torch.unique(targets, return_inverse=True)
     embeddings = decoder.lm.get_input_embeddings().weight.detach().float()[vocabulary]
     projector = decoder.projector
+    trainable = [p.requires_grad for p in projector.parameters()]
+    projector.requires_grad_(True)  # fitted here even where training keeps it fixed (model.freeze_encoder)
     optimizer = torch.optim.AdamW(projector.parameters(), lr=lr, weight_decay=0.0)
     loss = torch.tensor(float("nan"))
     for _ in range(steps):
@@ -249,6 +260,8 @@ def fit_projector(
     with torch.no_grad():
         predicted = torch.cat([projector.logits(states[part], embeddings).argmax(-1) for part in held_out.split(4096)])
         accuracy = (predicted == targets[held_out]).float().mean().item()
+    for parameter, was_trainable in zip(projector.parameters(), trainable):
+        parameter.requires_grad_(was_trainable)
     return {
         "tokens": float(len(targets)),
         "loss": float(loss.item()),
