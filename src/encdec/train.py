@@ -36,7 +36,7 @@ from encdec.lit import lightning_private
 from encdec.lit.checkpoint_io import AtomicCheckpointIO
 from encdec.lit.compiled import bucket_multiple
 from encdec.lit.datamodule import SummarizationDataModule
-from encdec.lit.memory import describe, peak_memory_metrics, release_freed_memory
+from encdec.lit.memory import describe, peak_memory_metrics, release_freed_memory, release_training_state
 from encdec.lit.module import Seq2SeqModule
 from encdec.lit.resume import BEST_CHECKPOINT, ContinuedCSVHistory, checkpoint_callbacks, resume_point, resumed_logger
 from encdec.metrics import LEAD_SENTENCES, ROUGE_TYPES, lead_baselines
@@ -197,13 +197,8 @@ def evaluate(
     say(f"test ROUGE: {_format(test)}")
     say(_beside_baselines(test, baselines))
     metrics = {**after, **test, **{f"initial/{k}": v for k, v in before.items()}, **baselines}
-    metrics.update(
-        {
-            "train/steps": trainer.global_step,
-            "time/seconds": round(module.seconds_worked(), 1),
-            "time/train_seconds": round(module.train_seconds, 3),
-        }
-    )
+    metrics.update({"train/steps": trainer.global_step, "time/seconds": round(module.seconds_worked(), 1)})
+    metrics["time/train_seconds"] = round(module.train_seconds, 3)  # inside training steps only
     release_freed_memory()
     return evaluated, metrics
 
@@ -248,16 +243,6 @@ def export(
     say(f"run folder: {run_dir}")
     if OmegaConf.select(cfg, "export.push_to_hub"):  # last: a failed upload leaves every result in place
         say(f"uploaded {push_to_hub(run_dir / run_folder.HF_MODEL, cfg.export.push_to_hub, 'export.push_to_hub')}")
-
-
-def release_training_state(trainer: L.Trainer) -> None:
-    """After fit: Lightning's strategy keeps the optimizer, and with it AdamW's two float32 copies of every trained
-    weight (1.08 GB for the default model), through validate and test, which never use it. Drop it (DeepSpeed's
-    engine holds its own), and hand the freed memory back before evaluation."""
-    if not isinstance(trainer.strategy, DeepSpeedStrategy):
-        trainer.strategy.optimizers = []
-        trainer.strategy.lr_scheduler_configs = []
-    release_freed_memory()
 
 
 @contextlib.contextmanager
