@@ -143,18 +143,9 @@ print(json.dumps({"greedy": greedy.tolist(), "beam": beam.tolist(), "class": typ
 """
 
 
-def test_llama_decoder_export_loads_and_generates_the_same_tokens_without_encdec(llama_export, tmp_path):
-    target, model, encoder_tokenizer, _ = llama_export
-    assert sorted(p.name for p in target.glob("*.py")) == [
-        "cross_attention.py",
-        "cross_attention_base.py",
-        "cross_attention_layers.py",
-        "modeling_encdec.py",
-        "prefix_attention.py",
-    ]
-    # What transformers checks before it runs the code: every package it imports must be installed.
-    imported = {package for path in target.glob("*.py") for package in get_imports(path)}
-    assert imported - set(sys.stdlib_module_names) == {"torch", "transformers"}
+def load_without_encdec(target, tmp_path) -> dict:
+    """`WITHOUT_ENCDEC` on the export `target` in a fresh process: its greedy and beam tokens, and that no encdec
+    module was imported (the export's own code ran, from transformers' module cache)."""
     result = subprocess.run(
         [sys.executable, "-c", WITHOUT_ENCDEC, str(target), json.dumps(DOCUMENTS)],
         capture_output=True,
@@ -166,6 +157,24 @@ def test_llama_decoder_export_loads_and_generates_the_same_tokens_without_encdec
     assert result.returncode == 0, result.stderr[-3000:]
     loaded = json.loads(result.stdout.splitlines()[-1])
     assert loaded["encdec_loaded"] == [] and loaded["class"].startswith("transformers_modules.")
+    return loaded
+
+
+def test_llama_decoder_export_loads_and_generates_the_same_tokens_without_encdec(llama_export, tmp_path):
+    target, model, encoder_tokenizer, _ = llama_export
+    assert sorted(p.name for p in target.glob("*.py")) == [
+        "cross_attention.py",
+        "cross_attention_base.py",
+        "cross_attention_layers.py",
+        "modeling_encdec.py",
+        "pairings.py",
+        "prefix_attention.py",
+        "projector_prefix.py",
+    ]
+    # What transformers checks before it runs the code: every package it imports must be installed.
+    imported = {package for path in target.glob("*.py") for package in get_imports(path)}
+    assert imported - set(sys.stdlib_module_names) == {"torch", "transformers"}
+    loaded = load_without_encdec(target, tmp_path)
 
     batch = encoder_tokenizer(DOCUMENTS, return_tensors="pt", padding=True)
     greedy = inference.generate_tokens(model, batch["input_ids"], batch["attention_mask"])

@@ -4,8 +4,6 @@ joins any encoder to a pretrained LM decoder."""
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 import textwrap
 
 import pytest
@@ -14,16 +12,7 @@ from transformers import AutoTokenizer, EncoderDecoderModel
 
 from encdec import pairings
 from encdec.errors import EncdecError
-
-TINY_LLAMA = [
-    "init=random",
-    "overrides.hidden_size=64",
-    "overrides.num_hidden_layers=2",
-    "overrides.head_dim=16",
-    "overrides.num_attention_heads=4",
-    "overrides.num_key_value_heads=2",
-    "overrides.intermediate_size=128",
-]
+from test_prefix_attention import TINY_LLAMA
 
 # The whole of a toy kind: the decoder reads the encoder's states through one linear map as a prefix.
 TOY_MODULE = """
@@ -90,10 +79,10 @@ def toy_kind(tmp_path, monkeypatch):
 def test_a_new_kind_is_one_module_and_one_registry_entry(toy_kind, tmp_path):
     """Registered in this test only: train.py trains it, exports it (its code in hf_model/) and it reloads, in encdec
     and where encdec is not installed, to the same logits and tokens."""
-    from conftest import SMOKE, script_environment
+    from conftest import SMOKE
     from encdec import inference
     from in_process import run
-    from test_export import DOCUMENTS, WITHOUT_ENCDEC
+    from test_export import DOCUMENTS, load_without_encdec
 
     run_dir = tmp_path / "run"
     decoder = [f"decoder.{setting}" for setting in TINY_LLAMA]
@@ -121,17 +110,7 @@ def test_a_new_kind_is_one_module_and_one_registry_entry(toy_kind, tmp_path):
         ours = reloaded(**batch, labels=labels).logits
         theirs = from_checkpoint.eval()(**batch, labels=labels).logits
     assert torch.allclose(ours, theirs, atol=1e-5)
-    outside = subprocess.run(
-        [sys.executable, "-c", WITHOUT_ENCDEC, str(target), json.dumps(DOCUMENTS)],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        cwd=tmp_path,
-        env=script_environment({"HF_MODULES_CACHE": str(tmp_path / "modules"), "PYTHONPATH": ""}),
-    )
-    assert outside.returncode == 0, outside.stderr[-3000:]
-    loaded = json.loads(outside.stdout.splitlines()[-1])
-    assert loaded["encdec_loaded"] == [] and loaded["class"].startswith("transformers_modules.")
+    loaded = load_without_encdec(target, tmp_path)
     assert loaded["greedy"] == inference.generate_tokens(reloaded, batch["input_ids"], batch["attention_mask"]).tolist()
 
 

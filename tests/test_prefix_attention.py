@@ -181,27 +181,13 @@ def test_train_py_pairs_one_llm_on_both_sides_through_keys_and_values(tmp_path):
     assert len(list(model.parameters())) == 2 * len(list(model.encoder.model.parameters()))
 
     # The export carries the prefix pair's code: it loads and generates the same tokens where encdec is not installed.
-    import json
-    import subprocess
-    import sys
 
-    from conftest import script_environment
     from encdec import inference
-    from test_export import DOCUMENTS, WITHOUT_ENCDEC
+    from test_export import DOCUMENTS, load_without_encdec
 
     target = run_dir / "hf_model"
     assert "prefix_attention.py" in {p.name for p in target.glob("*.py")}
-    outside = subprocess.run(
-        [sys.executable, "-c", WITHOUT_ENCDEC, str(target), json.dumps(DOCUMENTS)],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        cwd=tmp_path,
-        env=script_environment({"HF_MODULES_CACHE": str(tmp_path / "modules"), "PYTHONPATH": ""}),
-    )
-    assert outside.returncode == 0, outside.stderr[-3000:]
-    loaded = json.loads(outside.stdout.splitlines()[-1])
-    assert loaded["encdec_loaded"] == [] and loaded["class"].startswith("transformers_modules.")
+    loaded = load_without_encdec(target, tmp_path)
     tokenizer = AutoTokenizer.from_pretrained(target)
     batch = tokenizer(DOCUMENTS, return_tensors="pt", padding=True)
     assert (

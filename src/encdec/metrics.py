@@ -46,3 +46,25 @@ def lead_baselines(documents: list[str], references: list[str]) -> dict[str, flo
         copied = [lead(document, k) for document in documents]
         scores.update({f"baseline/lead{k}/{name}": value for name, value in rouge(copied, references).items()})
     return scores
+
+
+def stage_scores(results: list[dict[str, float]], stage: str) -> dict[str, float]:
+    """The loss and ROUGE of a `stage` (val, test) from what Lightning's validate/test return."""
+    merged = {k: float(v) for part in results for k, v in part.items()}
+    return {k: merged[k] for k in [f"{stage}/loss", *(f"{stage}/{r}" for r in ROUGE_TYPES)] if k in merged}
+
+
+def beside_baselines(test: dict[str, float], baselines: dict[str, float]) -> str:
+    """One line a reader checks first: does the model beat copying the document's first sentences?"""
+    names = ("rouge1", "rouge2", "rougeL")
+    model = "/".join(f"{test.get(f'test/{n}', float('nan')):.2f}" for n in names)
+    leads = "   ".join(
+        f"lead-{k} " + "/".join(f"{baselines[f'baseline/lead{k}/{n}']:.2f}" for n in names) for k in LEAD_SENTENCES
+    )
+    lead1 = all(test.get(f"test/{n}", float("-inf")) > baselines[f"baseline/lead1/{n}"] for n in names)
+    return f"test ROUGE-1/2/L: model {model}   {leads}   ({'above' if lead1 else 'NOT above'} lead-1 in all three)"
+
+
+def format_scores(metrics: dict[str, float]) -> str:
+    """`loss 4.30  rouge1 15.02 ...`: the run's one-line report of a stage."""
+    return "  ".join(f"{name.split('/')[-1]} {value:.2f}" for name, value in metrics.items())

@@ -64,6 +64,21 @@ def kind_of_model_type(model_type: str | None) -> PairingKind | None:
     return next((kind for kind in KINDS.values() if model_type in kind.model_types), None)
 
 
+# Training rows a kind's `prepare` reads (documents and summaries): enough for a projector's vocabulary.
+PREPARE_ROWS = 2000
+
+
+def prepare(model, encoder_tokenizer, decoder_tokenizer, train_split, data) -> str | None:
+    """What the model's pairing kind learns from the training split before training (its module's `prepare`), and
+    the line saying so; None for a kind with nothing to learn. A resumed run has it in its checkpoint already."""
+    kind = kind_of_model_type(getattr(model.config.decoder, "model_type", None))
+    learn = kind and getattr(module_of(kind.name), "prepare", None)
+    if learn is None:
+        return None
+    rows = train_split.select(range(min(len(train_split), PREPARE_ROWS)))
+    return learn(model, encoder_tokenizer, decoder_tokenizer, list(rows["document"]) + list(rows["summary"]), data)
+
+
 def import_all() -> None:
     """Import every kind's module: each registers its classes with transformers' Auto classes."""
     for kind in list(KINDS.values()):

@@ -23,7 +23,7 @@ from lightning.pytorch.utilities import rank_zero_only
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf
 
-from encdec import run_folder
+from encdec import pairings, run_folder
 from encdec.boundary import lightning_settings, user_settings
 from encdec.checks import check_forward_pass, optimizer_class_settings
 from encdec.cli import invoked_as
@@ -39,12 +39,10 @@ from encdec.lit.datamodule import SummarizationDataModule
 from encdec.lit.memory import describe, peak_memory_metrics, release_freed_memory, release_training_state
 from encdec.lit.module import Seq2SeqModule
 from encdec.lit.resume import BEST_CHECKPOINT, ContinuedCSVHistory, checkpoint_callbacks, resume_point, resumed_logger
-from encdec.metrics import LEAD_SENTENCES, ROUGE_TYPES, lead_baselines
+from encdec.metrics import beside_baselines, format_scores, lead_baselines, stage_scores
 from encdec.models import build_model
 
 log = logging.getLogger(__name__)
-# Training rows a pairing kind's `prepare` reads (documents and summaries): enough for a projector's vocabulary.
-PREPARE_ROWS = 2000
 
 
 def run(cfg: DictConfig) -> float | None:
@@ -59,9 +57,10 @@ def run(cfg: DictConfig) -> float | None:
         logger.log_hyperparams(_flat(OmegaConf.to_container(cfg, resolve=True)))
     with _interruption_named(trainer, run_dir), lightning_settings():
         if resume_from is None:
-            prepare_pairing(cfg, model, encoder_tokenizer, decoder_tokenizer, raw_splits["train"])
-            module.initial_metrics = _rouge(trainer.validate(module, datamodule=datamodule, verbose=False), "val")
-            say(f"validation ROUGE before training: {_format(module.initial_metrics)}")
+            if prepared := pairings.prepare(model, encoder_tokenizer, decoder_tokenizer, raw_splits["train"], cfg.data):
+                say(prepared)
+            module.initial_metrics = stage_scores(trainer.validate(module, datamodule=datamodule, verbose=False), "val")
+            say(f"validation ROUGE before training: {format_scores(module.initial_metrics)}")
             release_freed_memory()
         trainer.fit(module, datamodule=datamodule, ckpt_path=resume_from)
         release_training_state(trainer)
@@ -122,19 +121,6 @@ def build_datamodule(
     return datamodule
 
 
-def prepare_pairing(cfg: DictConfig, model, encoder_tokenizer, decoder_tokenizer, train_split) -> None:
-    """What the pairing kind learns from the training texts before training (`prepare` in `encdec.pairings`: a
-    projector's vocabulary); a resumed run has it in its checkpoint."""
-    from encdec import pairings
-
-    kind = pairings.kind_of_model_type(getattr(model.config.decoder, "model_type", None))
-    prepare = kind and getattr(pairings.module_of(kind.name), "prepare", None)
-    if prepare is None:
-        return
-    rows = train_split.select(range(min(len(train_split), PREPARE_ROWS)))
-    say(prepare(model, encoder_tokenizer, decoder_tokenizer, list(rows["document"]) + list(rows["summary"]), cfg.data))
-
-
 def build_module(cfg: DictConfig, model, decoder_tokenizer) -> Seq2SeqModule:
     return Seq2SeqModule(
         model,
@@ -185,17 +171,17 @@ def evaluate(
     reload = None if _best_is_final(trainer, best) and not _shards_weights(trainer) else evaluated
     if isinstance(trainer.strategy.checkpoint_io, AtomicCheckpointIO):
         trainer.strategy.checkpoint_io.map_loads = True  # weights only: the optimizer's state is never read
-    after = _final_validation(trainer, best) or _rouge(
+    after = _final_validation(trainer, best) or stage_scores(
         trainer.validate(module, datamodule=datamodule, ckpt_path=reload, verbose=False), "val"
     )
     say(
-        f"validation ROUGE after training:  {_format(after)}"
+        f"validation ROUGE after training:  {format_scores(after)}"
         + (f" (best checkpoint {Path(best).name})" if best else "")
     )
-    test = _rouge(trainer.test(module, datamodule=datamodule, ckpt_path=reload, verbose=False), "test")
+    test = stage_scores(trainer.test(module, datamodule=datamodule, ckpt_path=reload, verbose=False), "test")
     baselines = lead_baselines(list(raw_splits["test"]["document"]), list(raw_splits["test"]["summary"]))
-    say(f"test ROUGE: {_format(test)}")
-    say(_beside_baselines(test, baselines))
+    say(f"test ROUGE: {format_scores(test)}")
+    say(beside_baselines(test, baselines))
     metrics = {**after, **test, **{f"initial/{k}": v for k, v in before.items()}, **baselines}
     metrics.update({"train/steps": trainer.global_step, "time/seconds": round(module.seconds_worked(), 1)})
     metrics["time/train_seconds"] = round(module.train_seconds, 3)  # inside training steps only
@@ -272,7 +258,7 @@ def _final_validation(trainer: L.Trainer, best: str | None) -> dict[str, float] 
     those are the weights `validate` would load, and validating them again would only repeat the same generation."""
     if not _best_is_final(trainer, best):
         return None
-    scores = _rouge([{k: v for k, v in trainer.callback_metrics.items() if k.startswith("val/")}], "val")
+    scores = stage_scores([{k: v for k, v in trainer.callback_metrics.items() if k.startswith("val/")}], "val")
     return scores if "val/rouge2" in scores else None
 
 
@@ -379,26 +365,6 @@ def say(message: str) -> None:
     # Before the Trainer connects, a node started by hand (NODE_RANK=1 python train.py ...) still thinks it is rank 0.
     if os.environ.get("NODE_RANK", "0") in ("", "0"):
         print(message, flush=True)
-
-
-def _rouge(results: list[dict[str, float]], stage: str) -> dict[str, float]:
-    merged = {k: float(v) for part in results for k, v in part.items()}
-    return {k: merged[k] for k in [f"{stage}/loss", *(f"{stage}/{r}" for r in ROUGE_TYPES)] if k in merged}
-
-
-def _beside_baselines(test: dict[str, float], baselines: dict[str, float]) -> str:
-    """One line a reader checks first: does the model beat copying the document's first sentences?"""
-    names = ("rouge1", "rouge2", "rougeL")
-    model = "/".join(f"{test.get(f'test/{n}', float('nan')):.2f}" for n in names)
-    leads = "   ".join(
-        f"lead-{k} " + "/".join(f"{baselines[f'baseline/lead{k}/{n}']:.2f}" for n in names) for k in LEAD_SENTENCES
-    )
-    lead1 = all(test.get(f"test/{n}", float("-inf")) > baselines[f"baseline/lead1/{n}"] for n in names)
-    return f"test ROUGE-1/2/L: model {model}   {leads}   ({'above' if lead1 else 'NOT above'} lead-1 in all three)"
-
-
-def _format(metrics: dict[str, float]) -> str:
-    return "  ".join(f"{name.split('/')[-1]} {value:.2f}" for name, value in metrics.items())
 
 
 @user_settings("optimizer")
