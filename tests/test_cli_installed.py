@@ -246,7 +246,7 @@ def test_each_command_help_names_itself_as_installed(tmp_path, command):
     if command in ("train", "eval"):
         assert "data=" in stdout or "data: " in stdout
     if command == "train":
-        assert "trainer: cpu, ddp, deepspeed_stage_2, deepspeed_stage_3, default, fsdp, gpu, tpu" in stdout
+        assert "trainer: cpu, ddp, deepspeed_stage_2, deepspeed_stage_3, default, fsdp, fsdp2, gpu, tpu" in stdout
 
 
 def test_encdec_help_lists_the_commands_and_every_groups_options(tmp_path):

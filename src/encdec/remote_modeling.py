@@ -18,14 +18,14 @@ from transformers.models.auto.configuration_auto import CONFIG_MAPPING
 
 from encdec.pairings import KINDS
 
-# The export writes here an import of each kind's module it carries, and their names.
-_KIND_MODULES: tuple[str, ...] | None = None
-
 # An installed encdec registered its classes first: keep them, or encdec code in the same process (LoRA, freezing,
 # eval.py) would meet models of this copy's classes and fail its isinstance checks.
 _INSTALLED = {
     name: CONFIG_MAPPING[name] for kind in KINDS.values() for name in kind.model_types if name in CONFIG_MAPPING
 }
+
+# The export writes here an import of each kind's module it carries, and their names.
+_KIND_MODULES: tuple[str, ...] | None = None
 
 # Importing a kind's module registers its Auto classes (an export imports them above, where `_KIND_MODULES` is set).
 if _KIND_MODULES is None:
