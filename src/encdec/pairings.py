@@ -73,10 +73,12 @@ def prepare(model, encoder_tokenizer, decoder_tokenizer, train_split, data) -> s
     the line saying so; None for a kind with nothing to learn. A resumed run has it in its checkpoint already."""
     kind = kind_of_model_type(getattr(model.config.decoder, "model_type", None))
     learn = kind and getattr(module_of(kind.name), "prepare", None)
-    if learn is None:
+    if learn is None or getattr(model, "encdec_prepared", False):
         return None
     rows = train_split.select(range(min(len(train_split), PREPARE_ROWS)))
-    return learn(model, encoder_tokenizer, decoder_tokenizer, list(rows["document"]) + list(rows["summary"]), data)
+    said = learn(model, encoder_tokenizer, decoder_tokenizer, list(rows["document"]) + list(rows["summary"]), data)
+    model.encdec_prepared = True  # once per model object: Seq2SeqModule.on_fit_start asks again
+    return said
 
 
 def import_all() -> None:

@@ -22,6 +22,7 @@ from lightning.pytorch.trainer.states import TrainerFn
 from transformers import EncoderDecoderModel, PreTrainedTokenizerBase
 from transformers.models.encoder_decoder.modeling_encoder_decoder import shift_tokens_right
 
+from encdec import pairings
 from encdec.data.tokenize import IGNORE_INDEX
 from encdec.errors import EncdecError
 from encdec.fused_loss import chunked_cross_entropy, hidden_states_out, lm_head, summed_cross_entropy
@@ -89,6 +90,17 @@ class Seq2SeqModule(L.LightningModule):
         """Since this process built the module, plus what the checkpoint it resumed from had worked (the time a
         killed run spent past its last checkpoint is not in it: that work is done again)."""
         return self.seconds_before_resume + time.time() - self._clock_started
+
+    def on_fit_start(self) -> None:
+        """A pairing kind that learns from the training texts first (a projector) does so here, when a fresh fit runs on
+        encdec's datamodule and nothing prepared it yet (train.py prepares it before its first validation)."""
+        data = getattr(self.trainer, "datamodule", None)
+        if self.trainer.ckpt_path is None and getattr(data, "raw", None) and "train" in data.raw:
+            prepared = pairings.prepare(
+                self.model, data.encoder_tokenizer, data.decoder_tokenizer, data.raw["train"], data.data
+            )
+            if prepared and self.trainer.is_global_zero:
+                print(prepared, flush=True)
 
     def configure_model(self) -> None:
         """trainer=fsdp2: the model sharded by FSDP2 (encdec.lit.fsdp2); nothing under other strategies."""
