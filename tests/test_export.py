@@ -16,7 +16,7 @@ from transformers import AutoTokenizer, LlamaConfig
 from transformers.dynamic_module_utils import get_imports
 
 from conftest import compose_config, script_environment
-from encdec import inference, run_folder
+from encdec import inference, pairings, run_folder
 from encdec.models import build_model
 
 DOCUMENTS = [
@@ -162,15 +162,11 @@ def load_without_encdec(target, tmp_path) -> dict:
 
 def test_llama_decoder_export_loads_and_generates_the_same_tokens_without_encdec(llama_export, tmp_path):
     target, model, encoder_tokenizer, _ = llama_export
-    assert sorted(p.name for p in target.glob("*.py")) == [
-        "cross_attention.py",
-        "cross_attention_base.py",
-        "cross_attention_layers.py",
-        "modeling_encdec.py",
-        "pairings.py",
-        "prefix_attention.py",
-        "projector_prefix.py",
-    ]
+    # Every registered pairing kind's module travels, with what they import and the entry module.
+    kinds = {f"{kind.module.rpartition('.')[2]}.py" for kind in pairings.KINDS.values()}
+    assert {"prefix_attention.py", "projector_prefix.py", "cross_attention.py"} <= kinds
+    shared = {"cross_attention_base.py", "cross_attention_layers.py", "modeling_encdec.py", "pairings.py"}
+    assert sorted(p.name for p in target.glob("*.py")) == sorted(kinds | shared)
     # What transformers checks before it runs the code: every package it imports must be installed.
     imported = {package for path in target.glob("*.py") for package in get_imports(path)}
     assert imported - set(sys.stdlib_module_names) == {"torch", "transformers"}

@@ -118,7 +118,7 @@ def test_kind_names_are_checked_against_the_registry(toy_kind):
     from conftest import compose_config
     from encdec.checks import validate
 
-    with pytest.raises(EncdecError, match=r"kind=bogus: use auto or gated or prefix or projector or toy$"):
+    with pytest.raises(EncdecError, match=f"kind=bogus: use {' or '.join(('auto', *pairings.names()))}$"):
         validate(compose_config("decoder.cross_attention.kind=bogus"))
 
 

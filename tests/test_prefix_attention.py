@@ -8,6 +8,7 @@ import pytest
 import torch
 from transformers import AutoModel, AutoModelForCausalLM, AutoTokenizer, BertConfig, BertModel, EncoderDecoderModel
 
+from encdec import pairings
 from encdec.errors import EncdecError
 from encdec.prefix_attention import PrefixDecoderForCausalLM, PrefixEncoderModel, pair
 from encdec.tiny_configs import tiny_causal_lm_config
@@ -227,7 +228,7 @@ def test_kind_auto_picks_prefix_only_for_one_architecture_and_bad_kinds_are_refu
     from encdec.checks import validate
 
     with pytest.raises(
-        EncdecError, match=r"decoder.cross_attention.kind=bogus: use auto or gated or prefix or projector"
+        EncdecError, match=f"decoder.cross_attention.kind=bogus: use {' or '.join(('auto', *pairings.names()))}$"
     ):
         validate(compose_config(*tiny_llama, "decoder.cross_attention.kind=bogus"))
     with pytest.raises(EncdecError, match=r"kind=prefix: it needs a decoder-only LM .* the encoder is 'bert'"):

@@ -10,7 +10,7 @@ import pytest
 from omegaconf import OmegaConf
 
 from conftest import CONF, compose_config, error_lines, run_script
-from encdec import schema
+from encdec import pairings, schema
 from encdec.arguments import checked_arguments
 from encdec.checks import check_data, check_generation, validate
 from encdec.cli import check_sweep_job
@@ -139,7 +139,7 @@ def test_every_field_has_a_help_line():
         (
             "train",
             "decoder.cross_attention.kind=cross",
-            "decoder.cross_attention.kind=cross: use auto or gated or prefix or projector",
+            f"decoder.cross_attention.kind=cross: use {' or '.join(('auto', *pairings.names()))}",
         ),
         ("train", "decoder.lm_head_init=zero", "decoder.lm_head_init=zero: use identity or random"),
         (

@@ -125,3 +125,15 @@ register(
     ),
     auto_before="gated",
 )
+register(
+    PairingKind(
+        name="prefix_states",
+        module="encdec.prefix_states",
+        model_types=("encdec_states_encoder", "encdec_states_decoder"),
+        why=(
+            "encoder and decoder are one decoder-only architecture: the decoder's own key and value projections "
+            "read what enters each of the encoder's layers, so the source's keys learn with the summary's"
+        ),
+        freezes_encoder=True,
+    ),
+)
