@@ -181,3 +181,39 @@ def test_lora_targets_not_in_the_decoder_name_its_layers():
     assert message.startswith("model.lora.target_modules=['q_proj', 'v_proj']: ")
     assert message.endswith("e.g. model.lora.target_modules=[query,value]")
     assert "The decoder's linear layers are named decoder, dense, key, query, value:" in message
+
+
+def test_freeze_decoder_layers_stops_backward_above_them_and_keeps_cross_attention_learning():
+    """The tiny pair's decoder has 2 layers: with 1 frozen, its embeddings (and the tied head) and layer 0 get no
+    gradient, layer 1 and every cross-attention block do, and the loss still falls."""
+    model = tiny_llama_pair()
+    finetune.apply(model, model_cfg(freeze_decoder_layers=1))
+    layers = model.decoder.lm.model.layers
+    assert finetune.decoder_layers(model.decoder) is layers and len(layers) == 2
+    input_ids = torch.randint(3, 128, (2, 6))
+    labels = torch.randint(3, 128, (2, 5))
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
+    losses = []
+    for _ in range(6):
+        loss = model(input_ids=input_ids, decoder_input_ids=labels, labels=labels).loss
+        loss.backward()
+        losses.append(loss.item())
+        if len(losses) == 1:
+            with_grad = {n for n, p in model.decoder.named_parameters() if p.grad is not None}
+        optimizer.step()
+        optimizer.zero_grad()
+    assert model.decoder.get_input_embeddings().weight.grad is None
+    assert not any(n.startswith("lm.model.layers.0.") and "cross_attention" not in n for n in with_grad)
+    assert any(n.startswith("lm.model.layers.1.") for n in with_grad)
+    blocks = {n for n in with_grad if "cross_attention_blocks" in n}
+    assert blocks == {n for n, _ in model.decoder.named_parameters() if "cross_attention_blocks" in n}
+    assert losses[-1] < 0.8 * losses[0], losses
+
+
+def test_freeze_decoder_layers_beyond_the_stack_names_its_size():
+    import pytest
+
+    from encdec.errors import EncdecError
+
+    with pytest.raises(EncdecError, match=r"^model.freeze_decoder_layers=3: the decoder has 2 layers; use 0 to 2$"):
+        finetune.apply(tiny_llama_pair(), model_cfg(freeze_decoder_layers=3))

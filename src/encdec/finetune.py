@@ -33,6 +33,37 @@ def apply(model: EncoderDecoderModel, model_cfg: DictConfig, freeze_encoder: boo
     lora = model_cfg.get("lora")
     if lora and lora.get("r", 0):
         add_lora(model, lora)
+    if model_cfg.get("freeze_decoder_layers"):
+        freeze_lower_layers(model.decoder, int(model_cfg.freeze_decoder_layers))
+
+
+def freeze_lower_layers(decoder: torch.nn.Module, count: int) -> None:
+    """model.freeze_decoder_layers: the decoder's embeddings (with them a tied LM head) and its first `count` layers
+    stay as pretrained, so backward stops above them: the step is cheaper and the optimizer holds less. Cross-attention
+    (native or encdec's) in those layers still learns."""
+    layers = decoder_layers(decoder)
+    if count > len(layers):
+        raise EncdecError(
+            f"model.freeze_decoder_layers={count}: the decoder has {len(layers)} layers; use 0 to {len(layers)}"
+        )
+    frozen = [*(module for module in decoder.modules() if isinstance(module, torch.nn.Embedding)), *layers[:count]]
+    for module in frozen:
+        for name, param in module.named_parameters():
+            if not is_cross_attention(name):
+                param.requires_grad_(False)
+
+
+def decoder_layers(decoder: torch.nn.Module) -> torch.nn.ModuleList:
+    """The decoder's stack of transformer layers: its longest ModuleList of `num_hidden_layers` layers."""
+    config = getattr(decoder.config, "base_config", decoder.config)
+    count = getattr(config, "num_hidden_layers", None)
+    stacks = [m for m in decoder.modules() if isinstance(m, torch.nn.ModuleList) and len(m) == count]
+    if not stacks:
+        raise EncdecError(
+            f"model.freeze_decoder_layers: no stack of {count} layers found in the {type(decoder).__name__} "
+            "decoder; leave it at 0"
+        )
+    return stacks[0]
 
 
 def add_lora(model: EncoderDecoderModel, lora: DictConfig) -> None:

@@ -138,6 +138,9 @@ class Model:
     share_weights: bool | None = setting("the decoder reuses the encoder's weights (BERTShare); one architecture")
     freeze_encoder: bool | None = setting("keep the encoder fixed; null: fixed in a prefix pair")
     freeze_decoder: bool | None = setting("keep the decoder fixed: only cross-attention learns")
+    freeze_decoder_layers: int = setting(
+        "keep the decoder's embeddings and its first N layers fixed: backward stops above them (0: none)", low=0
+    )
     lora: Lora = setting("LoRA adapters instead of full fine-tuning")
     attn_implementation: str | None = setting("null: transformers' choice; sdpa, eager, flash_attention_2")
     gradient_checkpointing: bool | None = setting("recompute activations in backward: less memory, ~15-20% slower")
