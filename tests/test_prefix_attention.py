@@ -175,6 +175,7 @@ def test_train_py_pairs_one_llm_on_both_sides_through_keys_and_values(tmp_path):
     log = (run_dir / "train.log").read_text() + result.stdout + result.stderr
     assert "decoder.cross_attention.kind=auto: prefix" in log
     assert "model.freeze_encoder=null: the encoder is frozen" in log
+    assert "model.freeze_decoder_layers=null: the decoder's embeddings and first 1 of 2 layers stay fixed" in log
     model = EncoderDecoderModel.from_pretrained(run_dir / "hf_model")
     assert isinstance(model.encoder, PrefixEncoderModel) and isinstance(model.decoder, PrefixDecoderForCausalLM)
     assert not any(name.startswith("enc_to_dec_proj") for name, _ in model.named_parameters())
@@ -224,7 +225,16 @@ def test_kind_auto_picks_prefix_only_for_one_architecture_and_bad_kinds_are_refu
     model, _, _ = build_model(llama_pair)
     assert isinstance(model.decoder, PrefixDecoderForCausalLM)
     assert not any(p.requires_grad for p in model.encoder.parameters())
-    assert all(p.requires_grad for p in model.decoder.parameters())
+    # model.freeze_decoder_layers=null: a third of the decoder's 2 layers (rounded: 1) and its embeddings stay fixed
+    fixed = {name for name, p in model.decoder.named_parameters() if not p.requires_grad}
+    assert fixed == {
+        name
+        for name, _ in model.decoder.named_parameters()
+        if name.startswith(("lm.model.layers.0.", "lm.model.embed"))
+    }
+    assert all(p.requires_grad for p in model.decoder.lm.model.layers[1].parameters())
+    trained_all, _, _ = build_model(compose_config(*tiny_llama, "model.freeze_decoder_layers=0"))
+    assert all(p.requires_grad for p in trained_all.decoder.parameters())
     from encdec.checks import validate
 
     with pytest.raises(

@@ -18,8 +18,14 @@ def is_cross_attention(name: str) -> bool:
     return "cross_attention_blocks" in name or any(fragment in name for fragment in NATIVE_CROSS_ATTENTION)
 
 
-def apply(model: EncoderDecoderModel, model_cfg: DictConfig, freeze_encoder: bool | None = None) -> None:
-    """`freeze_encoder`: model.freeze_encoder with its null (auto) already resolved by the caller."""
+def apply(
+    model: EncoderDecoderModel,
+    model_cfg: DictConfig,
+    freeze_encoder: bool | None = None,
+    freeze_decoder_layers: int | None = None,
+) -> None:
+    """`freeze_encoder`, `freeze_decoder_layers`: model.freeze_encoder and model.freeze_decoder_layers with their null
+    (auto) already resolved by the caller."""
     if model_cfg.get("freeze_encoder") if freeze_encoder is None else freeze_encoder:
         # A decoder's own reading of the source (a projector) belongs to the source side: fixed with the encoder.
         source_side = getattr(model.decoder, "source_parameters", lambda: [])()
@@ -33,8 +39,10 @@ def apply(model: EncoderDecoderModel, model_cfg: DictConfig, freeze_encoder: boo
     lora = model_cfg.get("lora")
     if lora and lora.get("r", 0):
         add_lora(model, lora)
-    if model_cfg.get("freeze_decoder_layers"):
-        freeze_lower_layers(model.decoder, int(model_cfg.freeze_decoder_layers))
+    if freeze_decoder_layers is None:
+        freeze_decoder_layers = model_cfg.get("freeze_decoder_layers") or 0
+    if freeze_decoder_layers:
+        freeze_lower_layers(model.decoder, int(freeze_decoder_layers))
 
 
 def freeze_lower_layers(decoder: torch.nn.Module, count: int) -> None:

@@ -34,6 +34,7 @@ class PairingKind:
     model_types: tuple[str, ...]  # the config model types of its classes (an export carries their code)
     why: str  # what `kind=auto` says when it picks this kind
     freezes_encoder: bool = False  # model.freeze_encoder=null (auto) freezes the encoder
+    frozen_decoder_share: float = 0.0  # model.freeze_decoder_layers=null (auto): this share of the decoder's layers
     onnx: bool = False  # export.py format=onnx supports it
 
 
@@ -108,6 +109,7 @@ register(
             "keys and values, layer by layer, with no new weights"
         ),
         freezes_encoder=True,
+        frozen_decoder_share=1 / 3,
     ),
     auto_before="gated",
 )

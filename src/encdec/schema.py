@@ -138,8 +138,10 @@ class Model:
     share_weights: bool | None = setting("the decoder reuses the encoder's weights (BERTShare); one architecture")
     freeze_encoder: bool | None = setting("keep the encoder fixed; null: fixed in a prefix pair")
     freeze_decoder: bool | None = setting("keep the decoder fixed: only cross-attention learns")
-    freeze_decoder_layers: int = setting(
-        "keep the decoder's embeddings and its first N layers fixed: backward stops above them (0: none)", low=0
+    freeze_decoder_layers: int | None = setting(
+        "keep the decoder's embeddings and first N layers fixed, backward stops above them; null: the pairing kind's",
+        low=0,
+        note=", or null for the pairing kind's share",
     )
     lora: Lora = setting("LoRA adapters instead of full fine-tuning")
     attn_implementation: str | None = setting("null: transformers' choice; sdpa, eager, flash_attention_2")
