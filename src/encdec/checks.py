@@ -26,6 +26,8 @@ def validate(cfg: DictConfig, command: str = "train") -> None:
             check_model_overrides(cfg[role].get("overrides"), role)
     if "data" in cfg:
         check_data_rules(cfg.data)
+        if command == "train":
+            check_streaming(cfg.data, cfg.get("trainer"))
     if cfg.get("generation") is not None:
         _check_sampling(cfg.generation)
     if command == "train":
@@ -44,6 +46,42 @@ def check_data(data: DictConfig) -> None:
     """data.* given without a command line (encdec.datamodule): its schema and its rules."""
     check_against(schema.Data, data, "data.")
     check_data_rules(data)
+    check_streaming(data)
+
+
+# What a streamed training split (encdec.data.streaming) cannot serve, each with why, named in its one-line refusal.
+STREAMING_CANNOT_SERVE = (
+    "data.num_workers>0 (the stream is read in the training process, which saves its position)",
+    "data.empty_rows=error (a bad row would be found hours into training: skip counts them)",
+    "trainer.max_steps=-1 (a stream has no length to plan the schedule by)",
+    "a fractional trainer.val_check_interval or trainer.limit_train_batches (fractions of an unknown length)",
+)
+
+
+def check_streaming(data: DictConfig, trainer: DictConfig | None = None) -> None:
+    """data.streaming=true with a setting it cannot serve: one line naming each such setting and its fix, then
+    everything a stream cannot serve."""
+    if not data.get("streaming"):
+        return
+    found = []
+    if int(data.get("num_workers") or 0) > 0:
+        found.append((f"data.num_workers={data.num_workers}", "data.num_workers=0"))
+    if data.get("empty_rows") == "error":
+        found.append(("data.empty_rows=error", "data.empty_rows=skip"))
+    if trainer is not None:
+        max_steps = trainer.get("max_steps")
+        if max_steps is None or int(max_steps) <= 0:
+            found.append((f"trainer.max_steps={max_steps}", "trainer.max_steps=N"))
+        for key in ("val_check_interval", "limit_train_batches"):
+            value = trainer.get(key)
+            if isinstance(value, float) and value != 1.0:
+                found.append((f"trainer.{key}={value}", f"trainer.{key}=N batches"))
+    if found:
+        raise EncdecError(
+            f"data.streaming=true cannot serve {', '.join(name for name, _ in found)}: set "
+            f"{', '.join(fix for _, fix in found)}, or data.streaming=false (a stream cannot serve "
+            f"{'; '.join(STREAMING_CANNOT_SERVE)})"
+        )
 
 
 def check_data_rules(data: DictConfig) -> None:

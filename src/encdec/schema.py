@@ -101,6 +101,15 @@ class Data:
         low=1,
         note=FIXED_SIZE,
     )
+    streaming: bool = setting(
+        "read the training split from its source while training (datasets streaming, any size; resumes exactly)"
+    )
+    stream_buffer_rows: int | None = setting(
+        "data.streaming: rows per shuffle buffer, grouped and shuffled together; no preset lists it: "
+        "+data.stream_buffer_rows=N (null: 10000)",
+        low=1,
+        note=", or null for 10000",
+    )
     num_workers: int = setting("DataLoader worker processes (0: in the main process)", low=0)
     pin_memory: bool = setting("page-locked batches for faster copies to a GPU")
     max_train_samples: int | None = setting(

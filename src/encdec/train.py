@@ -117,6 +117,7 @@ def build_datamodule(
     )
     datamodule.prepare(raw_splits)
     sizes = {split: len(ds) for split, ds in datamodule.tokenized.items()}
+    sizes.setdefault("train", "streamed")  # data.streaming=true: read while training, its length unknown
     say(f"data: {cfg.data.name}: {sizes['train']} train, {sizes['validation']} validation, {sizes['test']} test")
     return datamodule
 

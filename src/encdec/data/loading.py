@@ -32,19 +32,27 @@ ACLSUM_ASPECTS = ("challenge", "approach", "outcome")
 def load_splits(data: DictConfig) -> dict[str, datasets.Dataset]:
     """train/validation/test splits with `document` and `summary` columns, bad rows handled per `data.empty_rows`
     (the settings were checked with the rest of the config, before anything loaded)."""
+    streaming = bool(data.get("streaming"))
     if data.source == "aclsum":
-        raw = _load_aclsum()
+        raw = _load_aclsum(streaming)
     elif data.source == "files":
-        raw = _load_files(data)
+        raw = _load_files(data, streaming)
     elif data.source == "hub":
-        raw = _load_hub(data)
+        raw = _load_hub(data, streaming)
     else:
         raise EncdecError(f"data.source={data.source} is unknown: use aclsum, files or hub")
     if "test" not in raw:
         log.warning("data: no test split; testing on the validation split")
         raw["test"] = raw["validation"]
     splits = {}
-    for split in SPLITS:
+    if streaming:
+        # Read while training (encdec.data.streaming); here only its first rows, which a pairing kind prepares on
+        # and which prove that the source opens and its columns hold text.
+        from encdec.data.streaming import head
+        from encdec.pairings import PREPARE_ROWS
+
+        splits["train"] = head(data, PREPARE_ROWS)
+    for split in SPLITS if not streaming else SPLITS[1:]:
         dataset = _to_document_summary(raw[split], data, split)
         limit = data.get(f"max_{'eval' if split == 'validation' else split}_samples")
         if limit is not None:
@@ -66,22 +74,28 @@ def with_lead_copies(train: datasets.Dataset, sentences: int) -> datasets.Datase
     return datasets.concatenate_datasets([train, copies])
 
 
-def _load_aclsum() -> dict[str, datasets.Dataset]:
-    folder = sources.package_dir("aclsum") / "dataset"
+def aclsum_folder() -> Path:
+    return sources.package_dir("aclsum") / "dataset"
+
+
+def aclsum_row(paper: dict) -> dict[str, str]:
+    """A paper's sections become the document; its three aspect summaries, in order, become the summary."""
+    return {
+        "document": " ".join(s for section in ACLSUM_SECTIONS for s in paper["sentences"][section]),
+        "summary": " ".join(paper["summary"][aspect] for aspect in ACLSUM_ASPECTS),
+    }
+
+
+def _load_aclsum(streaming: bool = False) -> dict[str, datasets.Dataset]:
+    folder = aclsum_folder()
     files = {"train": "train.jsonl", "validation": "val.jsonl", "test": "test.jsonl"}
+    if streaming:  # the training rows are streamed while training (encdec.data.streaming)
+        del files["train"]
     raw = datasets.load_dataset("json", data_files={s: str(folder / f) for s, f in files.items()})
-
-    def flatten(paper):
-        # A paper's sections become the document; its three aspect summaries, in order, become the summary.
-        return {
-            "document": " ".join(s for section in ACLSUM_SECTIONS for s in paper["sentences"][section]),
-            "summary": " ".join(paper["summary"][aspect] for aspect in ACLSUM_ASPECTS),
-        }
-
-    return {split: raw[split].map(flatten, remove_columns=raw[split].column_names) for split in raw}
+    return {split: raw[split].map(aclsum_row, remove_columns=raw[split].column_names) for split in raw}
 
 
-def _load_files(data: DictConfig) -> dict[str, datasets.Dataset]:
+def _load_files(data: DictConfig, streaming: bool = False) -> dict[str, datasets.Dataset]:
     paths = {}
     for split in SPLITS:
         key = f"{split}_file"
@@ -106,6 +120,8 @@ def _load_files(data: DictConfig) -> dict[str, datasets.Dataset]:
         paths[split] = path
     loaded = {}
     for split, path in paths.items():
+        if streaming and split == "train":
+            continue  # read while training (encdec.data.streaming)
         builder = FILE_BUILDERS[path.suffix.lower()]
         try:
             loaded[split] = datasets.load_dataset(builder, data_files=str(path), split="train")
@@ -145,7 +161,21 @@ def _column_kind(feature) -> str | None:
     return f"{dtype} values" if isinstance(feature, datasets.Value) else f"{type(feature).__name__.lower()}s"
 
 
-def _load_hub(data: DictConfig) -> dict[str, datasets.Dataset]:
+def _load_hub(data: DictConfig, streaming: bool = False) -> dict[str, datasets.Dataset]:
+    if streaming:
+        # The training split is streamed while training (encdec.data.streaming): only the evaluation splits here.
+        from encdec.data.streaming import require_hub
+
+        require_hub(data)
+        try:
+            names = datasets.get_dataset_split_names(data.path, data.get("config_name"))
+            splits = [split for split in SPLITS[1:] if split in names]
+            loaded = datasets.load_dataset(data.path, data.get("config_name"), split=splits)
+        except Exception as error:
+            raise EncdecError(
+                f"data={data.name}: could not load '{data.path}' from the Hub: {str(error)[:200]}"
+            ) from error
+        return dict(zip(splits, loaded))
     if not sources.hub_reachable():
         try:
             return dict(

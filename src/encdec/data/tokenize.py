@@ -43,6 +43,26 @@ def end_of_summary_id(decoder_tokenizer: PreTrainedTokenizerBase) -> int | None:
     return eos if eos is not None else decoder_tokenizer.sep_token_id
 
 
+def batch_tokenizer(
+    encoder_tokenizer: PreTrainedTokenizerBase,
+    decoder_tokenizer: PreTrainedTokenizerBase,
+    max_source: int,
+    max_target: int,
+):
+    """A function from a batch of rows (`document` and `summary` lists) to their `input_ids` and `labels`: what
+    `tokenize_split` maps over a split, and what a streamed split (`encdec.data.streaming`) calls per buffer."""
+    eos = end_of_summary_id(decoder_tokenizer)
+
+    def tokenize(batch):
+        sources = encoder_tokenizer(batch["document"], max_length=max_source, truncation=True)
+        targets = decoder_tokenizer(
+            batch["summary"], max_length=max_target - 1, truncation=True, add_special_tokens=False
+        )
+        return {"input_ids": sources["input_ids"], "labels": [ids + [eos] for ids in targets["input_ids"]]}
+
+    return tokenize
+
+
 def tokenize_split(
     dataset: datasets.Dataset,
     split: str,
@@ -58,13 +78,7 @@ def tokenize_split(
     named by what determines the tokens alone, so a run on another number of cores, or in one process, reads the
     same cache (datasets finds the shards whatever number of processes wrote them)."""
     eos = end_of_summary_id(decoder_tokenizer)
-
-    def tokenize(batch):
-        sources = encoder_tokenizer(batch["document"], max_length=max_source, truncation=True)
-        targets = decoder_tokenizer(
-            batch["summary"], max_length=max_target - 1, truncation=True, add_special_tokens=False
-        )
-        return {"input_ids": sources["input_ids"], "labels": [ids + [eos] for ids in targets["input_ids"]]}
+    tokenize = batch_tokenizer(encoder_tokenizer, decoder_tokenizer, max_source, max_target)
 
     # Named by what determines the tokens, so datasets' cache serves a second run with the same tokenizers at once.
     fingerprint = hashlib.sha256(

@@ -12,7 +12,8 @@ from transformers import PreTrainedTokenizerBase
 from encdec.boundary import user_settings
 from encdec.data.loading import load_splits
 from encdec.data.sampling import EvalBatchSampler, ResumableBatchSampler, dataset_lengths, training_order
-from encdec.data.tokenize import Seq2SeqCollator, tokenize_split
+from encdec.data.streaming import StreamedBatches
+from encdec.data.tokenize import Seq2SeqCollator, batch_tokenizer, tokenize_split
 from encdec.errors import EncdecError
 
 
@@ -48,6 +49,11 @@ class SummarizationDataModule(L.LightningDataModule):
         )
         self.raw: dict[str, datasets.Dataset] = {}
         self.tokenized: dict[str, datasets.Dataset] = {}
+        # data.streaming=true: training batches read from the source while training (encdec.data.streaming); raw
+        # ["train"] then holds only the stream's first rows, and the stream's saved position for a resumed run
+        self.streaming = bool(data.get("streaming"))
+        self.train_stream: StreamedBatches | None = None
+        self.stream_resume: dict | None = None
 
     def _check_lengths(self, max_source_positions, max_target_positions) -> None:
         # Only the limits of the model built: the settings themselves were checked before anything loaded.
@@ -64,6 +70,8 @@ class SummarizationDataModule(L.LightningDataModule):
             return
         self.raw = raw_splits if raw_splits is not None else load_splits(self.data)
         for split, dataset in self.raw.items():
+            if split == "train" and self.streaming:
+                continue  # tokenized buffer by buffer while training
             self.tokenized[split] = tokenize_split(
                 dataset,
                 split,
@@ -76,7 +84,41 @@ class SummarizationDataModule(L.LightningDataModule):
     def setup(self, stage: str | None = None) -> None:
         self.prepare()
 
+    def _stream_loader(self) -> DataLoader:
+        trainer = self.trainer
+        replicas, rank = (trainer.world_size, trainer.global_rank) if trainer else (1, 0)
+        data = self.data
+
+        def order_for(lengths, announce):
+            return training_order(
+                lengths,
+                data.batch_size,
+                data.get("max_tokens_per_batch"),
+                data.get("group_by_length") or False,
+                float(data.get("length_jitter", 0.0)),
+                announce=announce,
+            )
+
+        self.train_stream = StreamedBatches(
+            data,
+            batch_tokenizer(
+                self.encoder_tokenizer, self.decoder_tokenizer, data.max_source_length, data.max_target_length
+            ),
+            self.collate,
+            order_for,
+            seed=self.seed,
+            num_replicas=replicas,
+            rank=rank,
+            epoch_of=(lambda: trainer.current_epoch) if trainer else None,
+        )
+        if self.resume_position is not None:
+            self.train_stream.resume_at(*self.resume_position, self.stream_resume)
+        # Batches come collated from the stream, read in this process (its position is what a checkpoint keeps).
+        return DataLoader(self.train_stream, batch_size=None, pin_memory=bool(data.get("pin_memory", False)))
+
     def _loader(self, split: str, shuffle: bool) -> DataLoader:
+        if split == "train" and self.streaming:
+            return self._stream_loader()
         dataset = self.tokenized[split].select_columns(["input_ids", "labels"])
         dataset = dataset.add_column("index", list(range(len(dataset))))
         workers = int(self.data.get("num_workers", 0))

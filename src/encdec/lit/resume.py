@@ -7,7 +7,9 @@ What a resumed run must reproduce, and where this module does it:
   the run's own folder before this runs.)
 * **RNG and sampler state** (`save_state`, `restore_state`, called from the LightningModule's checkpoint hooks): the
   torch, CUDA, numpy and Python generators of every rank, and the training batches of the checkpoint's epoch already
-  trained, which `encdec.data.sampling.ResumableBatchSampler.resume_at` skips.
+  trained, which `encdec.data.sampling.ResumableBatchSampler.resume_at` skips (a streamed split,
+  `data.streaming=true`: also the stream's position at the start of the trained batch's buffer,
+  `encdec.data.streaming.StreamedBatches`).
 * **Checkpoint timing** (`checkpoint_callbacks`, `StepCheckpoint`): `checkpoint.every_n_steps` checkpoints are saved
   when the step's batch ends, before a validation that may follow at the same step, and a run resumed from such a
   checkpoint would skip that validation (its metrics, and any best checkpoint it would have chosen, are lost): at
@@ -109,6 +111,11 @@ def save_state(checkpoint: dict, trainer: L.Trainer | None) -> None:
         "python": random.getstate(),
     }
     checkpoint["encdec"]["rng"] = rng
+    stream = getattr(trainer.datamodule, "train_stream", None) if trainer is not None else None
+    done, epoch_finished = private.batches_done_in_epoch(checkpoint)
+    if stream is not None and done and not epoch_finished:
+        # data.streaming=true: where the stream's buffer of the last trained batch starts (encdec.data.streaming)
+        checkpoint["encdec"]["stream"] = stream.state_dict(checkpoint["epoch"], done)
     if trainer is not None and trainer.world_size > 1:
         # Every rank draws its own dropout masks (batches of other shapes use up other amounts of the same seed's
         # stream) but only rank 0 writes the file: keep each rank's state. Every rank runs this hook.
@@ -141,8 +148,11 @@ def restore_state(checkpoint: dict, trainer: L.Trainer | None) -> None:
     datamodule = trainer.datamodule if trainer is not None else None
     if datamodule is not None and position is not None:
         datamodule.resume_position = position
+        datamodule.stream_resume = saved.get("stream")
         if getattr(datamodule, "train_sampler", None) is not None:
             datamodule.train_sampler.resume_at(*position)
+        if getattr(datamodule, "train_stream", None) is not None:
+            datamodule.train_stream.resume_at(*position, datamodule.stream_resume)
 
 
 def _numpy_state_to_tensors(state) -> dict:
