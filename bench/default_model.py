@@ -1,0 +1,318 @@
+"""The default model side by side (issue 27): what `python train.py` composes, against plain transformers, in one call.
+
+    python bench/default_model.py                       # ~10 min alone on 2 cores: 12 steps a side, 100 test papers
+    python bench/default_model.py --steps 4 --rows 32   # shrunk
+
+The model and data are read from the composed default config (conf/train.yaml, plus any overrides given after
+`--`), never named here. Four runs, each in its own process (peak RSS per run), alternated:
+
+* **training**, `encdec` vs `Seq2SeqTrainer`: the same model object built by encdec (`encdec.models.build_model`: the
+  same weights, the same frozen parts) trained for one epoch over the first `--steps` x `data.batch_size` rows of the
+  tokenized training split. encdec runs its own Lightning module and data module with the config's defaults
+  (`bench/train_throughput.py`'s `worker_encdec`); Seq2SeqTrainer its best CPU settings there (`hf-fused`:
+  `adamw_torch_fused`, group_by_length; `worker_hf`). tokens/s = non-pad source + target tokens per second, timed from
+  the first step's start to the last step's end after one untimed warm-up forward/backward (`Steps`, `warm_up`).
+* **test generation**, `encdec` vs the decoder alone: encdec's test pass as `train.py` runs it (`trainer.test`:
+  greedy generation of every test paper and the test loss; the seconds inside generation are given apart) against
+  the decoder LM by itself (`encdec.models.build_decoder`, a plain causal LM) running `generate` after
+  `[document; start]` in the length-sorted budget batches of `bench/quality_decoder_alone.py` (`eval_batches`,
+  `no_repeat_ngram_after`), greedy, `generation.max_new_tokens` new tokens. Both start from the pretrained weights
+  (nothing trained): the prefix pair then computes what the LM computes on `[document; summary]`, so their greedy
+  summaries should agree, and the table says in how many papers they do.
+
+Then a verdict line per goal of issue 27: training >= 1.2x Seq2SeqTrainer, test generation >= 1.5x the decoder alone,
+peak RSS <= 3.5 GB (encdec's runs). Process CPU seconds are given beside the wall-clock ratios: on a shared machine
+they are the steadier read. Results go to bench/results/default_model_cpu.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import resource
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import common  # noqa: E402
+
+SCRIPT = Path(__file__).resolve()
+GOALS = {"training": 1.2, "generation": 1.5, "peak_rss_gb": 3.5}
+
+
+def cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+def train_worker(spec: dict, cfg) -> dict:
+    import train_throughput as throughput
+    from encdec.lit.datamodule import SummarizationDataModule
+    from encdec.models import build_model
+
+    class Steps(throughput.Steps):
+        """Also the process CPU seconds from the first step's start to the last step's end."""
+
+        def start(self) -> None:
+            if not self.starts:
+                self.cpu_started = cpu_seconds()
+            super().start()
+
+        def end(self, last: bool) -> bool:
+            stop = super().end(last)
+            self.cpu_ended = cpu_seconds()
+            return stop
+
+    model, encoder_tokenizer, decoder_tokenizer = build_model(cfg)
+    fingerprint = common.weights_fingerprint(model)
+    datamodule = SummarizationDataModule(
+        cfg.data, encoder_tokenizer, decoder_tokenizer, model.config.decoder_start_token_id
+    )
+    datamodule.prepare()
+    train = datamodule.tokenized["train"].select_columns(["input_ids", "labels"])
+    rows = [train[i] for i in range(min(len(train), spec["steps"] * cfg.data.batch_size))]
+    throughput.warm_up(model)
+    steps = Steps("cpu")
+    if spec["run"] == "hf-train":
+        anchor = {**throughput.RUNS["hf-fused"], "batch_size": cfg.data.batch_size}
+        throughput.worker_hf(anchor, rows, model, encoder_tokenizer, steps)
+    else:
+        throughput.worker_encdec({"device": "cpu"}, rows, model, encoder_tokenizer, decoder_tokenizer, cfg, steps)
+    summary = steps.summary()
+    summary["cpu_seconds"] = round(steps.cpu_ended - steps.cpu_started, 2)
+    summary["weights_fingerprint"] = fingerprint
+    summary["rows"] = len(rows)
+    return summary
+
+
+def encdec_test_worker(spec: dict, cfg) -> dict:
+    import lightning as L
+
+    import encdec.lit.module as module_code
+    from encdec.lit.datamodule import SummarizationDataModule
+    from encdec.models import build_model
+    from encdec.train import build_module
+
+    inside = {"seconds": 0.0}
+    generate = module_code.generate_texts
+
+    def timed_generate(*args, **kwargs):
+        started = time.perf_counter()
+        try:
+            return generate(*args, **kwargs)
+        finally:
+            inside["seconds"] += time.perf_counter() - started
+
+    module_code.generate_texts = timed_generate
+    model, encoder_tokenizer, decoder_tokenizer = build_model(cfg)
+    datamodule = SummarizationDataModule(
+        cfg.data, encoder_tokenizer, decoder_tokenizer, model.config.decoder_start_token_id
+    )
+    datamodule.prepare()
+    module = build_module(cfg, model, decoder_tokenizer)
+    trainer = L.Trainer(
+        accelerator="cpu",
+        devices=1,
+        precision=cfg.trainer.precision,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+    )
+    started, cpu_started = time.perf_counter(), cpu_seconds()
+    trainer.test(module, datamodule=datamodule, verbose=False)
+    seconds, cpu = time.perf_counter() - started, cpu_seconds() - cpu_started
+    predictions = [row["prediction"].strip() for row in module.last_predictions["test"]]
+    return {
+        "seconds": round(seconds, 2),
+        "generation_seconds": round(inside["seconds"], 2),
+        "cpu_seconds": round(cpu, 2),
+        "papers": len(predictions),
+        "predictions": predictions,
+    }
+
+
+def decoder_alone_test_worker(spec: dict, cfg) -> dict:
+    import torch
+    from transformers import GenerationConfig, LogitsProcessorList
+
+    from encdec.data.loading import load_splits
+    from encdec.data.tokenize import end_of_summary_id
+    from encdec.models import apply_speed_switches, build_decoder, generation_ids, load_tokenizer
+    from quality_decoder_alone import eval_batches, no_repeat_ngram_after
+
+    data = cfg.data
+    tokenizer = load_tokenizer(cfg.decoder, "decoder")
+    lm, _ = build_decoder(cfg.decoder, encoder_hidden_size=0, kind="prefix")  # the plain causal LM
+    apply_speed_switches(lm, cfg.model)
+    lm.eval()
+    ids = generation_ids(lm.config, tokenizer)
+    start, pad, eos = ids["decoder_start_token_id"], ids["pad_token_id"], end_of_summary_id(tokenizer)
+    test = load_splits(data)["test"]
+    new_tokens = cfg.generation.max_new_tokens or data.max_target_length
+    ngram = int(cfg.generation.get("no_repeat_ngram_size") or 0)
+    config = GenerationConfig(
+        max_new_tokens=new_tokens,
+        min_new_tokens=cfg.generation.get("min_new_tokens") or 0,
+        do_sample=False,
+        num_beams=1,
+        bos_token_id=ids["bos_token_id"],
+        eos_token_id=eos,
+        pad_token_id=pad,
+    )
+    started, cpu_started = time.perf_counter(), cpu_seconds()
+    documents = tokenizer(list(test["document"]), max_length=data.max_source_length, truncation=True)["input_ids"]
+    prompts = [[*document, start] for document in documents]
+    texts = [""] * len(prompts)
+    batches = eval_batches(
+        [len(p) for p in prompts], new_tokens, data.get("eval_max_tokens_per_batch"), data.eval_batch_size
+    )
+    with torch.no_grad():
+        for batch in batches:
+            width = max(len(prompts[i]) for i in batch)
+            input_ids = torch.tensor([[pad] * (width - len(prompts[i])) + prompts[i] for i in batch])
+            mask = torch.tensor([[0] * (width - len(prompts[i])) + [1] * len(prompts[i]) for i in batch])
+            processors = LogitsProcessorList([no_repeat_ngram_after(width - 1, ngram)] if ngram else [])
+            out = lm.generate(
+                input_ids=input_ids, attention_mask=mask, generation_config=config, logits_processor=processors
+            )
+            for i, text in zip(batch, tokenizer.batch_decode(out[:, width:], skip_special_tokens=True)):
+                texts[i] = text.strip()
+    seconds, cpu = time.perf_counter() - started, cpu_seconds() - cpu_started
+    return {
+        "seconds": round(seconds, 2),
+        "generation_seconds": round(seconds, 2),
+        "cpu_seconds": round(cpu, 2),
+        "papers": len(texts),
+        "rows_per_batch": round(len(texts) / max(len(batches), 1), 1),
+        "predictions": texts,
+    }
+
+
+WORKERS = {
+    "hf-train": train_worker,
+    "encdec-train": train_worker,
+    "decoder-alone-test": decoder_alone_test_worker,
+    "encdec-test": encdec_test_worker,
+}
+
+
+def worker(spec: dict) -> None:
+    common.quiet()
+    import torch
+
+    torch.set_num_threads(spec["threads"])
+    with common.PeakRSS() as memory:
+        # No logger: its settings interpolate Hydra's run folder, which a composed config outside a run lacks.
+        cfg = common.compose(*spec["overrides"], "logger=none")
+        result = WORKERS[spec["run"]](spec, cfg)
+    common.emit({**result, **memory.result()})
+
+
+def verdict(name: str, value: float, goal: float, at_most: bool = False) -> str:
+    met = value <= goal if at_most else value >= goal
+    relation = "<=" if at_most else ">="
+    return f"verdict {name}: {value:.2f} (goal {relation} {goal}): {'MET' if met else 'NOT MET'}"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--steps", type=int, default=12, help="training steps a side (data.batch_size rows each)")
+    parser.add_argument("--rows", type=int, default=None, help="test papers to generate (default: the whole split)")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--worker", help=argparse.SUPPRESS)
+    parser.add_argument("overrides", nargs="*", help="config overrides (after --), as on train.py's command line")
+    args = parser.parse_args()
+    if args.worker:
+        import json
+
+        worker(json.loads(args.worker))
+        return
+
+    overrides = list(args.overrides)
+    if args.rows:
+        overrides.append(f"data.max_test_samples={args.rows}")
+    cfg = common.compose(*overrides)
+    machine = common.machine()
+    print(
+        f"default model: {cfg.encoder.name} -> {cfg.decoder.name} ({cfg.encoder.pretrained}), data={cfg.data.name} "
+        f"{cfg.data.max_source_length}/{cfg.data.max_target_length}, batch {cfg.data.batch_size}, {args.steps} "
+        f"training steps a side, generation={cfg.generation.name}; {machine['cpu']}, {machine['logical_cpus']} cores, "
+        f"avx512f={machine['avx512f']} amx_bf16={machine['amx_bf16']}, load {machine['load_average_at_start']}",
+        flush=True,
+    )
+    results = {}
+    for run in ("hf-train", "encdec-train", "decoder-alone-test", "encdec-test"):
+        spec = {"run": run, "overrides": overrides, "steps": args.steps, "threads": args.threads}
+        results[run] = common.run_worker(SCRIPT, spec, timeout=3600)
+        shown = {k: v for k, v in results[run].items() if k != "predictions"}
+        print(f"{run}: {shown}", flush=True)
+
+    hf, encdec = results["hf-train"], results["encdec-train"]
+    alone, tested = results["decoder-alone-test"], results["encdec-test"]
+    if hf["weights_fingerprint"] != encdec["weights_fingerprint"] or hf["real_tokens"] != encdec["real_tokens"]:
+        raise SystemExit("the training runs did not start from the same weights or see the same tokens")
+    same = sum(a == b for a, b in zip(alone.pop("predictions"), tested.pop("predictions")))
+
+    def gb(result):
+        return result["peak_rss_mib"] / 1024
+
+    rows = [
+        {
+            "run": "training: Seq2SeqTrainer (hf-fused)",
+            "tokens/s": hf["tokens_per_s"],
+            "s": hf["seconds"],
+            "CPU s": hf["cpu_seconds"],
+            "padding": hf["padding_fraction"],
+            "peak RSS GB": round(gb(hf), 2),
+        },
+        {
+            "run": "training: encdec (defaults)",
+            "tokens/s": encdec["tokens_per_s"],
+            "s": encdec["seconds"],
+            "CPU s": encdec["cpu_seconds"],
+            "padding": encdec["padding_fraction"],
+            "peak RSS GB": round(gb(encdec), 2),
+            "vs anchor": round(encdec["tokens_per_s"] / hf["tokens_per_s"], 2),
+            "CPU-s ratio": round(hf["cpu_seconds"] / encdec["cpu_seconds"], 2),
+        },
+        {
+            "run": f"test generation: decoder alone, generate ({alone['papers']} papers)",
+            "s": alone["seconds"],
+            "generation s": alone["generation_seconds"],
+            "CPU s": alone["cpu_seconds"],
+            "peak RSS GB": round(gb(alone), 2),
+        },
+        {
+            "run": f"test generation: encdec, trainer.test ({tested['papers']} papers, loss included)",
+            "s": tested["seconds"],
+            "generation s": tested["generation_seconds"],
+            "CPU s": tested["cpu_seconds"],
+            "peak RSS GB": round(gb(tested), 2),
+            "vs anchor": round(alone["seconds"] / tested["seconds"], 2),
+            "CPU-s ratio": round(alone["cpu_seconds"] / tested["cpu_seconds"], 2),
+        },
+    ]
+    columns = ["run", "tokens/s", "s", "generation s", "CPU s", "padding", "peak RSS GB", "vs anchor", "CPU-s ratio"]
+    print()
+    print(common.table(rows, columns))
+    print(f"identical greedy summaries, encdec vs the decoder alone: {same} of {tested['papers']}")
+    print(verdict("training (encdec / Seq2SeqTrainer tokens/s)", rows[1]["vs anchor"], GOALS["training"]))
+    print(verdict("test generation (decoder-alone s / encdec s)", rows[3]["vs anchor"], GOALS["generation"]))
+    peak = max(gb(encdec), gb(tested))
+    print(verdict("peak RSS of encdec's runs, GB", peak, GOALS["peak_rss_gb"], at_most=True))
+    path = common.write_results(
+        "default_model_cpu.json",
+        {
+            "machine": machine,
+            "settings": {"overrides": overrides, "steps": args.steps, "threads": args.threads},
+            "runs": results,
+            "identical_summaries": same,
+            "table": rows,
+        },
+    )
+    print(f"results: {path.relative_to(common.ROOT)}")
+
+
+if __name__ == "__main__":
+    main()
