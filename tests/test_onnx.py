@@ -1,5 +1,7 @@
 """format=onnx: the ONNX Runtime runner gives PyTorch generate's tokens, greedy and beam, for a BERT, a GPT-2 and a
-Llama decoder (encdec's cross-attention), and needs neither torch nor transformers."""
+Llama decoder (encdec's cross-attention) and for every prefix-style pairing kind (a tiny random Llama pair: `prefix`,
+the default model's kind, and `prefix_states`; MiniLM -> Llama through `projector`), and needs neither torch nor
+transformers."""
 
 from __future__ import annotations
 
@@ -14,10 +16,11 @@ from omegaconf import OmegaConf
 from transformers import GPT2Config
 
 from conftest import compose_config, error_lines, run_script
-from encdec import run_folder
+from encdec import pairings, run_folder
 from encdec.errors import EncdecError
 from encdec.inference import load_trained
 from test_export import DOCUMENTS, export_of, tiny_llama_config
+from test_prefix_attention import TINY_LLAMA
 
 pytest.importorskip("onnxruntime")
 pytest.importorskip("onnxscript")
@@ -33,8 +36,16 @@ MORE_DOCUMENTS = [
 GREEDY = {"min_new_tokens": 3}
 BEAM = {"num_beams": 3, "length_penalty": 0.8, "no_repeat_ngram_size": 2, "min_new_tokens": 3}
 # The eos row of each random decoder's output layer scaled so that beams finish before max_new_tokens (measured:
-# finished at 4 to 7 new tokens) and transformers' finished-beam bookkeeping is compared too.
-EOS_BOOST = {"bert": 8, "gpt2": 7, "llama": 6}
+# finished at 4 to 7 new tokens) and transformers' finished-beam bookkeeping is compared too. The prefix-style pairs
+# pad with eos, whose row Llama zeroes at init (its padding row): it starts as the decoder's mean final state instead.
+EOS_BOOST = {"bert": 8, "gpt2": 7, "llama": 6, "prefix": 0.04, "prefix_states": 0.06, "projector": 0.025}
+# The kinds whose decoder reads the source through its own self-attention cache: the encoder graph gives that cache.
+PREFIX_KINDS = ("prefix", "prefix_states", "projector")
+
+
+def tiny_llama_side(role: str) -> list[str]:
+    """The default SmolLM2 preset of `role` shrunk to a tiny random Llama (compose needs + for keys it lacks)."""
+    return [("+" if setting.startswith("overrides.") else "") + f"{role}.{setting}" for setting in TINY_LLAMA]
 
 
 def without_packages(folder: Path, *packages: str) -> dict:
@@ -52,6 +63,10 @@ def without_packages(folder: Path, *packages: str) -> dict:
 
 
 def decoder_overrides(kind: str, folder: Path) -> tuple[str, ...]:
+    if kind in ("prefix", "prefix_states"):  # the default model's pairing: one LM on both sides
+        return (*tiny_llama_side("encoder"), *tiny_llama_side("decoder"), f"decoder.cross_attention.kind={kind}")
+    if kind == "projector":
+        return ("encoder=tiny", *tiny_llama_side("decoder"), "decoder.cross_attention.kind=projector")
     if kind == "bert":
         return ("decoder=tiny",)
     if kind == "gpt2":
@@ -68,18 +83,27 @@ def decoder_overrides(kind: str, folder: Path) -> tuple[str, ...]:
     )
 
 
-@pytest.fixture(scope="module", params=["bert", "gpt2", "llama"])
+@pytest.fixture(scope="module", params=["bert", "gpt2", "llama", *PREFIX_KINDS])
 def onnx_export(request, tmp_path_factory):
     folder = tmp_path_factory.mktemp(f"onnx-{request.param}")
+    overrides = decoder_overrides(request.param, folder / "config")
     model, encoder_tokenizer, decoder_tokenizer = export_of(
         folder / run_folder.HF_MODEL,
-        "encoder=tiny",
-        *decoder_overrides(request.param, folder / "config"),
+        *(() if request.param in PREFIX_KINDS else ("encoder=tiny",)),
+        *overrides,
         "data.max_target_length=12",
     )
+    if request.param in PREFIX_KINDS:
+        assert pairings.kind_of_model_type(model.config.decoder.model_type).name == request.param
     eos = model.generation_config.eos_token_id
     with torch.no_grad():
-        model.decoder.get_output_embeddings().weight[eos] *= EOS_BOOST[request.param]
+        head = model.decoder.get_output_embeddings().weight
+        if not head[eos].any():
+            batch = encoder_tokenizer(MORE_DOCUMENTS, padding=True, return_tensors="pt")
+            tokens = model.generate(**batch, **GREEDY)
+            states = model(**batch, decoder_input_ids=tokens, output_hidden_states=True).decoder_hidden_states[-1]
+            head[eos] = states.mean((0, 1))
+        head[eos] *= EOS_BOOST[request.param]
     export_onnx(model, encoder_tokenizer, decoder_tokenizer, folder / "onnx", max_source_length=64)
     return request.param, folder / "onnx", model, encoder_tokenizer, runner_of(folder / "onnx")
 
@@ -119,17 +143,23 @@ def test_onnx_runtime_tokens_equal_pytorch_generate(onnx_export, settings):
 def test_every_cached_step_gives_pytorchs_logits(onnx_export):
     """Step by step along PyTorch's greedy tokens, the cached ONNX decoder's logits equal a full forward's (a cache
     that grew wrong shows here, even where the argmax hides it)."""
-    _, _, model, encoder_tokenizer, runner = onnx_export
+    kind, _, model, encoder_tokenizer, runner = onnx_export
     batch = encoder_tokenizer(MORE_DOCUMENTS, padding=True, return_tensors="pt")
     with torch.no_grad():
         tokens = model.generate(**batch, **GREEDY)
         expected = model(**batch, decoder_input_ids=tokens[:, :-1]).logits.numpy()
     encoded = runner.encode(batch["input_ids"].numpy(), batch["attention_mask"].numpy())
-    cache = runner.empty_cache(len(MORE_DOCUMENTS))
+    cache = runner.start_cache(encoded)
+    # The cache the decoder graph starts from: a prefix-style kind's is the source's keys/values, from the encoder
+    # graph; a cross-attention decoder's, one masked placeholder slot.
+    start = batch["input_ids"].shape[1] if kind in PREFIX_KINDS else 1
+    assert cache and set(cache) == {name for name in runner.decoder_inputs if name.startswith("past.")}
+    assert all(value.shape[2] == start for value in cache.values())
+    assert ("encoder_hidden_states" in runner.decoder_inputs) == (kind not in PREFIX_KINDS)
     for step in range(tokens.shape[1] - 1):
         logits, cache = runner.step(tokens[:, step : step + 1].numpy(), encoded, cache)
         assert np.abs(logits - expected[:, step]).max() < 1e-4, step
-        assert all(value.shape[2] == step + 2 for value in cache.values())  # the placeholder slot + every token
+        assert all(value.shape[2] == start + step + 1 for value in cache.values())  # the start + every token
     assert tokens.shape[1] > 4
 
 
@@ -157,13 +187,19 @@ def test_export_py_onnx_without_its_packages_is_one_line(tmp_path):
     ]
 
 
-def test_export_py_writes_a_runs_onnx_folder(tmp_path):
+@pytest.mark.parametrize("kind", ["bert", "prefix"])  # prefix: the default model's pairing, as a tiny random Llama
+def test_export_py_writes_a_runs_onnx_folder(tmp_path, kind):
     run_dir = tmp_path / "run"
     (run_dir / ".hydra").mkdir(parents=True)
-    OmegaConf.save(
-        compose_config("encoder=tiny", "decoder=tiny", "data.max_source_length=40"), run_dir / ".hydra" / "config.yaml"
+    sides = (
+        ("encoder=tiny", "decoder=tiny")
+        if kind == "bert"
+        else (*tiny_llama_side("encoder"), *tiny_llama_side("decoder"))
     )
-    export_of(run_dir / run_folder.HF_MODEL, "encoder=tiny", "decoder=tiny", "data.max_target_length=6")
+    OmegaConf.save(compose_config(*sides, "data.max_source_length=40"), run_dir / ".hydra" / "config.yaml")
+    model = export_of(run_dir / run_folder.HF_MODEL, *sides, "data.max_target_length=6")[0]
+    if kind == "prefix":  # what kind=auto picks for one LM on both sides
+        assert pairings.kind_of_model_type(model.config.decoder.model_type).name == "prefix"
     result = run_script("export.py", f"model_path={run_dir}", "format=onnx")
     assert result.returncode == 0, result.stderr[-3000:]
     folder = run_dir / "onnx"
@@ -213,21 +249,25 @@ def test_runner_top_k_orders_ties_as_a_full_stable_sort():
         assert _top_k(scores, k).tolist() == np.argsort(-scores, axis=-1, kind="stable")[:, :k].tolist()
 
 
-def test_export_refuses_an_encdec_decoder_type_it_does_not_know():
+def test_export_refuses_a_pairing_kind_not_marked_onnx(monkeypatch):
+    """A kind registered without `onnx=True` (here a toy one) is refused by name, with the kinds that do export."""
     from types import SimpleNamespace
 
     from encdec.onnx_graphs import check_supported
 
+    toy = pairings.PairingKind(name="toy", module="toy", model_types=("toy_decoder",), why="a test's toy")
+    monkeypatch.setitem(pairings.KINDS, "toy", toy)
     model = SimpleNamespace(
         config=SimpleNamespace(
-            encoder=SimpleNamespace(model_type="bert"), decoder=SimpleNamespace(model_type="encdec_projector_decoder")
+            encoder=SimpleNamespace(model_type="bert"), decoder=SimpleNamespace(model_type="toy_decoder")
         )
     )
     with pytest.raises(
         EncdecError,
-        match=r"^format=onnx: the ONNX export does not support the projector pairing kind yet .*: use format=hf",
+        match=r"^format=onnx: the ONNX export does not support the toy pairing kind yet \(it carries a decoder's own "
+        r"cross-attention or these kinds: gated, prefix, projector, prefix_states\): use format=hf",
     ):
         check_supported(model)
-    for supported in ("encdec_cross_attention_decoder", "bert", "gpt2"):
+    for supported in ("encdec_cross_attention_decoder", "encdec_prefix_decoder", "bert", "gpt2"):
         model.config.decoder.model_type = supported
         check_supported(model)

@@ -17,7 +17,14 @@ import torch
 from torch import nn
 
 from encdec.errors import EncdecError
-from encdec.onnx_graphs import DecoderStepGraph, EncoderGraph, cache_layout, check_supported
+from encdec.onnx_graphs import (
+    DecoderStepGraph,
+    EncoderGraph,
+    SourcePrefixStepGraph,
+    cache_layout,
+    check_supported,
+    reads_source_cache,
+)
 
 RUNNER = "runner.py"
 EXAMPLE_PAST = 3  # example past length: the exporter specialises dimensions it sees at 0 or 1
@@ -43,6 +50,9 @@ def export_onnx(model, encoder_tokenizer, decoder_tokenizer, target: Path, max_s
     model = model.float().eval()
     self_shapes, cross_layers = cache_layout(model)
     self_layers = len(self_shapes)
+    past_names = [f"past.{i}.{part}" for i in range(self_layers) for part in ("key", "value")]
+    # A prefix-style decoder's cache starts with the source: the encoder graph gives it, the runner starts from it.
+    source_past = reads_source_cache(model)
 
     def fill(folder: Path) -> None:
         documents = encoder_tokenizer(
@@ -52,35 +62,48 @@ def export_onnx(model, encoder_tokenizer, decoder_tokenizer, target: Path, max_s
         )
         source_ids, source_mask = documents["input_ids"], documents["attention_mask"]
         with torch.no_grad():
-            states, *cross = EncoderGraph(model, cross_layers)(source_ids, source_mask)
+            states, *encoded = EncoderGraph(model, cross_layers)(source_ids, source_mask)
         # Example sizes above 1, with sizes from 1 allowed: the exporter specialises dimensions it sees at 0 or 1.
         batch, source, past = (torch.export.Dim(name, min=1) for name in ("batch", "source", "past"))
         cross_names = [f"cross.{j}.{part}" for j in range(len(cross_layers)) for part in ("key", "value")]
+        cross = encoded[: len(cross_names)]
         _export(
             EncoderGraph(model, cross_layers),
             (source_ids, source_mask),
             folder / "encoder.onnx",
             ["input_ids", "attention_mask"],
-            ["encoder_hidden_states", *cross_names],
+            ["encoder_hidden_states", *cross_names, *(past_names if source_past else [])],
             ({0: batch, 1: source}, {0: batch, 1: source}),
         )
-        # One tensor per input: the exporter would make inputs that alias one tensor one graph input.
-        self_past = [torch.randn(2, heads, EXAMPLE_PAST, size) for heads, size in self_shapes for _ in range(2)]
+        # One tensor per input: the exporter would make inputs that alias one tensor one graph input. A past that
+        # starts with the source is longer than it.
+        past_length = EXAMPLE_PAST + (source_ids.shape[1] if source_past else 0)
+        self_past = [torch.randn(2, heads, past_length, size) for heads, size in self_shapes for _ in range(2)]
         tokens = torch.full((2, 1), model.generation_config.decoder_start_token_id, dtype=torch.long)
-        past_names = [f"past.{i}.{part}" for i in range(self_layers) for part in ("key", "value")]
-        _export(
-            DecoderStepGraph(model, self_layers, cross_layers),
-            (tokens, states, source_mask, *self_past, *cross),
-            folder / "decoder.onnx",
-            ["input_ids", "encoder_hidden_states", "encoder_attention_mask", *past_names, *cross_names],
-            ["logits", *[name.replace("past.", "present.") for name in past_names]],
-            (
-                {0: batch},
-                {0: batch, 1: source},
-                {0: batch, 1: source},  # the last: the cache (`*past`)
-                ({0: batch, 2: past},) * len(past_names) + ({0: batch, 2: source},) * len(cross_names),
-            ),
-        )
+        present_names = [name.replace("past.", "present.") for name in past_names]
+        if source_past:
+            _export(
+                SourcePrefixStepGraph(model, self_layers),
+                (tokens, source_mask, *self_past),
+                folder / "decoder.onnx",
+                ["input_ids", "encoder_attention_mask", *past_names],
+                ["logits", *present_names],
+                ({0: batch}, {0: batch, 1: source}, ({0: batch, 2: past},) * len(past_names)),
+            )
+        else:
+            _export(
+                DecoderStepGraph(model, self_layers, cross_layers),
+                (tokens, states, source_mask, *self_past, *cross),
+                folder / "decoder.onnx",
+                ["input_ids", "encoder_hidden_states", "encoder_attention_mask", *past_names, *cross_names],
+                ["logits", *present_names],
+                (
+                    {0: batch},
+                    {0: batch, 1: source},
+                    {0: batch, 1: source},  # the last: the cache (`*past`)
+                    ({0: batch, 2: past},) * len(past_names) + ({0: batch, 2: source},) * len(cross_names),
+                ),
+            )
         encoder_tokenizer.save_pretrained(folder / run_folder.ENCODER_TOKENIZER)
         decoder_tokenizer.save_pretrained(folder / run_folder.DECODER_TOKENIZER)
         for side in (run_folder.ENCODER_TOKENIZER, run_folder.DECODER_TOKENIZER):
@@ -106,7 +129,7 @@ def _check_against_pytorch(folder: Path, model, source_ids, source_mask) -> None
     runner = OnnxSummarizer(folder)
     encoded = runner.encode(source_ids.numpy(), source_mask.numpy())
     tokens = torch.full((len(source_ids), 1), model.generation_config.decoder_start_token_id, dtype=torch.long)
-    cache, worst = runner.empty_cache(len(source_ids)), 0.0
+    cache, worst = runner.start_cache(encoded), 0.0
     for _ in range(3):
         logits, cache = runner.step(tokens[:, -1:].numpy(), encoded, cache)
         with torch.no_grad():

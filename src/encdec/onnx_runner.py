@@ -4,9 +4,10 @@
     from runner import OnnxSummarizer; OnnxSummarizer("onnx").summarize(["..."])
 
 The export holds `encoder.onnx` (input_ids, attention_mask -> encoder_hidden_states and each cross-attention layer's
-keys/values, `cross.*`), `decoder.onnx` (one new token per row, the self-attention cache `past.*` and `cross.*` -> the
-next token's logits and the grown cache `present.*`), the tokenizers and generation_config.json. The cache starts
-with one slot of zeros that the decoder graph masks out.
+keys/values, `cross.*`, or, for a decoder whose self-attention reads the source as a prefix, the source's keys/values
+`past.*`), `decoder.onnx` (one new token per row, the self-attention cache `past.*` and `cross.*` -> the next token's
+logits and the grown cache `present.*`), the tokenizers and generation_config.json. The cache starts with the
+encoder's `past.*` where it gives them, else with one slot of zeros that the decoder graph masks out.
 Greedy and beam search follow transformers' `generate` step for step (its beam search is ported below), so the
 tokens equal PyTorch's; supported settings: num_beams, length_penalty, early_stopping, no_repeat_ngram_size,
 min_new_tokens, max_new_tokens.
@@ -36,6 +37,7 @@ class OnnxSummarizer:
         providers = providers or ["CPUExecutionProvider"]
         self.encoder = onnxruntime.InferenceSession(str(folder / "encoder.onnx"), options, providers=providers)
         self.decoder = onnxruntime.InferenceSession(str(folder / "decoder.onnx"), options, providers=providers)
+        self.decoder_inputs = [value.name for value in self.decoder.get_inputs()]
         self.settings = json.loads((folder / "generation_config.json").read_text(encoding="utf-8"))
         self.export = json.loads((folder / "encdec_onnx.json").read_text(encoding="utf-8"))
         self.source_tokenizer = Tokenizer.from_file(str(folder / "encoder_tokenizer" / "tokenizer.json"))
@@ -61,13 +63,19 @@ class OnnxSummarizer:
         return [text.strip() for text in texts]
 
     def encode(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> dict[str, np.ndarray]:
-        """What the decoder reads besides its own cache: the encoder states, their mask, every `cross.*` key/value."""
+        """What the encoder gives: the encoder states, their mask, every `cross.*` key/value, and the source's `past.*`
+        where the decoder's cache starts with it (`start_cache`)."""
         outputs = self.encoder.run(None, {"input_ids": input_ids, "attention_mask": attention_mask})
         names = [output.name for output in self.encoder.get_outputs()]
         return {**dict(zip(names, outputs)), "encoder_attention_mask": attention_mask}
 
-    def empty_cache(self, rows: int) -> dict[str, np.ndarray]:
-        """The self-attention cache before the first step: the masked placeholder slot."""
+    def start_cache(self, encoded: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """The self-attention cache before the first step: the source's keys/values where the encoder gives them, else
+        the masked placeholder slot."""
+        source = {name: value for name, value in encoded.items() if name.startswith("past.")}
+        if source:
+            return source
+        rows = len(encoded["encoder_attention_mask"])
         return {
             cache.name: np.zeros((rows, cache.shape[1], 1, cache.shape[3]), dtype=np.float32)
             for cache in self.decoder.get_inputs()
@@ -76,7 +84,8 @@ class OnnxSummarizer:
 
     def step(self, last_tokens: np.ndarray, encoded: dict[str, np.ndarray], cache: dict[str, np.ndarray]):
         """The next token's logits `[rows, vocab]` for `last_tokens` `[rows, 1]`, and the cache grown by them."""
-        outputs = self.decoder.run(None, {"input_ids": last_tokens, **encoded, **cache})
+        given = {"input_ids": last_tokens, **encoded, **cache}
+        outputs = self.decoder.run(None, {name: given[name] for name in self.decoder_inputs})
         names = [output.name for output in self.decoder.get_outputs()]
         grown = {name.replace("present.", "past."): value for name, value in zip(names[1:], outputs[1:])}
         return outputs[0].astype(np.float32), grown
@@ -97,7 +106,7 @@ class OnnxSummarizer:
         pad = pad if pad is not None or not eos.size else int(eos[0])  # as generate pads finished rows
         tokens = np.full((batch, 1), settings["decoder_start_token_id"], dtype=np.int64)
         unfinished = np.ones(batch, dtype=bool)
-        cache = self.empty_cache(batch)
+        cache = self.start_cache(encoded)
         for _ in range(_max_new_tokens(settings)):
             logits, cache = self.step(tokens[:, -1:], encoded, cache)
             chosen = _processed(tokens, logits, settings, eos).argmax(axis=-1)
@@ -129,9 +138,12 @@ class OnnxSummarizer:
         may_improve = np.ones((batch, 1), dtype=bool)
         running_origins = np.full((batch, beams, max_length - 1), -1, dtype=np.int64)
         finished_origins = running_origins.copy()
-        # Every beam of a document reads the same encoder output, so it is repeated once, never reordered.
-        encoded = {name: np.repeat(value, beams, axis=0) for name, value in encoded.items()}
-        cache = self.empty_cache(batch * beams)
+        # Every beam of a document reads the same encoder output, so what the decoder reads of it is repeated once,
+        # never reordered (the self-attention cache, the source's part included, follows its beams below).
+        encoded = {
+            name: np.repeat(value, beams, axis=0) for name, value in encoded.items() if name in self.decoder_inputs
+        }
+        cache = self.start_cache(encoded)
         length = 1
         while True:
             flat = running[:, :, :length].reshape(batch * beams, length)

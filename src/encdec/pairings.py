@@ -35,7 +35,9 @@ class PairingKind:
     why: str  # what `kind=auto` says when it picks this kind
     freezes_encoder: bool = False  # model.freeze_encoder=null (auto) freezes the encoder
     frozen_decoder_share: float = 0.0  # model.freeze_decoder_layers=null (auto): this share of the decoder's layers
-    onnx: bool = False  # export.py format=onnx supports it
+    # export.py format=onnx supports it (tested: ONNX Runtime gives generate's tokens); a decoder whose self-attention
+    # cache starts with the source has a `source_cache` method for it (encdec.onnx_graphs)
+    onnx: bool = False
 
 
 KINDS: dict[str, PairingKind] = {}
@@ -110,6 +112,7 @@ register(
         ),
         freezes_encoder=True,
         frozen_decoder_share=1 / 3,
+        onnx=True,
     ),
     auto_before="gated",
 )
@@ -124,6 +127,7 @@ register(
             "learns far slower, docs/decoders.md"
         ),
         freezes_encoder=True,
+        onnx=True,
     ),
     auto_before="gated",
 )
@@ -137,5 +141,6 @@ register(
             "read what enters each of the encoder's layers, so the source's keys learn with the summary's"
         ),
         freezes_encoder=True,
+        onnx=True,
     ),
 )

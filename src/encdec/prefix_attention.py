@@ -183,6 +183,13 @@ class PrefixDecoderForCausalLM(WrappedCausalLM):
             position_ids = continue_positions(source_mask)[:, None] + steps
         return torch.cat([source_mask, target_mask.to(source_mask.dtype)], dim=1), position_ids
 
+    def source_cache(self, encoder_hidden_states: torch.Tensor, source_mask: torch.Tensor) -> DynamicCache:
+        """The self-attention cache before the first summary token: the source's keys and values alone. The ONNX
+        export's encoder graph computes it once per batch; its decoder graph continues it (`encdec.onnx_graphs`)."""
+        cache = DynamicCache()
+        self._fill_cache(cache, encoder_hidden_states, source_mask)
+        return cache
+
     def _fill_cache(self, cache: Cache, encoder_hidden_states: torch.Tensor, source_mask: torch.Tensor) -> None:
         """The source's keys and values into the empty cache: here unpacked from what the encoder handed over."""
         for layer_index, (keys, values) in enumerate(unpack_keys_values(encoder_hidden_states, self.config)):
