@@ -51,6 +51,7 @@ def overrides(kind: str, work: Path) -> list[str]:
 
 def export(work: Path) -> None:
     from encdec import run_folder
+    from encdec.export import export_hf_model
     from encdec.models import build_model
 
     for kind in ("bert2bert", "bert2gpt2"):
@@ -64,7 +65,7 @@ def export(work: Path) -> None:
                     parameter.normal_(std=0.1)
         model.eval()
         (work / kind).mkdir(parents=True, exist_ok=True)
-        run_folder.export_hf_model(model, encoder_tokenizer, decoder_tokenizer, work / kind / run_folder.HF_MODEL)
+        export_hf_model(model, encoder_tokenizer, decoder_tokenizer, work / kind / run_folder.HF_MODEL)
         batch = encoder_tokenizer(DOCUMENTS, padding=True, return_tensors="pt")
         with torch.no_grad():
             tokens = model.generate(**batch)

@@ -12,9 +12,9 @@ from transformers import DataCollatorForSeq2Seq
 
 import encdec
 from conftest import compose_config, spy_on_generate
-from encdec import run_folder
 from encdec.checks import check_run_settings
 from encdec.errors import EncdecError
+from encdec.export import export_hf_model
 
 WORDS = "alpha beta gamma delta epsilon zeta theta kappa lambda sigma omega".split()
 
@@ -206,7 +206,7 @@ def test_build_model_mistakes_are_one_line_naming_the_culprit(arguments, message
 
 def test_summarize_a_trained_model_with_generation_settings(tiny, tmp_path, monkeypatch):
     model, encoder_tokenizer, decoder_tokenizer = tiny
-    run_folder.export_hf_model(model, encoder_tokenizer, decoder_tokenizer, tmp_path / "hf_model")
+    export_hf_model(model, encoder_tokenizer, decoder_tokenizer, tmp_path / "hf_model")
     documents = ["alpha beta gamma delta", "kappa lambda sigma omega theta zeta"]
     calls = spy_on_generate(monkeypatch)
     greedy = encdec.summarize(tmp_path / "hf_model", documents, device="cpu", max_new_tokens=3)

@@ -17,6 +17,7 @@ from transformers.dynamic_module_utils import get_imports
 
 from conftest import compose_config, script_environment
 from encdec import inference, pairings, run_folder
+from encdec.export import export_hf_model
 from encdec.models import build_model
 
 DOCUMENTS = [
@@ -54,7 +55,7 @@ def export_of(target: Path, *overrides: str, gate: float = 0.5, **export_kwargs)
         if name.endswith(("attn_gate", "ffn_gate")):
             torch.nn.init.constant_(parameter, gate)
     model.eval()
-    run_folder.export_hf_model(model, encoder_tokenizer, decoder_tokenizer, target, **export_kwargs)
+    export_hf_model(model, encoder_tokenizer, decoder_tokenizer, target, **export_kwargs)
     return model, encoder_tokenizer, decoder_tokenizer
 
 

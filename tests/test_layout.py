@@ -66,13 +66,124 @@ def test_nothing_points_outside_the_repository():
     assert hits == []
 
 
+# A string literal (no white space: a name or a pattern, not prose) that names a piece of a run folder: a file or
+# folder it holds, or a pattern that finds one (checkpoint names and globs, figures).
+RUN_FOLDER_NAME = re.compile(
+    r"\.hydra|(config|overrides)\.yaml|metrics\.(json|csv)|predictions\.jsonl|hf_model|optimization_results\.yaml"
+    r"|checkpoints|figures|(encoder|decoder)_tokenizer|(train|eval|predict)\.log|lightning_logs"
+    r"|.*\.ckpt|best-.*|.*step\{.*"
+)
+# onnx_runner.py is copied into an ONNX export as its standalone runner: it imports nothing of encdec.
+NAMES_ELSEWHERE = {"encdec/run_folder.py", "encdec/onnx_runner.py"}
+
+
+def _string_literals(tree: ast.AST):
+    """Every string constant of `tree` but docstrings (f-strings' literal parts included), with its line."""
+    docstrings = {
+        id(node.body[0].value)
+        for node in ast.walk(tree)
+        if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef))
+        and node.body
+        and isinstance(node.body[0], ast.Expr)
+        and isinstance(node.body[0].value, ast.Constant)
+    }
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Constant) and isinstance(node.value, str) and id(node) not in docstrings:
+            yield node.lineno, node.value
+
+
 def test_run_folder_names_are_written_only_in_run_folder_py():
-    pattern = re.compile(r"""["'](\.hydra|metrics\.json|predictions\.jsonl|hf_model|optimization_results\.yaml)["']""")
     hits = [
-        f"{path.relative_to(ROOT)}:{n}"
-        for path in (SRC / "encdec").rglob("*.py")
-        if path.name != "run_folder.py"
-        for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1)
-        if pattern.search(line) and not line.lstrip().startswith("#")
+        f"{path.relative_to(ROOT)}:{line} {value!r}"
+        for path in sorted((SRC / "encdec").rglob("*.py"))
+        if path.relative_to(SRC).as_posix() not in NAMES_ELSEWHERE
+        for line, value in _string_literals(ast.parse(path.read_text(encoding="utf-8")))
+        if not re.search(r"\s", value) and RUN_FOLDER_NAME.fullmatch(value.strip("/"))
     ]
     assert hits == []
+
+
+def _module_name(path: Path) -> str:
+    parts = path.relative_to(SRC).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def import_graph() -> dict[str, set[str]]:
+    """encdec's modules and the encdec modules each imports, read from the ast: function-local and lazy imports
+    (under `if`, in a function) included, so an import moved into a function to break a cycle still counts."""
+    modules = {_module_name(path): path for path in (SRC / "encdec").rglob("*.py")}
+    graph = {}
+    for name, path in modules.items():
+        package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+        targets = set()
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.Import):
+                targets.update(alias.name for alias in node.names)
+            elif isinstance(node, ast.ImportFrom):
+                base = node.module or ""
+                if node.level:
+                    anchor = package.split(".")[: len(package.split(".")) - node.level + 1]
+                    base = ".".join([*anchor, *([node.module] if node.module else [])])
+                # `from encdec import run_folder` imports the module run_folder; `from encdec import X`, the package
+                targets.update(
+                    f"{base}.{alias.name}" if f"{base}.{alias.name}" in modules else base for alias in node.names
+                )
+        graph[name] = set()
+        for target in targets:
+            while target and target not in modules:  # `import encdec.lit.resume.X`: the module that holds X
+                target = target.rpartition(".")[0]
+            if target and target != name:
+                graph[name].add(target)
+    return graph
+
+
+def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """The strongly connected components of more than one module (Tarjan's algorithm, iterative)."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    found = []
+    for root in sorted(graph):
+        if root in index:
+            continue
+        work = [(root, iter(sorted(graph[root])))]
+        index[root] = low[root] = len(index)
+        stack.append(root)
+        while work:
+            node, children = work[-1]
+            child = next(children, None)
+            if child is not None:
+                if child not in index:
+                    index[child] = low[child] = len(index)
+                    stack.append(child)
+                    work.append((child, iter(sorted(graph[child]))))
+                elif child in stack:
+                    low[node] = min(low[node], index[child])
+                continue
+            work.pop()
+            if work:
+                low[work[-1][0]] = min(low[work[-1][0]], low[node])
+            if low[node] == index[node]:
+                component = []
+                while True:
+                    member = stack.pop()
+                    component.append(member)
+                    if member == node:
+                        break
+                if len(component) > 1:
+                    found.append(sorted(component))
+    return found
+
+
+def test_the_import_graph_has_no_cycle():
+    graph = import_graph()
+    found = cycles(graph)
+    assert found == [], [{member: sorted(graph[member] & set(cycle)) for member in cycle} for cycle in found]
+    assert graph["encdec.run_folder"] <= {"encdec.errors"}, graph["encdec.run_folder"]  # the lowest contract
+    assert "encdec.run_folder" not in graph["encdec.errors"]
+
+
+def test_the_cycle_finder_finds_cycles():
+    assert cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
+    assert cycles({"a": {"b"}, "b": set()}) == []
+

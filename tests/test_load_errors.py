@@ -14,6 +14,7 @@ import torch
 from conftest import ROOT, compose_config, error_lines, run_script
 from encdec import inference, run_folder
 from encdec.errors import EncdecError
+from encdec.export import export_hf_model
 from encdec.inference import load_trained, pick_device
 from encdec.models import build_model
 
@@ -25,7 +26,7 @@ def export(tmp_path_factory) -> Path:
     """A whole hf_model/ export of an untrained tiny -> tiny model, as train.py writes it (no training: fast)."""
     model, encoder_tokenizer, decoder_tokenizer = build_model(compose_config("encoder=tiny", "decoder=tiny"))
     target = tmp_path_factory.mktemp("export") / run_folder.HF_MODEL
-    run_folder.export_hf_model(model, encoder_tokenizer, decoder_tokenizer, target)
+    export_hf_model(model, encoder_tokenizer, decoder_tokenizer, target)
     return target
 
 

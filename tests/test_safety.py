@@ -17,6 +17,7 @@ from conftest import SMOKE, compose_config, run_script
 from encdec import run_folder
 from encdec.data.loading import _to_document_summary
 from encdec.data.tokenize import IGNORE_INDEX, tokenize_split
+from encdec.export import export_hf_model
 from encdec.lit.datamodule import SummarizationDataModule
 from encdec.sources import resolve
 
@@ -69,7 +70,7 @@ def test_full_disk_during_export_leaves_no_hf_model(tmp_path):
             raise DiskFull()
 
     with pytest.raises(OSError):
-        run_folder.export_hf_model(FailingModel(), None, None, tmp_path / "hf_model")
+        export_hf_model(FailingModel(), None, None, tmp_path / "hf_model")
     assert list(tmp_path.iterdir()) == []
 
 
@@ -80,7 +81,7 @@ def test_results_are_readable_by_the_group_as_umask_allows(tmp_path):
     previous = os.umask(0o022)
     try:
         run_folder.write_json(tmp_path / "metrics.json", {"a": 1})
-        run_folder.export_hf_model(StubModel(), StubTokenizer(), StubTokenizer(), tmp_path / "hf_model")
+        export_hf_model(StubModel(), StubTokenizer(), StubTokenizer(), tmp_path / "hf_model")
     finally:
         os.umask(previous)
     assert stat.S_IMODE((tmp_path / "metrics.json").stat().st_mode) == 0o644
@@ -89,17 +90,17 @@ def test_results_are_readable_by_the_group_as_umask_allows(tmp_path):
 
 def test_export_replaces_a_previous_export_and_keeps_it_when_the_new_one_fails(tmp_path):
     target = tmp_path / "hf_model"
-    run_folder.export_hf_model(StubModel("old"), StubTokenizer(), StubTokenizer(), target)
+    export_hf_model(StubModel("old"), StubTokenizer(), StubTokenizer(), target)
     with pytest.raises(OSError):
-        run_folder.export_hf_model(StubModel("new", fail=True), StubTokenizer(), StubTokenizer(), target)
+        export_hf_model(StubModel("new", fail=True), StubTokenizer(), StubTokenizer(), target)
     assert (target / "config.json").read_text() == "old"
-    run_folder.export_hf_model(StubModel("new"), StubTokenizer(), StubTokenizer(), target)
+    export_hf_model(StubModel("new"), StubTokenizer(), StubTokenizer(), target)
     assert (target / "config.json").read_text() == "new"
     assert [p.name for p in tmp_path.iterdir()] == ["hf_model"]  # nothing moved aside is left behind
 
 
 def test_failed_run_removes_only_the_folders_hydra_made(tmp_path):
-    from encdec.errors import remove_fresh_run_dir
+    from encdec.run_folder import remove_fresh_run_dir
 
     mine = tmp_path / "mine"  # empty, but the user made it: it stays
     run_dir = mine / "outputs" / "2026-11-26" / "13-00-00"
@@ -137,7 +138,7 @@ def test_export_is_safetensors_only(tmp_path):
     from encdec.models import build_model
 
     model, encoder_tokenizer, decoder_tokenizer = build_model(compose_config("encoder=tiny", "decoder=tiny"))
-    run_folder.export_hf_model(model, encoder_tokenizer, decoder_tokenizer, tmp_path / "hf_model")
+    export_hf_model(model, encoder_tokenizer, decoder_tokenizer, tmp_path / "hf_model")
     files = {p.name for p in (tmp_path / "hf_model").iterdir()}
     assert "model.safetensors" in files and not any(name.endswith((".bin", ".pt", ".pkl")) for name in files)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 import re
 import types
 import typing
@@ -15,7 +16,6 @@ from omegaconf.errors import OmegaConfBaseException
 from encdec import schema
 from encdec.boundary import settings_named, user_settings
 from encdec.errors import EncdecError
-from encdec.export import check_push_target
 
 
 def validate(cfg: DictConfig, command: str = "train") -> None:
@@ -36,6 +36,29 @@ def validate(cfg: DictConfig, command: str = "train") -> None:
         )  # not after hours of training
         _check_optimizer(cfg)
         _check_xla(cfg)
+
+
+def check_push_target(repo_id, key: str) -> None:
+    """A Hub repository to upload to is checked before any work: its name, and that a token is there to upload
+    with (HF_TOKEN or `hf auth login`). Nothing to check when `repo_id` is empty."""
+    if not repo_id:
+        return
+    from huggingface_hub import get_token
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+    try:
+        validate_repo_id(str(repo_id))
+    except HFValidationError as error:
+        raise EncdecError(
+            f"{key}={repo_id} is not a Hub repository name ({str(error).splitlines()[0]}): use ORG/NAME"
+        ) from None
+    if os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on"):
+        raise EncdecError(f"{key}={repo_id} needs the Hub, but HF_HUB_OFFLINE is set: unset it, or drop {key}")
+    if get_token() is None:
+        raise EncdecError(
+            f"{key}={repo_id} needs a Hugging Face token with write access: run `hf auth login` or "
+            f"set HF_TOKEN, or drop {key}"
+        )
 
 
 def check_run_settings(cfg: DictConfig) -> None:

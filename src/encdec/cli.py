@@ -17,7 +17,7 @@ from omegaconf.errors import MissingMandatoryValue, OmegaConfBaseException
 
 from encdec.arguments import checked_arguments
 from encdec.errors import EncdecError, exit_with
-from encdec.run_folder import SAVED_CONFIG, check_creatable, check_fresh
+from encdec.run_folder import SAVED_CONFIG, check_creatable, check_fresh, remove_fresh_run_dir
 
 
 def quiet_third_party() -> None:
@@ -116,4 +116,6 @@ def guarded(task: Callable[[DictConfig], Any], cfg: DictConfig) -> Any:
             "files already written were left whole"
         )
         run_dir = None  # the run folder stays: what it holds is whole
-    exit_with(failure, run_dir, _existing_before_run)
+    if run_dir is not None:  # drop the half-made run folder, and the empty folders Hydra made above it
+        remove_fresh_run_dir(run_dir, _existing_before_run)
+    exit_with(failure)

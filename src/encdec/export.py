@@ -6,13 +6,13 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import os
 import re
 from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
-from encdec import pairings, run_folder
+from encdec import model_card, pairings, run_folder
+from encdec.checks import check_push_target
 from encdec.errors import EncdecError
 
 REMOTE_CODE_ENTRY = "modeling_encdec"
@@ -25,6 +25,37 @@ _RELATIVE_IMPORT = re.compile(r"^\s*from \.(\w+) import", re.MULTILINE)
 # remote_modeling.py's line that the export replaces with the modules it carries
 _KIND_MODULES_LINE = "_KIND_MODULES: tuple[str, ...] | None = None"
 _OTHER_ENCDEC_IMPORT = re.compile(r"^\s*(import encdec\b|from encdec\b)", re.MULTILINE)
+
+
+def export_hf_model(
+    model,
+    encoder_tokenizer,
+    decoder_tokenizer,
+    target: Path,
+    untie: bool = False,
+    run_config=None,
+    metrics: dict | None = None,
+) -> None:
+    """save_pretrained, atomically (`run_folder.write_folder_atomic`).
+
+    The folder is self-contained: the encoder's tokenizer also at its top (what AutoTokenizer loads), the decoder's
+    modeling code when encdec added its cross-attention, and a model card from `run_config` and `metrics`."""
+
+    def fill(tmp: Path) -> None:
+        state_dict = None
+        if untie:
+            # Shared encoder/decoder tensors are stored twice: plain transformers reloads them as equal copies.
+            state_dict = {name: tensor.detach().clone() for name, tensor in model.state_dict().items()}
+        model.save_pretrained(tmp, state_dict=state_dict)
+        encoder_tokenizer.save_pretrained(tmp)
+        encoder_tokenizer.save_pretrained(tmp / run_folder.ENCODER_TOKENIZER)
+        decoder_tokenizer.save_pretrained(tmp / run_folder.DECODER_TOKENIZER)
+        remote_code = needs_remote_code(model)
+        if remote_code:
+            write_remote_code(tmp)
+        (tmp / "README.md").write_text(model_card.render(model, run_config, metrics, remote_code), encoding="utf-8")
+
+    run_folder.write_folder_atomic(target, fill)
 
 
 def needs_remote_code(model) -> bool:
@@ -80,29 +111,6 @@ def write_remote_code(folder: Path) -> list[str]:
     return sorted(written)
 
 
-def check_push_target(repo_id, key: str) -> None:
-    """A Hub repository to upload to is checked before any work: its name, and that a token is there to upload
-    with (HF_TOKEN or `hf auth login`). Nothing to check when `repo_id` is empty."""
-    if not repo_id:
-        return
-    from huggingface_hub import get_token
-    from huggingface_hub.utils import HFValidationError, validate_repo_id
-
-    try:
-        validate_repo_id(str(repo_id))
-    except HFValidationError as error:
-        raise EncdecError(
-            f"{key}={repo_id} is not a Hub repository name ({str(error).splitlines()[0]}): use ORG/NAME"
-        ) from None
-    if os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on"):
-        raise EncdecError(f"{key}={repo_id} needs the Hub, but HF_HUB_OFFLINE is set: unset it, or drop {key}")
-    if get_token() is None:
-        raise EncdecError(
-            f"{key}={repo_id} needs a Hugging Face token with write access: run `hf auth login` or "
-            f"set HF_TOKEN, or drop {key}"
-        )
-
-
 def push_to_hub(folder: Path, repo_id: str, key: str) -> str:
     """Upload `folder` as the model repository `repo_id` (made if missing); returns its URL."""
     check_push_target(repo_id, key)
@@ -127,7 +135,6 @@ def export(cfg: DictConfig) -> Path:
     """`python export.py model_path=RUN [format=hf|onnx] [push_to_hub=ORG/NAME] [output_dir=FOLDER]`."""
     from encdec.evaluate import training_config
     from encdec.inference import load_trained
-    from encdec.model_card import run_folder_metrics
 
     if cfg.format == "onnx":
         from encdec.onnx_export import check_available
@@ -143,7 +150,7 @@ def export(cfg: DictConfig) -> Path:
     )
     target = Path(str(cfg.output_dir)).expanduser() if cfg.get("output_dir") else _default_target(path, run_dir)
     if cfg.format == "onnx" and not cfg.get("output_dir"):
-        target = target.with_name("onnx")
+        target = target.with_name(run_folder.ONNX)
     run_config = training_config(path)
     model, encoder_tokenizer, decoder_tokenizer = load_trained(path)
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -154,14 +161,14 @@ def export(cfg: DictConfig) -> Path:
         export_onnx(model, encoder_tokenizer, decoder_tokenizer, target, max_source_length or 512)
     else:
         share_weights = bool(run_config is not None and run_config.get("model", {}).get("share_weights"))
-        run_folder.export_hf_model(
+        export_hf_model(
             model,
             encoder_tokenizer,
             decoder_tokenizer,
             target,
             untie=share_weights,
             run_config=run_config,
-            metrics=run_folder_metrics(run_dir),
+            metrics=model_card.run_folder_metrics(run_dir),
         )
     print(f"exported {target}", flush=True)
     if cfg.get("push_to_hub"):

@@ -29,15 +29,17 @@ def load_trained(path: str | Path) -> tuple[EncoderDecoderModel, PreTrainedToken
     if not path.exists():
         raise EncdecError(f"model_path={path}: no such file or folder")
     if path.is_file():
-        if path.suffix != ".ckpt":
+        if path.suffix != run_folder.CHECKPOINT_SUFFIX:
             raise EncdecError(
                 f"model_path={path} is a file but not a .ckpt checkpoint: give a run folder, hf_model/ or .ckpt"
             )
         return _load_checkpoint(path)
-    if path.suffix == ".ckpt":  # a DeepSpeed checkpoint: a folder of per-rank shards
+    if path.suffix == run_folder.CHECKPOINT_SUFFIX:  # a DeepSpeed checkpoint: a folder of per-rank shards
         # Gathered beside it, not in /tmp: the full float32 weights need the disk the checkpoints already fit on.
         with tempfile.TemporaryDirectory(prefix=".gathered.", dir=path.parent) as scratch:
-            return _load_checkpoint(run_folder.single_file_checkpoint(path, Path(scratch) / "full.ckpt"))
+            return _load_checkpoint(
+                run_folder.single_file_checkpoint(path, Path(scratch) / run_folder.GATHERED_CHECKPOINT)
+            )
     given = path
     if (path / run_folder.HF_MODEL / "config.json").is_file():
         path = path / run_folder.HF_MODEL
@@ -56,7 +58,7 @@ def load_trained(path: str | Path) -> tuple[EncoderDecoderModel, PreTrainedToken
         raise EncdecError(
             f"model_path={given}: the export {path} has no {run_folder.ENCODER_TOKENIZER}/ folder; {_instead(path)}"
         )
-    last = path / run_folder.CHECKPOINTS / "last.ckpt"
+    last = path / run_folder.CHECKPOINTS / run_folder.LAST_CHECKPOINT
     if last.exists():
         return load_trained(last)
     raise EncdecError(
@@ -86,8 +88,9 @@ def _load_export(given: Path, export: Path, what: str, load, source: Path):
 
 def _instead(export: Path) -> str:
     """What to load when a run's hf_model/ is broken: the checkpoint it was exported from, if the run folder has one."""
-    checkpoints = export.parent / run_folder.CHECKPOINTS
-    candidates = sorted(checkpoints.glob("best-*.ckpt"), key=lambda p: p.stat().st_mtime) or [checkpoints / "last.ckpt"]
+    candidates = run_folder.best_checkpoints(export.parent) or [
+        export.parent / run_folder.CHECKPOINTS / run_folder.LAST_CHECKPOINT
+    ]
     if export.name == run_folder.HF_MODEL and candidates[-1].exists():
         return f"point model_path at {candidates[-1]} instead"
     return "restore it from a copy, or point model_path at the run folder's checkpoints/best-*.ckpt (or last.ckpt)"

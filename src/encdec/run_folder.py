@@ -34,6 +34,42 @@ CURVES = Path("csv") / CURVES_FILE
 HYDRA_LOGS = ("train.log", "eval.log", "predict.log")
 # A sweep folder's Optuna summary (hparams_search=...), beside its numbered run folders.
 OPTUNA_RESULTS = "optimization_results.yaml"
+# checkpoints/: Lightning fills in {step}. The best (by the monitored metric), the latest validation's, and those
+# every checkpoint.every_n_steps steps; train.py reads the step back from the best's name.
+CHECKPOINT_SUFFIX = ".ckpt"
+BEST_CHECKPOINT = "best-step{step}"
+STEP_CHECKPOINT = "step{step}"
+LAST_CHECKPOINT = f"last{CHECKPOINT_SUFFIX}"
+# Scratch checkpoints of train.py's export and evaluation under FSDP and DeepSpeed (the full weights, gathered once),
+# and the file a DeepSpeed checkpoint folder is gathered into beside it for eval.py and predict.py.
+EXPORT_CHECKPOINT = f".export{CHECKPOINT_SUFFIX}"
+BEST_FULL_WEIGHTS = f".best-full-weights{CHECKPOINT_SUFFIX}"
+GATHERED_CHECKPOINT = f"full{CHECKPOINT_SUFFIX}"
+# Pictures of the callbacks (encdec.lit.callbacks), one file a name and step; the ONNX export's default folder.
+FIGURES = "figures"
+ONNX = "onnx"
+
+
+def best_checkpoint_name(step: int) -> str:
+    return BEST_CHECKPOINT.format(step=step) + CHECKPOINT_SUFFIX
+
+
+def checkpoint_files(run_dir: Path) -> list[Path]:
+    """Every checkpoint in the run folder (a file, or a DeepSpeed checkpoint's folder), in no particular order."""
+    return list((run_dir / CHECKPOINTS).glob(f"*{CHECKPOINT_SUFFIX}"))
+
+
+def best_checkpoints(run_dir: Path) -> list[Path]:
+    """The run's best checkpoints, oldest first."""
+    best = (run_dir / CHECKPOINTS).glob(BEST_CHECKPOINT.format(step="*") + CHECKPOINT_SUFFIX)
+    return sorted(best, key=lambda path: path.stat().st_mtime)
+
+
+def figure_path(run_dir: Path, name: str, step: int) -> Path:
+    """Where a picture `name` of step `step` is saved (its folder made)."""
+    folder = run_dir / FIGURES
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder / f"{name}_step{step}.png"
 
 
 def check_fresh(run_dir: Path, resumable: bool = True) -> None:
@@ -67,6 +103,29 @@ def check_creatable(run_dir: Path, existing: Path | None) -> None:
             f"hydra.run.dir={run_dir} cannot be made ({error.strerror} at {existing / first_missing}); "
             "choose a folder you can write to"
         ) from None
+
+
+def remove_fresh_run_dir(run_dir: Path, existing: Path | None = None) -> None:
+    """Remove a run folder that holds nothing but what Hydra wrote for this very run, or, when this run made the
+    folder (`existing`, the deepest folder on its path that was there before the run, lies above it), none of a run's
+    results (figures or curves of the validation before training stay no more than .hydra/ does); and the empty
+    folders above it that Hydra made for it: those below `existing`, or, when that is unknown, its empty parent
+    (outputs/<date>/)."""
+    hydra_made = {SAVED_CONFIG.parts[0], *HYDRA_LOGS}
+    if not run_dir.is_dir():
+        return
+    children = [child.name for child in run_dir.iterdir()]
+    made_by_this_run = existing is not None and existing in run_dir.parents
+    if not (all(name in hydra_made for name in children) or (made_by_this_run and not set(children) & set(PRODUCTS))):
+        return
+    shutil.rmtree(run_dir, ignore_errors=True)
+    made = [run_dir.parent]
+    if existing is not None:
+        made = [folder for folder in run_dir.parents if existing in folder.parents]
+    for folder in made:
+        if not folder.is_dir() or any(folder.iterdir()):
+            break
+        folder.rmdir()
 
 
 def saved_config(run_dir: Path, culprit: str):
@@ -168,38 +227,6 @@ def write_json(path: Path, data: dict[str, Any]) -> None:
 
 def write_jsonl(path: Path, rows: Iterable[dict[str, Any]]) -> None:
     write_text_atomic(path, "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows))
-
-
-def export_hf_model(
-    model,
-    encoder_tokenizer,
-    decoder_tokenizer,
-    target: Path,
-    untie: bool = False,
-    run_config=None,
-    metrics: dict | None = None,
-) -> None:
-    """save_pretrained, atomically (see write_folder_atomic).
-
-    The folder is self-contained: the encoder's tokenizer also at its top (what AutoTokenizer loads), the decoder's
-    modeling code when encdec added its cross-attention, and a model card from `run_config` and `metrics`."""
-    from encdec import export, model_card
-
-    def fill(tmp: Path) -> None:
-        state_dict = None
-        if untie:
-            # Shared encoder/decoder tensors are stored twice: plain transformers reloads them as equal copies.
-            state_dict = {name: tensor.detach().clone() for name, tensor in model.state_dict().items()}
-        model.save_pretrained(tmp, state_dict=state_dict)
-        encoder_tokenizer.save_pretrained(tmp)
-        encoder_tokenizer.save_pretrained(tmp / ENCODER_TOKENIZER)
-        decoder_tokenizer.save_pretrained(tmp / DECODER_TOKENIZER)
-        remote_code = export.needs_remote_code(model)
-        if remote_code:
-            export.write_remote_code(tmp)
-        (tmp / "README.md").write_text(model_card.render(model, run_config, metrics, remote_code), encoding="utf-8")
-
-    write_folder_atomic(target, fill)
 
 
 def write_folder_atomic(target: Path, fill: Callable[[Path], None]) -> None:

@@ -29,7 +29,7 @@ from encdec.checks import check_forward_pass, optimizer_class_settings
 from encdec.cli import invoked_as
 from encdec.data.loading import load_splits
 from encdec.errors import EncdecError, Interrupted
-from encdec.export import push_to_hub
+from encdec.export import export_hf_model, push_to_hub
 from encdec.finetune import count_parameters, merged_copy
 from encdec.inference import load_trained
 from encdec.lit import lightning_private
@@ -38,7 +38,7 @@ from encdec.lit.compiled import bucket_multiple
 from encdec.lit.datamodule import SummarizationDataModule
 from encdec.lit.memory import describe, peak_memory_metrics, release_freed_memory, release_training_state
 from encdec.lit.module import Seq2SeqModule
-from encdec.lit.resume import BEST_CHECKPOINT, ContinuedCSVHistory, checkpoint_callbacks, resume_point, resumed_logger
+from encdec.lit.resume import ContinuedCSVHistory, checkpoint_callbacks, resume_point, resumed_logger
 from encdec.metrics import beside_baselines, format_scores, lead_baselines, stage_scores
 from encdec.models import build_model
 
@@ -207,12 +207,12 @@ def export(
     model, encoder_tokenizer, decoder_tokenizer = built
     export_from = None
     if _shards_weights(trainer):
-        export_from = Path(evaluated) if evaluated else run_dir / ".export.ckpt"
+        export_from = Path(evaluated) if evaluated else run_dir / run_folder.EXPORT_CHECKPOINT
         if not evaluated:
             trainer.save_checkpoint(export_from, weights_only=True)
     if not trainer.is_global_zero:
         return
-    run_folder.export_hf_model(
+    export_hf_model(
         merged_copy(model) if export_from is None else load_trained(export_from)[0],
         encoder_tokenizer,
         decoder_tokenizer,
@@ -242,7 +242,7 @@ def _interruption_named(trainer: L.Trainer, run_dir: Path):
         if trainer.state.status != TrainerStatus.INTERRUPTED:
             raise
         name, number = ("SIGTERM", signal.SIGTERM) if isinstance(stop, SIGTERMException) else ("Ctrl-C", signal.SIGINT)
-        if any((run_dir / run_folder.CHECKPOINTS).glob("*.ckpt")):
+        if run_folder.checkpoint_files(run_dir):
             then = f"continue it with: {invoked_as()} resume={run_dir}"
         else:
             then = "no checkpoint was written yet, so there is nothing to resume: start it again"
@@ -251,7 +251,7 @@ def _interruption_named(trainer: L.Trainer, run_dir: Path):
 
 def _best_is_final(trainer: L.Trainer, best: str | None) -> bool:
     """The best checkpoint was saved at the step training ended: it holds the weights the module holds now."""
-    return best is not None and Path(best).name == BEST_CHECKPOINT.format(step=trainer.global_step) + ".ckpt"
+    return best is not None and Path(best).name == run_folder.best_checkpoint_name(trainer.global_step)
 
 
 def _final_validation(trainer: L.Trainer, best: str | None) -> dict[str, float] | None:
@@ -269,7 +269,7 @@ def _loadable_for_evaluation(trainer: L.Trainer, best: str | None, run_dir: Path
     float32 file, which Lightning loads into the sharded model as full weights."""
     if best is None or not getattr(trainer.strategy, "zero_stage_3", False):
         return best
-    full_weights = run_dir / ".best-full-weights.ckpt"
+    full_weights = run_dir / run_folder.BEST_FULL_WEIGHTS
     if trainer.is_global_zero:
         run_folder.single_file_checkpoint(Path(best), full_weights)
     trainer.strategy.barrier()

@@ -16,6 +16,7 @@ import psutil
 import torch
 from lightning.pytorch.loggers import TensorBoardLogger, WandbLogger
 
+from encdec import run_folder
 from encdec.data.tokenize import IGNORE_INDEX
 
 log = logging.getLogger(__name__)
@@ -103,9 +104,7 @@ class CrossAttentionHeatmap(L.Callback):
             return
         if figure is None:
             return
-        out_dir = Path(trainer.default_root_dir) / "figures"
-        out_dir.mkdir(parents=True, exist_ok=True)
-        path = out_dir / f"cross_attention_step{trainer.global_step}.png"
+        path = run_folder.figure_path(Path(trainer.default_root_dir), "cross_attention", trainer.global_step)
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message="Glyph .* missing from font")  # rare tokens, e.g. CJK
             figure.savefig(path, dpi=110, bbox_inches="tight")

@@ -45,10 +45,6 @@ from encdec.errors import EncdecError
 from encdec.lit import lightning_private as private
 from encdec.lit.checkpoint_io import LinkedLastCheckpoint
 
-# The best checkpoint's file name (Lightning fills in the step); train.py reads the step back from it.
-BEST_CHECKPOINT = "best-step{step}"
-
-
 # -- the resume point -----------------------------------------------------------------------------------------------
 
 
@@ -64,7 +60,7 @@ def resume_point(run_dir: Path):
             f"resume={run_dir}: this run already finished ({run_folder.METRICS} exists); start a new run instead"
         )
     run_folder.remove_stale_temporaries(run_dir)
-    checkpoints = sorted((run_dir / run_folder.CHECKPOINTS).glob("*.ckpt"), key=_modified)
+    checkpoints = sorted(run_folder.checkpoint_files(run_dir), key=_modified)
     if not checkpoints:
         raise EncdecError(
             f"resume={run_dir}: no checkpoint in {run_dir / run_folder.CHECKPOINTS}; start a new run instead"
@@ -179,7 +175,7 @@ def checkpoint_callbacks(checkpoint: DictConfig, run_dir: Path) -> tuple[LinkedL
     """The best/last checkpoint callback, and it with the step checkpoints (checkpoint.every_n_steps) if any."""
     best = LinkedLastCheckpoint(
         dirpath=run_dir / run_folder.CHECKPOINTS,
-        filename=BEST_CHECKPOINT,
+        filename=run_folder.BEST_CHECKPOINT,
         auto_insert_metric_name=False,
         monitor=checkpoint.monitor,
         mode=checkpoint.mode,
@@ -194,7 +190,7 @@ def checkpoint_callbacks(checkpoint: DictConfig, run_dir: Path) -> tuple[LinkedL
         callbacks.append(
             StepCheckpoint(
                 dirpath=run_dir / run_folder.CHECKPOINTS,
-                filename="step{step}",
+                filename=run_folder.STEP_CHECKPOINT,
                 auto_insert_metric_name=False,
                 every_n_train_steps=checkpoint.every_n_steps,
                 **kept,
