@@ -1,4 +1,15 @@
-"""Settings checked before the model loads, so a typo costs a second rather than a first validation pass."""
+"""Settings checked before the model loads, so a typo costs a second rather than a first validation pass.
+
+Where each kind of rule about a key lives:
+- its default: YAML, once (conf/_data.yaml, conf/_side.yaml, conf/_decoder.yaml for what every preset shares; a
+  preset in conf/<group>/NAME.yaml for what it changes);
+- its type, range and help line: its field in encdec.schema (checked by `check_against`);
+- rules that tie keys together or need more than the value (another key, the Hub, an installed package, the
+  optimizer built on a stand-in): here, in `validate`, before anything loads;
+- rules that need the model's config or the built model (sizes, positions, one forward pass): here too, run while
+  encdec.models builds it (`check_model_config`, `check_generation_length`) and by train.py after
+  (`check_forward_pass`).
+"""
 
 from __future__ import annotations
 
