@@ -187,3 +187,24 @@ def test_the_cycle_finder_finds_cycles():
     assert cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
     assert cycles({"a": {"b"}, "b": set()}) == []
 
+
+def change_table() -> dict[str, str]:
+    """docs/architecture.md's "To change X, open Y" table: each row's first cell and the rest of the row."""
+    text = (ROOT / "docs" / "architecture.md").read_text(encoding="utf-8")
+    section = text.split("## To change X, open Y", 1)[1].split("\n## ", 1)[0]
+    rows = [line for line in section.splitlines() if line.startswith("| ") and not line.startswith("| to change |")]
+    return {row.split("|")[1].strip(): row for row in rows}
+
+
+def test_the_change_table_names_paths_that_exist():
+    table = change_table()
+    assert {"add a pairing kind (how a decoder reads its encoder)", "add a data source kind"} <= {
+        change.split(" (where")[0] if change.startswith("add a data source kind") else change for change in table
+    }
+    named = {
+        path for row in table.values() for path in re.findall(r"`((?:src|conf|tests|scripts|docs|bench)/[^`\s]*)`", row)
+    }
+    assert len(named) > 30, named
+    # NAME and <group> stand for any file or folder: some must be there.
+    missing = sorted(path for path in named if not list(ROOT.glob(re.sub(r"NAME|<group>", "*", path).rstrip("/"))))
+    assert missing == []
