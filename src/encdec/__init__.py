@@ -16,6 +16,7 @@ The Python API (README "From Python"), imported on first use:
 """
 
 from encdec import auto_classes as _auto_classes
+from encdec.lazy import lazy_names
 
 _auto_classes.install()
 
@@ -34,15 +35,4 @@ _API = {
 __all__ = sorted(_API)
 
 
-def __getattr__(name: str):
-    if name not in _API:
-        raise AttributeError(f"module 'encdec' has no attribute {name!r}")
-    import importlib
-
-    value = getattr(importlib.import_module(_API[name]), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted({*globals(), *_API})
+__getattr__, __dir__ = lazy_names(__name__, _API)

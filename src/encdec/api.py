@@ -153,15 +153,7 @@ def datamodule(
     preset, given = _preset(data, "data")
     # Only the data group is read: the model's sides are already built.
     cfg = compose("tiny", "tiny", data={"preset": preset or "aclsum", **given, **settings})
-    return SummarizationDataModule(
-        cfg.data,
-        encoder_tokenizer,
-        decoder_tokenizer,
-        decoder_start_token_id=model.config.decoder_start_token_id,
-        max_source_positions=getattr(model.encoder.config, "max_position_embeddings", None),
-        max_target_positions=getattr(model.decoder.config, "max_position_embeddings", None),
-        seed=seed,
-    )
+    return SummarizationDataModule.for_model(cfg.data, model, encoder_tokenizer, decoder_tokenizer, seed)
 
 
 def summarize(

@@ -105,14 +105,12 @@ def build(cfg: DictConfig):
 def build_datamodule(
     cfg: DictConfig, model, encoder_tokenizer, decoder_tokenizer, raw_splits
 ) -> SummarizationDataModule:
-    datamodule = SummarizationDataModule(
+    datamodule = SummarizationDataModule.for_model(
         cfg.data,
+        model,
         encoder_tokenizer,
         decoder_tokenizer,
-        decoder_start_token_id=model.config.decoder_start_token_id,
-        max_source_positions=getattr(model.encoder.config, "max_position_embeddings", None),
-        max_target_positions=getattr(model.decoder.config, "max_position_embeddings", None),
-        seed=cfg.seed,
+        cfg.seed,
         pad_to_multiple_of=bucket_multiple(cfg.data, bool(cfg.model.get("compile"))),
     )
     datamodule.prepare(raw_splits)

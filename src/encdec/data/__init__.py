@@ -4,7 +4,7 @@ masked), and the order of batches (`sampling`: one resumable sampler, three batc
 Names are imported on first use, so `import encdec.data.sampling` does not load `datasets`.
 """
 
-import importlib
+from encdec.lazy import lazy_names
 
 _NAMES = {
     "SPLITS": "loading",
@@ -23,9 +23,4 @@ _NAMES = {
 __all__ = sorted(_NAMES)
 
 
-def __getattr__(name: str):
-    if name not in _NAMES:
-        raise AttributeError(f"module 'encdec.data' has no attribute {name!r}")
-    value = getattr(importlib.import_module(f"encdec.data.{_NAMES[name]}"), name)
-    globals()[name] = value
-    return value
+__getattr__, __dir__ = lazy_names(__name__, {name: f"{__name__}.{module}" for name, module in _NAMES.items()})

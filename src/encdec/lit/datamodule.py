@@ -55,6 +55,22 @@ class SummarizationDataModule(L.LightningDataModule):
         self.train_stream: StreamedBatches | None = None
         self.stream_resume: dict | None = None
 
+    @classmethod
+    def for_model(
+        cls, data: DictConfig, model, encoder_tokenizer, decoder_tokenizer, seed: int, **options
+    ) -> SummarizationDataModule:
+        """The data module for `model`: its decoder's start token, and lengths checked against both sides' positions."""
+        return cls(
+            data,
+            encoder_tokenizer,
+            decoder_tokenizer,
+            decoder_start_token_id=model.config.decoder_start_token_id,
+            max_source_positions=getattr(model.encoder.config, "max_position_embeddings", None),
+            max_target_positions=getattr(model.decoder.config, "max_position_embeddings", None),
+            seed=seed,
+            **options,
+        )
+
     def _check_lengths(self, max_source_positions, max_target_positions) -> None:
         # Only the limits of the model built: the settings themselves were checked before anything loaded.
         for key, limit in (("max_source_length", max_source_positions), ("max_target_length", max_target_positions)):
