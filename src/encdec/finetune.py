@@ -136,3 +136,20 @@ def merged_copy(model: EncoderDecoderModel) -> EncoderDecoderModel:
 def count_parameters(model: torch.nn.Module) -> tuple[int, int]:
     params = {id(p): p for p in model.parameters()}.values()
     return sum(p.numel() for p in params), sum(p.numel() for p in params if p.requires_grad)
+
+
+def frozen_decoder_layers(model_cfg: DictConfig, kind: str, decoder, say) -> int:
+    """model.freeze_decoder_layers; null (auto) keeps the share of the decoder's lower layers the pairing kind measured
+    best fixed (`PairingKind.frozen_decoder_share`; a third for a prefix pair: docs/decoders.md)."""
+    from encdec import pairings
+
+    count = model_cfg.get("freeze_decoder_layers")
+    if count is None:
+        share = pairings.KINDS[kind].frozen_decoder_share
+        count = round(share * len(decoder_layers(decoder))) if share else 0
+        if count:
+            say(
+                f"model.freeze_decoder_layers=null: the decoder's embeddings and first {count} of "
+                f"{len(decoder_layers(decoder))} layers stay fixed (decoder.cross_attention.kind={kind})"
+            )
+    return int(count)

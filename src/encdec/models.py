@@ -293,12 +293,8 @@ def build_model(cfg: DictConfig) -> tuple[EncoderDecoderModel, PreTrainedTokeniz
         shared = share_encoder_decoder_weights(model)
         log.info("share_weights: decoder reuses %d encoder tensors", shared)
     configure_generation(model, decoder_tokenizer, cfg.get("generation"))
-    finetune.apply(
-        model,
-        cfg.model,
-        freeze_encoder=encoder_frozen(cfg.model, kind),
-        freeze_decoder_layers=decoder_layers_frozen(cfg.model, kind, model.decoder),
-    )
+    frozen_layers = finetune.frozen_decoder_layers(cfg.model, kind, model.decoder, _say_once)
+    finetune.apply(model, cfg.model, encoder_frozen(cfg.model, kind), frozen_layers)
     apply_speed_switches(model, cfg.model)
     # from_pretrained leaves modules in eval mode and Lightning keeps submodule modes: dropout would silently be off.
     model.train()
@@ -315,21 +311,6 @@ def encoder_frozen(model_cfg: DictConfig, kind: str) -> bool:
         if frozen:
             _say_once(f"model.freeze_encoder=null: the encoder is frozen (decoder.cross_attention.kind={kind})")
     return bool(frozen)
-
-
-def decoder_layers_frozen(model_cfg: DictConfig, kind: str, decoder) -> int:
-    """model.freeze_decoder_layers; null (auto) keeps the share of the decoder's lower layers the pairing kind measured
-    best fixed (`PairingKind.frozen_decoder_share`; a third for a prefix pair: docs/decoders.md)."""
-    count = model_cfg.get("freeze_decoder_layers")
-    if count is None:
-        share = pairings.KINDS[kind].frozen_decoder_share
-        count = round(share * len(finetune.decoder_layers(decoder))) if share else 0
-        if count:
-            _say_once(
-                f"model.freeze_decoder_layers=null: the decoder's embeddings and first {count} of "
-                f"{len(finetune.decoder_layers(decoder))} layers stay fixed (decoder.cross_attention.kind={kind})"
-            )
-    return int(count)
 
 
 def apply_speed_switches(model: EncoderDecoderModel, model_cfg: DictConfig) -> None:
