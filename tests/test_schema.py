@@ -10,7 +10,7 @@ import pytest
 from omegaconf import OmegaConf
 
 from conftest import CONF, compose_config, error_lines, run_script
-from encdec import pairings, schema
+from encdec import pairings, schema, schema_help
 from encdec.arguments import checked_arguments
 from encdec.checks import check_data, check_generation, validate
 from encdec.cli import check_sweep_job
@@ -228,7 +228,7 @@ def test_the_command_line_checks_a_single_run_before_anything_loads():
 
 
 def test_help_lists_every_setting_with_its_help_line():
-    listing = schema.settings_help("train").splitlines()
+    listing = schema_help.settings_help("train").splitlines()
     keys = [line.split()[0] for line in listing]
     assert len(keys) == len(set(keys)) and {
         "seed",
@@ -249,7 +249,7 @@ def test_help_lists_every_setting_with_its_help_line():
         < result.stdout.index("== Composed config")
     )
     for command in ("eval", "predict", "export"):
-        assert "model_path" in schema.settings_help(command)
+        assert "model_path" in schema_help.settings_help(command)
 
 
 def test_through_the_script_a_bad_eval_setting_fails_before_the_model_loads(tmp_path):

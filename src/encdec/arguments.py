@@ -42,7 +42,9 @@ def checked_arguments(
     Under --multirun every value of every sweep is composed (with the other sweeps at their first value) and given
     to `check_job`, so a bad value late in a grid stops the sweep before its first job rather than halfway through.
     """
-    schema.register_help()
+    from encdec import schema_help
+
+    schema_help.register_help()
     flags, args = _split_flags(list(args))
     if flags is None:
         return args, None

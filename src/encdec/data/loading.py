@@ -17,15 +17,13 @@ from omegaconf import DictConfig
 
 from encdec import sources
 from encdec.boundary import user_settings
+from encdec.data.formats import FILE_BUILDERS, aclsum_folder, aclsum_row
 from encdec.errors import EncdecError
 from encdec.metrics import lead
 
 log = logging.getLogger(__name__)
 
 SPLITS = ("train", "validation", "test")
-FILE_BUILDERS = {".json": "json", ".jsonl": "json", ".csv": "csv", ".parquet": "parquet"}
-ACLSUM_SECTIONS = ("abstract", "introduction", "conclusion")
-ACLSUM_ASPECTS = ("challenge", "approach", "outcome")
 
 
 @user_settings("data")
@@ -72,18 +70,6 @@ def with_lead_copies(train: datasets.Dataset, sentences: int) -> datasets.Datase
     copies = train.map(lambda row: {"summary": lead(row["document"], sentences)}, desc="adding lead copies")
     copies = copies.filter(lambda row: bool(row["summary"].strip()))
     return datasets.concatenate_datasets([train, copies])
-
-
-def aclsum_folder() -> Path:
-    return sources.package_dir("aclsum") / "dataset"
-
-
-def aclsum_row(paper: dict) -> dict[str, str]:
-    """A paper's sections become the document; its three aspect summaries, in order, become the summary."""
-    return {
-        "document": " ".join(s for section in ACLSUM_SECTIONS for s in paper["sentences"][section]),
-        "summary": " ".join(paper["summary"][aspect] for aspect in ACLSUM_ASPECTS),
-    }
 
 
 def _load_aclsum(streaming: bool = False) -> dict[str, datasets.Dataset]:

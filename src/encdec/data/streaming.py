@@ -54,7 +54,7 @@ def buffer_rows(data: DictConfig) -> int:
 
 def open_train_stream(data: DictConfig) -> datasets.IterableDataset:
     """The training split as a streaming `IterableDataset` of the source's own rows, in the source's order."""
-    from encdec.data.loading import FILE_BUILDERS, aclsum_folder
+    from encdec.data.formats import FILE_BUILDERS, aclsum_folder
 
     if data.source == "aclsum":
         return datasets.load_dataset(
@@ -83,7 +83,7 @@ def require_hub(data: DictConfig) -> None:
 
 def row_reader(data: DictConfig) -> Callable[[dict[str, Any]], tuple[Any, Any]]:
     """A source row -> its (document, summary), as the map-style loader names them."""
-    from encdec.data.loading import aclsum_row
+    from encdec.data.formats import aclsum_row
 
     if data.source == "aclsum":
 
