@@ -40,7 +40,7 @@ def aclsum_section_rows(spec: dict, encoder_tokenizer, decoder_tokenizer) -> lis
     import datasets
 
     from encdec import sources
-    from encdec.data.loading import ACLSUM_ASPECTS, ACLSUM_SECTIONS
+    from encdec.data.formats import ACLSUM_ASPECTS, ACLSUM_SECTIONS
     from encdec.data.tokenize import tokenize_split
 
     rows = []
