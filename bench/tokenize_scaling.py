@@ -91,7 +91,7 @@ def growth(args) -> None:
             write_rows(evaluation[split], args.eval_rows, start)
 
         def run(name: str, train_file: Path, cache: Path, *extra: str) -> dict:
-            run_dir = scratch / "runs" / name.replace(" ", "-").replace(",", "")
+            run_dir = scratch / "runs" / name.replace(" ", "-").replace(",", "").replace("=", "-")
             command = [
                 sys.executable,
                 str(Path(__file__).resolve()),

@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import copy
+import functools
 
 import pytest
 import torch
 from transformers import AutoModel, AutoModelForCausalLM, AutoTokenizer, BertConfig, BertModel, EncoderDecoderModel
+from transformers.cache_utils import DynamicLayer
 
 from encdec import pairings
 from encdec.errors import EncdecError
-from encdec.prefix_attention import PrefixDecoderForCausalLM, PrefixEncoderModel, pair
+from encdec.prefix_attention import PrefixDecoderForCausalLM, PrefixEncoderModel, ReservedLayer, pair
 from encdec.tiny_configs import tiny_causal_lm_config
 
 FAMILIES = ["llama", "qwen2", "gpt2", "gemma"]
@@ -243,3 +245,40 @@ def test_kind_auto_picks_prefix_only_for_one_architecture_and_bad_kinds_are_refu
         validate(compose_config(*tiny_llama, "decoder.cross_attention.kind=bogus"))
     with pytest.raises(EncdecError, match=r"kind=prefix: it needs a decoder-only LM .* the encoder is 'bert'"):
         build_model(compose_config("encoder=tiny", *side("decoder"), "decoder.cross_attention.kind=prefix"))
+
+
+def test_reserved_layers_hold_what_dynamic_layers_hold_through_growth_and_beam_reorders():
+    plain, reserved = DynamicLayer(), ReservedLayer(reserve=2)
+    generator = torch.Generator().manual_seed(0)
+    rooms = set()
+    for step, length in enumerate([5, 1, 1, 1, 3, 1, 1, 1, 1, 1]):
+        keys, values = (torch.randn(4, 2, length, 3, generator=generator) for _ in range(2))
+        expected, got = plain.update(keys, values), reserved.update(keys, values)
+        rooms.add(reserved._room[0].data_ptr())
+        assert all(torch.equal(a, b) for a, b in zip(expected, got)), step
+        if step == 6:  # beam search's calls between steps give new tensors; the next update reserves anew
+            order = torch.tensor([3, 1, 1, 0])
+            plain.reorder_cache(order)
+            reserved.reorder_cache(order)
+    assert reserved.get_seq_length() == plain.get_seq_length() == 16
+    assert 1 < len(rooms) < 10  # grew in place between reservations, not a new tensor per step as torch.cat
+
+
+@pytest.mark.parametrize("num_beams", [1, 3])
+def test_generation_through_reserved_room_gives_the_scores_of_concatenation(monkeypatch, num_beams):
+    import encdec.prefix_attention as prefix_attention
+
+    model = compose(lm_of("llama"))
+    input_ids, attention_mask, *_ = batch()
+    kwargs = dict(max_new_tokens=9, min_new_tokens=9, num_beams=num_beams, output_scores=True)
+    kwargs.update(return_dict_in_generate=True)
+    with torch.no_grad():
+        monkeypatch.setattr(prefix_attention, "ReservedLayer", functools.partial(ReservedLayer, reserve=2))
+        reserved = model.generate(input_ids=input_ids, attention_mask=attention_mask, **kwargs)
+        layers = reserved.past_key_values.self_attention_cache.layers
+        assert all(isinstance(layer, ReservedLayer) for layer in layers)
+        monkeypatch.setattr(prefix_attention, "reserve_room", lambda cache: None)
+        plain = model.generate(input_ids=input_ids, attention_mask=attention_mask, **kwargs)
+        assert type(plain.past_key_values.self_attention_cache.layers[0]) is DynamicLayer
+    assert torch.equal(reserved.sequences, plain.sequences)
+    assert all(torch.equal(a, b) for a, b in zip(reserved.scores, plain.scores))
