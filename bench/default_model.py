@@ -9,7 +9,7 @@ The model and data are read from the composed default config (conf/train.yaml, p
 * **training**, `encdec` vs `Seq2SeqTrainer`: the same model object built by encdec (`encdec.models.build_model`: the
   same weights, the same frozen parts) trained for one epoch over the first `--steps` x `data.batch_size` rows of the
   tokenized training split. encdec runs its own Lightning module and data module with the config's defaults
-  (`bench/train_throughput.py`'s `worker_encdec`); Seq2SeqTrainer its best CPU settings there (`hf-fused`:
+  (`bench/throughput_worker.py`'s `worker_encdec`); Seq2SeqTrainer its best CPU settings there (`hf-fused`:
   `adamw_torch_fused`, group_by_length; `worker_hf`). tokens/s = non-pad source + target tokens per second, timed from
   the first step's start to the last step's end after one untimed warm-up forward/backward (`Steps`, `warm_up`).
 * **test generation**, `encdec` vs the decoder alone: encdec's test pass as `train.py` runs it (`trainer.test`:
@@ -46,11 +46,13 @@ def cpu_seconds() -> float:
 
 
 def train_worker(spec: dict, cfg) -> dict:
-    import train_throughput as throughput
+    import throughput_runs
+    import throughput_steps
+    import throughput_worker
     from encdec.lit.datamodule import SummarizationDataModule
     from encdec.models import build_model
 
-    class Steps(throughput.Steps):
+    class Steps(throughput_steps.Steps):
         """Also the process CPU seconds from the first step's start to the last step's end."""
 
         def start(self) -> None:
@@ -71,13 +73,15 @@ def train_worker(spec: dict, cfg) -> dict:
     datamodule.prepare()
     train = datamodule.tokenized["train"].select_columns(["input_ids", "labels"])
     rows = [train[i] for i in range(min(len(train), spec["steps"] * cfg.data.batch_size))]
-    throughput.warm_up(model)
+    throughput_steps.warm_up(model)
     steps = Steps("cpu")
     if spec["run"] == "hf-train":
-        anchor = {**throughput.RUNS["hf-fused"], "batch_size": cfg.data.batch_size}
-        throughput.worker_hf(anchor, rows, model, encoder_tokenizer, steps)
+        anchor = {**throughput_runs.RUNS["hf-fused"], "batch_size": cfg.data.batch_size}
+        throughput_worker.worker_hf(anchor, rows, model, encoder_tokenizer, steps)
     else:
-        throughput.worker_encdec({"device": "cpu"}, rows, model, encoder_tokenizer, decoder_tokenizer, cfg, steps)
+        throughput_worker.worker_encdec(
+            {"device": "cpu"}, rows, model, encoder_tokenizer, decoder_tokenizer, cfg, steps
+        )
     summary = steps.summary()
     summary["cpu_seconds"] = round(steps.cpu_ended - steps.cpu_started, 2)
     summary["weights_fingerprint"] = fingerprint

@@ -146,7 +146,12 @@ def growth(args) -> None:
                 run(f"{label}, second run", train_file, cache)
                 shutil.rmtree(cache, ignore_errors=True)
             if scale in args.streamed_scales:
-                run(f"{label}, data.streaming=true", train_file, scratch / f"cache-{scale}x-streamed")
+                run(
+                    f"{label}, data.streaming=true",
+                    train_file,
+                    scratch / f"cache-{scale}x-streamed",
+                    "data.streaming=true",
+                )
             train_file.unlink()
 
     print()
