@@ -64,9 +64,9 @@ def pack_keys_values(cache: Cache) -> torch.Tensor:
     from the cache at once, so the packed copy is never held beside the whole cache and per-layer stacks (three
     copies before: 1.3 GB for 50 aclsum papers through SmolLM2). Same values; the stacking path stays for autograd
     and for ONNX tracing."""
-    if not torch.is_grad_enabled() or not any(layer.keys.requires_grad for layer in cache.layers):
-        if not (torch.jit.is_tracing() or torch.onnx.is_in_onnx_export()):
-            return _pack_releasing(cache)
+    tracing = torch.jit.is_tracing() or torch.onnx.is_in_onnx_export()
+    if not tracing and not any(layer.keys.requires_grad for layer in cache.layers):
+        return _pack_releasing(cache)
     # Each layer's keys/values: [batch, kv_heads, source, head_dim] -> [batch, source, 2, kv_heads, head_dim].
     per_layer = [torch.stack((layer.keys, layer.values), dim=1).permute(0, 3, 1, 2, 4) for layer in cache.layers]
     batch, source = per_layer[0].shape[:2]
