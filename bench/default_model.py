@@ -20,6 +20,10 @@ The model and data are read from the composed default config (conf/train.yaml, p
   (nothing trained): the prefix pair then computes what the LM computes on `[document; summary]`, so their greedy
   summaries should agree, and the table says in how many papers they do.
 
+Precision: encdec runs what `trainer.precision=auto` resolves to on this CPU (bf16-mixed with AMX, else 32-true;
+`encdec/precision.py`). Where that is bf16-mixed, the anchors run twice: at their own default, fp32, and at encdec's
+precision (Seq2SeqTrainer `bf16=True`, `generate` under the same bf16 autocast), and each gets its verdict lines.
+
 Then a verdict line per goal of issue 27: training >= 1.2x Seq2SeqTrainer, test generation >= 1.5x the decoder alone,
 peak RSS <= 3.5 GB (encdec's runs). Process CPU seconds are given beside the wall-clock ratios: on a shared machine
 they are the steadier read. Results go to bench/results/default_model_cpu.json.
@@ -35,6 +39,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common  # noqa: E402
+from encdec import precision as encdec_precision  # noqa: E402
 
 SCRIPT = Path(__file__).resolve()
 GOALS = {"training": 1.2, "generation": 1.5, "peak_rss_gb": 3.5}
@@ -73,14 +78,15 @@ def train_worker(spec: dict, cfg) -> dict:
     datamodule.prepare()
     train = datamodule.tokenized["train"].select_columns(["input_ids", "labels"])
     rows = [train[i] for i in range(min(len(train), spec["steps"] * cfg.data.batch_size))]
-    throughput_steps.warm_up(model)
+    precision = spec["precision"]
+    throughput_steps.warm_up(model, "cpu", precision)
     steps = Steps("cpu")
     if spec["run"] == "hf-train":
-        anchor = {**throughput_runs.RUNS["hf-fused"], "batch_size": cfg.data.batch_size}
+        anchor = {**throughput_runs.RUNS["hf-fused"], "batch_size": cfg.data.batch_size, "precision": precision}
         throughput_worker.worker_hf(anchor, rows, model, encoder_tokenizer, steps)
     else:
         throughput_worker.worker_encdec(
-            {"device": "cpu"}, rows, model, encoder_tokenizer, decoder_tokenizer, cfg, steps
+            {"device": "cpu", "precision": precision}, rows, model, encoder_tokenizer, decoder_tokenizer, cfg, steps
         )
     summary = steps.summary()
     summary["cpu_seconds"] = round(steps.cpu_ended - steps.cpu_started, 2)
@@ -117,7 +123,7 @@ def encdec_test_worker(spec: dict, cfg) -> dict:
     trainer = L.Trainer(
         accelerator="cpu",
         devices=1,
-        precision=cfg.trainer.precision,
+        precision=spec["precision"],
         logger=False,
         enable_checkpointing=False,
         enable_progress_bar=False,
@@ -171,7 +177,8 @@ def decoder_alone_test_worker(spec: dict, cfg) -> dict:
     batches = eval_batches(
         [len(p) for p in prompts], new_tokens, data.get("eval_max_tokens_per_batch"), data.eval_batch_size
     )
-    with torch.no_grad():
+    bf16 = spec["precision"] == "bf16-mixed"  # as Lightning's bf16-mixed runs encdec's test: autocast
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
         for batch in batches:
             width = max(len(prompts[i]) for i in batch)
             input_ids = torch.tensor([[pad] * (width - len(prompts[i])) + prompts[i] for i in batch])
@@ -245,71 +252,88 @@ def main() -> None:
         f"avx512f={machine['avx512f']} amx_bf16={machine['amx_bf16']}, load {machine['load_average_at_start']}",
         flush=True,
     )
+    precision = encdec_precision.resolve(cfg.trainer.precision, "cpu")[0]
+    precisions = ["32-true", precision] if precision != "32-true" else ["32-true"]
+    plan = [("hf-train", p) for p in precisions] + [("encdec-train", precision)]
+    plan += [("decoder-alone-test", p) for p in precisions] + [("encdec-test", precision)]
     results = {}
-    for run in ("hf-train", "encdec-train", "decoder-alone-test", "encdec-test"):
+    for run, run_precision in plan:
         spec = {"run": run, "overrides": overrides, "steps": args.steps, "threads": args.threads}
-        results[run] = common.run_worker(SCRIPT, spec, timeout=3600)
-        shown = {k: v for k, v in results[run].items() if k != "predictions"}
-        print(f"{run}: {shown}", flush=True)
+        name = f"{run} {run_precision}"
+        results[name] = common.run_worker(SCRIPT, {**spec, "precision": run_precision}, timeout=3600)
+        shown = {k: v for k, v in results[name].items() if k != "predictions"}
+        print(f"{name}: {shown}", flush=True)
 
-    hf, encdec = results["hf-train"], results["encdec-train"]
-    alone, tested = results["decoder-alone-test"], results["encdec-test"]
-    if hf["weights_fingerprint"] != encdec["weights_fingerprint"] or hf["real_tokens"] != encdec["real_tokens"]:
-        raise SystemExit("the training runs did not start from the same weights or see the same tokens")
-    same = sum(a == b for a, b in zip(alone.pop("predictions"), tested.pop("predictions")))
+    encdec, tested = results[f"encdec-train {precision}"], results[f"encdec-test {precision}"]
+    for p in precisions:
+        hf = results[f"hf-train {p}"]
+        if hf["weights_fingerprint"] != encdec["weights_fingerprint"] or hf["real_tokens"] != encdec["real_tokens"]:
+            raise SystemExit("the training runs did not start from the same weights or see the same tokens")
+    alone = results[f"decoder-alone-test {precision}"]
+    same = sum(a == b for a, b in zip(alone["predictions"], tested["predictions"]))
 
     def gb(result):
         return result["peak_rss_mib"] / 1024
 
     rows = [
+        *(
+            {
+                "run": f"training: Seq2SeqTrainer (hf-fused), {p}",
+                "tokens/s": results[f"hf-train {p}"]["tokens_per_s"],
+                "s": results[f"hf-train {p}"]["seconds"],
+                "CPU s": results[f"hf-train {p}"]["cpu_seconds"],
+                "padding": results[f"hf-train {p}"]["padding_fraction"],
+                "peak RSS GB": round(gb(results[f"hf-train {p}"]), 2),
+            }
+            for p in precisions
+        ),
         {
-            "run": "training: Seq2SeqTrainer (hf-fused)",
-            "tokens/s": hf["tokens_per_s"],
-            "s": hf["seconds"],
-            "CPU s": hf["cpu_seconds"],
-            "padding": hf["padding_fraction"],
-            "peak RSS GB": round(gb(hf), 2),
-        },
-        {
-            "run": "training: encdec (defaults)",
+            "run": f"training: encdec (defaults: {precision})",
             "tokens/s": encdec["tokens_per_s"],
             "s": encdec["seconds"],
             "CPU s": encdec["cpu_seconds"],
             "padding": encdec["padding_fraction"],
             "peak RSS GB": round(gb(encdec), 2),
-            "vs anchor": round(encdec["tokens_per_s"] / hf["tokens_per_s"], 2),
-            "CPU-s ratio": round(hf["cpu_seconds"] / encdec["cpu_seconds"], 2),
         },
+        *(
+            {
+                "run": f"test generation: decoder alone, generate, {p} ({results[f'decoder-alone-test {p}']['papers']} "
+                "papers)",
+                "s": results[f"decoder-alone-test {p}"]["seconds"],
+                "generation s": results[f"decoder-alone-test {p}"]["generation_seconds"],
+                "CPU s": results[f"decoder-alone-test {p}"]["cpu_seconds"],
+                "peak RSS GB": round(gb(results[f"decoder-alone-test {p}"]), 2),
+            }
+            for p in precisions
+        ),
         {
-            "run": f"test generation: decoder alone, generate ({alone['papers']} papers)",
-            "s": alone["seconds"],
-            "generation s": alone["generation_seconds"],
-            "CPU s": alone["cpu_seconds"],
-            "peak RSS GB": round(gb(alone), 2),
-        },
-        {
-            "run": f"test generation: encdec, trainer.test ({tested['papers']} papers, loss included)",
+            "run": f"test generation: encdec, trainer.test, {precision} ({tested['papers']} papers, loss included)",
             "s": tested["seconds"],
             "generation s": tested["generation_seconds"],
             "CPU s": tested["cpu_seconds"],
             "peak RSS GB": round(gb(tested), 2),
-            "vs anchor": round(alone["seconds"] / tested["seconds"], 2),
-            "CPU-s ratio": round(alone["cpu_seconds"] / tested["cpu_seconds"], 2),
         },
     ]
-    columns = ["run", "tokens/s", "s", "generation s", "CPU s", "padding", "peak RSS GB", "vs anchor", "CPU-s ratio"]
+    columns = ["run", "tokens/s", "s", "generation s", "CPU s", "padding", "peak RSS GB"]
     print()
     print(common.table(rows, columns))
-    print(f"identical greedy summaries, encdec vs the decoder alone: {same} of {tested['papers']}")
-    print(verdict("training (encdec / Seq2SeqTrainer tokens/s)", rows[1]["vs anchor"], GOALS["training"]))
-    print(verdict("test generation (decoder-alone s / encdec s)", rows[3]["vs anchor"], GOALS["generation"]))
+    print(f"identical greedy summaries, encdec vs the decoder alone, both {precision}: {same} of {tested['papers']}")
+    for p in precisions:
+        hf, lm = results[f"hf-train {p}"], results[f"decoder-alone-test {p}"]
+        against = f"its {p}" + (", its default" if p == "32-true" else ", encdec's precision")
+        ratio = encdec["tokens_per_s"] / hf["tokens_per_s"]
+        print(verdict(f"training (encdec / Seq2SeqTrainer at {against}, tokens/s)", ratio, GOALS["training"]))
+        ratio = lm["seconds"] / tested["seconds"]
+        print(verdict(f"test generation (decoder alone at {against}, s / encdec s)", ratio, GOALS["generation"]))
+    for result in results.values():
+        result.pop("predictions", None)
     peak = max(gb(encdec), gb(tested))
     print(verdict("peak RSS of encdec's runs, GB", peak, GOALS["peak_rss_gb"], at_most=True))
     path = common.write_results(
         "default_model_cpu.json",
         {
             "machine": machine,
-            "settings": {"overrides": overrides, "steps": args.steps, "threads": args.threads},
+            "settings": {"overrides": overrides, "steps": args.steps, "threads": args.threads, "precision": precision},
             "runs": results,
             "identical_summaries": same,
             "table": rows,

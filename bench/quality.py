@@ -6,13 +6,14 @@ decoder LM fine-tuned by itself as a plain causal LM with HF `Trainer` (the anch
     python bench/quality.py --levers default,prefix+trained_encoder,hf-seq2seqtrainer --steps 25 --eval-every 5
     python bench/quality.py --levers default,minilm-smollm2,decoder-alone --steps 26 --eval-every 13
     python bench/quality.py --device cuda --results quality_gpu.json
+    python bench/quality.py --levers default,decoder-alone-lr1e-4,decoder-alone-lr1e-4-bf16 --steps 26 --seeds 42,1,2
 
 Each encdec curve is one `train.py` run (the user's recipe, validation every --eval-every steps on aclsum's
 validation split, nothing else changed but the lever's overrides); the test split is scored once, at the end. The
 lead-1 and lead-3 baselines are computed the same way (encdec.metrics.lead_baselines) and drawn on the plot, so a
 curve that stays below them has not learned to summarize yet. At the end a table gives each run's test ROUGE-1/2/L,
 its training seconds, whether it beats lead-1, lead-3 and the decoder alone in all three, and its training seconds
-over the decoder alone's.
+over the decoder alone's; with --seeds, each lever's mean over the seeds and their standard deviation.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -169,6 +171,13 @@ ANCHORS = {
         "the decoder alone as above, at learning rate 1e-4 (issue 26's anchor)",
         ("optimizer.lr=1e-4",),
     ),
+    # The same in bf16-mixed (Trainer's bf16=True, generation under bf16 autocast): the anchor at the precision
+    # trainer.precision=auto gives encdec on a CPU with AMX, for a comparison at equal arithmetic.
+    "decoder-alone-lr1e-4-bf16": (
+        "quality_decoder_alone",
+        "the decoder alone at learning rate 1e-4 as above, in bf16-mixed (Trainer's bf16=True)",
+        ("optimizer.lr=1e-4", "trainer.precision=bf16-mixed"),
+    ),
 }
 SCORES = ("rouge1", "rouge2", "rougeL")
 LEADS = (1, 3)  # encdec.metrics.LEAD_SENTENCES
@@ -237,6 +246,12 @@ def main() -> None:
         default=[],
         help="train.py overrides added to every run (a dry run: data.max_eval_samples=4)",
     )
+    parser.add_argument(
+        "--seeds",
+        default=None,
+        help="comma-separated seeds: every lever runs once per seed (seed=S), and the table gives each lever's mean "
+        "and standard deviation over them (one aclsum run's test ROUGE moves by up to a point with the seed alone)",
+    )
     parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
@@ -251,33 +266,40 @@ def main() -> None:
         parser.error(f"unknown lever {unknown[0]}: use {', '.join([*LEVERS, *ANCHORS])}")
     runs: dict[str, dict] = {}
     names = args.levers.split(",")
+    seeds = [int(seed) for seed in args.seeds.split(",")] if args.seeds else [None]
+    # Seed by seed, each lever once per seed: if the machine's load drifts, it drifts over every lever alike.
+    tasks = [(name, seed) for seed in seeds for name in names]
+    keys = [name if seed is None else f"{name}@seed{seed}" for name, seed in tasks]
     with tempfile.TemporaryDirectory(prefix="encdec-quality-") as scratch:
 
-        def measure(name: str) -> None:
-            print(f"[quality] {name} ...", flush=True)
+        def measure(task: tuple[str, int | None]) -> None:
+            name, seed = task
+            key = name if seed is None else f"{name}@seed{seed}"
+            extra = [*args.extra, *([f"seed={seed}"] if seed is not None else [])]
+            print(f"[quality] {key} ...", flush=True)
             if name in ANCHORS:
                 spec = {
                     "anchor": name,
                     "steps": args.steps,
                     "eval_every": args.eval_every,
                     "device": args.device,
-                    "overrides": [*LEVERS["default"][1], *args.extra, *ANCHORS[name][2]],
+                    "overrides": [*LEVERS["default"][1], *extra, *ANCHORS[name][2]],
                 }
                 run = {"overrides": spec["overrides"], **common.run_worker(Path(__file__), spec, timeout=7200)}
                 run["wall_seconds"] = run["process_seconds"]  # the whole subprocess, as for a train.py run
                 run.setdefault("train_seconds", run["curve"][-1]["seconds"] if run["curve"] else None)
             else:
-                run = run_encdec(name, (*LEVERS[name][1], *args.extra), args, Path(scratch))
+                run = run_encdec(key.replace("@", "-"), (*LEVERS[name][1], *extra), args, Path(scratch))
             run["description"] = LEVERS[name][0] if name in LEVERS else ANCHORS[name][1]
             last = run["curve"][-1] if run["curve"] else {}
             print(
-                f"[quality] {name}: val rouge2 {last.get('rouge2', float('nan')):.2f} at step {last.get('step')}, "
+                f"[quality] {key}: val rouge2 {last.get('rouge2', float('nan')):.2f} at step {last.get('step')}, "
                 f"{last.get('seconds', 0):.0f} s of training, {run['wall_seconds']:.0f} s in all; "
                 f"test {run.get('test', {})}",
                 flush=True,
             )
             with lock:
-                runs[name] = run
+                runs[key] = run
                 payload = {
                     "machine": common.machine() if args.device == "cpu" else common.gpu_machine(),
                     "settings": {
@@ -286,9 +308,10 @@ def main() -> None:
                         "device": args.device,
                         "parallel": args.parallel,
                         "extra": args.extra,
+                        "seeds": seeds,
                     },
                     "baselines": baselines,
-                    "runs": {n: runs[n] for n in names if n in runs},
+                    "runs": {k: runs[k] for k in keys if k in runs},
                 }
                 common.write_results(results_name, payload, merge_key="runs")
 
@@ -299,21 +322,47 @@ def main() -> None:
             from concurrent.futures import ThreadPoolExecutor
 
             with ThreadPoolExecutor(args.parallel) as pool:
-                for future in [pool.submit(measure, name) for name in names]:
+                for future in [pool.submit(measure, task) for task in tasks]:
                     try:
                         future.result()
                     except RuntimeError as error:
                         print(f"[quality] FAILED {error}", flush=True)
         else:
-            for name in names:
-                measure(name)
+            for task in tasks:
+                measure(task)
     import quality_plot
 
     print(f"[quality] plot: {quality_plot.plot(common.RESULTS / results_name)}", flush=True)
-    rows = summary_rows({n: runs[n] for n in names if n in runs}, baselines["test"])
+    rows = summary_rows(over_seeds(runs, names, seeds), baselines["test"])
     common.write_results(results_name, {"summary": rows})
     print(f"\n[quality] test ROUGE of this invocation's runs ({args.steps} steps, {args.device}):", flush=True)
     print(summary_table(rows), flush=True)
+
+
+def over_seeds(runs: dict[str, dict], names: list[str], seeds: list[int | None]) -> dict[str, dict]:
+    """One run per lever: itself for a single seed; else the mean of its seeds' test scores and training seconds, with
+    `seeds` and each score's sample standard deviation (`sd`) beside them."""
+    merged = {}
+    for name in names:
+        done = [runs[key] for key in ([name] if seeds == [None] else [f"{name}@seed{s}" for s in seeds]) if key in runs]
+        if not done:
+            continue
+        if seeds == [None]:
+            merged[name] = done[0]
+            continue
+        scores = {
+            f"test/{n}": [run["test"][f"test/{n}"] for run in done if f"test/{n}" in run.get("test", {})]
+            for n in SCORES
+        }
+        seconds = [run["train_seconds"] for run in done if run.get("train_seconds")]
+        merged[name] = {
+            "test": {k: round(statistics.fmean(v), 2) for k, v in scores.items() if v},
+            "sd": {k: round(statistics.stdev(v), 2) for k, v in scores.items() if len(v) > 1},
+            "seeds": len(done),
+            "train_seconds": round(statistics.fmean(seconds), 1) if seconds else None,
+            "wall_seconds": round(statistics.fmean(run["wall_seconds"] for run in done), 1),
+        }
+    return merged
 
 
 def summary_rows(runs: dict[str, dict], leads: dict[str, float]) -> list[dict]:
@@ -344,6 +393,8 @@ def summary_rows(runs: dict[str, dict], leads: dict[str, float]) -> list[dict]:
                 **{n: test.get(f"test/{n}") for n in SCORES},
                 "train_seconds": seconds,
                 "wall_seconds": run.get("wall_seconds"),
+                "seeds": run.get("seeds", 1),
+                **{f"sd_{n}": run.get("sd", {}).get(f"test/{n}") for n in SCORES},
                 **{
                     f"beats_lead{k}": beats(test, {n: leads.get(f"baseline/lead{k}/{n}") for n in SCORES})
                     for k in LEADS
@@ -371,6 +422,11 @@ def summary_table(rows: list[dict]) -> str:
         {
             "run": row["run"],
             "test R-1/2/L": " / ".join(cell(row.get(n)) for n in SCORES),
+            **(
+                {"sd over seeds": " / ".join(cell(row.get(f"sd_{n}")) for n in SCORES), "seeds": row.get("seeds", "")}
+                if any(row.get("seeds", 1) > 1 for row in rows)
+                else {}
+            ),
             "train s": cell(row.get("train_seconds"), 0),
             "wall s": cell(row.get("wall_seconds"), 0),
             "> lead-1 (all 3)": cell(row.get("beats_lead1")),

@@ -18,6 +18,9 @@ same source, config overrides and weights, here left a plain causal LM), trains 
   `data.eval_max_tokens_per_batch` as encdec batches its evaluation, scored with `encdec.metrics.rouge`: validation
   ROUGE-2 and loss before training and every `eval_every` steps (the curve), test ROUGE once at the end.
 
+Precision: fp32, HF Trainer's default, unless `trainer.precision=bf16-mixed` is named (the anchor
+`decoder-alone-lr1e-4-bf16`): then Trainer's `bf16=True`, and evaluation under the same bf16 autocast.
+
 Training seconds count the optimizer steps only (`on_step_begin` to `on_step_end`, evaluation excluded), as
 bench/quality_clock.py counts encdec's. Run through bench/quality.py (`--levers default,decoder-alone`).
 """
@@ -150,6 +153,11 @@ def worker(spec: dict) -> None:
         pad_token_id=pad,
     )
     device = torch.device("cuda" if spec["device"] == "cuda" else "cpu")
+    # As HF Trainer: fp32 unless told otherwise (trainer.precision=auto, encdec's default, is not telling it).
+    bf16 = str(cfg.trainer.precision) == "bf16-mixed"
+
+    def autocast():
+        return torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16)
 
     @torch.no_grad()
     def summarize(split) -> list[str]:
@@ -163,12 +171,13 @@ def worker(spec: dict) -> None:
             input_ids = torch.tensor([[pad] * (width - len(prompts[i])) + prompts[i] for i in batch], device=device)
             mask = torch.tensor([[0] * (width - len(prompts[i])) + [1] * len(prompts[i]) for i in batch], device=device)
             processors = LogitsProcessorList([no_repeat_ngram_after(width - 1, ngram)] if ngram else [])
-            out = lm.generate(
-                input_ids=input_ids,
-                attention_mask=mask,
-                generation_config=generation_config,
-                logits_processor=processors,
-            )
+            with autocast():
+                out = lm.generate(
+                    input_ids=input_ids,
+                    attention_mask=mask,
+                    generation_config=generation_config,
+                    logits_processor=processors,
+                )
             for i, text in zip(batch, tokenizer.batch_decode(out[:, width:], skip_special_tokens=True)):
                 texts[i] = text.strip()
         return texts
@@ -180,7 +189,8 @@ def worker(spec: dict) -> None:
             batch = collator([dataset[i] for i in range(first, min(first + data.eval_batch_size, len(dataset)))])
             batch = {k: v.to(device) for k, v in batch.items()}
             tokens = int((batch["labels"][:, 1:] != IGNORE_INDEX).sum())
-            total += float(lm(**batch).loss) * tokens
+            with autocast():
+                total += float(lm(**batch).loss) * tokens
             count += tokens
         return total / max(count, 1)
 
@@ -246,6 +256,7 @@ def worker(spec: dict) -> None:
             use_cpu=spec["device"] == "cpu",
             seed=cfg.seed,
             dataloader_num_workers=0,
+            bf16=bf16,
         )
         trainer = Trainer(
             model=lm, args=args, train_dataset=train, data_collator=collator, callbacks=[clock, EvaluateInCurve()]

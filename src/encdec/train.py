@@ -23,7 +23,7 @@ from lightning.pytorch.utilities import rank_zero_only
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf
 
-from encdec import pairings, run_folder
+from encdec import pairings, precision, run_folder
 from encdec.boundary import lightning_settings, user_settings
 from encdec.checks import check_forward_pass, optimizer_class_settings
 from encdec.cli import invoked_as
@@ -288,6 +288,8 @@ def _flat(tree: dict, prefix: str = "") -> dict:
 
 
 def _instantiate_trainer(cfg: DictConfig, **kwargs) -> L.Trainer:
+    if resolved := precision.apply_auto(cfg.trainer):
+        say(resolved)
     try:
         return hydra.utils.instantiate(cfg.trainer, **kwargs)
     except Exception as error:  # Hydra wraps Lightning's MisconfigurationException; the cause is the message
