@@ -3,8 +3,8 @@ from __future__ import annotations
 import pytest
 from omegaconf import OmegaConf
 
+from conftest import compose_config
 from encdec import precision
-from tests.conftest import compose_config
 
 SAPPHIRE_RAPIDS = "processor\t: 0\nflags\t\t: fpu sse avx2 avx512f avx512_bf16 amx_bf16 amx_tile amx_int8\n"
 ZEN3 = "processor\t: 0\nflags\t\t: fpu sse avx avx2 fma\n"
