@@ -40,9 +40,17 @@ def test_every_paper_preset_exists_and_nothing_else_is_unaccounted_for():
         "quickstart",
         "warm_start",
         "warm_start_gated",
+        "prefix_trained_encoder",
         "bert2bert_cnn_dailymail_blog",
     }
     assert names == expected
+
+
+def test_prefix_trained_encoder_is_the_quickstart_with_its_encoder_trained():
+    quickstart, trained = compose_config("experiment=quickstart"), compose_config("experiment=prefix_trained_encoder")
+    assert trained.model.freeze_encoder is False and quickstart.model.freeze_encoder is None
+    trained.model.freeze_encoder = None
+    assert trained == quickstart  # nothing else differs
 
 
 @pytest.mark.parametrize("model,data", PAPER, ids=[f"{m}_{d}" for m, d in PAPER])
