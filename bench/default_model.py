@@ -275,44 +275,36 @@ def main() -> None:
     def gb(result):
         return result["peak_rss_mib"] / 1024
 
+    def training_row(label: str, result: dict) -> dict:
+        return {
+            "run": f"training: {label}",
+            "tokens/s": result["tokens_per_s"],
+            "s": result["seconds"],
+            "CPU s": result["cpu_seconds"],
+            "padding": result["padding_fraction"],
+            "peak RSS GB": round(gb(result), 2),
+        }
+
+    def test_row(label: str, result: dict) -> dict:
+        return {
+            "run": f"test generation: {label}",
+            "s": result["seconds"],
+            "generation s": result["generation_seconds"],
+            "CPU s": result["cpu_seconds"],
+            "peak RSS GB": round(gb(result), 2),
+        }
+
     rows = [
+        *(training_row(f"Seq2SeqTrainer (hf-fused), {p}", results[f"hf-train {p}"]) for p in precisions),
+        training_row(f"encdec (defaults: {precision})", encdec),
         *(
-            {
-                "run": f"training: Seq2SeqTrainer (hf-fused), {p}",
-                "tokens/s": results[f"hf-train {p}"]["tokens_per_s"],
-                "s": results[f"hf-train {p}"]["seconds"],
-                "CPU s": results[f"hf-train {p}"]["cpu_seconds"],
-                "padding": results[f"hf-train {p}"]["padding_fraction"],
-                "peak RSS GB": round(gb(results[f"hf-train {p}"]), 2),
-            }
+            test_row(
+                f"decoder alone, generate, {p} ({results[f'decoder-alone-test {p}']['papers']} papers)",
+                results[f"decoder-alone-test {p}"],
+            )
             for p in precisions
         ),
-        {
-            "run": f"training: encdec (defaults: {precision})",
-            "tokens/s": encdec["tokens_per_s"],
-            "s": encdec["seconds"],
-            "CPU s": encdec["cpu_seconds"],
-            "padding": encdec["padding_fraction"],
-            "peak RSS GB": round(gb(encdec), 2),
-        },
-        *(
-            {
-                "run": f"test generation: decoder alone, generate, {p} ({results[f'decoder-alone-test {p}']['papers']} "
-                "papers)",
-                "s": results[f"decoder-alone-test {p}"]["seconds"],
-                "generation s": results[f"decoder-alone-test {p}"]["generation_seconds"],
-                "CPU s": results[f"decoder-alone-test {p}"]["cpu_seconds"],
-                "peak RSS GB": round(gb(results[f"decoder-alone-test {p}"]), 2),
-            }
-            for p in precisions
-        ),
-        {
-            "run": f"test generation: encdec, trainer.test, {precision} ({tested['papers']} papers, loss included)",
-            "s": tested["seconds"],
-            "generation s": tested["generation_seconds"],
-            "CPU s": tested["cpu_seconds"],
-            "peak RSS GB": round(gb(tested), 2),
-        },
+        test_row(f"encdec, trainer.test, {precision} ({tested['papers']} papers, loss included)", tested),
     ]
     columns = ["run", "tokens/s", "s", "generation s", "CPU s", "padding", "peak RSS GB"]
     print()

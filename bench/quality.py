@@ -342,13 +342,12 @@ def main() -> None:
 def over_seeds(runs: dict[str, dict], names: list[str], seeds: list[int | None]) -> dict[str, dict]:
     """One run per lever: itself for a single seed; else the mean of its seeds' test scores and training seconds, with
     `seeds` and each score's sample standard deviation (`sd`) beside them."""
+    if seeds == [None]:
+        return {name: runs[name] for name in names if name in runs}
     merged = {}
     for name in names:
-        done = [runs[key] for key in ([name] if seeds == [None] else [f"{name}@seed{s}" for s in seeds]) if key in runs]
+        done = [runs[key] for key in (f"{name}@seed{seed}" for seed in seeds) if key in runs]
         if not done:
-            continue
-        if seeds == [None]:
-            merged[name] = done[0]
             continue
         scores = {
             f"test/{n}": [run["test"][f"test/{n}"] for run in done if f"test/{n}" in run.get("test", {})]
