@@ -49,3 +49,29 @@ def test_the_default_trainer_resolves_auto_in_place(monkeypatch):
     assert line == "trainer.precision=auto: 32-true (this CPU has no AMX, where bf16 runs slower than fp32)"
     assert precision.apply_auto(cfg.trainer) is None  # resolved once: a named precision stays
     assert OmegaConf.select(cfg, "trainer.precision") == "32-true"
+
+
+def test_a_run_folder_records_what_auto_resolved_to(tmp_path, monkeypatch):
+    """A resume reads the run folder's config: had it kept `auto`, a resume on a machine with other CPU flags would
+    continue at another precision than the run began with."""
+    import in_process
+    from conftest import SMOKE
+
+    monkeypatch.setattr("torch.cuda.is_available", lambda: False)
+    monkeypatch.setattr(precision, "cpu_flags", lambda: frozenset({"avx2"}))
+    run_dir = tmp_path / "run"
+    outcome = in_process.run(
+        "train.py",
+        *SMOKE,
+        "trainer.precision=auto",
+        f"hydra.run.dir={run_dir}",
+        cwd=tmp_path,
+        stop_after_first_step=True,
+    )
+    assert outcome.code == 0, outcome.stderr
+    saved = OmegaConf.load(run_dir / ".hydra" / "config.yaml")
+    assert saved.trainer.precision == "32-true"
+    composed = compose_config(*SMOKE, "trainer.precision=auto")
+    composed.trainer.precision = "32-true"
+    assert OmegaConf.to_container(saved) == OmegaConf.to_container(composed)  # nothing else rewritten
+    assert "trainer.precision=auto: 32-true" in outcome.stdout + outcome.stderr

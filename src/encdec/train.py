@@ -82,10 +82,24 @@ def check(cfg: DictConfig, run_dir: Path) -> tuple[DictConfig, Path | None]:
         warnings.filterwarnings("ignore", message="You're resuming from a checkpoint that ended before the epoch")
     else:
         run_folder.check_fresh(run_dir)
+        _record_precision(cfg, run_dir)
     _check_strategy(cfg)
     _check_shared_run_dir(cfg)
     L.seed_everything(cfg.seed, workers=True)
     return cfg, resume_from
+
+
+def _record_precision(cfg: DictConfig, run_dir: Path) -> None:
+    """trainer.precision=auto resolved once, when a run starts, into the config its folder and checkpoints keep: a
+    resume on a machine with other CPU flags continues at the precision the run began with (an exact resume)."""
+    if not (resolved := precision.apply_auto(cfg.trainer)):
+        return
+    say(resolved)
+    saved = run_dir / run_folder.SAVED_CONFIG
+    if saved.is_file():  # Hydra wrote the config as composed; the run folder records what ran
+        record = OmegaConf.load(saved)
+        record.trainer.precision = cfg.trainer.precision
+        run_folder.write_atomic(saved, lambda handle: handle.write(OmegaConf.to_yaml(record)))
 
 
 def build(cfg: DictConfig):
