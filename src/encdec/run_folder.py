@@ -142,6 +142,18 @@ def saved_config(run_dir: Path, culprit: str):
         ) from None
 
 
+def record_setting(run_dir: Path, key: str, value: Any) -> None:
+    """Set `key` in the config Hydra saved for the run (where there is one), so the run folder records what ran, not
+    only what was asked (the command line stays in .hydra/overrides.yaml)."""
+    from omegaconf import OmegaConf
+
+    saved = run_dir / SAVED_CONFIG
+    if saved.is_file():
+        config = OmegaConf.load(saved)
+        OmegaConf.update(config, key, value)
+        write_text_atomic(saved, OmegaConf.to_yaml(config))
+
+
 def single_file_checkpoint(checkpoint: Path, scratch: Path) -> Path:
     """`checkpoint` itself when it is one file; a DeepSpeed checkpoint folder (weights in per-rank shards) gathered
     into one float32 file at `scratch`, in the .ckpt layout eval.py and predict.py read."""

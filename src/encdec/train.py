@@ -71,8 +71,7 @@ def run(cfg: DictConfig) -> float | None:
 
 
 def check(cfg: DictConfig, run_dir: Path) -> tuple[DictConfig, Path | None]:
-    """A fresh run folder or a killed run to resume (then its own saved config), and every setting checked before
-    anything loads: a missing package, a CPU-only machine or a typo fails in a second."""
+    """A fresh run folder or a killed run to resume (its saved config); every setting checked before anything loads."""
     resume_from = None
     if cfg.get("resume"):
         cfg, resume_from = resume_point(run_dir)
@@ -82,24 +81,13 @@ def check(cfg: DictConfig, run_dir: Path) -> tuple[DictConfig, Path | None]:
         warnings.filterwarnings("ignore", message="You're resuming from a checkpoint that ended before the epoch")
     else:
         run_folder.check_fresh(run_dir)
-        _record_precision(cfg, run_dir)
+    if resolved := precision.apply_auto(cfg.trainer):
+        say(resolved)  # and kept: a resume on a machine with other CPU flags goes on at the run's own precision
+        run_folder.record_setting(run_dir, "trainer.precision", cfg.trainer.precision)
     _check_strategy(cfg)
     _check_shared_run_dir(cfg)
     L.seed_everything(cfg.seed, workers=True)
     return cfg, resume_from
-
-
-def _record_precision(cfg: DictConfig, run_dir: Path) -> None:
-    """trainer.precision=auto resolved once, when a run starts, into the config its folder and checkpoints keep: a
-    resume on a machine with other CPU flags continues at the precision the run began with (an exact resume)."""
-    if not (resolved := precision.apply_auto(cfg.trainer)):
-        return
-    say(resolved)
-    saved = run_dir / run_folder.SAVED_CONFIG
-    if saved.is_file():  # Hydra wrote the config as composed; the run folder records what ran
-        record = OmegaConf.load(saved)
-        record.trainer.precision = cfg.trainer.precision
-        run_folder.write_atomic(saved, lambda handle: handle.write(OmegaConf.to_yaml(record)))
 
 
 def build(cfg: DictConfig):
@@ -302,8 +290,6 @@ def _flat(tree: dict, prefix: str = "") -> dict:
 
 
 def _instantiate_trainer(cfg: DictConfig, **kwargs) -> L.Trainer:
-    if resolved := precision.apply_auto(cfg.trainer):
-        say(resolved)
     try:
         return hydra.utils.instantiate(cfg.trainer, **kwargs)
     except Exception as error:  # Hydra wraps Lightning's MisconfigurationException; the cause is the message
