@@ -16,7 +16,7 @@ import torch
 from omegaconf import OmegaConf
 
 from conftest import SMOKE, compose_config, error_lines, run_script
-from encdec import run_folder
+from encdec import precision, run_folder
 from encdec.errors import EncdecError
 from encdec.inference import load_trained
 from encdec.lit.checkpoint_io import AtomicCheckpointIO
@@ -171,6 +171,7 @@ def test_checkpoint_plugin_per_strategy(overrides, atomic):
 
 def test_ddp_trainer_still_writes_through_atomic_checkpoint_io():
     cfg = trainer_config("trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=1")
+    precision.apply_auto(cfg.trainer)  # as train.check resolves it before the trainer is built
     trainer = _instantiate_trainer(cfg, plugins=_checkpoint_plugins(cfg), logger=False)
     assert isinstance(trainer.strategy.checkpoint_io, AtomicCheckpointIO)
 
