@@ -87,6 +87,18 @@ def test_tokenized_splits_are_cached_by_datasets(tiny_files):
     assert other.tokenized["train"]._fingerprint != first.tokenized["train"]._fingerprint
 
 
+def test_the_token_cache_holds_int32_ids_and_no_texts(tiny_files):
+    # The texts stay in the raw split for ROUGE; copying them into the cache doubled what tokenizing wrote.
+    dm, _ = datamodule_for(tiny_files, word_tokenizer("alpha beta gamma delta epsilon".split()))
+    tokenized = dm.tokenized["train"]
+    assert tokenized.column_names == ["input_ids", "labels"]
+    assert {name: feature.feature.dtype for name, feature in tokenized.features.items()} == {
+        "input_ids": "int32",
+        "labels": "int32",
+    }
+    assert dm.raw["train"]["document"][0] and len(tokenized) == len(dm.raw["train"])
+
+
 def test_empty_rows_are_skipped_and_counted(tmp_path, tiny_files):
     from conftest import write_jsonl
 
