@@ -16,6 +16,15 @@ STYLES = {
 }
 
 
+def data_label(extra: list[str]) -> str:
+    """What the runs validated on, from the invocation's `--extra` overrides: aclsum unless another data set is named
+    (a `data=files` set by its training file's folder)."""
+    settings = dict(override.split("=", 1) for override in extra if "=" in override)
+    if "data.train_file" in settings:
+        return f"files: {Path(settings['data.train_file']).parent.name}"
+    return settings.get("data", "aclsum")
+
+
 def plot(results: Path) -> Path:
     import matplotlib
 
@@ -40,7 +49,7 @@ def plot(results: Path) -> Path:
                 axis.axhline(value, color=color, linestyle=":", label=f"lead-{k} ({value:.1f})")
     axes[0].set_xlabel("training step")
     axes[1].set_xlabel(f"training seconds ({payload.get('settings', {}).get('device', 'cpu')}, validation excluded)")
-    axes[0].set_ylabel("validation ROUGE-2 (aclsum, 50 papers)")
+    axes[0].set_ylabel(f"validation ROUGE-2 ({data_label(payload.get('settings', {}).get('extra') or [])})")
     axes[1].legend(fontsize=7, loc="upper left")
     figure.suptitle("Learning curves against the lead baselines, HF Seq2SeqTrainer and the decoder alone")
     figure.tight_layout()
