@@ -169,6 +169,21 @@ def test_checkpoint_plugin_per_strategy(overrides, atomic):
     assert [type(p) for p in plugins] == ([AtomicCheckpointIO] if atomic else [])
 
 
+@pytest.mark.parametrize("overrides", [("trainer=tpu",), ("trainer.accelerator=xla",)])
+def test_both_xla_spellings_get_the_atomic_xla_checkpoint_io_and_no_fused_adamw(overrides, monkeypatch):
+    from encdec.lit import xla
+    from encdec.train import fused_optimizer_allowed
+
+    class StandIn:  # XLACheckpointIO itself needs torch_xla to be built
+        pass
+
+    monkeypatch.setattr(xla, "AtomicXLACheckpointIO", StandIn)
+    cfg = trainer_config(*overrides)
+    assert [type(p) for p in _checkpoint_plugins(cfg)] == [StandIn]
+    assert fused_optimizer_allowed(cfg) is False  # torch has no fused AdamW kernel for XLA
+    assert fused_optimizer_allowed(trainer_config()) is True
+
+
 def test_ddp_trainer_still_writes_through_atomic_checkpoint_io():
     cfg = trainer_config("trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=1")
     precision.apply_auto(cfg.trainer)  # as train.check resolves it before the trainer is built

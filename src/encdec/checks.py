@@ -138,14 +138,18 @@ def _check_sampling(generation) -> None:
         raise EncdecError("generation: sampling needs 0 < top_p <= 1 and temperature > 0")
 
 
+def runs_on_xla(trainer_cfg) -> bool:
+    """The trainer config names Lightning's XLA accelerator (trainer=tpu, or accelerator=xla)."""
+    return trainer_cfg is not None and str(trainer_cfg.get("accelerator")) in ("tpu", "xla")
+
+
 def _check_xla(cfg: DictConfig) -> None:
     """trainer=tpu without torch_xla would fail only when the Trainer is built, after the model has loaded."""
     import importlib.util
 
-    accelerator = str(OmegaConf.select(cfg, "trainer.accelerator"))
-    if accelerator in ("tpu", "xla") and importlib.util.find_spec("torch_xla") is None:
+    if runs_on_xla(cfg.get("trainer")) and importlib.util.find_spec("torch_xla") is None:
         raise EncdecError(
-            f"trainer.accelerator={accelerator} needs torch_xla, which is not installed: on a TPU VM install the "
+            f"trainer.accelerator={cfg.trainer.accelerator} needs torch_xla, which is not installed: on a TPU VM install the "
             f'torch and torch_xla pair README "TPU" names (this torch is {torch.__version__})'
         )
 

@@ -25,7 +25,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from encdec import pairings, precision, run_folder
 from encdec.boundary import lightning_settings, user_settings
-from encdec.checks import check_forward_pass, optimizer_class_settings
+from encdec.checks import check_forward_pass, optimizer_class_settings, runs_on_xla
 from encdec.cli import invoked_as
 from encdec.data.loading import load_splits
 from encdec.errors import EncdecError, Interrupted
@@ -353,7 +353,7 @@ def _checkpoint_plugins(cfg: DictConfig) -> list:
     strategy = cfg.trainer.get("strategy")
     fsdp_sharded = kind == "fsdp" and isinstance(strategy, DictConfig) and strategy.get("state_dict_type") == "sharded"
     # Lightning's XLA strategies take only an XLACheckpointIO (tensors off the device first): encdec's atomic one.
-    io = xla.AtomicXLACheckpointIO if str(cfg.trainer.get("accelerator")) in ("tpu", "xla") else AtomicCheckpointIO
+    io = xla.AtomicXLACheckpointIO if runs_on_xla(cfg.trainer) else AtomicCheckpointIO
     return [] if kind == "deepspeed" or fsdp_sharded else [io()]
 
 
@@ -383,7 +383,7 @@ def fused_optimizer_allowed(cfg: DictConfig) -> bool:
     scaled = str(cfg.trainer.get("precision", "32-true")) in ("16-mixed", "16")
     clipping = bool(cfg.trainer.get("gradient_clip_val") or 0)
     # DeepSpeed steps the optimizer inside its engine (leave torch's default there); torch has no fused kernel for XLA.
-    return not (scaled and clipping) and _strategy(cfg)[1] != "deepspeed" and cfg.trainer.get("accelerator") != "tpu"
+    return not (scaled and clipping) and _strategy(cfg)[1] != "deepspeed" and not runs_on_xla(cfg.trainer)
 
 
 @user_settings("scheduler")

@@ -44,6 +44,7 @@ from encdec import run_folder
 from encdec.errors import EncdecError
 from encdec.lit import lightning_private as private
 from encdec.lit.checkpoint_io import LinkedLastCheckpoint
+from encdec.lit.xla import on_xla_device
 
 # -- the resume point -----------------------------------------------------------------------------------------------
 
@@ -106,7 +107,9 @@ def save_state(checkpoint: dict, trainer: L.Trainer | None) -> None:
         "numpy": _numpy_state_to_tensors(np.random.get_state()),
         "python": random.getstate(),
     }
-    if _on_xla(trainer):  # dropout on an XLA device draws from torch_xla's own seed, which torch's state leaves out
+    if on_xla_device(
+        trainer
+    ):  # dropout on an XLA device draws from torch_xla's own seed, which torch's state leaves out
         rng["xla"] = _xla_model().get_rng_state()
     checkpoint["encdec"]["rng"] = rng
     stream = getattr(trainer.datamodule, "train_stream", None) if trainer is not None else None
@@ -135,7 +138,7 @@ def restore_state(checkpoint: dict, trainer: L.Trainer | None) -> None:
             torch.cuda.set_rng_state_all(rng["cuda"])
         np.random.set_state(_numpy_state_from_tensors(rng["numpy"]))
         random.setstate(_tuples(rng["python"]))
-        if "xla" in rng and _on_xla(trainer):
+        if "xla" in rng and on_xla_device(trainer):
             _xla_model().set_rng_state(rng["xla"])
     done, epoch_finished = private.batches_done_in_epoch(checkpoint)
     position = None
@@ -153,10 +156,6 @@ def restore_state(checkpoint: dict, trainer: L.Trainer | None) -> None:
             datamodule.train_sampler.resume_at(*position)
         if getattr(datamodule, "train_stream", None) is not None:
             datamodule.train_stream.resume_at(*position, datamodule.stream_resume)
-
-
-def _on_xla(trainer: L.Trainer | None) -> bool:
-    return trainer is not None and trainer.strategy.root_device.type == "xla"
 
 
 def _xla_model():

@@ -6,12 +6,9 @@ last.ckpt in place later also rewrote best-step2.ckpt with step 4's weights: tra
 exported the last weights as the best (found with the tiny pair on PJRT_DEVICE=CPU). AtomicXLACheckpointIO writes
 through a temporary file and a rename, as AtomicCheckpointIO does elsewhere.
 
-Tied weights (an LM head sharing the word embeddings, BERT's head bias) kept tied across train.py's trainer calls
-on XLA (trainer=tpu).
-
-Each Trainer call ends with the strategy moving the module to the CPU. Between devices whose tensors cannot be swapped
-in place (XLA and CPU), `Module.cpu()` gives every module a new Parameter of its own, so two modules that shared one
-now hold equal copies. Lightning's XLA strategy re-ties only what is tied when its setup starts, so the fit after
+Tied weights (an LM head sharing the word embeddings, BERT's head bias): each Trainer call ends with the strategy
+moving the module to the CPU. Between devices whose tensors cannot be swapped in place (XLA and CPU), `Module.cpu()`
+gives every module a new Parameter of its own, so two modules that shared one now hold equal copies. Lightning's XLA strategy re-ties only what is tied when its setup starts, so the fit after
 train.py's first validation trained the LM head and the embeddings apart (they drifted 2e-4 apart in 3 steps of the
 tiny pair, and the export held both), and the export after the test held two copies. Here the ties are recorded when
 the first call sets the module up and restored at every later setup and teardown."""
@@ -43,10 +40,13 @@ class AtomicXLACheckpointIO(XLACheckpointIO):
         write_atomic(Path(path), lambda handle: torch.save(on_cpu, handle), binary=True)
 
 
+def on_xla_device(trainer: L.Trainer | None) -> bool:
+    return trainer is not None and trainer.strategy.root_device.type == "xla"
+
+
 def keep_tied_parameters(module: L.LightningModule) -> None:
     """Record `module`'s shared parameters the first time (under XLA only), restore them every time after."""
-    trainer = module._trainer
-    if trainer is None or trainer.strategy.root_device.type != "xla":
+    if not on_xla_device(module._trainer):
         return
     shared = getattr(module, "_encdec_shared_parameters", None)
     if shared is None:
